@@ -1,0 +1,192 @@
+"""Computation graphs (paper §2): a DAG with one root θ ∈ R^d and one scalar leaf.
+
+A `Graph` is validated and its shapes are inferred once, when it is built. It knows nothing
+of MPI or of where arrays live; it only answers structural questions (order, parents,
+children, depth) and splits its nodes into pipeline stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from pprs_mpi.ops.base import Op
+
+
+class GraphError(ValueError):
+    """A computation graph that cannot be evaluated; the message names the offending node."""
+
+
+@dataclass(frozen=True)
+class Node:
+    """A non-root node: its name, its function and its ordered parents."""
+
+    name: str
+    op: Op
+    parents: tuple[str, ...]
+
+
+class Graph:
+    """A validated computation graph with inferred per-sample shapes.
+
+    `nodes` are the non-root nodes in any order; the root is named `root` and has shape (d,).
+    """
+
+    def __init__(self, dim: int, nodes: Iterable[Node], root: str = "theta"):
+        if int(dim) < 1:
+            raise GraphError(f"root '{root}': dimension must be >= 1, got {dim}")
+        self.dim = int(dim)
+        self.root = root
+        self.nodes: dict[str, Node] = {}
+        for node in nodes:
+            node = Node(node.name, node.op, tuple(node.parents))
+            if node.name == root or node.name in self.nodes:
+                raise GraphError(f"node '{node.name}': name is used twice")
+            self.nodes[node.name] = node
+        self._check_parents_exist()
+        self.children: dict[str, tuple[str, ...]] = self._children()
+        self.order: tuple[str, ...] = self._topological_order()
+        self.leaf: str = self._single_leaf()
+        self.shapes: dict[str, tuple[int, ...]] = self._infer_shapes()
+        if self.shapes[self.leaf] != ():
+            raise GraphError(f"leaf '{self.leaf}': output must be a scalar, got shape {self.shapes[self.leaf]}")
+        self.level: dict[str, int] = self._levels()
+        self.depth: int = max(self.level.values())
+
+    @classmethod
+    def chain(cls, dim: int, ops: Sequence[Op], names: Sequence[str] | None = None, root: str = "theta") -> "Graph":
+        """A sequential graph root -> ops[0] -> ... -> ops[-1]."""
+        names = list(names) if names is not None else [f"layer{i}" for i in range(len(ops))]
+        parents = [root] + names[:-1]
+        return cls(dim, [Node(n, op, (p,)) for n, op, p in zip(names, ops, parents)], root=root)
+
+    def parents(self, name: str) -> tuple[str, ...]:
+        return () if name == self.root else self.nodes[name].parents
+
+    def op(self, name: str) -> Op:
+        return self.nodes[name].op
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return (self.dim,) if name == self.root else self.shapes[name]
+
+    def edges(self) -> list[tuple[str, str]]:
+        """Every (parent, child) edge, in topological order of the child then parent order."""
+        return [(p, n) for n in self.order for p in self.nodes[n].parents]
+
+    def _check_parents_exist(self) -> None:
+        for node in self.nodes.values():
+            if not node.parents:  # the only way a node of an acyclic graph can miss the root
+                raise GraphError(f"node '{node.name}': is not reachable from the root '{self.root}' (it has no parents)")
+            for p in node.parents:
+                if p != self.root and p not in self.nodes:
+                    raise GraphError(f"node '{node.name}': parent '{p}' does not exist")
+
+    def _children(self) -> dict[str, tuple[str, ...]]:
+        children: dict[str, list[str]] = {self.root: [], **{n: [] for n in self.nodes}}
+        for node in self.nodes.values():
+            for p in dict.fromkeys(node.parents):
+                children[p].append(node.name)
+        return {k: tuple(v) for k, v in children.items()}
+
+    def _topological_order(self) -> tuple[str, ...]:
+        """Kahn's algorithm, breaking ties by insertion order so the order is deterministic."""
+        indegree = {n: len(set(node.parents) - {self.root}) for n, node in self.nodes.items()}
+        ready = [n for n in self.nodes if indegree[n] == 0]
+        order: list[str] = []
+        while ready:
+            name = ready.pop(0)
+            order.append(name)
+            for child in self.children[name]:
+                indegree[child] -= 1
+                if indegree[child] == 0:
+                    ready.append(child)
+        if len(order) < len(self.nodes):
+            raise GraphError(f"cycle through nodes {' -> '.join(self._a_cycle(set(self.nodes) - set(order)))}")
+        return tuple(order)
+
+    def _a_cycle(self, stuck: set[str]) -> list[str]:
+        """A cycle among the nodes Kahn's algorithm could not order (each has a stuck parent)."""
+        path, name = [], next(n for n in self.nodes if n in stuck)
+        while name not in path:
+            path.append(name)
+            name = next(p for p in self.nodes[name].parents if p in stuck)
+        cycle = path[path.index(name):]
+        return list(reversed(cycle)) + [cycle[-1]]
+
+    def _single_leaf(self) -> str:
+        leaves = [n for n in self.order if not self.children[n]]
+        if not leaves:
+            raise GraphError("graph has no leaf: it needs one node without children")
+        if len(leaves) > 1:
+            raise GraphError(f"graph has several leaves ({', '.join(leaves)}): it needs exactly one")
+        return leaves[0]
+
+    def _infer_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in self.order:
+            node = self.nodes[name]
+            arity = node.op.arity
+            if arity is not None and arity != len(node.parents):
+                raise GraphError(
+                    f"node '{name}': {node.op.describe()} takes {arity} input(s), got {len(node.parents)}")
+            inputs = [self.shape(p) if p == self.root else shapes[p] for p in node.parents]
+            try:
+                shapes[name] = tuple(int(s) for s in node.op.output_shape(*inputs))
+            except ValueError as err:
+                raise GraphError(f"node '{name}': {node.op.describe()} does not fit inputs {inputs}: {err}") from None
+        return shapes
+
+    def _levels(self) -> dict[str, int]:
+        """Number of non-root nodes on the longest root-to-node path, the node included."""
+        level: dict[str, int] = {}
+        for name in self.order:
+            level[name] = 1 + max((level.get(p, 0) for p in self.nodes[name].parents), default=0)
+        return level
+
+    def cost(self, name: str) -> float:
+        return float(self.nodes[name].op.cost)
+
+    def stages(self, n_stages: int, costs: dict[str, float] | None = None) -> list[tuple[str, ...]]:
+        """Split the topological order into `n_stages` contiguous groups minimising the largest group cost.
+
+        The root is not listed: it always lives with stage 0. Contiguity in topological order keeps
+        every edge pointing from a stage to itself or a later one. `costs` overrides the ops' declared
+        costs (e.g. measured times, as torchgpipe balances by time).
+        """
+        n = len(self.order)
+        if not 1 <= n_stages <= n:
+            raise GraphError(f"cannot place {n} node(s) on {n_stages} stage(s): need between 1 and {n} stages")
+        weights = [float((costs or {}).get(name, self.cost(name))) for name in self.order]
+        return [tuple(self.order[a:b]) for a, b in _balanced_partition(weights, n_stages)]
+
+    def summary(self) -> str:
+        lines = [f"root {self.root}: ({self.dim},)"]
+        for name in self.order:
+            node = self.nodes[name]
+            lines.append(f"{name}: {node.op.describe()}({', '.join(node.parents)}) -> {self.shapes[name]}")
+        return "\n".join(lines)
+
+
+def _balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
+    """Contiguous split of `weights` into `parts` non-empty ranges minimising the largest sum (exact DP)."""
+    n = len(weights)
+    prefix = [0.0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+    inf = float("inf")
+    # best[k][i]: smallest achievable max-sum splitting the first i weights into k parts.
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for i in range(k, n - (parts - k) + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                if value < best[k][i]:
+                    best[k][i], cut[k][i] = value, j
+    ranges, i = [], n
+    for k in range(parts, 0, -1):
+        j = cut[k][i]
+        ranges.append((j, i))
+        i = j
+    return ranges[::-1]
