@@ -1,0 +1,27 @@
+"""Gaussian perturbations X_k keyed by (seed, iteration, sample) through a counter-based generator.
+
+Each X_k is drawn from a Philox stream whose key is the seed and whose counter starts at
+(0, 0, k, t): it depends on nothing else, so every engine, rank layout, microbatch size and
+resumed run draws exactly the same noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_MAX_U64 = 2**64
+
+
+def standard_normal(seed: int, iteration: int, sample: int, dim: int, dtype=np.float64) -> np.ndarray:
+    """X_k ~ N(0, I_dim) for (seed, iteration t, sample k), as a NumPy array of `dtype`."""
+    for label, value in (("seed", seed), ("iteration", iteration), ("sample", sample)):
+        if not 0 <= int(value) < _MAX_U64:
+            raise ValueError(f"{label} must be in [0, 2**64), got {value}")
+    bits = np.random.Philox(key=np.array([seed, 0], dtype=np.uint64),
+                            counter=np.array([0, 0, sample, iteration], dtype=np.uint64))
+    return np.random.Generator(bits).standard_normal(dim, dtype=np.float64).astype(dtype, copy=False)
+
+
+def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64) -> np.ndarray:
+    """The stacked X_k, shape (len(samples), dim), for the samples of one microbatch."""
+    return np.stack([standard_normal(seed, iteration, k, dim, dtype) for k in samples])

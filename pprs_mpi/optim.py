@@ -1,0 +1,98 @@
+"""Algorithm 1 of the paper (PPRS) and its baselines, GD and AGD, as one update rule.
+
+The update is y_{t+1} = x_t − η G_t, x_{t+1} = (1 + μ_t) y_{t+1} − μ_t y_t, where G_t is the
+mean of K gradients at x_t + γX_k. GD is K = 1, γ = 0, μ = 0; AGD is K = 1, γ = 0 with μ = 0.99
+or the Nesterov sequence; GPipe is γ = 0 with K > 1. The presets compute the parameters of
+Theorems 3 and 4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+ALGORITHMS = ("pprs", "gd", "agd")
+AGD_DEFAULT_MU = 0.99
+
+
+class Momentum:
+    """μ_t: either a constant or the Nesterov sequence ('nesterov'); a pure function of t.
+
+    The sequence is μ_t = (λ_{t+1} − 1)/λ_{t+2} with λ_0 = 0, λ_t = (1 + √(1 + 4λ_{t−1}²))/2: the
+    momentum of the accelerated method the paper cites ([18], Bubeck §3.7), counted so that μ_0 = 0.
+    The paper prints μ_t = λ_{t−1}/λ_{t+1}, undefined at t = 0 and tending to 1 − 2/t, too slowly
+    for the O(1/t²) rate; we read it as Bubeck's (λ_s − 1)/λ_{s+1}.
+    """
+
+    def __init__(self, mu: float | str):
+        self.constant = None if mu == "nesterov" else float(mu)
+        if self.constant is not None and not 0.0 <= self.constant < 1.0:
+            raise ValueError(f"mu must be in [0, 1) or 'nesterov', got {mu}")
+        self._lambdas = [0.0]  # λ_0, λ_1, ... extended on demand, so any t costs O(1) amortised
+
+    def __call__(self, t: int) -> float:
+        if self.constant is not None:
+            return self.constant
+        while len(self._lambdas) <= t + 2:
+            lam = self._lambdas[-1]
+            self._lambdas.append((1.0 + math.sqrt(1.0 + 4.0 * lam * lam)) / 2.0)
+        return (self._lambdas[t + 1] - 1.0) / self._lambdas[t + 2]
+
+
+def update(x, y, grad, lr: float, mu: float):
+    """Lines 5-6 of Algorithm 1: returns (x_{t+1}, y_{t+1}) from x_t, y_t and G_t."""
+    y_next = x - lr * grad
+    x_next = (1.0 + mu) * y_next - mu * y
+    return x_next, y_next
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Parameters recommended by a theorem; `iters` is T, `mu` a number or 'nesterov'."""
+
+    K: int
+    gamma: float
+    lr: float
+    mu: float | str
+    iters: int
+    source: str
+
+
+def theorem3(L: float, R: float, d: int, iters: int | None = None, eps: float | None = None) -> Preset:
+    """Theorem 3 (convex, L-Lipschitz): K = ⌈(T+1)/√d⌉, η = R d^{-1/4} / (L(T+1)), μ_t Nesterov.
+
+    γ is implicit in the theorem: η = 1/β for the (L/γ)-smooth f^γ gives γ = R d^{-1/4}/(T+1), which
+    also makes the bias term γL√d the 3LRd^{1/4}/(T+1) of eq. (13). Given ε instead of T, T is the
+    smallest one for which the bound of eq. (13) with this K, at most 3.5 LRd^{1/4}/(T+1), is ≤ ε.
+    """
+    _positive(L=L, R=R, d=d)
+    if (iters is None) == (eps is None):
+        raise ValueError("theorem3 needs exactly one of iters (T) or eps")
+    if iters is None:
+        _positive(eps=eps)
+        iters = max(1, math.ceil(3.5 * L * R * d**0.25 / eps) - 1)
+    T = int(iters)
+    gamma = R * d ** -0.25 / (T + 1)
+    return Preset(K=math.ceil((T + 1) / math.sqrt(d)), gamma=gamma, lr=gamma / L, mu="nesterov",
+                  iters=T, source="Theorem 3, eq. (13)")
+
+
+def theorem3_bound(L: float, R: float, d: int, iters: int, K: int) -> float:
+    """Right-hand side of eq. (13): 3LRd^{1/4}/(T+1) + LRd^{-1/4}/(2K)."""
+    return 3 * L * R * d**0.25 / (iters + 1) + L * R * d**-0.25 / (2 * K)
+
+
+def theorem4(L: float, D: float, d: int, eps: float, r: float) -> Preset:
+    """Theorem 4 (non-convex): γ = r/√(4 log(3L/ε) + 2 log(2e) d), η = γ/L, μ = 0,
+    K = 18L²/ε², T = 36L(D + 2γL√d)/(γε²), both rounded up (eq. (14))."""
+    _positive(L=L, D=D, d=d, eps=eps, r=r)
+    gamma = r / math.sqrt(4 * math.log(3 * L / eps) + 2 * math.log(2 * math.e) * d)
+    return Preset(K=math.ceil(18 * L**2 / eps**2), gamma=gamma, lr=gamma / L, mu=0.0,
+                  iters=math.ceil(36 * L * (D + 2 * gamma * L * math.sqrt(d)) / (gamma * eps**2)),
+                  source="Theorem 4, eq. (14)")
+
+
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
