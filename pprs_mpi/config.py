@@ -1,0 +1,173 @@
+"""The run configuration: defaults, then a TOML file (--config), then command-line flags.
+
+Every mistake becomes a `ConfigError` whose message is one line naming the problem; `solve`
+prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+from pprs_mpi import optim
+from pprs_mpi.backend import DEVICES, DTYPES
+from pprs_mpi.problems import registry
+from pprs_mpi.schedule import SCHEDULES
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """Bad user input; the message is one line."""
+
+
+ENGINES = ("auto", "serial", "mpi")
+PRESETS = ("none", "theorem3", "theorem4")
+BALANCES = ("declared", "measured")
+
+DEFAULTS = {
+    "problem": "lad", "algo": "pprs", "K": None, "gamma": None, "lr": 0.01, "mu": None,
+    "iters": 200, "seed": 0, "schedule": "gpipe", "microbatch_size": 1, "eval_every": 10,
+    "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64",
+    "preset": "none", "balance": "declared", "eps": None, "smoothing_radius": None, "simulated_depth": None,
+    "comm_timeout": None, "quiet": False, "progress_every": None,
+}
+# What each algorithm means when the user leaves K, γ or μ unset (Algorithm 1 with other settings).
+ALGORITHM_DEFAULTS = {
+    "pprs": {"K": 8, "gamma": 0.01, "mu": 0.0},
+    "gd": {"K": 1, "gamma": 0.0, "mu": 0.0},
+    "agd": {"K": 1, "gamma": 0.0, "mu": optim.AGD_DEFAULT_MU},
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse would print usage and exit; we want one line
+        raise ConfigError(message)
+
+
+def _mu(text: str):
+    return text if text == "nesterov" else float(text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m pprs_mpi.solve", argument_default=argparse.SUPPRESS,
+                description="Minimise a computation graph with PPRS, GD or AGD; writes an HDF5 trace.")
+    p.add_argument("--config", help="TOML file with any of the options below (flags override it)")
+    p.add_argument("--problem", help=f"built-in problem (default {DEFAULTS['problem']}): " + ", ".join(
+        f"{name} = {spec.summary}" for name, spec in registry().items()))
+    p.add_argument("--algo", choices=optim.ALGORITHMS, help="pprs (default), gd, or agd")
+    p.add_argument("-K", "--samples", dest="K", type=int, help="noisy samples per iteration (pprs default 8)")
+    p.add_argument("--gamma", type=float, help="smoothing γ ≥ 0 (pprs default 0.01; gd/agd: 0)")
+    p.add_argument("--lr", type=float, help="step size η > 0 (default 0.01)")
+    p.add_argument("--mu", type=_mu, help="momentum μ in [0, 1) or 'nesterov' (pprs/gd 0, agd 0.99)")
+    p.add_argument("--iters", type=int, help="iterations T (default 200)")
+    p.add_argument("--seed", type=int, help="noise seed (default 0)")
+    p.add_argument("--preset", choices=PRESETS,
+                   help="theorem3: K, γ, η, μ from the problem's L, R and T (or --eps); theorem4: γ, η, K, T from L, D, --eps, --smoothing-radius")
+    p.add_argument("--eps", type=float, help="target precision ε for the presets")
+    p.add_argument("--smoothing-radius", dest="smoothing_radius", type=float, help="r of Theorem 4")
+    p.add_argument("--schedule", choices=SCHEDULES, help="pipeline schedule (default gpipe)")
+    p.add_argument("--microbatch-size", dest="microbatch_size", type=int, help="noisy copies per message b (default 1)")
+    p.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate f(y_t) every N iterations, 0 = never (default 10)")
+    p.add_argument("--simulated-depth", dest="simulated_depth", type=int,
+                   help="count pipeline time as if the graph had this depth (labelled simulated)")
+    p.add_argument("--out", help="trace file to write (default run.h5)")
+    p.add_argument("--engine", choices=ENGINES, help="auto (default): mpi when run on several ranks")
+    p.add_argument("--balance", choices=BALANCES,
+                   help="group nodes into stages by the ops' declared costs (default) or by measured times")
+    p.add_argument("--stages", type=int, help="serial engine: pipeline stages to emulate (default: one per node)")
+    p.add_argument("--device", choices=DEVICES, help="cpu (default), gpu, or auto")
+    p.add_argument("--dtype", choices=DTYPES, help="float64 (default) or float32")
+    p.add_argument("--comm-timeout", dest="comm_timeout", type=float, help="abort if a rank waits longer than S seconds")
+    p.add_argument("--progress-every", dest="progress_every", type=int, help="iterations between progress lines")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    group = p.add_argument_group("problem parameters")
+    for name, param in _problem_parameters().items():
+        group.add_argument("--" + name.replace("_", "-"), dest=name, type=param.type, help=param.help)
+    return p
+
+
+def _problem_parameters() -> dict:
+    params = {}
+    for spec in registry().values():
+        params.update(spec.parameters)
+    return params
+
+
+def load(argv: list[str] | None = None) -> dict:
+    """The merged, validated configuration; `given` lists the keys the user set (file or flags)."""
+    flags = vars(parser().parse_args(argv))
+    from_file = _read_toml(flags.pop("config")) if "config" in flags else {}
+    given = {**from_file, **flags}
+    cfg = {**DEFAULTS, **given}
+    if cfg["problem"] not in registry():
+        raise ConfigError(f"unknown problem '{cfg['problem']}': choose one of {', '.join(sorted(registry()))}")
+    if cfg["algo"] not in optim.ALGORITHMS:
+        raise ConfigError(f"unknown algo '{cfg['algo']}': choose one of {', '.join(optim.ALGORITHMS)}")
+    spec = registry()[cfg["problem"]]
+    foreign = sorted(set(given) & set(_problem_parameters()) - set(spec.parameters))
+    if foreign:
+        raise ConfigError(f"option '{foreign[0]}' does not apply to problem '{cfg['problem']}'")
+    cfg["problem_params"] = {name: given.get(name, param.default) for name, param in spec.parameters.items()}
+    for name in spec.parameters:
+        cfg.pop(name, None)
+    for key, value in ALGORITHM_DEFAULTS[cfg["algo"]].items():
+        if cfg[key] is None:
+            cfg[key] = value
+    cfg["given"] = sorted(given)
+    validate(cfg)
+    return cfg
+
+
+def _read_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as err:
+        raise ConfigError(f"cannot read config file '{path}': {err.strerror}") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
+    known = {a.dest for a in parser()._actions} - {"help", "config"}
+    normalized = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        name = "K" if name in ("k", "samples") else name
+        if name not in known:
+            raise ConfigError(f"unknown key '{key}' in config file '{path}'")
+        normalized[name] = value
+    return normalized
+
+
+def validate(cfg: dict) -> None:
+    """Raises ConfigError for values no run can use."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    checks = {"K": int, "iters": int, "seed": int, "microbatch_size": int, "eval_every": int,
+              "gamma": (int, float), "lr": (int, float)}
+    for key, kind in checks.items():
+        need(isinstance(cfg[key], kind) and not isinstance(cfg[key], bool), f"{key} must be a number, got {cfg[key]!r}")
+    need(cfg["K"] >= 1, f"K must be >= 1, got {cfg['K']}")
+    need(math.isfinite(cfg["gamma"]) and cfg["gamma"] >= 0, f"gamma must be >= 0, got {cfg['gamma']}")
+    need(math.isfinite(cfg["lr"]) and cfg["lr"] > 0, f"lr must be > 0, got {cfg['lr']}")
+    need(cfg["iters"] >= 1, f"iters must be >= 1, got {cfg['iters']}")
+    need(0 <= cfg["seed"] < 2**63, f"seed must be in [0, 2**63), got {cfg['seed']}")
+    need(cfg["microbatch_size"] >= 1, f"microbatch-size must be >= 1, got {cfg['microbatch_size']}")
+    need(cfg["eval_every"] >= 0, f"eval-every must be >= 0, got {cfg['eval_every']}")
+    mu = cfg["mu"]
+    need(mu == "nesterov" or (isinstance(mu, (int, float)) and 0 <= mu < 1),
+         f"mu must be in [0, 1) or 'nesterov', got {mu!r}")
+    if cfg["algo"] in ("gd", "agd"):
+        need(cfg["gamma"] == 0, f"{cfg['algo']} uses no smoothing: gamma must be 0, got {cfg['gamma']}")
+    for key, choices in (("schedule", SCHEDULES), ("engine", ENGINES), ("device", DEVICES),
+                         ("dtype", DTYPES), ("preset", PRESETS), ("balance", BALANCES)):
+        need(cfg[key] in choices, f"{key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
+    for key in ("stages", "simulated_depth", "progress_every"):
+        need(cfg[key] is None or (isinstance(cfg[key], int) and cfg[key] >= 1), f"{key} must be >= 1, got {cfg[key]!r}")
+    need(cfg["comm_timeout"] is None or cfg["comm_timeout"] > 0, f"comm-timeout must be > 0, got {cfg['comm_timeout']}")
+    need(isinstance(cfg["out"], str) and cfg["out"] != "", "out must be a file path")

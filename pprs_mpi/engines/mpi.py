@@ -1,0 +1,197 @@
+"""The MPI engine: one stage per rank, activations and cotangents as non-blocking messages.
+
+Deadlock freedom. Every rank executes its own row of a *legal* schedule in time order, so each
+message it waits for is produced by an action of another rank at a strictly earlier time unit.
+Sends never block (`Isend` on a buffer kept alive until the end of the pass) and every receive is
+posted (`Irecv`) before the pass starts, with a tag unique to (kind, edge, microbatch). By
+induction on the time unit, the earliest action not yet done always has its inputs delivered,
+so every rank finishes the pass, whatever the DAG and the placement.
+
+Failures. Rank 0 drives the others with a small broadcast command per pass. A rank that fails
+tells rank 0 (tag FAILURE) and aborts the job if rank 0 has not done so within a grace period;
+rank 0 watches for such notices while it waits, marks its trace failed, reports the error once
+and aborts. A `comm_timeout` turns any wait longer than that into an error naming the peer and
+the message.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+
+from pprs_mpi.backend import Backend
+from pprs_mpi.engines.stage import (ACTIVATION, COTANGENT, WAIT_PHASE, Message, Sampling, StageRunner,
+                                    Timeline, Wiring)
+from pprs_mpi.schedule import Schedule
+
+FAILURE_TAG = 0
+GRADIENT, EVALUATE, GATHER, STOP = range(4)
+FAILURE_GRACE_SECONDS = 5.0
+KIND_NAMES = {ACTIVATION: "activation", COTANGENT: "cotangent"}
+
+
+class RemoteFailure(RuntimeError):
+    """Another rank reported an error; the message already names that rank."""
+
+
+class CommTimeout(RuntimeError):
+    """A wait exceeded --comm-timeout."""
+
+
+class Poller:
+    """Waits on MPI requests without blocking inside MPI, so that rank 0 can notice failures elsewhere
+    and any rank can give up after `timeout` seconds."""
+
+    def __init__(self, comm, timeout: float | None):
+        self.comm, self.timeout = comm, timeout
+
+    def wait(self, request, describe) -> None:
+        start, pause = time.perf_counter(), 0.0
+        while not request.Test():
+            if self.comm.rank == 0:
+                self.check_failures()
+            waited = time.perf_counter() - start
+            if self.timeout is not None and waited > self.timeout:
+                raise CommTimeout(f"rank {self.comm.rank} waited more than {self.timeout:g} s for {describe()}")
+            if waited > 2e-4:  # spin briefly for low latency, then back off so oversubscribed ranks share cores
+                pause = min(1e-3, pause + 2e-5)
+                time.sleep(pause)
+
+    def check_failures(self) -> None:
+        from mpi4py import MPI
+        status = MPI.Status()
+        if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAILURE_TAG, status=status):
+            text = self.comm.recv(source=status.Get_source(), tag=FAILURE_TAG)
+            raise RemoteFailure(text)
+
+
+class MpiTransport:
+    """Point-to-point messages of one rank: receive buffers allocated once per message and reused,
+    receives posted at the start of each pass, sends non-blocking and completed at its end."""
+
+    def __init__(self, comm, wiring: Wiring, sampling: Sampling, backend: Backend, timeline: Timeline, poller: Poller):
+        self.comm, self.wiring, self.sampling, self.backend = comm, wiring, sampling, backend
+        self.timeline, self.poller = timeline, poller
+        self._slots = sampling.n_microbatches + 1
+        self._buffers: dict[Message, np.ndarray] = {}
+        self._requests: dict[Message, object] = {}
+        self._sends: list[tuple[object, object]] = []
+        from mpi4py import MPI
+        largest = 1 + 3 * max(1, wiring.n_edges) * self._slots
+        if largest > comm.Get_attr(MPI.TAG_UB):
+            raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
+
+    def tag(self, message: Message) -> int:
+        return 1 + (message.kind * max(1, self.wiring.n_edges) + message.edge) * self._slots + message.mb
+
+    def expect(self, messages: list[Message]) -> None:
+        for message in messages:
+            self._requests[message] = self.comm.Irecv(self._buffer(message), source=self.wiring.source(message),
+                                                      tag=self.tag(message))
+
+    def send(self, message: Message, array) -> None:
+        self.backend.synchronize()
+        buffer = self.backend.to_host(array)
+        request = self.comm.Isend(buffer, dest=self.wiring.destination(message), tag=self.tag(message))
+        self._sends.append((request, buffer))
+
+    def recv(self, message: Message):
+        request = self._requests.pop(message)
+        start = time.perf_counter()
+        self.poller.wait(request, lambda: self.describe(message))
+        self.timeline.record(message.mb, WAIT_PHASE, -1, start, time.perf_counter())
+        return self.backend.asarray(self._buffers[message])
+
+    def complete_sends(self) -> None:
+        for request, _ in self._sends:
+            self.poller.wait(request, lambda: "its own sends to complete")
+        self._sends.clear()
+
+    def describe(self, message: Message) -> str:
+        where = f"microbatch {message.mb}, iteration {self.timeline.iteration}, from rank {self.wiring.source(message)}"
+        if message.kind in KIND_NAMES:
+            parent, child = self.wiring.edges[message.edge]
+            return f"the {KIND_NAMES[message.kind]} of edge '{parent}' -> '{child}' ({where})"
+        return f"the leaf's sample values ({where})"
+
+    def _buffer(self, message: Message) -> np.ndarray:
+        if message not in self._buffers:
+            rows = 1 if message.mb == self.sampling.n_microbatches else len(self.sampling.samples(message.mb))
+            self._buffers[message] = np.empty((rows, *self.wiring.shape(message)), dtype=self.backend.dtype)
+        return self._buffers[message]
+
+
+class MpiEngine:
+    """Rank 0 calls `gradient`, `evaluate`, `gather_timeline` and `stop`; every other rank calls `serve`."""
+
+    name = "mpi"
+
+    def __init__(self, comm, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
+                 comm_timeout: float | None = None):
+        if comm.size != len(wiring.stages):
+            raise ValueError(f"{comm.size} MPI ranks for {len(wiring.stages)} stages")
+        self.comm = comm
+        comm.Barrier()
+        self.timeline = Timeline(rank=comm.rank)
+        self.poller = Poller(comm, comm_timeout)
+        transport = MpiTransport(comm, wiring, sampling, backend, self.timeline, self.poller)
+        self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, transport, self.timeline)
+        self._command_buffer = np.zeros(2, dtype=np.int64)
+
+    def gradient(self, x, t: int):
+        self._command(GRADIENT, t)
+        return self.runner.run(t, x)
+
+    def evaluate(self, y, t: int) -> float:
+        self._command(EVALUATE, t)
+        return self.runner.run(t, y, evaluation=True)
+
+    def gather_timeline(self) -> np.ndarray:
+        """Every rank's timeline records since the last gather (kept off the hot path)."""
+        self._command(GATHER, 0)
+        return np.concatenate(self.comm.gather(self.timeline.take(_timeline_dtype()), root=0))
+
+    def stop(self) -> None:
+        self._command(STOP, 0)
+
+    def serve(self) -> None:
+        """The loop of a rank other than 0: execute rank 0's commands until it says stop."""
+        while True:
+            command, t = self._command()
+            if command == STOP:
+                return
+            if command == GATHER:
+                self.comm.gather(self.timeline.take(_timeline_dtype()), root=0)
+            else:
+                self.runner.run(t, evaluation=command == EVALUATE)
+
+    def _command(self, command: int | None = None, t: int = 0) -> tuple[int, int]:
+        if self.comm.rank == 0:
+            self._command_buffer[:] = (command, t)
+        request = self.comm.Ibcast(self._command_buffer, root=0)
+        self.poller.wait(request, lambda: "the next command from rank 0")
+        return int(self._command_buffer[0]), int(self._command_buffer[1])
+
+
+def _timeline_dtype():
+    from pprs_mpi.trace import TIMELINE_DTYPE
+    return TIMELINE_DTYPE
+
+
+def report_failure_and_abort(comm, message: str, exit_code: int = 1) -> None:
+    """Ends the whole job because of an error on this rank, reporting it once.
+
+    Rank 0 prints and aborts at once. Another rank hands the message to rank 0, which prints it,
+    marks its trace and aborts the job; if rank 0 does not within the grace period (it may itself be
+    stuck), this rank prints the message and aborts.
+    """
+    if comm.rank != 0 and comm.size > 1:
+        request = comm.isend(message, dest=0, tag=FAILURE_TAG)
+        deadline = time.monotonic() + FAILURE_GRACE_SECONDS
+        while time.monotonic() < deadline and not request.Test():
+            time.sleep(0.01)
+        time.sleep(max(0.0, deadline - time.monotonic()))
+    print(message, file=sys.stderr, flush=True)
+    comm.Abort(exit_code)

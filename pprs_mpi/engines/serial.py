@@ -1,0 +1,71 @@
+"""The reference engine: every stage in one process, executing the schedule time unit by time unit."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pprs_mpi.backend import Backend
+from pprs_mpi.engines.stage import Message, Sampling, StageRunner, Timeline, Wiring
+from pprs_mpi.schedule import Schedule
+
+
+class LocalTransport:
+    """An in-process mailbox standing in for MPI: a send files the array, a receive takes it."""
+
+    def __init__(self):
+        self._mailbox: dict[Message, object] = {}
+
+    def expect(self, messages: list[Message]) -> None:
+        pass
+
+    def send(self, message: Message, array) -> None:
+        self._mailbox[message] = array
+
+    def recv(self, message: Message):
+        try:
+            return self._mailbox.pop(message)
+        except KeyError:
+            raise RuntimeError(f"illegal schedule: {message} is needed before it is sent") from None
+
+    def complete_sends(self) -> None:
+        pass
+
+
+class SerialEngine:
+    """Runs all stages' runners in lockstep over the schedule's time units; bitwise equal to the MPI engine."""
+
+    name = "serial"
+
+    def __init__(self, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend):
+        transport = LocalTransport()
+        self.timelines = [Timeline(rank=s) for s in range(len(wiring.stages))]
+        self.runners = [StageRunner(wiring, schedule, s, sampling, backend, transport, self.timelines[s])
+                        for s in range(len(wiring.stages))]
+        self.schedule = schedule
+
+    def gradient(self, x, t: int):
+        """(G_t, sample values) for iterate x_t at iteration t."""
+        for runner in self.runners:
+            runner.begin(t, x)
+        for unit in range(self.schedule.makespan):
+            for runner, row in zip(self.runners, self.schedule.actions):
+                if row[unit] is not None:
+                    runner.execute(row[unit])
+        return [runner.end() for runner in self.runners][0]
+
+    def evaluate(self, y, t: int) -> float:
+        """f(y), stage after stage (stages follow a topological order)."""
+        for runner in self.runners:
+            runner.begin(t, y, evaluation=True)
+        for runner in self.runners:
+            for action in runner.pass_actions(evaluation=True):
+                runner.execute(action)
+        return [runner.end(evaluation=True) for runner in self.runners][0]
+
+    def gather_timeline(self) -> np.ndarray:
+        """Every stage's records since the last gather, as if each stage were a rank."""
+        from pprs_mpi.trace import TIMELINE_DTYPE
+        return np.concatenate([timeline.take(TIMELINE_DTYPE) for timeline in self.timelines])
+
+    def stop(self) -> None:
+        pass

@@ -1,0 +1,296 @@
+"""One stage's share of a PPRS iteration, written once for every engine.
+
+A `StageRunner` executes its stage's forward and backward actions on microbatches of noisy copies
+and exchanges activations and cotangents through a `Transport`. The serial engine gives every
+stage a runner over an in-process mailbox; the MPI engine gives each rank one runner over MPI.
+Both perform the same floating-point operations in the same order, so their results are
+bitwise identical; in particular every sum over children or microbatches runs in a fixed order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pprs_mpi import noise
+from pprs_mpi.backend import Backend
+from pprs_mpi.graph import Graph
+from pprs_mpi.schedule import Backward, Forward, Schedule, microbatch_samples
+
+ACTIVATION, COTANGENT, VALUE = 0, 1, 2
+FORWARD_PHASE, BACKWARD_PHASE, WAIT_PHASE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Message:
+    """What travels between stages: an activation or cotangent along an edge, or the leaf's values.
+
+    `mb == n_microbatches` is the extra microbatch of an evaluation pass f(y) (no noise, no backward).
+    """
+
+    kind: int
+    edge: int
+    mb: int
+
+
+class Transport(Protocol):
+    def expect(self, messages: list[Message]) -> None: ...
+    def send(self, message: Message, array) -> None: ...
+    def recv(self, message: Message): ...
+    def complete_sends(self) -> None: ...
+
+
+class Timeline:
+    """Per-rank records (iteration, microbatch, phase, node, start, end), seconds since `origin`."""
+
+    def __init__(self, rank: int, origin: float | None = None):
+        self.rank, self.origin, self.iteration = rank, time.perf_counter() if origin is None else origin, 0
+        self.rows: list[tuple] = []
+
+    def record(self, mb: int, phase: int, node: int, start: float, end: float) -> None:
+        self.rows.append((self.rank, self.iteration, mb, phase, node, start - self.origin, end - self.origin))
+
+    def take(self, dtype: np.dtype) -> np.ndarray:
+        """The records so far as a structured array; the buffer is emptied (gathered at checkpoints)."""
+        rows, self.rows = self.rows, []
+        return np.array(rows, dtype=dtype)
+
+
+class Wiring:
+    """Static facts of a placement: which stage owns each node, and the edges numbered once."""
+
+    def __init__(self, graph: Graph, stages: list[tuple[str, ...]]):
+        self.graph, self.stages = graph, [tuple(s) for s in stages]
+        self.stage_of = {graph.root: 0, **{n: s for s, names in enumerate(self.stages) for n in names}}
+        self.edges = list(dict.fromkeys((p, n) for n in graph.order for p in graph.parents(n)))
+        self.edge_index = {edge: i for i, edge in enumerate(self.edges)}
+        self.node_index = {name: i for i, name in enumerate(graph.order)}
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edge_index)
+
+    def crosses(self, parent: str, child: str) -> bool:
+        return self.stage_of[parent] != self.stage_of[child]
+
+    def source(self, message: Message) -> int:
+        """The stage that sends `message`."""
+        if message.kind == VALUE:
+            return self.stage_of[self.graph.leaf]
+        parent, child = self._edge(message.edge)
+        return self.stage_of[parent if message.kind == ACTIVATION else child]
+
+    def destination(self, message: Message) -> int:
+        if message.kind == VALUE:
+            return 0
+        parent, child = self._edge(message.edge)
+        return self.stage_of[child if message.kind == ACTIVATION else parent]
+
+    def shape(self, message: Message) -> tuple[int, ...]:
+        """Per-sample shape of the array `message` carries."""
+        if message.kind == VALUE:
+            return ()
+        return self.graph.shape(self._edge(message.edge)[0])
+
+    def _edge(self, index: int) -> tuple[str, str]:
+        return self.edges[index]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the K noisy copies θ + γX_k are drawn and grouped into microbatches."""
+
+    K: int
+    gamma: float
+    seed: int
+    microbatch_size: int
+
+    @property
+    def n_microbatches(self) -> int:
+        return -(-self.K // self.microbatch_size)
+
+    def samples(self, mb: int) -> range:
+        return microbatch_samples(self.K, self.microbatch_size, mb)
+
+
+class StageRunner:
+    """Executes one stage's actions for an iteration and, on stage 0, assembles the mean gradient."""
+
+    def __init__(self, wiring: Wiring, schedule: Schedule, stage: int, sampling: Sampling,
+                 backend: Backend, transport: Transport, timeline: Timeline):
+        self.wiring, self.graph, self.stage = wiring, wiring.graph, stage
+        self.schedule, self.sampling, self.backend, self.xp = schedule, sampling, backend, backend.xp
+        self.transport, self.timeline = transport, timeline
+        self.actions = [a for a in schedule.actions[stage] if a is not None]
+        self.eval_mb = sampling.n_microbatches
+        self.eval_actions = [Forward(n, self.eval_mb) for n in self.graph.order if wiring.stage_of[n] == stage]
+        self._expected = self._expected_messages(self.actions, range(sampling.n_microbatches))
+        self._expected_eval = self._expected_messages(self.eval_actions, [self.eval_mb])
+
+    # -- one pass: begin, execute this stage's actions, end ----------------------------------------
+
+    def run(self, t: int, x=None, evaluation: bool = False):
+        """Runs this stage's whole part of a pass (see `begin`); returns what `end` returns."""
+        self.begin(t, x, evaluation)
+        for action in self.pass_actions(evaluation):
+            self.execute(action)
+        return self.end(evaluation)
+
+    def pass_actions(self, evaluation: bool) -> list:
+        return self.eval_actions if evaluation else self.actions
+
+    def begin(self, t: int, x=None, evaluation: bool = False) -> None:
+        """Starts iteration t's gradient pass at x_t, or with `evaluation` a forward pass of x alone."""
+        self.timeline.iteration = t
+        self._begin(self._expected_eval if evaluation else self._expected)
+        if self.stage != 0:
+            return
+        if evaluation:
+            self._set_root(self.eval_mb, self.xp.reshape(x, (1, -1)))
+        else:
+            for mb in range(self.sampling.n_microbatches):
+                self._set_root(mb, self._noisy_copies(x, t, mb))
+
+    def execute(self, action) -> None:
+        (self._forward if isinstance(action, Forward) else self._backward)(action.node, action.mb)
+
+    def end(self, evaluation: bool = False):
+        """Completes the pass; stage 0 returns f(x) for an evaluation, else (G_t, the K values f(x_t + γX_k))."""
+        result = None
+        if self.stage == 0:
+            result = (float(self.backend.to_host(self._value(self.eval_mb))[0]) if evaluation
+                      else self._mean_gradient())
+        self.transport.complete_sends()
+        return result
+
+    def _begin(self, expected: list[Message]) -> None:
+        self._outputs: dict[tuple[str, int], object] = {}
+        self._stash: dict[tuple[str, int], list] = {}
+        self._local_cotangents: dict[tuple[str, str, int], object] = {}
+        self._local_values: dict[int, object] = {}
+        self.transport.expect(expected)
+
+    def _noisy_copies(self, x, t: int, mb: int):
+        """θ_mb = x_t + γ X_k for the samples k of microbatch mb, stacked along the batch axis."""
+        samples = self.sampling.samples(mb)
+        base = self.xp.broadcast_to(x, (len(samples), x.shape[0]))
+        if self.sampling.gamma == 0.0:
+            return self.xp.array(base)
+        perturbation = self.backend.asarray(
+            noise.perturbations(self.sampling.seed, t, samples, x.shape[0], self.backend.dtype))
+        return base + self.sampling.gamma * perturbation
+
+    def _set_root(self, mb: int, batch) -> None:
+        root = self.graph.root
+        self._outputs[(root, mb)] = batch
+        for child in self.graph.children[root]:
+            if self.wiring.crosses(root, child):
+                self._send(ACTIVATION, root, child, mb, batch)
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def _forward(self, node: str, mb: int) -> None:
+        parents = self.graph.parents(node)
+        arrays = {parent: self._input(parent, node, mb) for parent in dict.fromkeys(parents)}
+        inputs = [arrays[parent] for parent in parents]
+        start = time.perf_counter()
+        output = self.graph.op(node).forward(self.xp, *inputs)
+        self.timeline.record(mb, FORWARD_PHASE, self.wiring.node_index[node], start, time.perf_counter())
+        self._outputs[(node, mb)] = output
+        self._stash[(node, mb)] = inputs
+        for child in self.graph.children[node]:
+            if self.wiring.crosses(node, child):
+                self._send(ACTIVATION, node, child, mb, output)
+        if node == self.graph.leaf:
+            if self.stage == 0:
+                self._local_values[mb] = output
+            else:
+                self._transmit(Message(VALUE, 0, mb), output)
+
+    def _backward(self, node: str, mb: int) -> None:
+        output = self._outputs.pop((node, mb))
+        cotangent = self._cotangent(node, mb, like=output)
+        inputs = self._stash.pop((node, mb))
+        start = time.perf_counter()
+        grads = self.graph.op(node).vjp(self.xp, inputs, output, cotangent)
+        per_parent = _sum_by_parent(self.graph.parents(node), grads)
+        self.timeline.record(mb, BACKWARD_PHASE, self.wiring.node_index[node], start, time.perf_counter())
+        for parent, grad in per_parent.items():
+            if self.wiring.crosses(parent, node):
+                self._send(COTANGENT, parent, node, mb, grad)
+            else:
+                self._local_cotangents[(parent, node, mb)] = grad
+
+    def _input(self, parent: str, node: str, mb: int):
+        if self.wiring.crosses(parent, node):
+            return self._receive(ACTIVATION, parent, node, mb)
+        return self._outputs[(parent, mb)]
+
+    def _cotangent(self, node: str, mb: int, like):
+        """Sum of the children's cotangents for (node, mb), in the fixed order of `children`."""
+        if node == self.graph.leaf:
+            return self.xp.ones_like(like)
+        total = None
+        for child in self.graph.children[node]:
+            part = (self._receive(COTANGENT, node, child, mb) if self.wiring.crosses(node, child)
+                    else self._local_cotangents.pop((node, child, mb)))
+            total = part if total is None else total + part
+        return total
+
+    def _mean_gradient(self):
+        """G_t = (1/K) Σ_k ∇f(x_t + γX_k), summed microbatch by microbatch, and the K sample values."""
+        root = self.graph.root
+        total = self.xp.zeros(self.graph.dim, dtype=self.backend.dtype)
+        values = []
+        for mb in range(self.sampling.n_microbatches):
+            total += self._cotangent(root, mb, like=None).sum(axis=0)
+            values.append(self.backend.to_host(self._value(mb)))
+        return total / self.sampling.K, np.concatenate(values)
+
+    def _value(self, mb: int):
+        leaf = self.graph.leaf
+        if self.wiring.stage_of[leaf] == 0:
+            return self._local_values.pop(mb)
+        return self.transport.recv(Message(VALUE, 0, mb))
+
+    # -- messages ------------------------------------------------------------------------------
+
+    def _send(self, kind: int, parent: str, child: str, mb: int, array) -> None:
+        self._transmit(Message(kind, self.wiring.edge_index[(parent, child)], mb), array)
+
+    def _transmit(self, message: Message, array) -> None:
+        self.transport.send(message, self.xp.ascontiguousarray(array))
+
+    def _receive(self, kind: int, parent: str, child: str, mb: int):
+        return self.transport.recv(Message(kind, self.wiring.edge_index[(parent, child)], mb))
+
+    def _expected_messages(self, actions, microbatches) -> list[Message]:
+        """Every message this stage receives while executing `actions`, in the order it needs them."""
+        graph, wiring, index = self.graph, self.wiring, self.wiring.edge_index
+        expected = []
+        for action in actions:
+            node = action.node
+            if isinstance(action, Forward):
+                expected += [Message(ACTIVATION, index[(p, node)], action.mb)
+                             for p in dict.fromkeys(graph.parents(node)) if wiring.crosses(p, node)]
+            elif isinstance(action, Backward):
+                expected += [Message(COTANGENT, index[(node, c)], action.mb)
+                             for c in graph.children[node] if wiring.crosses(node, c)]
+        if self.stage == 0:
+            for mb in microbatches:
+                expected += [Message(COTANGENT, index[(graph.root, c)], mb) for c in graph.children[graph.root]
+                             if wiring.crosses(graph.root, c) and mb < self.sampling.n_microbatches]
+                if wiring.stage_of[graph.leaf] != 0:
+                    expected.append(Message(VALUE, 0, mb))
+        return expected
+
+
+def _sum_by_parent(parents: tuple[str, ...], grads) -> dict[str, object]:
+    """Cotangents per distinct parent: a parent used in several input slots gets their sum, in slot order."""
+    per_parent: dict[str, object] = {}
+    for parent, grad in zip(parents, grads):
+        per_parent[parent] = grad if parent not in per_parent else per_parent[parent] + grad
+    return per_parent

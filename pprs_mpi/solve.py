@@ -1,0 +1,216 @@
+"""Command line: configuration → problem → engine → Algorithm 1 → HDF5 trace.
+
+    python -m pprs_mpi.solve --problem lad --depth 8 --algo pprs -K 16 --out run.h5
+    mpirun -n 8 python -m pprs_mpi.solve --problem lad --depth 8 --out run.h5
+
+Bad input is reported in one line with exit code 2 (by rank 0 only); a failure during the run
+ends every rank, is reported once, marks the trace `failed` and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+
+from pprs_mpi import __version__, config, driver, optim, problems
+from pprs_mpi.backend import BackendError, select
+from pprs_mpi.config import ConfigError
+from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.graph import GraphError
+from pprs_mpi.placement import measure_costs
+from pprs_mpi.schedule import build as build_schedule, ideal_makespan
+
+BAD_INPUT = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    try:
+        setup = _prepare(argv, comm)
+    except (ConfigError, GraphError, BackendError, ValueError) as err:
+        return _bad_input(comm, err)
+    trace_error = _open_trace(setup) if comm.rank == 0 else None
+    trace_error = comm.bcast(trace_error, root=0) if comm.size > 1 else trace_error
+    if trace_error:
+        return _bad_input(comm, trace_error)
+    try:
+        return _run(setup, comm)
+    except Exception as err:  # noqa: BLE001 — any failure must end every rank, reported once
+        from pprs_mpi.engines.mpi import RemoteFailure, report_failure_and_abort
+        text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
+        if comm.rank == 0:
+            setup.trace.close("failed")
+        if comm.size > 1:
+            report_failure_and_abort(comm, f"pprs_mpi.solve: {text}")
+        print(f"pprs_mpi.solve: {text}", file=sys.stderr, flush=True)
+        return 1
+
+
+class Setup:
+    """Everything a run needs, built identically on every rank from the same configuration."""
+
+    def __init__(self, cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan):
+        self.cfg, self.problem, self.wiring, self.schedule = cfg, problem, wiring, schedule
+        self.sampling, self.backend, self.engine_name, self.makespan = sampling, backend, engine_name, makespan
+        self.trace = None
+
+
+def _prepare(argv, comm) -> Setup:
+    cfg = config.load(argv)
+    problem = problems.build(cfg["problem"], **cfg["problem_params"])
+    _apply_preset(cfg, problem)
+    engine_name = cfg["engine"] if cfg["engine"] != "auto" else ("mpi" if comm.size > 1 else "serial")
+    graph = problem.graph
+    if engine_name == "serial":
+        if comm.size > 1:
+            raise ConfigError(f"--engine serial runs in one process, but {comm.size} ranks were started")
+        n_stages = cfg["stages"] or len(graph.order)
+    else:
+        if cfg["stages"] not in (None, comm.size):
+            raise ConfigError(f"--stages {cfg['stages']} differs from the {comm.size} MPI ranks; the MPI engine runs one stage per rank")
+        n_stages = comm.size
+    if n_stages > len(graph.order):
+        raise ConfigError(f"{n_stages} stages (ranks) for a graph of {len(graph.order)} nodes: use at most {len(graph.order)}")
+    local_rank = comm.Split_type(_shared_memory_split(), key=comm.rank).rank if comm.size > 1 else 0
+    backend = select(cfg["device"], cfg["dtype"], local_rank)
+    sampling = Sampling(cfg["K"], float(cfg["gamma"]), cfg["seed"], cfg["microbatch_size"])
+    costs = None
+    if cfg["balance"] == "measured":  # measured on rank 0 only, so every rank places nodes alike
+        costs = measure_costs(graph, backend, cfg["microbatch_size"]) if comm.rank == 0 else None
+        costs = comm.bcast(costs, root=0) if comm.size > 1 else costs
+    stages = graph.stages(n_stages, costs)
+    schedule = build_schedule(cfg["schedule"], stages, {n: graph.parents(n) for n in graph.order},
+                              sampling.n_microbatches)
+    depth = cfg["simulated_depth"] or graph.depth
+    makespan = ideal_makespan(sampling.n_microbatches, depth) if cfg["simulated_depth"] else schedule.makespan
+    return Setup(cfg, problem, Wiring(graph, stages), schedule, sampling, backend, engine_name, makespan)
+
+
+def _shared_memory_split():
+    from mpi4py import MPI
+    return MPI.COMM_TYPE_SHARED
+
+
+def _apply_preset(cfg: dict, problem) -> None:
+    """Fills K, γ, η, μ (and T) from Theorem 3 or 4; values the user set explicitly win."""
+    if cfg["preset"] == "none":
+        return
+    L, R, d = problem.lipschitz, problem.radius, problem.graph.dim
+    if L is None:
+        raise ConfigError(f"--preset {cfg['preset']} needs a Lipschitz bound, which problem '{problem.name}' does not know")
+    try:
+        if cfg["preset"] == "theorem3":
+            if R is None:
+                raise ConfigError(f"--preset theorem3 needs R, which problem '{problem.name}' does not know")
+            use_eps = "eps" in cfg["given"] and "iters" not in cfg["given"]
+            preset = optim.theorem3(L, R, d, iters=None if use_eps else cfg["iters"], eps=cfg["eps"] if use_eps else None)
+        else:
+            if cfg["eps"] is None or cfg["smoothing_radius"] is None:
+                raise ConfigError("--preset theorem4 needs --eps and --smoothing-radius")
+            D = _initial_gap(problem)
+            preset = optim.theorem4(L, D, d, cfg["eps"], cfg["smoothing_radius"])
+    except ValueError as err:
+        raise ConfigError(f"--preset {cfg['preset']}: {err}") from None
+    for key in ("K", "gamma", "lr", "mu", "iters"):
+        if key not in cfg["given"]:
+            cfg[key] = getattr(preset, key)
+    cfg["preset_source"] = preset.source
+    config.validate(cfg)
+
+
+def _initial_gap(problem) -> float:
+    """D = f(θ_0) − f* for Theorem 4, from one plain forward pass on the host."""
+    if problem.f_star is None:
+        raise ConfigError(f"--preset theorem4 needs f*, which problem '{problem.name}' does not know")
+    graph, values = problem.graph, {problem.graph.root: problem.x0[None, :]}
+    for name in graph.order:
+        values[name] = graph.op(name).forward(np, *[values[p] for p in graph.parents(name)])
+    return float(values[graph.leaf][0]) - problem.f_star
+
+
+def _open_trace(setup: Setup) -> str | None:
+    """Creates the trace on rank 0; returns an error message instead of raising."""
+    from pprs_mpi.trace import TraceWriter
+    from mpi4py import MPI
+    cfg, graph = setup.cfg, setup.problem.graph
+    meta = {"ranks": MPI.COMM_WORLD.size, "device": setup.backend.device, "engine": setup.engine_name,
+            "mpi_library": MPI.Get_library_version().splitlines()[0].strip(), "depth": graph.depth,
+            "makespan": setup.makespan, "n_microbatches": setup.sampling.n_microbatches,
+            "stages": len(setup.wiring.stages), "package_version": __version__}
+    try:
+        setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta)
+    except Exception as err:  # noqa: BLE001 — any reason the file cannot be created is bad input
+        return f"cannot write trace '{cfg['out']}': {err}"
+    names = list(graph.order)
+    setup.trace.write_graph(names, [graph.op(n).describe() for n in names], [list(graph.parents(n)) for n in names],
+                            [setup.wiring.stage_of[n] for n in names], graph.dim, graph.depth, graph.root)
+    return None
+
+
+def _jsonable(cfg: dict) -> dict:
+    return {k: v for k, v in cfg.items() if k != "given"}
+
+
+def _make_engine(setup: Setup, comm):
+    if setup.engine_name == "serial":
+        from pprs_mpi.engines.serial import SerialEngine
+        return SerialEngine(setup.wiring, setup.schedule, setup.sampling, setup.backend)
+    from pprs_mpi.engines.mpi import MpiEngine
+    return MpiEngine(comm, setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.cfg["comm_timeout"])
+
+
+def _run(setup: Setup, comm) -> int:
+    engine = _make_engine(setup, comm)
+    if comm.rank != 0:
+        engine.serve()
+        return 0
+    cfg, trace = setup.cfg, setup.trace
+    progress = driver.progress_for(cfg)
+    if not cfg["quiet"]:
+        print(_banner(setup), flush=True)
+    outcome = driver.minimize(engine, setup.backend, setup.problem.x0, cfg, setup.makespan, trace, progress)
+    timeline = engine.gather_timeline()
+    engine.stop()
+    trace.write_timeline(timeline)
+    trace.write_result(y=outcome.y, x=outcome.x)
+    trace.close(outcome.status)
+    if outcome.status != "completed":
+        print(f"pprs_mpi.solve: {outcome.message}; trace {cfg['out']} marked {outcome.status}", file=sys.stderr)
+        return 1
+    if not cfg["quiet"]:
+        print(_summary(setup, outcome, timeline), flush=True)
+    return 0
+
+
+def _banner(setup: Setup) -> str:
+    cfg, graph = setup.cfg, setup.problem.graph
+    simulated = f" (simulated Δ={cfg['simulated_depth']})" if cfg["simulated_depth"] else ""
+    return (f"pprs_mpi {__version__}: {cfg['problem']} d={graph.dim} Δ={graph.depth}{simulated} nodes={len(graph.order)} "
+            f"| {cfg['algo']} K={cfg['K']} γ={cfg['gamma']:g} η={cfg['lr']:g} μ={cfg['mu']} T={cfg['iters']} "
+            f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {cfg['schedule']}, "
+            f"{setup.sampling.n_microbatches} microbatches, {setup.makespan} time units/iteration, {setup.backend.device}")
+
+
+def _summary(setup: Setup, outcome, timeline: np.ndarray) -> str:
+    lines = [f"done: f(y_T) = {outcome.f_final:.6g}" + (
+        f", f* = {setup.problem.f_star:g}" if setup.problem.f_star is not None else "") + f"; trace {setup.cfg['out']}"]
+    for rank in np.unique(timeline["rank"]) if len(timeline) else []:
+        rows = timeline[timeline["rank"] == rank]
+        busy = float(np.sum((rows["end"] - rows["start"])[rows["phase"] != 2]))
+        wait = float(np.sum((rows["end"] - rows["start"])[rows["phase"] == 2]))
+        span = float(rows["end"].max() - rows["start"].min()) or math.inf
+        lines.append(f"  rank {rank}: compute {busy / span:.0%}, wait {wait / span:.0%}")
+    return "\n".join(lines)
+
+
+def _bad_input(comm, err) -> int:
+    if comm.rank == 0:
+        print(f"pprs_mpi.solve: error: {err}", file=sys.stderr, flush=True)
+    return BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
