@@ -1,0 +1,311 @@
+"""Pipeline schedules as data (paper Algorithm 1, step 3, and Figure 2).
+
+A schedule says, for every stage (one MPI rank) and every time unit, which forward or backward
+of which node on which microbatch runs there, or that the stage idles (an explicit bubble,
+`None`). One action takes one time unit, completes at the end of it, and its result can be used
+from the next unit on (the paper's model with communication time τ = 0).
+
+Both schedulers are greedy list schedulers: unit after unit, every stage starts at most one
+action whose dependencies completed at earlier units, chosen by a policy:
+
+- `gpipe` (fill-drain, the paper's Figure 2): a stage runs all its forwards before any backward.
+- `1f1b` (PipeDream-flush): a stage prefers a ready backward, and stage s keeps at most P - s
+  microbatches in flight per node (forward done, backward not), which bounds activation memory
+  by the number of stages instead of the number of microbatches.
+
+Tie-breaking is deterministic. Every node handles its microbatches in increasing order, in both
+directions, so the root receives the gradients in sample order whatever the schedule. Among a
+stage's candidates, the lower microbatch goes first; on equal microbatches a forward goes to the
+node earliest in topological order and a backward to the node latest in it (the backward wave
+mirrors the forward one). The topological order is Kahn's algorithm over `parents`, breaking
+ties by the insertion order of `parents`.
+
+Guarantees (proofs in tests/test_schedule.py). No legal schedule beats max(2(M + Δ - 1),
+2M × nodes of the biggest stage). With one node per stage in topological order both schedulers
+reach 2(M + Δ - 1) exactly, Δ the longest path in nodes. With grouped stages both are legal and
+finish within 2M × nodes units; 1F1B holds at most nodes × min(M, P - s) activations on stage s,
+GPipe exactly nodes × M, and either may be the faster one.
+
+This module is pure: no arrays, no MPI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Sequence
+
+
+class ScheduleError(ValueError):
+    """An illegal schedule or an unschedulable stage layout; the message names the culprit."""
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Forward pass of `node` on microbatch `mb`."""
+
+    node: str
+    mb: int
+
+
+@dataclass(frozen=True)
+class Backward:
+    """Vector-Jacobian product of `node` on microbatch `mb`."""
+
+    node: str
+    mb: int
+
+
+Action = Forward | Backward | None  # None is an explicit bubble
+
+SCHEDULES = ("gpipe", "1f1b")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Per-stage action lists: `actions[stage][unit]`, every row as long as the makespan."""
+
+    stages: tuple[tuple[str, ...], ...]
+    n_microbatches: int
+    actions: tuple[tuple[Action, ...], ...]
+
+    @property
+    def makespan(self) -> int:
+        """Number of time units of the schedule (its columns)."""
+        return max((len(row) for row in self.actions), default=0)
+
+    def stage_of(self, node: str) -> int:
+        """Index of the stage that owns `node`."""
+        for s, nodes in enumerate(self.stages):
+            if node in nodes:
+                return s
+        raise KeyError(f"node '{node}' is in no stage")
+
+    def validate(self, parents: Mapping[str, Sequence[str]]) -> None:
+        """Raise ScheduleError naming the first illegal action; return None if the schedule is legal."""
+        dag = _Dag(self.stages, parents)
+        M = self.n_microbatches
+        if M < 1:
+            raise ScheduleError(f"n_microbatches must be >= 1, got {M}")
+        if len(self.actions) != len(self.stages):
+            raise ScheduleError(f"{len(self.actions)} action rows for {len(self.stages)} stages")
+        for s, row in enumerate(self.actions):
+            if len(row) != self.makespan:
+                raise ScheduleError(f"stage {s}: {len(row)} units, other stages have {self.makespan}")
+        if self.makespan and all(row[-1] is None for row in self.actions):
+            raise ScheduleError(f"unit {self.makespan - 1}: every stage idles; the makespan is not tight")
+        done: dict[Action, int] = {}
+        for s, row in enumerate(self.actions):
+            for t, action in enumerate(row):
+                if action is None:
+                    continue
+                if not isinstance(action, (Forward, Backward)):
+                    raise ScheduleError(f"stage {s}, unit {t}: {action!r} is not an action")
+                if dag.stage.get(action.node) != s:
+                    raise ScheduleError(f"stage {s}, unit {t}: {action!r} belongs to a node this stage does not own")
+                if not 0 <= action.mb < M:
+                    raise ScheduleError(f"stage {s}, unit {t}: {action!r} has a microbatch outside 0..{M - 1}")
+                if action in done:
+                    raise ScheduleError(f"stage {s}, unit {t}: {action!r} already ran at unit {done[action]}")
+                done[action] = t
+        every = [kind(node, mb) for node in dag.order for mb in range(M) for kind in (Forward, Backward)]
+        for action in every:
+            if action not in done:
+                raise ScheduleError(f"{action!r} never runs")
+        for action in every:
+            for dep in dag.dependencies(action):
+                if done[dep] >= done[action]:
+                    raise ScheduleError(
+                        f"{action!r} runs at unit {done[action]} but needs {dep!r}, "
+                        f"which completes at the end of unit {done[dep]}")
+
+    def live_activations(self) -> list[int]:
+        """Per stage, the peak number of (node, mb) whose forward is done and backward is not (legal schedules)."""
+        peaks = []
+        for row in self.actions:
+            live = peak = 0
+            for action in row:
+                live += isinstance(action, Forward) - isinstance(action, Backward)
+                peak = max(peak, live)
+            peaks.append(peak)
+        return peaks
+
+    def grid(self) -> str:
+        """Stage × time table, one row per stage: 'F<mb>'/'B<mb>', with ':<node>' on stages of several nodes."""
+        def cell(action: Action, several: bool) -> str:
+            if action is None:
+                return "."
+            text = f"{'F' if isinstance(action, Forward) else 'B'}{action.mb}"
+            return f"{text}:{action.node}" if several else text
+
+        cells = [[cell(a, len(nodes) > 1) for a in row] for nodes, row in zip(self.stages, self.actions)]
+        width = max([len(str(self.makespan - 1))] + [len(c) for row in cells for c in row])
+        label = len(f"stage {len(self.stages) - 1}")
+        lines = [f"{'unit':<{label}} | " + " ".join(f"{t:<{width}}" for t in range(self.makespan)).rstrip()]
+        lines += [f"{f'stage {s}':<{label}} | " + " ".join(f"{c:<{width}}" for c in row).rstrip()
+                  for s, row in enumerate(cells)]
+        return "\n".join(lines)
+
+
+def gpipe(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]], n_microbatches: int) -> Schedule:
+    """GPipe fill-drain: each stage runs all its forwards, then all its backwards.
+
+    Backwards go in increasing microbatch order (first in, first out) rather than GPipe's reverse
+    autograd order: same makespan, and the same per-node order as 1F1B.
+    """
+    def pick(s: int, ready: list[Action], state: _State) -> Action:
+        if any(state.next_f[v] < state.M for v in state.dag.stages[s]):
+            ready = [a for a in ready if isinstance(a, Forward)]
+        return min(ready, key=state.dag.priority, default=None)
+
+    return _list_schedule(stages, parents, n_microbatches, pick)
+
+
+def one_f_one_b(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]], n_microbatches: int) -> Schedule:
+    """1F1B (PipeDream-flush): ready backwards first; stage s keeps at most P - s microbatches in flight per node.
+
+    Warm-up needs no special case: no backward is ready before the first microbatch comes back.
+    The cap cannot deadlock: take the lowest microbatch m not finished everywhere. Either one of
+    its backwards is ready (backwards are never capped), or the topologically first node v whose
+    forward on m is missing is ready; v handles microbatches in order and all below m are done,
+    so v has nothing in flight and the cap (>= 1) lets it run.
+    """
+    P = len(stages)
+
+    def pick(s: int, ready: list[Action], state: _State) -> Action:
+        backwards = [a for a in ready if isinstance(a, Backward)]
+        allowed = backwards or [a for a in ready if state.next_f[a.node] - state.next_b[a.node] < P - s]
+        return min(allowed, key=state.dag.priority, default=None)
+
+    return _list_schedule(stages, parents, n_microbatches, pick)
+
+
+def build(name: str, stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]],
+          n_microbatches: int) -> Schedule:
+    """The schedule called `name` (one of SCHEDULES)."""
+    builders = {"gpipe": gpipe, "1f1b": one_f_one_b}
+    if name not in builders:
+        raise ValueError(f"unknown schedule '{name}': choose one of {', '.join(SCHEDULES)}")
+    return builders[name](stages, parents, n_microbatches)
+
+
+def n_microbatches(K: int, microbatch_size: int) -> int:
+    """Number of microbatches that carry K samples, `microbatch_size` at a time: ceil(K / b)."""
+    if K < 1 or microbatch_size < 1:
+        raise ValueError(f"K and microbatch_size must be >= 1, got K={K}, microbatch_size={microbatch_size}")
+    return -(-K // microbatch_size)
+
+
+def microbatch_samples(K: int, microbatch_size: int, mb: int) -> range:
+    """Sample indices k of microbatch `mb`: contiguous blocks of `microbatch_size`, the last one possibly short."""
+    M = n_microbatches(K, microbatch_size)
+    if not 0 <= mb < M:
+        raise ValueError(f"microbatch {mb} out of range 0..{M - 1} for K={K}, microbatch_size={microbatch_size}")
+    return range(mb * microbatch_size, min(K, (mb + 1) * microbatch_size))
+
+
+def ideal_makespan(n_microbatches: int, depth: int) -> int:
+    """Paper's time for M microbatches through depth Δ, one node per unit: 2(M + Δ - 1)."""
+    if n_microbatches < 1 or depth < 1:
+        raise ValueError(f"n_microbatches and depth must be >= 1, got {n_microbatches} and {depth}")
+    return 2 * (n_microbatches + depth - 1)
+
+
+class _Dag:
+    """The stage layout checked against `parents`: node → stage, children, topological order."""
+
+    def __init__(self, stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]]):
+        self.stages = tuple(tuple(nodes) for nodes in stages)
+        self.parents = {v: tuple(p for p in dict.fromkeys(ps) if p in parents) for v, ps in parents.items()}
+        self.stage: dict[str, int] = {}
+        for s, nodes in enumerate(self.stages):
+            if not nodes:
+                raise ScheduleError(f"stage {s} has no nodes")
+            for v in nodes:
+                if v not in parents:
+                    raise ScheduleError(f"stage {s}: node '{v}' is not a key of parents")
+                if v in self.stage:
+                    raise ScheduleError(f"node '{v}' is in stages {self.stage[v]} and {s}")
+                self.stage[v] = s
+        for v in parents:
+            if v not in self.stage:
+                raise ScheduleError(f"node '{v}' is in no stage")
+        self.children: dict[str, list[str]] = {v: [] for v in parents}
+        for v, ps in self.parents.items():
+            for p in ps:
+                self.children[p].append(v)
+        self.order = self._topological_order()
+        self.position = {v: i for i, v in enumerate(self.order)}
+
+    def _topological_order(self) -> tuple[str, ...]:
+        """Kahn's algorithm, ties broken by insertion order of `parents`; raises on a cycle."""
+        indegree = {v: len(ps) for v, ps in self.parents.items()}
+        ready = [v for v in self.parents if indegree[v] == 0]
+        order: list[str] = []
+        while ready:
+            v = ready.pop(0)
+            order.append(v)
+            for c in self.children[v]:
+                indegree[c] -= 1
+                if indegree[c] == 0:
+                    ready.append(c)
+        if len(order) < len(self.parents):
+            stuck = next(v for v in self.parents if v not in order)
+            raise ScheduleError(f"node '{stuck}' lies on a cycle or depends on one")
+        return tuple(order)
+
+    def dependencies(self, action: Forward | Backward) -> list[Forward | Backward]:
+        """Actions that must complete before `action` starts (same microbatch)."""
+        v, mb = action.node, action.mb
+        if isinstance(action, Forward):
+            return [Forward(p, mb) for p in self.parents[v]]
+        return [Forward(v, mb)] + [Backward(c, mb) for c in self.children[v]]
+
+    def priority(self, action: Forward | Backward) -> tuple[int, int]:
+        """Sort key: lower microbatch first; forwards early nodes first, backwards late nodes first."""
+        position = self.position[action.node]
+        return action.mb, position if isinstance(action, Forward) else -position
+
+
+@dataclass
+class _State:
+    """Progress of a list schedule: per node, the next microbatch to run forward and backward."""
+
+    dag: _Dag
+    M: int
+    next_f: dict[str, int]
+    next_b: dict[str, int]
+
+
+def _list_schedule(stages, parents, M: int, pick: Callable[[int, list[Action], _State], Action]) -> Schedule:
+    """Greedy list scheduling: at each unit, every stage runs `pick` of its ready actions (or idles).
+
+    A node's only candidates are its next forward and its next backward, so every node handles the
+    microbatches in increasing order in both directions.
+    """
+    if M < 1:
+        raise ScheduleError(f"n_microbatches must be >= 1, got {M}")
+    dag = _Dag(stages, parents)
+    state = _State(dag, M, dict.fromkeys(dag.order, 0), dict.fromkeys(dag.order, 0))
+    done: dict[Action, int] = {}
+    rows: list[list[Action]] = [[] for _ in dag.stages]
+    remaining = 2 * M * len(dag.order)
+    t = 0
+    while remaining:
+        started = []
+        for s, nodes in enumerate(dag.stages):
+            candidates = [Forward(v, state.next_f[v]) for v in nodes if state.next_f[v] < M]
+            candidates += [Backward(v, state.next_b[v]) for v in nodes if state.next_b[v] < state.next_f[v]]
+            ready = [a for a in candidates if all(done.get(d, t) < t for d in dag.dependencies(a))]
+            action = pick(s, ready, state)
+            rows[s].append(action)
+            if action is not None:
+                started.append(action)
+        if not started:
+            raise RuntimeError(f"list scheduler stalled at unit {t}")  # cannot happen, see one_f_one_b
+        for action in started:
+            done[action] = t
+            counter = state.next_f if isinstance(action, Forward) else state.next_b
+            counter[action.node] += 1
+        remaining -= len(started)
+        t += 1
+    return Schedule(dag.stages, M, tuple(tuple(row) for row in rows))
