@@ -12,6 +12,7 @@ import sys
 
 from pprs_mpi import optim
 from pprs_mpi.backend import DEVICES, DTYPES
+from pprs_mpi.faults import Fault
 from pprs_mpi.problems import registry
 from pprs_mpi.schedule import SCHEDULES
 
@@ -34,7 +35,7 @@ DEFAULTS = {
     "iters": 200, "seed": 0, "schedule": "gpipe", "microbatch_size": 1, "eval_every": 10,
     "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64",
     "preset": "none", "balance": "declared", "eps": None, "smoothing_radius": None, "simulated_depth": None,
-    "comm_timeout": None, "quiet": False, "progress_every": None,
+    "comm_timeout": None, "inject_fault": None, "quiet": False, "progress_every": None,
 }
 # What each algorithm means when the user leaves K, γ or μ unset (Algorithm 1 with other settings).
 ALGORITHM_DEFAULTS = {
@@ -72,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--smoothing-radius", dest="smoothing_radius", type=float, help="r of Theorem 4")
     p.add_argument("--schedule", choices=SCHEDULES, help="pipeline schedule (default gpipe)")
     p.add_argument("--microbatch-size", dest="microbatch_size", type=int, help="noisy copies per message b (default 1)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate f(y_t) every N iterations, 0 = never (default 10)")
+    p.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate f(y_t) every N iterations and at the end, 0 = only at the end (default 10)")
     p.add_argument("--simulated-depth", dest="simulated_depth", type=int,
                    help="count pipeline time as if the graph had this depth (labelled simulated)")
     p.add_argument("--out", help="trace file to write (default run.h5)")
@@ -83,6 +84,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, help="cpu (default), gpu, or auto")
     p.add_argument("--dtype", choices=DTYPES, help="float64 (default) or float32")
     p.add_argument("--comm-timeout", dest="comm_timeout", type=float, help="abort if a rank waits longer than S seconds")
+    p.add_argument("--inject-fault", dest="inject_fault", metavar="RANK:ITER:raise|exit",
+                   help="testing: make RANK raise or exit at iteration ITER (also env PPRS_FAULT)")
     p.add_argument("--progress-every", dest="progress_every", type=int, help="iterations between progress lines")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     group = p.add_argument_group("problem parameters")
@@ -171,3 +174,8 @@ def validate(cfg: dict) -> None:
         need(cfg[key] is None or (isinstance(cfg[key], int) and cfg[key] >= 1), f"{key} must be >= 1, got {cfg[key]!r}")
     need(cfg["comm_timeout"] is None or cfg["comm_timeout"] > 0, f"comm-timeout must be > 0, got {cfg['comm_timeout']}")
     need(isinstance(cfg["out"], str) and cfg["out"] != "", "out must be a file path")
+    if cfg["inject_fault"] is not None:
+        try:
+            Fault.parse(str(cfg["inject_fault"]))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None

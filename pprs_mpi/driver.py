@@ -7,7 +7,6 @@ It is engine-agnostic: everything that differs between one process and many rank
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 
@@ -52,7 +51,7 @@ def minimize(engine, backend, x0: np.ndarray, cfg: dict, makespan: int, trace, p
              start_iteration: int = 0, y0: np.ndarray | None = None) -> Outcome:
     """Runs Algorithm 1 from (x0, y0) at iteration `start_iteration` to cfg['iters'], appending a trace row
     per iteration: f_smoothed is the mean of the K sample values at x_t, f_eval is f(y_{t+1}) every
-    `eval_every` iterations (NaN otherwise), pipeline_time counts `makespan` units per iteration."""
+    `eval_every` iterations and at the last (NaN otherwise), pipeline_time counts `makespan` units per iteration."""
     x = backend.asarray(x0)
     y = backend.asarray(x0 if y0 is None else y0)
     momentum, lr, every = optim.Momentum(cfg["mu"]), float(cfg["lr"]), cfg["eval_every"]
@@ -71,7 +70,8 @@ def minimize(engine, backend, x0: np.ndarray, cfg: dict, makespan: int, trace, p
         wall_time += time.perf_counter() - tick
         pipeline_time += makespan
         done = t + 1
-        f_eval = engine.evaluate(y_next, t) if every and (done % every == 0 or done == cfg["iters"]) else math.nan
+        evaluate = done == cfg["iters"] or (every and done % every == 0)
+        f_eval = engine.evaluate(y_next, t) if evaluate else math.nan
         trace.append(iteration=done, pipeline_time=pipeline_time, wall_time=wall_time, f_smoothed=f_smoothed,
                      f_eval=f_eval, grad_norm=float(backend.xp.linalg.norm(grad)), step_size=lr)
         progress.show(done, pipeline_time, f_smoothed, f_eval)
@@ -86,6 +86,3 @@ def progress_for(cfg: dict) -> Progress:
     every = cfg["progress_every"] or max(1, cfg["iters"] // 20)
     return Progress(cfg["iters"], every, quiet=cfg["quiet"])
 
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)

@@ -14,25 +14,29 @@ import sys
 
 import numpy as np
 
-from pprs_mpi import __version__, config, driver, optim, problems
+from pprs_mpi import __version__, config, driver, faults, optim, problems
 from pprs_mpi.backend import BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.faults import Fault
 from pprs_mpi.graph import GraphError
 from pprs_mpi.placement import measure_costs
 from pprs_mpi.schedule import build as build_schedule, ideal_makespan
 
 BAD_INPUT = 2
+PREFIX = "pprs_mpi.solve: "
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, comm=None) -> int:
+    """Runs one solve and returns its exit code. `comm` defaults to MPI.COMM_WORLD; pass MPI.COMM_SELF
+    to run a serial solve inside one rank of a larger job (as the experiments do)."""
     from mpi4py import MPI
-    comm = MPI.COMM_WORLD
+    comm = MPI.COMM_WORLD if comm is None else comm
     try:
         setup = _prepare(argv, comm)
     except (ConfigError, GraphError, BackendError, ValueError) as err:
         return _bad_input(comm, err)
-    trace_error = _open_trace(setup) if comm.rank == 0 else None
+    trace_error = _open_trace(setup, comm) if comm.rank == 0 else None
     trace_error = comm.bcast(trace_error, root=0) if comm.size > 1 else trace_error
     if trace_error:
         return _bad_input(comm, trace_error)
@@ -44,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         if comm.rank == 0:
             setup.trace.close("failed")
         if comm.size > 1:
-            report_failure_and_abort(comm, f"pprs_mpi.solve: {text}")
-        print(f"pprs_mpi.solve: {text}", file=sys.stderr, flush=True)
+            report_failure_and_abort(comm, text, prefix=PREFIX)
+        print(PREFIX + text, file=sys.stderr, flush=True)
         return 1
 
 
@@ -56,6 +60,7 @@ class Setup:
         self.cfg, self.problem, self.wiring, self.schedule = cfg, problem, wiring, schedule
         self.sampling, self.backend, self.engine_name, self.makespan = sampling, backend, engine_name, makespan
         self.trace = None
+        self.fault = Fault.parse(cfg["inject_fault"]) if cfg["inject_fault"] else faults.from_environment()
 
 
 def _prepare(argv, comm) -> Setup:
@@ -131,13 +136,13 @@ def _initial_gap(problem) -> float:
     return float(values[graph.leaf][0]) - problem.f_star
 
 
-def _open_trace(setup: Setup) -> str | None:
+def _open_trace(setup: Setup, comm) -> str | None:
     """Creates the trace on rank 0; returns an error message instead of raising."""
     from pprs_mpi.trace import TraceWriter
     from mpi4py import MPI
     cfg, graph = setup.cfg, setup.problem.graph
-    meta = {"ranks": MPI.COMM_WORLD.size, "device": setup.backend.device, "engine": setup.engine_name,
-            "mpi_library": MPI.Get_library_version().splitlines()[0].strip(), "depth": graph.depth,
+    meta = {"ranks": comm.size, "device": setup.backend.device, "engine": setup.engine_name,
+            "mpi_library": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "depth": graph.depth,
             "makespan": setup.makespan, "n_microbatches": setup.sampling.n_microbatches,
             "stages": len(setup.wiring.stages), "package_version": __version__}
     try:
@@ -157,9 +162,10 @@ def _jsonable(cfg: dict) -> dict:
 def _make_engine(setup: Setup, comm):
     if setup.engine_name == "serial":
         from pprs_mpi.engines.serial import SerialEngine
-        return SerialEngine(setup.wiring, setup.schedule, setup.sampling, setup.backend)
+        return SerialEngine(setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.fault)
     from pprs_mpi.engines.mpi import MpiEngine
-    return MpiEngine(comm, setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.cfg["comm_timeout"])
+    return MpiEngine(comm, setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.cfg["comm_timeout"],
+                     setup.fault)
 
 
 def _run(setup: Setup, comm) -> int:
@@ -171,14 +177,15 @@ def _run(setup: Setup, comm) -> int:
     progress = driver.progress_for(cfg)
     if not cfg["quiet"]:
         print(_banner(setup), flush=True)
-    outcome = driver.minimize(engine, setup.backend, setup.problem.x0, cfg, setup.makespan, trace, progress)
+    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported by the driver
+        outcome = driver.minimize(engine, setup.backend, setup.problem.x0, cfg, setup.makespan, trace, progress)
     timeline = engine.gather_timeline()
     engine.stop()
     trace.write_timeline(timeline)
     trace.write_result(y=outcome.y, x=outcome.x)
     trace.close(outcome.status)
     if outcome.status != "completed":
-        print(f"pprs_mpi.solve: {outcome.message}; trace {cfg['out']} marked {outcome.status}", file=sys.stderr)
+        print(f"{PREFIX}{outcome.message}; trace {cfg['out']} marked {outcome.status}", file=sys.stderr)
         return 1
     if not cfg["quiet"]:
         print(_summary(setup, outcome, timeline), flush=True)
@@ -208,7 +215,7 @@ def _summary(setup: Setup, outcome, timeline: np.ndarray) -> str:
 
 def _bad_input(comm, err) -> int:
     if comm.rank == 0:
-        print(f"pprs_mpi.solve: error: {err}", file=sys.stderr, flush=True)
+        print(f"{PREFIX}error: {err}", file=sys.stderr, flush=True)
     return BAD_INPUT
 
 

@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from pprs_mpi.backend import Backend
+from pprs_mpi.faults import Fault
 from pprs_mpi.engines.stage import (ACTIVATION, COTANGENT, WAIT_PHASE, Message, Sampling, StageRunner,
                                     Timeline, Wiring)
 from pprs_mpi.schedule import Schedule
@@ -129,7 +130,7 @@ class MpiEngine:
     name = "mpi"
 
     def __init__(self, comm, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
-                 comm_timeout: float | None = None):
+                 comm_timeout: float | None = None, fault: Fault | None = None):
         if comm.size != len(wiring.stages):
             raise ValueError(f"{comm.size} MPI ranks for {len(wiring.stages)} stages")
         self.comm = comm
@@ -137,7 +138,7 @@ class MpiEngine:
         self.timeline = Timeline(rank=comm.rank)
         self.poller = Poller(comm, comm_timeout)
         transport = MpiTransport(comm, wiring, sampling, backend, self.timeline, self.poller)
-        self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, transport, self.timeline)
+        self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, transport, self.timeline, fault)
         self._command_buffer = np.zeros(2, dtype=np.int64)
 
     def gradient(self, x, t: int):
@@ -180,18 +181,18 @@ def _timeline_dtype():
     return TIMELINE_DTYPE
 
 
-def report_failure_and_abort(comm, message: str, exit_code: int = 1) -> None:
-    """Ends the whole job because of an error on this rank, reporting it once.
+def report_failure_and_abort(comm, text: str, prefix: str = "", exit_code: int = 1) -> None:
+    """Ends the whole job because of an error on this rank, reporting `prefix + text` once.
 
-    Rank 0 prints and aborts at once. Another rank hands the message to rank 0, which prints it,
-    marks its trace and aborts the job; if rank 0 does not within the grace period (it may itself be
-    stuck), this rank prints the message and aborts.
+    Rank 0 prints and aborts at once. Another rank hands `text` to rank 0, which prints it, marks its
+    trace and aborts the job; if rank 0 does not within the grace period (it may itself be stuck),
+    this rank prints the message and aborts.
     """
     if comm.rank != 0 and comm.size > 1:
-        request = comm.isend(message, dest=0, tag=FAILURE_TAG)
+        request = comm.isend(text, dest=0, tag=FAILURE_TAG)
         deadline = time.monotonic() + FAILURE_GRACE_SECONDS
         while time.monotonic() < deadline and not request.Test():
             time.sleep(0.01)
         time.sleep(max(0.0, deadline - time.monotonic()))
-    print(message, file=sys.stderr, flush=True)
+    print(prefix + text, file=sys.stderr, flush=True)
     comm.Abort(exit_code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pprs_mpi.backend import Backend
+from pprs_mpi.faults import Fault
 from pprs_mpi.engines.stage import Message, Sampling, StageRunner, Timeline, Wiring
 from pprs_mpi.schedule import Schedule
 
@@ -36,10 +37,11 @@ class SerialEngine:
 
     name = "serial"
 
-    def __init__(self, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend):
+    def __init__(self, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
+                 fault: Fault | None = None):
         transport = LocalTransport()
         self.timelines = [Timeline(rank=s) for s in range(len(wiring.stages))]
-        self.runners = [StageRunner(wiring, schedule, s, sampling, backend, transport, self.timelines[s])
+        self.runners = [StageRunner(wiring, schedule, s, sampling, backend, transport, self.timelines[s], fault)
                         for s in range(len(wiring.stages))]
         self.schedule = schedule
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from pprs_mpi import noise
 from pprs_mpi.backend import Backend
+from pprs_mpi.faults import Fault
 from pprs_mpi.graph import Graph
 from pprs_mpi.schedule import Backward, Forward, Schedule, microbatch_samples
 
@@ -120,10 +121,10 @@ class StageRunner:
     """Executes one stage's actions for an iteration and, on stage 0, assembles the mean gradient."""
 
     def __init__(self, wiring: Wiring, schedule: Schedule, stage: int, sampling: Sampling,
-                 backend: Backend, transport: Transport, timeline: Timeline):
+                 backend: Backend, transport: Transport, timeline: Timeline, fault: Fault | None = None):
         self.wiring, self.graph, self.stage = wiring, wiring.graph, stage
         self.schedule, self.sampling, self.backend, self.xp = schedule, sampling, backend, backend.xp
-        self.transport, self.timeline = transport, timeline
+        self.transport, self.timeline, self.fault = transport, timeline, fault
         self.actions = [a for a in schedule.actions[stage] if a is not None]
         self.eval_mb = sampling.n_microbatches
         self.eval_actions = [Forward(n, self.eval_mb) for n in self.graph.order if wiring.stage_of[n] == stage]
@@ -145,6 +146,8 @@ class StageRunner:
     def begin(self, t: int, x=None, evaluation: bool = False) -> None:
         """Starts iteration t's gradient pass at x_t, or with `evaluation` a forward pass of x alone."""
         self.timeline.iteration = t
+        if self.fault is not None and not evaluation:
+            self.fault.trigger(self.stage, t)
         self._begin(self._expected_eval if evaluation else self._expected)
         if self.stage != 0:
             return

@@ -1,0 +1,190 @@
+"""Pipeline efficiency of the MPI engine: a chain of 2 equal, heavy stages on 2 ranks.
+
+For K in {1, 4, 16, 64} it measures the mean iteration wall time, and once the unit cost c (one
+stage's forward or backward on one microbatch, measured alone) and an MPI ping-pong latency. It
+prints runtime efficiency = 2(K + P − 1)·c / measured, the speedup over the serial engine on the
+same problem, and the per-message overhead (measured − ideal) / messages against the ping-pong.
+The table is saved to benchmarks/results/pipeline_efficiency.json.
+
+    python benchmarks/pipeline_efficiency.py            # launches itself under mpirun -n 2
+    python benchmarks/pipeline_efficiency.py --unit-ms 5 --samples 1,4,16,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"  # one core per rank: the two stages must not fight over BLAS threads
+
+import numpy as np
+
+from pprs_mpi.backend import select
+from pprs_mpi.engines.serial import SerialEngine
+from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.graph import Graph
+from pprs_mpi.ops import Op
+from pprs_mpi.schedule import build as build_schedule
+
+RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_efficiency.json"
+DIM = 256
+RANKS = 2
+
+
+class Busy(Op):
+    """Identity (or sum, as the leaf) whose forward and VJP each burn the same fixed matmul work."""
+
+    def __init__(self, work: np.ndarray, leaf: bool):
+        self.work, self.leaf = work, leaf
+
+    def output_shape(self, shape):
+        return () if self.leaf else shape
+
+    def _burn(self, xp, like):
+        w = self.const(xp, "work", like.dtype)
+        return float((w @ w)[0, 0]) * 0.0  # 0.0 keeps the result exact; the matmul is the cost
+
+    def forward(self, xp, x):
+        zero = self._burn(xp, x)
+        return x.sum(axis=1) + zero if self.leaf else x + zero
+
+    def vjp(self, xp, inputs, output, cotangent):
+        zero = self._burn(xp, inputs[0])
+        grad = xp.broadcast_to(cotangent[:, None], inputs[0].shape) if self.leaf else cotangent
+        return (grad + zero,)
+
+
+def work_size(unit_ms: float) -> int:
+    """Side n of the n×n matmul that takes about unit_ms on this core."""
+    n = 64
+    while n < 4096:
+        work = np.ones((n, n))
+        start = time.perf_counter()
+        for _ in range(5):
+            work @ work
+        if (time.perf_counter() - start) / 5 * 1e3 >= unit_ms:
+            break
+        n = int(n * 1.1)
+    return n
+
+
+def chain(n: int) -> Graph:
+    """Two Busy nodes (identity, then sum) burning an n×n matmul per forward and per VJP."""
+    work = np.random.default_rng(0).standard_normal((n, n))
+    return Graph.chain(DIM, [Busy(work, leaf=False), Busy(work, leaf=True)])
+
+
+def unit_cost(graph: Graph, repeats: int = 20) -> float:
+    """Median seconds of one stage's forward or backward on one microbatch, alone."""
+    op, x = graph.op(graph.order[0]), np.ones((1, DIM))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        op.forward(np, x)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def engines(graph: Graph, K: int, comm=None):
+    stages = graph.stages(RANKS)
+    sampling = Sampling(K, gamma=0.1, seed=0, microbatch_size=1)
+    plan = build_schedule("gpipe", stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
+    if comm is None:
+        return SerialEngine(Wiring(graph, stages), plan, sampling, select())
+    from pprs_mpi.engines.mpi import MpiEngine
+    return MpiEngine(comm, Wiring(graph, stages), plan, sampling, select())
+
+
+def mean_iteration(engine, iterations: int) -> float:
+    x = np.zeros(DIM)
+    engine.gradient(x, 0)  # warm-up: first-touch allocations
+    start = time.perf_counter()
+    for t in range(1, iterations + 1):
+        engine.gradient(x, t)
+    return (time.perf_counter() - start) / iterations
+
+
+def ping_pong(comm, repeats: int = 200) -> float:
+    """Half the round trip of a DIM-float message between ranks 0 and 1, in seconds."""
+    buffer = np.zeros(DIM)
+    for timed in (False, True):  # the first exchanges set up the connection: not timed
+        comm.Barrier()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            if comm.rank == 0:
+                comm.Send(buffer, dest=1)
+                comm.Recv(buffer, source=1)
+            elif comm.rank == 1:
+                comm.Recv(buffer, source=0)
+                comm.Send(buffer, dest=0)
+    return (time.perf_counter() - start) / repeats / 2
+
+
+def worker(args) -> None:
+    """Runs under mpirun: every rank builds the same graph; rank 0 measures and writes the table."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    # Rank 0 sizes the work and measures c while the other rank waits: "measured alone".
+    graph = chain(comm.bcast(work_size(args.unit_ms) if comm.rank == 0 else None, root=0))
+    c = unit_cost(graph) if comm.rank == 0 else 0.0
+    comm.Barrier()
+    latency = ping_pong(comm)
+    rows = []
+    for K in args.samples:
+        engine = engines(graph, K, comm)
+        if comm.rank != 0:
+            engine.serve()
+            continue
+        iterations = max(3, int(args.seconds / (2 * (K + RANKS - 1) * c)))
+        measured = mean_iteration(engine, iterations)
+        engine.stop()
+        serial = mean_iteration(engines(graph, K), max(2, iterations // 2))
+        ideal = 2 * (K + RANKS - 1) * c
+        messages = 3 * K  # per microbatch: one activation, one cotangent, one leaf value to rank 0
+        rows.append({"K": K, "iterations": iterations, "measured_s": measured, "ideal_s": ideal,
+                     "efficiency": ideal / measured, "serial_s": serial, "speedup": serial / measured,
+                     "overhead_per_message_s": (measured - ideal) / messages})
+    if comm.rank == 0:
+        table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+                 "mpi": MPI.Get_library_version().splitlines()[0].strip(), "ranks": RANKS,
+                 "unit_cost_s": c, "ping_pong_latency_s": latency, "rows": rows}
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(json.dumps(table, indent=2))
+        print_table(table)
+
+
+def print_table(table: dict) -> None:
+    print(f"machine: {table['machine']}; {table['mpi']}; {table['ranks']} ranks")
+    print(f"unit cost c = {table['unit_cost_s'] * 1e3:.2f} ms, ping-pong latency = {table['ping_pong_latency_s'] * 1e6:.1f} us")
+    print(f"{'K':>4} {'measured ms':>12} {'ideal ms':>9} {'efficiency':>10} {'serial ms':>10} {'speedup':>8} {'overhead/msg us':>16}")
+    for r in table["rows"]:
+        print(f"{r['K']:>4} {r['measured_s'] * 1e3:>12.2f} {r['ideal_s'] * 1e3:>9.2f} {r['efficiency']:>10.3f} "
+              f"{r['serial_s'] * 1e3:>10.2f} {r['speedup']:>8.2f} {r['overhead_per_message_s'] * 1e6:>16.1f}")
+    print(f"saved {RESULTS}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--unit-ms", type=float, default=5.0, help="target unit cost c in ms (default 5)")
+    p.add_argument("--samples", type=lambda s: [int(k) for k in s.split(",")], default=[1, 4, 16, 64])
+    p.add_argument("--seconds", type=float, default=3.0, help="rough time budget per K")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
+    command = ["mpirun", "-n", str(RANKS), sys.executable, __file__, "--worker", "--unit-ms", str(args.unit_ms),
+               "--samples", ",".join(map(str, args.samples)), "--seconds", str(args.seconds)]
+    sys.exit(subprocess.run(command, env=env, timeout=900).returncode)
+
+
+if __name__ == "__main__":
+    main()

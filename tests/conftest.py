@@ -1,0 +1,33 @@
+"""Shared helpers: launching `mpirun` and the solver in subprocesses, always with a timeout."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",  # CI runs as root
+    "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",  # more ranks than cores
+    "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+}
+
+
+def run(command, timeout=90, env=None):
+    """Runs `command`, returning the CompletedProcess; a hang fails the test instead of the suite."""
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **MPI_ENV, **(env or {})})
+
+
+def solve(*args, timeout=90, env=None):
+    return run([sys.executable, "-m", "pprs_mpi.solve", *map(str, args)], timeout=timeout, env=env)
+
+
+def mpirun(ranks, *args, timeout=90, env=None):
+    return run(["mpirun", "-n", str(ranks), sys.executable, "-m", "pprs_mpi.solve", *map(str, args)],
+               timeout=timeout, env=env)
+
+
+@pytest.fixture
+def tmp_trace(tmp_path):
+    return lambda name="run.h5": str(tmp_path / name)

@@ -1,0 +1,68 @@
+"""The MPI engine against the serial engine (bitwise), and its failure behaviour. Every launch has a timeout."""
+
+import time
+
+import numpy as np
+import pytest
+
+from conftest import mpirun, solve
+from pprs_mpi.trace import load
+
+pytestmark = pytest.mark.mpi
+
+COMMON = ["--iters", "6", "-K", "5", "--microbatch-size", "2", "--gamma", "0.05", "--lr", "0.02",
+          "--mu", "nesterov", "--eval-every", "2", "--seed", "7", "--quiet", "--dim", "6", "--rows", "8"]
+
+
+def assert_same_run(a, b, columns=("f_smoothed", "f_eval", "pipeline_time", "grad_norm", "iteration")):
+    for name in columns:
+        assert np.array_equal(a.columns[name], b.columns[name], equal_nan=True), name
+    assert np.array_equal(a.result["y"], b.result["y"]) and np.array_equal(a.result["x"], b.result["x"])
+
+
+@pytest.mark.parametrize("problem, depth, ranks, schedule", [
+    ("lad", 5, 2, "gpipe"), ("lad", 5, 3, "1f1b"), ("lad", 5, 5, "gpipe"), ("lad", 5, 5, "1f1b"),
+    ("branch", 4, 2, "1f1b"), ("branch", 4, 3, "gpipe"), ("branch", 4, 5, "1f1b"),
+])
+def test_mpi_engine_is_bitwise_equal_to_serial(tmp_trace, problem, depth, ranks, schedule):
+    """Chain (lad) and DAG (branch: root with two children, a node with two parents); P = n and P < n."""
+    args = ["--problem", problem, "--depth", depth, "--schedule", schedule, *COMMON]
+    serial = solve(*args, "--engine", "serial", "--stages", ranks, "--out", tmp_trace("serial.h5"))
+    parallel = mpirun(ranks, *args, "--out", tmp_trace("mpi.h5"))
+    assert serial.returncode == 0, serial.stderr
+    assert parallel.returncode == 0, parallel.stderr
+    a, b = load(tmp_trace("serial.h5")), load(tmp_trace("mpi.h5"))
+    assert b.attrs["engine"] == "mpi" and b.attrs["ranks"] == ranks and b.status == "completed"
+    assert_same_run(a, b)
+    assert set(np.unique(b.timeline["rank"])) == set(range(ranks))
+
+
+def test_rank_count_does_not_change_the_iterates_only_the_pipeline_time(tmp_trace):
+    args = ["--problem", "branch", "--depth", "4", *COMMON]
+    assert mpirun(2, *args, "--out", tmp_trace("two.h5")).returncode == 0
+    assert mpirun(3, *args, "--schedule", "1f1b", "--out", tmp_trace("three.h5")).returncode == 0
+    two, three = load(tmp_trace("two.h5")), load(tmp_trace("three.h5"))
+    assert_same_run(two, three, columns=("f_smoothed", "f_eval", "grad_norm", "iteration"))
+    assert two.attrs["makespan"] > three.attrs["makespan"]  # fewer ranks, more nodes per stage
+
+
+@pytest.mark.parametrize("kind", ["raise", "exit"])
+def test_a_failing_rank_ends_the_job_quickly_and_the_trace_says_failed(tmp_trace, kind):
+    start = time.monotonic()
+    result = mpirun(3, "--problem", "lad", "--depth", "5", *COMMON, "--iters", "50",
+                    "--inject-fault", f"2:3:{kind}", "--out", tmp_trace(), timeout=60)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and elapsed < 30
+    if kind == "raise":
+        assert result.stderr.count("injected fault at iteration 3") == 1
+        assert "rank 2" in result.stderr
+    trace = load(tmp_trace())
+    assert trace.status in (("failed",) if kind == "raise" else ("failed", "running"))
+    assert trace.status != "completed"
+
+
+def test_too_many_ranks_is_one_clear_error(tmp_trace):
+    result = mpirun(6, "--problem", "lad", "--depth", "5", *COMMON, "--out", tmp_trace(), timeout=60)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("pprs_mpi.solve")]
+    assert errors == ["pprs_mpi.solve: error: 6 stages (ranks) for a graph of 5 nodes: use at most 5"]
