@@ -1,0 +1,211 @@
+"""The report: summary numbers against values computed from synthetic traces, and the command line."""
+
+import json
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+import pprs_mpi
+from pprs_mpi import report
+from pprs_mpi.trace import TIMELINE_DTYPE, TraceWriter, load
+
+P, M = 3, 4  # ranks (a chain of 3 nodes, one per rank) and microbatches
+F, B, W = 0, 1, 2
+CONFIG = {"problem": "quadratic", "algo": "pprs", "K": 8, "gamma": 0.1, "lr": 0.5, "mu": "nesterov", "iters": 40,
+          "seed": 0, "schedule": "gpipe", "microbatch_size": 2, "eval_every": 5, "engine": "mpi", "device": "cpu",
+          "dtype": "float64", "simulated_depth": None}
+META = {"ranks": P, "device": "cpu", "mpi_library": "Open MPI 5.0", "engine": "mpi", "depth": P,
+        "makespan": 2 * (M + P - 1), "n_microbatches": M}
+
+
+def gpipe_timeline(iterations, unit, latency, gap=0.5):
+    """GPipe fill-drain on a chain: rank r runs F0..F(M-1) then B0..B(M-1), each action `unit` seconds,
+    every message `latency` seconds; idle time before an action is a wait. After each iteration every
+    rank runs an evaluation forward (microbatch M), which the report must leave out."""
+    rows = []
+    period = 2 * (M + P - 1) * unit + 2 * (P - 1) * latency + gap
+    for t in range(iterations):
+        origin = t * period
+        for r in range(P):
+            starts = [(F, m, r * (unit + latency) + m * unit) for m in range(M)]
+            starts += [(B, m, (2 * P - 2 - r) * (unit + latency) + M * unit + m * unit) for m in range(M)]
+            clock = 0.0
+            for phase, m, start in starts:
+                if start > clock:
+                    rows.append((r, t, m, W, -1, origin + clock, origin + start))
+                rows.append((r, t, m, phase, r, origin + start, origin + start + unit))
+                clock = start + unit
+            evaluation = origin + period - gap / 2
+            rows.append((r, t, M, W, -1, evaluation, evaluation + r * unit))
+            rows.append((r, t, M, F, r, evaluation + r * unit, evaluation + (r + 1) * unit))
+    return np.array(rows, dtype=TIMELINE_DTYPE)
+
+
+def f_of(t):
+    return 10.0 * 0.7 ** t
+
+
+def write_trace(path, n_rows=40, unit=1e-3, latency=0.0, meta=META, config=CONFIG, timeline=True):
+    with TraceWriter(path, config, meta) as writer:
+        writer.write_graph(["a", "b", "c"], ["linear", "relu", "sum"], [["theta"], ["a"], ["b"]], [0, 1, 2],
+                           dim=4, depth=P, root="theta")
+        for t in range(n_rows):
+            writer.append(iteration=t, pipeline_time=2.0 * (M + P - 1) * (t + 1), wall_time=0.02 * (t + 1),
+                          f_smoothed=f_of(t) * 1.1, f_eval=f_of(t) if t % 5 == 0 or t == n_rows - 1 else np.nan)
+        if timeline:
+            writer.write_timeline(gpipe_timeline(3, unit, latency))
+    return path
+
+
+def test_objective_time_to_targets_and_best(tmp_path):
+    summary = report.summarize(load(write_trace(tmp_path / "run.h5")), targets=[1.0, 0.05, 1e-9])
+    evaluated = [t for t in range(40) if t % 5 == 0 or t == 39]
+    assert summary["f_source"] == "f_eval"
+    assert summary["f_final"] == f_of(39) and summary["f_best"] == f_of(39) and summary["best_iteration"] == 39
+    assert summary["pipeline_time"] == 12.0 * 40 and summary["wall_time"] == pytest.approx(0.8)
+    for target, reached in zip([1.0, 0.05], summary["targets"]):
+        first = next(t for t in evaluated if f_of(t) <= target)
+        assert reached == {"target": target, "iteration": first, "pipeline_time": 12.0 * (first + 1),
+                           "wall_time": pytest.approx(0.02 * (first + 1))}
+    assert summary["targets"][2]["iteration"] is None
+    assert (summary["problem"], summary["algo"], summary["K"], summary["mu"], summary["depth"]) == (
+        "quadratic", "pprs", 8, "nesterov", P)
+
+
+def test_f_smoothed_is_the_objective_without_evaluations(tmp_path):
+    path = tmp_path / "run.h5"
+    with TraceWriter(path, CONFIG, META) as writer:
+        for t, f in enumerate([5.0, 3.0, 4.0]):
+            writer.append(iteration=t, pipeline_time=t, wall_time=t, f_smoothed=f)
+    summary = report.summarize(load(path), targets=[3.5])
+    assert (summary["f_source"], summary["f_final"], summary["f_best"], summary["best_iteration"]) == (
+        "f_smoothed", 4.0, 3.0, 1)
+    assert summary["targets"][0]["iteration"] == 1
+
+
+def test_a_trace_without_rows_or_timeline_is_summarized(tmp_path):
+    summary = report.summarize(load(write_trace(tmp_path / "run.h5", n_rows=0, timeline=False)))
+    assert (summary["rows"], summary["f_final"], summary["targets"], summary["rank_fractions"]) == (0, None, [], [])
+    assert summary["pipeline_efficiency"] is None and summary["makespan"] == 2 * (M + P - 1)
+    assert "iterations" in report.format_summary(summary)
+
+
+def test_default_targets_close_fractions_of_the_gap_across_runs(tmp_path):
+    first = load(write_trace(tmp_path / "a.h5", n_rows=40))
+    second = load(write_trace(tmp_path / "b.h5", n_rows=20))
+    low, high = f_of(39), f_of(0)
+    assert report.default_targets([first, second]) == pytest.approx(
+        [low + 0.1 * (high - low), low + 0.01 * (high - low), low + 0.001 * (high - low)])
+
+
+@pytest.mark.parametrize("latency", [0.0, 3e-4])
+def test_rank_fractions_and_efficiency_of_a_gpipe_timeline(tmp_path, latency):
+    unit = 1e-3
+    summary = report.summarize(load(write_trace(tmp_path / "run.h5", unit=unit, latency=latency)))
+    # rank r is busy 2M units and its iteration ends with its last backward: (2P-2-r)(unit+latency) + 2M unit
+    for r, fractions in enumerate(summary["rank_fractions"]):
+        span = (2 * P - 2 - r) * (unit + latency) + 2 * M * unit
+        assert fractions["rank"] == r
+        assert fractions["compute"] == pytest.approx(2 * M * unit / span)
+        assert fractions["wait"] == pytest.approx(1 - 2 * M * unit / span)
+    ideal = 2 * (M + P - 1) * unit
+    assert summary["unit_cost"] == pytest.approx(unit)
+    assert summary["iteration_time"] == pytest.approx(ideal + 2 * (P - 1) * latency)
+    assert summary["pipeline_efficiency"] == pytest.approx(ideal / (ideal + 2 * (P - 1) * latency))
+    assert summary["wall_per_iteration"] == pytest.approx(0.02)
+    assert summary["end_to_end_efficiency"] == pytest.approx(ideal / 0.02)
+
+
+def test_makespan_falls_back_to_the_configuration_and_graph(tmp_path):
+    meta = {key: value for key, value in META.items() if key not in ("makespan", "n_microbatches", "depth")}
+    summary = report.summarize(load(write_trace(tmp_path / "run.h5", meta=meta)))
+    assert (summary["n_microbatches"], summary["depth"], summary["makespan"]) == (M, P, 2 * (M + P - 1))
+    assert summary["pipeline_efficiency"] == pytest.approx(1.0)
+
+
+def test_text_summary_and_comparison_table(tmp_path):
+    one = report.summarize(load(write_trace(tmp_path / "a.h5")))
+    text = report.format_summary(one)
+    assert "f (f_eval)" in text and "rank 2: compute 80.0%, wait 20.0%" in text and "pipeline 100.0%" in text
+    two = report.summarize(load(write_trace(tmp_path / "b.h5", config={**CONFIG, "simulated_depth": 10})))
+    lines = report.format_table([one, two]).splitlines()
+    assert len(lines) == 3 and lines[2].startswith("b ") and "(sim 10)" in lines[2]
+    header = lines[0]
+    for line in lines[1:]:  # aligned: every row's status starts under the header's
+        assert line[header.index("status"):].split()[0] == "completed"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "pprs_mpi.report", *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_summary_json_and_comparison(tmp_path, capsys):
+    a, b = write_trace(tmp_path / "a.h5"), write_trace(tmp_path / "b.h5", n_rows=20, latency=1e-4)
+    result = cli(a, b, "--json", "--targets", "1,0.1")
+    assert result.returncode == 0, result.stderr
+    summaries = json.loads(result.stdout)
+    assert [s["name"] for s in summaries] == ["a", "b"]
+    assert [t["target"] for t in summaries[0]["targets"]] == [1.0, 0.1]
+    assert summaries[1]["pipeline_efficiency"] < 1.0 < summaries[0]["pipeline_efficiency"] + 1e-9
+    assert report.main([str(a)]) == 0 and "quadratic" in capsys.readouterr().out
+    assert report.main([str(a), str(b)]) == 0 and len(capsys.readouterr().out.splitlines()) == 3
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_text("hello"), "not an HDF5 file"),
+    (lambda p: h5py.File(p, "w").close(), "not a pprs_mpi trace"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, make, words):
+    path = tmp_path / "bad.h5"
+    make(path)
+    result = cli(path)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_truncated_and_newer_traces_are_one_line_errors(tmp_path, capsys):
+    truncated = write_trace(tmp_path / "truncated.h5")
+    truncated.write_bytes(truncated.read_bytes()[:3000])
+    newer = write_trace(tmp_path / "newer.h5")
+    with h5py.File(newer, "a") as f:
+        f.attrs["format_version"] = 99
+    for path, words in ((truncated, "truncated"), (newer, "newer")):
+        assert report.main([str(write_trace(tmp_path / "good.h5")), str(path)]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and words in captured.err and captured.err.count("\n") == 1
+
+
+def test_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    runs = [write_trace(tmp_path / "a.h5"), write_trace(tmp_path / "b.h5", latency=2e-4,
+                                                        config={**CONFIG, "simulated_depth": 10})]
+    out = tmp_path / "plots"
+    assert report.main([*map(str, runs), "--plot", str(out)]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["a_f_smoothed_vs_f_eval.png", "a_gantt_iteration2.png", "b_f_smoothed_vs_f_eval.png",
+                     "b_gantt_iteration2.png", "f_vs_pipeline_time.png", "f_vs_wall_time.png"]
+    assert all((out / name).read_bytes().startswith(b"\x89PNG") for name in names)
+    capsys.readouterr()
+    assert report.main([str(runs[0]), "--plot", str(tmp_path / "none"), "--iteration", "7"]) == 2
+    assert "no records for iteration 7" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_last_complete_iteration_skips_a_partial_one():
+    records = gpipe_timeline(3, 1e-3, 0.0)
+    partial = records[(records["iteration"] < 2) | (records["phase"] != B) | (records["microbatch"] < 2)]
+    assert report.last_complete_iteration(records) == 2 and report.last_complete_iteration(partial) == 1
+
+
+def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, capsys):
+    for name in [name for name in sys.modules if name.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # a None entry makes `import` raise ImportError
+    monkeypatch.delitem(sys.modules, "pprs_mpi.plots", raising=False)
+    monkeypatch.delattr(pprs_mpi, "plots", raising=False)
+    assert report.main([str(write_trace(tmp_path / "a.h5")), "--plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'pprs_mpi[plot]'" in err

@@ -1,0 +1,306 @@
+"""The HDF5 trace: round trip, live reading by another process, failure paths, atomic checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import pprs_mpi
+from pprs_mpi import trace as T
+
+CONFIG = {"problem": "quadratic", "algo": "pprs", "K": 8, "gamma": 0.1, "lr": 0.5, "mu": "nesterov",
+          "simulated_depth": None, "microbatch_size": 2}
+META = {"ranks": 3, "device": "cpu", "mpi_library": "Open MPI 5.0", "engine": "mpi", "depth": 3,
+        "makespan": 12, "n_microbatches": 4, "simulated_depth": None}
+
+
+def write_rows(writer, iterations):
+    for t in iterations:
+        writer.append(iteration=t, pipeline_time=12.0 * (t + 1), wall_time=0.01 * (t + 1), f_smoothed=1.0 / (t + 1),
+                      grad_norm=2.0, step_size=0.5)
+
+
+def timeline(n, iteration=0):
+    records = np.zeros(n, dtype=T.TIMELINE_DTYPE)
+    records["rank"] = np.arange(n) % 3
+    records["iteration"] = iteration
+    records["start"] = np.arange(n)
+    records["end"] = np.arange(n) + 0.5
+    return records
+
+
+def run_python(code, *args, timeout=60):
+    """Run `code` in a fresh interpreter (a second process, as a live reader or a crashing writer is)."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "run.h5"
+    with T.TraceWriter(path, CONFIG, META, flush_every=3) as writer:
+        writer.write_graph(["a", "b", "c"], ["linear", "relu", "sum"], [["theta"], ["a"], ["b", "theta"]],
+                           [0, 1, 2], dim=5, depth=3, root="theta")
+        write_rows(writer, range(7))
+        writer.append(iteration=7, f_eval=0.25)
+        writer.write_result(y=np.arange(5.0), x=np.ones(5))
+        writer.write_timeline(timeline(4))
+        writer.write_timeline(timeline(2, iteration=1), append=True)
+        writer.write_checkpoint({"x": np.arange(5.0), "v": np.zeros(5)}, {"iteration": 8, "lam": 2.5})
+        writer.set_attrs(note="hello", simulated_depth=None)
+    trace = T.load(path)
+    assert trace.status == "completed"
+    assert trace.config == CONFIG
+    assert trace.attrs["format_version"] == T.FORMAT_VERSION
+    assert trace.attrs["pprs_mpi_version"] == pprs_mpi.__version__
+    assert {key: trace.attrs[key] for key in META if META[key] is not None} == {
+        key: value for key, value in META.items() if value is not None}
+    assert "simulated_depth" not in trace.attrs and trace.attrs["note"] == "hello"
+    assert trace.graph == {"names": ["a", "b", "c"], "op_types": ["linear", "relu", "sum"],
+                           "parents": [["theta"], ["a"], ["b", "theta"]], "stage_of": [0, 1, 2],
+                           "dim": 5, "depth": 3, "root": "theta"}
+    assert trace.n_rows == 8
+    assert trace.columns["iteration"].dtype == np.int64
+    np.testing.assert_array_equal(trace.columns["iteration"], np.arange(8))
+    np.testing.assert_array_equal(trace.columns["f_smoothed"][:7], 1.0 / np.arange(1, 8))
+    assert np.isnan(trace.columns["f_smoothed"][7]) and trace.columns["f_eval"][7] == 0.25
+    assert np.isnan(trace.columns["f_eval"][:7]).all()
+    np.testing.assert_array_equal(trace.result["y"], np.arange(5.0))
+    np.testing.assert_array_equal(trace.timeline, np.concatenate([timeline(4), timeline(2, iteration=1)]))
+    assert trace.has_checkpoint
+    arrays, attrs = T.read_checkpoint(path)
+    np.testing.assert_array_equal(arrays["x"], np.arange(5.0))
+    assert attrs == {"iteration": 8, "lam": 2.5}
+
+
+@settings(max_examples=20, deadline=None)
+@given(n_rows=st.integers(0, 30), flush_every=st.integers(1, 12), values=st.floats(allow_nan=False))
+def test_rows_round_trip_whatever_the_flush_interval(tmp_path_factory, n_rows, flush_every, values):
+    path = tmp_path_factory.mktemp("rows") / "run.h5"
+    with T.TraceWriter(path, {}, {}, flush_every=flush_every) as writer:
+        for t in range(n_rows):
+            writer.append(iteration=t, f_eval=values)
+        assert T.load(path).n_rows == n_rows // flush_every * flush_every  # whole batches only, before close
+    trace = T.load(path)
+    np.testing.assert_array_equal(trace.columns["iteration"], np.arange(n_rows))
+    np.testing.assert_array_equal(trace.columns["f_eval"], np.full(n_rows, values))
+
+
+def test_bad_rows_and_statuses_are_refused(tmp_path):
+    writer = T.TraceWriter(tmp_path / "run.h5", {}, {})
+    with pytest.raises(ValueError, match="iteration"):
+        writer.append(f_eval=1.0)
+    with pytest.raises(ValueError, match="columns"):
+        writer.append(iteration=0, loss=1.0)
+    with pytest.raises(ValueError, match="status"):
+        writer.close("done")
+    with pytest.raises(ValueError, match="reserved"):
+        T.TraceWriter(tmp_path / "other.h5", {}, {"status": "completed"})
+
+
+def test_a_second_process_reads_the_trace_live(tmp_path):
+    """Between flushes the file is closed, so another process sees status 'running' and the rows so far."""
+    path = tmp_path / "run.h5"
+    reader = """
+        import json, sys
+        from pprs_mpi.trace import load
+        trace = load(sys.argv[1])
+        print(json.dumps({"status": trace.status, "iterations": trace.columns["iteration"].tolist()}))
+    """
+    writer = T.TraceWriter(path, CONFIG, META, flush_every=5)
+    write_rows(writer, range(12))  # 10 flushed, 2 buffered
+    seen = json.loads(run_python(reader, path).stdout)
+    assert seen == {"status": "running", "iterations": list(range(10))}
+    writer.close("completed")
+    assert json.loads(run_python(reader, path).stdout) == {"status": "completed", "iterations": list(range(12))}
+
+
+def test_reader_and_writer_overlapping_never_see_a_broken_file(tmp_path):
+    """A reader polling while the writer flushes every row: every load succeeds and rows only grow."""
+    path = tmp_path / "run.h5"
+    writer = T.TraceWriter(path, CONFIG, META, flush_every=1)
+    poller = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import json, sys, time
+        from pprs_mpi.trace import load
+        counts = []
+        while True:
+            trace = load(sys.argv[1])
+            counts.append(trace.n_rows)
+            if trace.status != "running":
+                break
+        print(json.dumps(counts))
+    """), str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    write_rows(writer, range(300))
+    writer.close("completed")
+    out, err = poller.communicate(timeout=60)
+    assert poller.returncode == 0, err
+    counts = json.loads(out)
+    assert counts == sorted(counts) and counts[-1] == 300
+
+
+def test_rows_stay_buffered_while_a_reader_holds_the_file(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = T.TraceWriter(path, {}, {}, flush_every=2)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time, h5py
+        with h5py.File(sys.argv[1], "r"):
+            print("open", flush=True)
+            time.sleep(1.0)
+    """), str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "open"
+    write_rows(writer, range(4))  # two flush attempts, both deferred instead of blocking the run
+    assert holder.poll() is None, "the writer should not have waited for the reader"
+    holder.wait(timeout=30)
+    writer.close("completed")  # waits for the lock, then writes everything
+    np.testing.assert_array_equal(T.load(path).columns["iteration"], np.arange(4))
+
+
+@pytest.mark.parametrize("error, status", [(RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")])
+def test_context_manager_marks_a_failed_run(tmp_path, error, status):
+    path = tmp_path / "run.h5"
+    with pytest.raises(error):
+        with T.TraceWriter(path, CONFIG, META) as writer:
+            write_rows(writer, range(3))
+            raise error("boom")
+    trace = T.load(path)
+    assert trace.status == status
+    assert trace.n_rows == 3  # the buffered rows are kept
+
+
+def test_explicit_close_status_is_kept(tmp_path):
+    path = tmp_path / "run.h5"
+    with T.TraceWriter(path, CONFIG, META) as writer:
+        writer.close("diverged")
+    assert T.load(path).status == "diverged"
+
+
+def test_resume_keeps_rows_before_the_checkpoint_only(tmp_path):
+    path = tmp_path / "run.h5"
+    with T.TraceWriter(path, CONFIG, META) as writer:
+        write_rows(writer, range(20))
+        writer.write_timeline(np.concatenate([timeline(3, iteration=t) for t in range(20)]))
+        writer.close("interrupted")
+    writer = T.TraceWriter(path, CONFIG, {**META, "ranks": 2}, resume=True)
+    assert T.load(path).status == "running"
+    writer.truncate(10)
+    trace = T.load(path)
+    np.testing.assert_array_equal(trace.columns["iteration"], np.arange(10))
+    assert trace.timeline["iteration"].max() == 9 and trace.timeline.size == 30
+    assert trace.attrs["ranks"] == 2 and trace.attrs["resumes"] == 1
+    write_rows(writer, range(10, 15))
+    writer.close("completed")
+    np.testing.assert_array_equal(T.load(path).columns["iteration"], np.arange(15))
+
+
+def test_checkpoint_flushes_the_rows_before_it(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = T.TraceWriter(path, CONFIG, META, flush_every=100)
+    write_rows(writer, range(5))
+    writer.write_checkpoint({"x": np.zeros(3)}, {"iteration": 5})
+    assert T.load(path).n_rows == 5
+
+
+def test_a_crash_between_the_checkpoint_steps_leaves_the_old_checkpoint(tmp_path):
+    path = tmp_path / "run.h5"
+    with T.TraceWriter(path, CONFIG, META) as writer:
+        writer.write_checkpoint({"x": np.full(4, 1.0)}, {"iteration": 1})
+    crash = """
+        import os, sys
+        import numpy as np
+        from pprs_mpi.trace import TraceWriter
+        writer = TraceWriter(sys.argv[1], {}, {}, resume=True)
+        writer._stage_checkpoint({"x": np.full(4, 2.0)}, {"iteration": 2})
+        os._exit(9)  # killed before the commit step
+    """
+    assert run_python(crash, path).returncode == 9
+    arrays, attrs = T.read_checkpoint(path)
+    assert attrs == {"iteration": 1} and (arrays["x"] == 1.0).all()
+    assert T.load(path).status == "running"
+    # the next checkpoint replaces both the old one and the leftover staging group
+    writer = T.TraceWriter(path, CONFIG, META, resume=True)
+    writer.write_checkpoint({"x": np.full(4, 3.0)}, {"iteration": 3})
+    arrays, attrs = T.read_checkpoint(path)
+    assert attrs == {"iteration": 3} and (arrays["x"] == 3.0).all()
+    with h5py.File(path, "r") as f:
+        assert "checkpoint_new" not in f
+
+
+def test_a_crash_after_deleting_the_old_checkpoint_leaves_the_new_one(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = T.TraceWriter(path, CONFIG, META)
+    writer.write_checkpoint({"x": np.full(4, 1.0)}, {"iteration": 1})
+    writer._stage_checkpoint({"x": np.full(4, 2.0)}, {"iteration": 2})
+    with h5py.File(path, "a") as f:  # the commit's first half
+        del f["checkpoint"]
+    arrays, attrs = T.read_checkpoint(path)
+    assert attrs == {"iteration": 2} and (arrays["x"] == 2.0).all()
+
+
+def test_an_incomplete_staged_checkpoint_is_ignored(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = T.TraceWriter(path, CONFIG, META)
+    with h5py.File(path, "a") as f:  # what a crash in the middle of step 1 leaves
+        f.create_group("checkpoint_new")["x"] = np.zeros(2)
+    assert not T.load(path).has_checkpoint
+    with pytest.raises(T.TraceError, match="no checkpoint"):
+        T.read_checkpoint(path)
+    writer.close("failed")
+
+
+def test_repeated_checkpoints_do_not_grow_the_file(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = T.TraceWriter(path, CONFIG, META)
+    sizes = []
+    for t in range(6):
+        writer.write_checkpoint({"x": np.random.default_rng(t).random(50_000)}, {"iteration": t})
+        sizes.append(os.path.getsize(path))
+    assert sizes[-1] <= sizes[1] * 1.1
+
+
+def one_line_error(path):
+    with pytest.raises(T.TraceError) as info:
+        T.load(path)
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message
+    return message
+
+
+def test_load_errors_are_one_clear_line(tmp_path):
+    assert "no such file" in one_line_error(tmp_path / "missing.h5")
+    (tmp_path / "text.h5").write_text("not hdf5")
+    assert "not an HDF5 file" in one_line_error(tmp_path / "text.h5")
+    with h5py.File(tmp_path / "foreign.h5", "w") as f:
+        f["data"] = np.arange(3)
+    assert "not a pprs_mpi trace" in one_line_error(tmp_path / "foreign.h5")
+
+
+def test_truncated_trace(tmp_path):
+    path = tmp_path / "run.h5"
+    with T.TraceWriter(path, CONFIG, META) as writer:
+        write_rows(writer, range(50))
+        writer.write_result(y=np.zeros(10_000))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert "truncated" in one_line_error(path)
+
+
+def test_newer_format_is_refused(tmp_path):
+    path = tmp_path / "run.h5"
+    T.TraceWriter(path, CONFIG, META).close("completed")
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = T.FORMAT_VERSION + 1
+    assert "newer" in one_line_error(path)
+    with pytest.raises(T.TraceError, match="newer"):
+        T.TraceWriter(path, CONFIG, META, resume=True)
+
+
+def test_writer_errors_are_trace_errors(tmp_path):
+    with pytest.raises(T.TraceError, match="cannot create"):
+        T.TraceWriter(tmp_path / "no" / "such" / "dir" / "run.h5", CONFIG, META)
+    with pytest.raises(T.TraceError, match="cannot resume"):
+        T.TraceWriter(tmp_path / "missing.h5", CONFIG, META, resume=True)
