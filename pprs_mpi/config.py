@@ -35,7 +35,7 @@ DEFAULTS = {
     "iters": 200, "seed": 0, "schedule": "gpipe", "microbatch_size": 1, "eval_every": 10,
     "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64",
     "preset": "none", "balance": "declared", "eps": None, "smoothing_radius": None, "simulated_depth": None,
-    "comm_timeout": None, "inject_fault": None, "quiet": False, "progress_every": None,
+    "comm_timeout": None, "inject_fault": None, "checkpoint_every": 0, "timeline_every": None, "resume": None, "quiet": False, "progress_every": None,
 }
 # What each algorithm means when the user leaves K, γ or μ unset (Algorithm 1 with other settings).
 ALGORITHM_DEFAULTS = {
@@ -84,6 +84,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, help="cpu (default), gpu, or auto")
     p.add_argument("--dtype", choices=DTYPES, help="float64 (default) or float32")
     p.add_argument("--comm-timeout", dest="comm_timeout", type=float, help="abort if a rank waits longer than S seconds")
+    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
+                   help="write a checkpoint into the trace every N iterations (default 0: only on SIGTERM/SIGUSR1)")
+    p.add_argument("--timeline-every", dest="timeline_every", type=int,
+                   help="record the per-rank timeline every N iterations (default: about 100 iterations in all)")
+    p.add_argument("--resume", metavar="RUN.h5",
+                   help="continue the run of this trace from its last checkpoint, with its stored configuration")
     p.add_argument("--inject-fault", dest="inject_fault", metavar="RANK:ITER:raise|exit",
                    help="testing: make RANK raise or exit at iteration ITER (also env PPRS_FAULT)")
     p.add_argument("--progress-every", dest="progress_every", type=int, help="iterations between progress lines")
@@ -101,11 +107,18 @@ def _problem_parameters() -> dict:
     return params
 
 
+# What a resumed run may change: nothing that alters the iterates, only how far and how it is run.
+RESUME_OVERRIDES = {"resume", "iters", "quiet", "progress_every", "comm_timeout", "checkpoint_every", "timeline_every",
+                    "inject_fault", "engine", "stages", "balance", "eval_every"}
+
+
 def load(argv: list[str] | None = None) -> dict:
     """The merged, validated configuration; `given` lists the keys the user set (file or flags)."""
     flags = vars(parser().parse_args(argv))
     from_file = _read_toml(flags.pop("config")) if "config" in flags else {}
     given = {**from_file, **flags}
+    if given.get("resume"):
+        return _resumed(given)
     cfg = {**DEFAULTS, **given}
     if cfg["problem"] not in registry():
         raise ConfigError(f"unknown problem '{cfg['problem']}': choose one of {', '.join(sorted(registry()))}")
@@ -122,6 +135,29 @@ def load(argv: list[str] | None = None) -> dict:
         if cfg[key] is None:
             cfg[key] = value
     cfg["given"] = sorted(given)
+    validate(cfg)
+    if cfg["timeline_every"] is None:
+        cfg["timeline_every"] = max(1, math.ceil(cfg["iters"] / 100))
+    return cfg
+
+
+def _resumed(given: dict) -> dict:
+    """The stored configuration of the trace to resume, with the few settings a resume may change."""
+    from pprs_mpi.trace import TraceError, load as load_trace
+    path = given["resume"]
+    changed = sorted(set(given) - RESUME_OVERRIDES)
+    if changed:
+        raise ConfigError(f"--resume continues the stored configuration; '{changed[0]}' cannot be changed")
+    try:
+        trace = load_trace(path)
+    except TraceError as err:
+        raise ConfigError(f"cannot resume: {err}") from None
+    if not trace.has_checkpoint:
+        raise ConfigError(f"cannot resume: {path} holds no checkpoint")
+    stored = trace.config
+    if set(DEFAULTS) - set(stored) - {"resume"}:
+        raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
+    cfg = {**stored, **given, "out": path, "given": sorted(given)}
     validate(cfg)
     return cfg
 
@@ -170,7 +206,9 @@ def validate(cfg: dict) -> None:
     for key, choices in (("schedule", SCHEDULES), ("engine", ENGINES), ("device", DEVICES),
                          ("dtype", DTYPES), ("preset", PRESETS), ("balance", BALANCES)):
         need(cfg[key] in choices, f"{key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
-    for key in ("stages", "simulated_depth", "progress_every"):
+    need(isinstance(cfg["checkpoint_every"], int) and cfg["checkpoint_every"] >= 0,
+         f"checkpoint-every must be >= 0, got {cfg['checkpoint_every']!r}")
+    for key in ("stages", "simulated_depth", "progress_every", "timeline_every"):
         need(cfg[key] is None or (isinstance(cfg[key], int) and cfg[key] >= 1), f"{key} must be >= 1, got {cfg[key]!r}")
     need(cfg["comm_timeout"] is None or cfg["comm_timeout"] > 0, f"comm-timeout must be > 0, got {cfg['comm_timeout']}")
     need(isinstance(cfg["out"], str) and cfg["out"] != "", "out must be a file path")

@@ -1,4 +1,5 @@
-"""The optimizer loop on rank 0: Algorithm 1 around `engine.gradient`, with the trace and progress lines.
+"""The optimizer loop on rank 0: Algorithm 1 around `engine.gradient`, with trace rows, checkpoints and
+progress lines.
 
 It is engine-agnostic: everything that differs between one process and many ranks lives behind
 `engine.gradient(x_t, t)` and `engine.evaluate(y, t)`.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -16,13 +18,27 @@ from pprs_mpi import optim
 
 
 @dataclass
-class Outcome:
-    """How the loop ended, and the iterates it leaves (host arrays)."""
+class LoopState:
+    """Everything a resume needs: the noise counter and μ_t are functions of `iteration` alone."""
 
-    status: str  # 'completed' or 'diverged'
-    iterations: int
+    iteration: int  # iterations done: the next one is t = iteration
     x: np.ndarray
     y: np.ndarray
+    pipeline_time: float
+    wall_time: float
+
+    @classmethod
+    def start(cls, x0: np.ndarray) -> "LoopState":
+        """Algorithm 1's line 1: x_0 = y_0 (the paper's 0, or the problem's own start)."""
+        return cls(0, x0, x0, 0.0, 0.0)
+
+
+@dataclass
+class Outcome:
+    """How the loop ended ('completed', 'diverged' or 'interrupted') and the iterates it leaves."""
+
+    status: str
+    state: LoopState
     f_final: float
     message: str = ""
 
@@ -47,25 +63,33 @@ class Progress:
               f"f {f_smoothed:.6g}{f_y}  {rate:.1f} it/s", flush=True)
 
 
-def minimize(engine, backend, x0: np.ndarray, cfg: dict, makespan: int, trace, progress: Progress,
-             start_iteration: int = 0, y0: np.ndarray | None = None) -> Outcome:
-    """Runs Algorithm 1 from (x0, y0) at iteration `start_iteration` to cfg['iters'], appending a trace row
-    per iteration: f_smoothed is the mean of the K sample values at x_t, f_eval is f(y_{t+1}) every
-    `eval_every` iterations and at the last (NaN otherwise), pipeline_time counts `makespan` units per iteration."""
-    x = backend.asarray(x0)
-    y = backend.asarray(x0 if y0 is None else y0)
+def progress_for(cfg: dict) -> Progress:
+    every = cfg["progress_every"] or max(1, cfg["iters"] // 20)
+    return Progress(cfg["iters"], every, quiet=cfg["quiet"])
+
+
+def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progress, start: LoopState,
+             checkpoint: Callable[[LoopState], None] = lambda state: None,
+             stop_requested: Callable[[], bool] = lambda: False) -> Outcome:
+    """Runs Algorithm 1 from `start` to cfg['iters'], appending a trace row per iteration.
+
+    f_smoothed is the mean of the K sample values at x_t; f_eval is f(y_{t+1}) every `eval_every`
+    iterations and at the last (NaN otherwise); pipeline_time counts `makespan` units per iteration.
+    `checkpoint` is called every cfg['checkpoint_every'] iterations and, when `stop_requested()`
+    turns true, once more before the loop stops at that iteration boundary.
+    """
+    x, y = backend.asarray(start.x), backend.asarray(start.y)
     momentum, lr, every = optim.Momentum(cfg["mu"]), float(cfg["lr"]), cfg["eval_every"]
-    pipeline_time, wall_time = makespan * start_iteration, 0.0
-    if start_iteration == 0 and every:
+    pipeline_time, wall_time = start.pipeline_time, start.wall_time
+    if start.iteration == 0 and every:
         trace.append(iteration=0, pipeline_time=0.0, wall_time=0.0, f_eval=engine.evaluate(y, 0), step_size=lr)
     f_eval = math.nan
-    for t in range(start_iteration, cfg["iters"]):
+    for t in range(start.iteration, cfg["iters"]):
         tick = time.perf_counter()
         grad, values = engine.gradient(x, t)
         f_smoothed = float(np.mean(values))
         if not (math.isfinite(f_smoothed) and bool(backend.xp.isfinite(grad).all())):
-            return Outcome("diverged", t, backend.to_host(x), backend.to_host(y), f_smoothed,
-                           f"diverged at iteration {t}: f or its gradient is not finite (lower --lr?)")
+            return _diverged(backend, t, x, y, pipeline_time, wall_time, f_smoothed, "f or its gradient is not finite")
         x_next, y_next = optim.update(x, y, grad, lr, momentum(t))
         wall_time += time.perf_counter() - tick
         pipeline_time += makespan
@@ -76,13 +100,24 @@ def minimize(engine, backend, x0: np.ndarray, cfg: dict, makespan: int, trace, p
                      f_eval=f_eval, grad_norm=float(backend.xp.linalg.norm(grad)), step_size=lr)
         progress.show(done, pipeline_time, f_smoothed, f_eval)
         if not bool(backend.xp.isfinite(y_next).all()):
-            return Outcome("diverged", t, backend.to_host(x), backend.to_host(y), f_smoothed,
-                           f"diverged at iteration {t}: the iterate is not finite (lower --lr?)")
+            return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed, "the iterate is not finite")
         x, y = x_next, y_next
-    return Outcome("completed", cfg["iters"], backend.to_host(x), backend.to_host(y), f_eval)
+        if done == cfg["iters"]:
+            break
+        stopping = stop_requested()
+        if stopping or (cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0):
+            checkpoint(_state(backend, done, x, y, pipeline_time, wall_time))
+        if stopping:
+            return Outcome("interrupted", _state(backend, done, x, y, pipeline_time, wall_time), f_eval,
+                           f"stopped by a signal after iteration {done}; resume with --resume")
+    return Outcome("completed", _state(backend, cfg["iters"], x, y, pipeline_time, wall_time), f_eval)
 
 
-def progress_for(cfg: dict) -> Progress:
-    every = cfg["progress_every"] or max(1, cfg["iters"] // 20)
-    return Progress(cfg["iters"], every, quiet=cfg["quiet"])
+def _state(backend, iteration, x, y, pipeline_time, wall_time) -> LoopState:
+    return LoopState(iteration, backend.to_host(x), backend.to_host(y), pipeline_time, wall_time)
 
+
+def _diverged(backend, t, x, y, pipeline_time, wall_time, f_smoothed, what) -> Outcome:
+    """Keeps the last finite iterate (that of iteration t) and says why the run stopped."""
+    return Outcome("diverged", _state(backend, t, x, y, pipeline_time, wall_time), f_smoothed,
+                   f"diverged at iteration {t}: {what} (lower --lr?)")

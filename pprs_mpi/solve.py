@@ -10,6 +10,7 @@ ends every rank, is reported once, marks the trace `failed` and exits non-zero.
 from __future__ import annotations
 
 import math
+import signal
 import sys
 
 import numpy as np
@@ -24,6 +25,7 @@ from pprs_mpi.placement import measure_costs
 from pprs_mpi.schedule import build as build_schedule, ideal_makespan
 
 BAD_INPUT = 2
+EXIT_CODES = {"diverged": 1, "interrupted": 3}  # interrupted: a checkpoint was written, --resume continues
 PREFIX = "pprs_mpi.solve: "
 
 
@@ -60,6 +62,7 @@ class Setup:
         self.cfg, self.problem, self.wiring, self.schedule = cfg, problem, wiring, schedule
         self.sampling, self.backend, self.engine_name, self.makespan = sampling, backend, engine_name, makespan
         self.trace = None
+        self.start = driver.LoopState.start(problem.x0)
         self.fault = Fault.parse(cfg["inject_fault"]) if cfg["inject_fault"] else faults.from_environment()
 
 
@@ -101,7 +104,7 @@ def _shared_memory_split():
 
 def _apply_preset(cfg: dict, problem) -> None:
     """Fills K, γ, η, μ (and T) from Theorem 3 or 4; values the user set explicitly win."""
-    if cfg["preset"] == "none":
+    if cfg["preset"] == "none" or cfg["resume"]:  # a resumed run keeps the values the preset gave it
         return
     L, R, d = problem.lipschitz, problem.radius, problem.graph.dim
     if L is None:
@@ -146,13 +149,31 @@ def _open_trace(setup: Setup, comm) -> str | None:
             "makespan": setup.makespan, "n_microbatches": setup.sampling.n_microbatches,
             "stages": len(setup.wiring.stages), "package_version": __version__}
     try:
-        setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta)
-    except Exception as err:  # noqa: BLE001 — any reason the file cannot be created is bad input
+        setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]))
+        if cfg["resume"]:
+            setup.start = _checkpointed_state(cfg["out"])
+            setup.trace.truncate(setup.start.iteration + 1)  # rows after the checkpoint are redone
+    except Exception as err:  # noqa: BLE001 — any reason the file cannot be used is bad input
         return f"cannot write trace '{cfg['out']}': {err}"
     names = list(graph.order)
     setup.trace.write_graph(names, [graph.op(n).describe() for n in names], [list(graph.parents(n)) for n in names],
                             [setup.wiring.stage_of[n] for n in names], graph.dim, graph.depth, graph.root)
     return None
+
+
+def _checkpointed_state(path: str) -> driver.LoopState:
+    from pprs_mpi.trace import read_checkpoint
+    arrays, attrs = read_checkpoint(path)
+    return driver.LoopState(int(attrs["iteration"]), arrays["x"], arrays["y"], float(attrs["pipeline_time"]),
+                            float(attrs["wall_time"]))
+
+
+def _write_checkpoint(setup: Setup, engine, state: driver.LoopState) -> None:
+    """Everything a resume needs, atomically; the timeline gathered so far goes with it."""
+    setup.trace.write_timeline(engine.gather_timeline(), append=True)
+    setup.trace.write_checkpoint({"x": state.x, "y": state.y}, {
+        "iteration": state.iteration, "pipeline_time": state.pipeline_time, "wall_time": state.wall_time,
+        "noise_counter": state.iteration, "momentum_t": state.iteration, "seed": setup.cfg["seed"]})
 
 
 def _jsonable(cfg: dict) -> dict:
@@ -162,34 +183,53 @@ def _jsonable(cfg: dict) -> dict:
 def _make_engine(setup: Setup, comm):
     if setup.engine_name == "serial":
         from pprs_mpi.engines.serial import SerialEngine
-        return SerialEngine(setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.fault)
+        return SerialEngine(setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.fault,
+                            setup.cfg["timeline_every"])
     from pprs_mpi.engines.mpi import MpiEngine
     return MpiEngine(comm, setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.cfg["comm_timeout"],
-                     setup.fault)
+                     setup.fault, setup.cfg["timeline_every"])
 
 
 def _run(setup: Setup, comm) -> int:
     engine = _make_engine(setup, comm)
+    stop = _StopOnSignal()
     if comm.rank != 0:
         engine.serve()
         return 0
     cfg, trace = setup.cfg, setup.trace
-    progress = driver.progress_for(cfg)
     if not cfg["quiet"]:
         print(_banner(setup), flush=True)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported by the driver
-        outcome = driver.minimize(engine, setup.backend, setup.problem.x0, cfg, setup.makespan, trace, progress)
+        outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace, driver.progress_for(cfg),
+                                  setup.start, checkpoint=lambda state: _write_checkpoint(setup, engine, state),
+                                  stop_requested=lambda: stop.requested)
+    if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
+        _write_checkpoint(setup, engine, outcome.state)
     timeline = engine.gather_timeline()
     engine.stop()
-    trace.write_timeline(timeline)
-    trace.write_result(y=outcome.y, x=outcome.x)
+    trace.write_timeline(timeline, append=True)
+    trace.write_result(y=outcome.state.y, x=outcome.state.x)
     trace.close(outcome.status)
     if outcome.status != "completed":
         print(f"{PREFIX}{outcome.message}; trace {cfg['out']} marked {outcome.status}", file=sys.stderr)
-        return 1
+        return EXIT_CODES[outcome.status]
     if not cfg["quiet"]:
-        print(_summary(setup, outcome, timeline), flush=True)
+        print(_summary(setup, outcome, trace_timeline(cfg["out"])), flush=True)
     return 0
+
+
+class _StopOnSignal:
+    """SIGTERM or SIGUSR1 (Slurm's warning before a time limit) asks for a checkpoint and a clean stop at
+    the next iteration boundary. Every rank installs it, so that no rank dies on the signal; rank 0 alone
+    acts, and the others stop when it tells them to."""
+
+    def __init__(self):
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
 
 
 def _banner(setup: Setup) -> str:
@@ -199,6 +239,12 @@ def _banner(setup: Setup) -> str:
             f"| {cfg['algo']} K={cfg['K']} γ={cfg['gamma']:g} η={cfg['lr']:g} μ={cfg['mu']} T={cfg['iters']} "
             f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {cfg['schedule']}, "
             f"{setup.sampling.n_microbatches} microbatches, {setup.makespan} time units/iteration, {setup.backend.device}")
+
+
+def trace_timeline(path: str) -> np.ndarray:
+    from pprs_mpi.trace import load
+    timeline = load(path).timeline
+    return timeline if timeline is not None else np.zeros(0)
 
 
 def _summary(setup: Setup, outcome, timeline: np.ndarray) -> str:

@@ -130,12 +130,12 @@ class MpiEngine:
     name = "mpi"
 
     def __init__(self, comm, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
-                 comm_timeout: float | None = None, fault: Fault | None = None):
+                 comm_timeout: float | None = None, fault: Fault | None = None, timeline_every: int = 1):
         if comm.size != len(wiring.stages):
             raise ValueError(f"{comm.size} MPI ranks for {len(wiring.stages)} stages")
         self.comm = comm
         comm.Barrier()
-        self.timeline = Timeline(rank=comm.rank)
+        self.timeline = Timeline(comm.rank, timeline_every)
         self.poller = Poller(comm, comm_timeout)
         transport = MpiTransport(comm, wiring, sampling, backend, self.timeline, self.poller)
         self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, transport, self.timeline, fault)

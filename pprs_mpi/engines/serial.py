@@ -38,9 +38,9 @@ class SerialEngine:
     name = "serial"
 
     def __init__(self, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
-                 fault: Fault | None = None):
+                 fault: Fault | None = None, timeline_every: int = 1):
         transport = LocalTransport()
-        self.timelines = [Timeline(rank=s) for s in range(len(wiring.stages))]
+        self.timelines = [Timeline(s, timeline_every) for s in range(len(wiring.stages))]
         self.runners = [StageRunner(wiring, schedule, s, sampling, backend, transport, self.timelines[s], fault)
                         for s in range(len(wiring.stages))]
         self.schedule = schedule

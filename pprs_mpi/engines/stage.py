@@ -45,14 +45,23 @@ class Transport(Protocol):
 
 
 class Timeline:
-    """Per-rank records (iteration, microbatch, phase, node, start, end), seconds since `origin`."""
+    """Per-rank records (iteration, microbatch, phase, node, start, end), seconds since `origin`.
 
-    def __init__(self, rank: int, origin: float | None = None):
-        self.rank, self.origin, self.iteration = rank, time.perf_counter() if origin is None else origin, 0
+    Only every `every`-th iteration is recorded, so that a long run's timeline stays small in memory
+    and in the trace; the records are handed over (and forgotten) at each gather.
+    """
+
+    def __init__(self, rank: int, every: int = 1):
+        self.rank, self.every, self.origin = rank, max(1, every), time.perf_counter()
+        self.iteration, self.active = 0, True
         self.rows: list[tuple] = []
 
+    def start(self, iteration: int) -> None:
+        self.iteration, self.active = iteration, iteration % self.every == 0
+
     def record(self, mb: int, phase: int, node: int, start: float, end: float) -> None:
-        self.rows.append((self.rank, self.iteration, mb, phase, node, start - self.origin, end - self.origin))
+        if self.active:
+            self.rows.append((self.rank, self.iteration, mb, phase, node, start - self.origin, end - self.origin))
 
     def take(self, dtype: np.dtype) -> np.ndarray:
         """The records so far as a structured array; the buffer is emptied (gathered at checkpoints)."""
@@ -145,7 +154,7 @@ class StageRunner:
 
     def begin(self, t: int, x=None, evaluation: bool = False) -> None:
         """Starts iteration t's gradient pass at x_t, or with `evaluation` a forward pass of x alone."""
-        self.timeline.iteration = t
+        self.timeline.start(t)
         if self.fault is not None and not evaluation:
             self.fault.trigger(self.stage, t)
         self._begin(self._expected_eval if evaluation else self._expected)
