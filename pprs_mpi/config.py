@@ -35,7 +35,7 @@ DEFAULTS = {
     "iters": 200, "seed": 0, "schedule": "gpipe", "microbatch_size": 1, "eval_every": 10,
     "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64",
     "preset": "none", "balance": "declared", "eps": None, "smoothing_radius": None, "simulated_depth": None,
-    "comm_timeout": None, "inject_fault": None, "checkpoint_every": 0, "timeline_every": None, "resume": None, "quiet": False, "progress_every": None,
+    "comm_timeout": None, "inject_fault": None, "checkpoint_every": 0, "timeline_every": None, "expect_ranks": None, "resume": None, "quiet": False, "progress_every": None,
 }
 # What each algorithm means when the user leaves K, γ or μ unset (Algorithm 1 with other settings).
 ALGORITHM_DEFAULTS = {
@@ -83,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stages", type=int, help="serial engine: pipeline stages to emulate (default: one per node)")
     p.add_argument("--device", choices=DEVICES, help="cpu (default), gpu, or auto")
     p.add_argument("--dtype", choices=DTYPES, help="float64 (default) or float32")
+    p.add_argument("--expect-ranks", dest="expect_ranks", type=int,
+                   help="fail unless the job has exactly N MPI ranks (job scripts pass the tasks Slurm granted)")
     p.add_argument("--comm-timeout", dest="comm_timeout", type=float, help="abort if a rank waits longer than S seconds")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
                    help="write a checkpoint into the trace every N iterations (default 0: only on SIGTERM/SIGUSR1)")
@@ -90,8 +92,8 @@ def parser() -> argparse.ArgumentParser:
                    help="record the per-rank timeline every N iterations (default: about 100 iterations in all)")
     p.add_argument("--resume", metavar="RUN.h5",
                    help="continue the run of this trace from its last checkpoint, with its stored configuration")
-    p.add_argument("--inject-fault", dest="inject_fault", metavar="RANK:ITER:raise|exit",
-                   help="testing: make RANK raise or exit at iteration ITER (also env PPRS_FAULT)")
+    p.add_argument("--inject-fault", dest="inject_fault", metavar="RANK:ITER:KIND",
+                   help="testing: make RANK raise, exit or hang at iteration ITER (also env PPRS_FAULT)")
     p.add_argument("--progress-every", dest="progress_every", type=int, help="iterations between progress lines")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     group = p.add_argument_group("problem parameters")
@@ -109,6 +111,7 @@ def _problem_parameters() -> dict:
 
 # What a resumed run may change: nothing that alters the iterates, only how far and how it is run.
 RESUME_OVERRIDES = {"resume", "iters", "quiet", "progress_every", "comm_timeout", "checkpoint_every", "timeline_every",
+                    "expect_ranks",
                     "inject_fault", "engine", "stages", "balance", "eval_every"}
 
 
@@ -157,7 +160,7 @@ def _resumed(given: dict) -> dict:
     stored = trace.config
     if set(DEFAULTS) - set(stored) - {"resume"}:
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
-    cfg = {**stored, **given, "out": path, "given": sorted(given)}
+    cfg = {**stored, "inject_fault": None, **given, "out": path, "given": sorted(given)}  # a fault is not replayed
     validate(cfg)
     return cfg
 
@@ -170,15 +173,34 @@ def _read_toml(path: str) -> dict:
         raise ConfigError(f"cannot read config file '{path}': {err.strerror}") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
-    known = {a.dest for a in parser()._actions} - {"help", "config"}
+    actions = {a.dest: a for a in parser()._actions if a.dest not in ("help", "config")}
     normalized = {}
     for key, value in data.items():
         name = key.replace("-", "_")
         name = "K" if name in ("k", "samples") else name
-        if name not in known:
+        if name not in actions:
             raise ConfigError(f"unknown key '{key}' in config file '{path}'")
-        normalized[name] = value
+        normalized[name] = _typed(key, value, actions[name])
     return normalized
+
+
+def _typed(key: str, value, action: argparse.Action):
+    """A TOML value checked against what the matching flag accepts (TOML already gives it a type)."""
+    if isinstance(action, argparse._StoreTrueAction):
+        expected, ok = "true or false", isinstance(value, bool)
+    elif action.type is int:
+        expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
+    elif action.type in (float, _mu):
+        expected = "a number" + (" or 'nesterov'" if action.type is _mu else "")
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (action.type is _mu and value == "nesterov")
+        value = float(value) if ok and value != "nesterov" else value
+    else:
+        expected, ok = "a string", isinstance(value, str)
+    if ok and action.choices is not None and value not in action.choices:
+        expected, ok = "one of " + ", ".join(map(str, action.choices)), False
+    if not ok:
+        raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+    return value
 
 
 def validate(cfg: dict) -> None:
@@ -208,7 +230,7 @@ def validate(cfg: dict) -> None:
         need(cfg[key] in choices, f"{key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
     need(isinstance(cfg["checkpoint_every"], int) and cfg["checkpoint_every"] >= 0,
          f"checkpoint-every must be >= 0, got {cfg['checkpoint_every']!r}")
-    for key in ("stages", "simulated_depth", "progress_every", "timeline_every"):
+    for key in ("stages", "simulated_depth", "progress_every", "timeline_every", "expect_ranks"):
         need(cfg[key] is None or (isinstance(cfg[key], int) and cfg[key] >= 1), f"{key} must be >= 1, got {cfg[key]!r}")
     need(cfg["comm_timeout"] is None or cfg["comm_timeout"] > 0, f"comm-timeout must be > 0, got {cfg['comm_timeout']}")
     need(isinstance(cfg["out"], str) and cfg["out"] != "", "out must be a file path")

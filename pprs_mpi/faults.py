@@ -1,16 +1,18 @@
 """Fault injection for testing failure handling: make one rank raise or exit at one iteration.
 
-Set with `--inject-fault RANK:ITERATION:raise|exit` or the environment variable PPRS_FAULT (same
-syntax). `raise` throws an exception inside the pipeline pass; `exit` kills the process abruptly,
-as a crashed node would.
+Set with `--inject-fault RANK:ITERATION:KIND` or the environment variable PPRS_FAULT (same syntax).
+`raise` throws an exception inside the pipeline pass; `exit` kills the process abruptly, as a
+crashed node would; `hang` stops the rank responding, as a stuck node would (see --comm-timeout).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
-KINDS = ("raise", "exit")
+KINDS = ("raise", "exit", "hang")
+USAGE = "fault must look like RANK:ITERATION:raise|exit|hang"
 
 
 class InjectedFault(RuntimeError):
@@ -29,9 +31,9 @@ class Fault:
             rank, iteration, kind = text.split(":")
             fault = cls(int(rank), int(iteration), kind)
         except ValueError:
-            raise ValueError(f"fault must look like RANK:ITERATION:raise|exit, got '{text}'") from None
+            raise ValueError(f"{USAGE}, got '{text}'") from None
         if kind not in KINDS or fault.rank < 0 or fault.iteration < 0:
-            raise ValueError(f"fault must look like RANK:ITERATION:raise|exit, got '{text}'")
+            raise ValueError(f"{USAGE}, got '{text}'")
         return fault
 
     def trigger(self, rank: int, iteration: int) -> None:
@@ -40,6 +42,9 @@ class Fault:
             return
         if self.kind == "exit":
             os._exit(17)
+        if self.kind == "hang":
+            while True:
+                time.sleep(1.0)
         raise InjectedFault(f"injected fault at iteration {iteration}")
 
 

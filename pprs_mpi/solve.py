@@ -70,6 +70,9 @@ def _prepare(argv, comm) -> Setup:
     cfg = config.load(argv)
     problem = problems.build(cfg["problem"], **cfg["problem_params"])
     _apply_preset(cfg, problem)
+    if cfg["expect_ranks"] not in (None, comm.size):
+        raise ConfigError(f"expected {cfg['expect_ranks']} MPI ranks but this job has {comm.size}: "
+                          "was python started without mpirun/srun, or with another MPI than mpi4py's?")
     engine_name = cfg["engine"] if cfg["engine"] != "auto" else ("mpi" if comm.size > 1 else "serial")
     graph = problem.graph
     if engine_name == "serial":

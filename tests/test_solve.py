@@ -70,7 +70,7 @@ def test_theorem3_preset_meets_the_bound_of_eq_13_on_depth_8_lad(tmp_trace):
     (["--out", "/nonexistent/dir/run.h5"], "cannot write trace '/nonexistent/dir/run.h5'"),
     (["--problem", "lad", "--depth", "1"], "depth must be >= 2, got 1"),
     (["--engine", "serial", "--stages", "99"], "99 stages (ranks) for a graph of 8 nodes"),
-    (["--inject-fault", "x"], "fault must look like RANK:ITERATION:raise|exit"),
+    (["--inject-fault", "x"], "fault must look like RANK:ITERATION:raise|exit|hang"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(capsys, tmp_trace, args, message):
     if "--out" not in args:

@@ -1,0 +1,155 @@
+"""Checkpoint and resume, signals, injected faults, the hang guard and fuzzed bad input.
+
+Every subprocess has a timeout; nothing here can hang the suite.
+"""
+
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import MPI_ENV, mpirun, run, solve
+from pprs_mpi.solve import main
+from pprs_mpi.trace import load
+
+RUN = ["--problem", "branch", "--depth", "4", "--dim", "6", "--rows", "8", "-K", "4", "--gamma", "0.05",
+       "--lr", "0.02", "--mu", "nesterov", "--eval-every", "5", "--seed", "3", "--quiet"]
+
+
+def same_iterates(a, b):
+    return np.array_equal(a.result["y"], b.result["y"]) and np.array_equal(a.result["x"], b.result["x"])
+
+
+def start(command, out, env=None):
+    """Starts a long run and waits until its trace shows progress (rows are flushed every 10)."""
+    import os
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, **MPI_ENV, **(env or {})})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if load(out, timeout=0.5).n_rows > 20:
+                return process
+        except Exception:  # not created yet, or momentarily locked by the writer
+            pass
+        time.sleep(0.05)
+    process.kill()
+    raise AssertionError("the run made no progress within 60 s")
+
+
+@pytest.mark.parametrize("launcher, sig", [("serial", signal.SIGTERM), ("mpirun", signal.SIGUSR1)])
+def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, launcher, sig):
+    """SIGTERM to a process, or SIGUSR1 to mpirun (which forwards it; Slurm's --signal=B:USR1 path):
+    a checkpoint, status 'interrupted', exit code 3; resuming (on another rank count) ends where an
+    uninterrupted run ends, bit for bit."""
+    iters = ["--iters", "1500"]
+    assert main([*RUN, *iters, "--engine", "serial", "--out", tmp_trace("whole.h5")]) == 0
+    command = [sys.executable, "-m", "pprs_mpi.solve", *RUN, *iters, "--out", tmp_trace()]
+    if launcher == "mpirun":
+        command = ["mpirun", "-n", "3", *command]
+    process = start(command, tmp_trace())
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=60)
+    stopped = load(tmp_trace())
+    assert process.returncode == 3, err
+    assert stopped.status == "interrupted" and stopped.has_checkpoint and "resume with --resume" in err
+    assert stopped.columns["iteration"][-1] < 1500
+    resumed = (solve("--resume", tmp_trace(), timeout=120) if launcher == "mpirun"
+               else mpirun(2, "--resume", tmp_trace(), timeout=120))
+    assert resumed.returncode == 0, resumed.stderr
+    final, whole = load(tmp_trace()), load(tmp_trace("whole.h5"))
+    assert final.status == "completed" and final.attrs["resumes"] == 1
+    assert same_iterates(final, whole)
+    assert np.array_equal(final.columns["iteration"], whole.columns["iteration"])
+    assert np.array_equal(final.columns["f_smoothed"], whole.columns["f_smoothed"], equal_nan=True)
+
+
+@pytest.mark.mpi
+def test_injected_fault_fails_the_trace_and_the_last_checkpoint_resumes(tmp_trace):
+    result = mpirun(3, *RUN, "--iters", "30", "--checkpoint-every", "5", "--inject-fault", "1:12:raise",
+                    "--out", tmp_trace(), timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.count("injected fault at iteration 12") == 1
+    failed = load(tmp_trace())
+    assert failed.status == "failed" and failed.has_checkpoint
+    assert mpirun(3, "--resume", tmp_trace(), timeout=60).returncode == 0
+    assert main([*RUN, "--iters", "30", "--out", tmp_trace("whole.h5")]) == 0
+    assert same_iterates(load(tmp_trace()), load(tmp_trace("whole.h5")))
+
+
+@pytest.mark.mpi
+def test_comm_timeout_names_the_peer_and_ends_the_job(tmp_trace):
+    begun = time.monotonic()
+    result = mpirun(3, *RUN, "--iters", "50", "--inject-fault", "1:3:hang", "--comm-timeout", "2",
+                    "--out", tmp_trace(), timeout=60)
+    assert result.returncode != 0 and time.monotonic() - begun < 30
+    assert "waited more than 2 s for" in result.stderr and "from rank 1" in result.stderr
+    assert load(tmp_trace()).status == "failed"
+
+
+def test_resume_refuses_foreign_corrupt_or_checkpointless_files(tmp_path, tmp_trace, capsys):
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["data"] = np.arange(3)
+    text = tmp_path / "notes.h5"
+    text.write_text("not a trace")
+    assert main([*RUN, "--iters", "3", "--timeline-every", "1", "--out", tmp_trace()]) == 0
+    with h5py.File(tmp_trace(), "a") as f:
+        del f["checkpoint"]
+    capsys.readouterr()
+    for path, message in ((foreign, "not a pprs_mpi trace"), (text, "not an HDF5 file"),
+                          (tmp_path / "missing.h5", "no such file"), (tmp_trace(), "holds no checkpoint")):
+        assert main(["--resume", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot resume" in err and message in err
+    assert main(["--resume", tmp_trace(), "--lr", "0.5"]) == 2
+    assert "'lr' cannot be changed" in capsys.readouterr().err
+
+
+FLAGS = ["-K", "--gamma", "--lr", "--mu", "--iters", "--seed", "--schedule", "--microbatch-size", "--eval-every",
+         "--engine", "--stages", "--device", "--dtype", "--depth", "--dim", "--rows", "--problem", "--algo",
+         "--preset", "--comm-timeout", "--checkpoint-every", "--inject-fault", "--simulated-depth", "--bogus"]
+VALUES = st.one_of(st.sampled_from(["0", "-1", "1", "2", "nan", "inf", "-inf", "1e308", "x", "", "nesterov", "gpipe",
+                                    "serial", "mpi", "gpu", "lad", "0:1:raise", "1.5", "99999999999999999999"]),
+                   st.text(max_size=6))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(FLAGS), VALUES), max_size=4))
+def test_fuzzed_flags_never_traceback_never_hang_never_fake_completion(tmp_path, capsys, pairs):
+    out = tmp_path / "fuzz.h5"
+    out.unlink(missing_ok=True)
+    argv = [item for pair in pairs for item in pair] + ["--iters", "2", "--quiet", "--out", str(out)]
+    code = main(argv)
+    err = capsys.readouterr().err
+    if code == 0:
+        assert load(out).status == "completed"
+    else:
+        assert code in (1, 2, 3) and err.count("\n") == 1 and err.startswith("pprs_mpi.solve: "), err
+        assert not out.exists() or load(out).status != "completed"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.sampled_from(["K", "gamma", "lr", "mu", "iters", "problem", "depth", "schedule", "eval-every",
+                                        "algo", "seed", "unknown_key", "quiet"]),
+                       st.one_of(st.integers(-3, 3), st.floats(allow_nan=True), st.text(max_size=5), st.booleans(),
+                                 st.lists(st.integers(), max_size=2)), max_size=4))
+def test_fuzzed_config_files_get_one_line(tmp_path, capsys, entries):
+    import json
+    lines = [f"{key} = {json.dumps(value)}" for key, value in entries.items()]
+    config = tmp_path / "fuzz.toml"
+    config.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "fuzz.h5"
+    out.unlink(missing_ok=True)
+    code = main(["--config", str(config), "--iters", "2", "--quiet", "--out", str(out)])
+    err = capsys.readouterr().err
+    if code == 0:
+        assert load(out).status == "completed"
+    else:
+        assert err.count("\n") == 1 and err.startswith("pprs_mpi.solve: "), err
+        assert not out.exists() or load(out).status != "completed"
