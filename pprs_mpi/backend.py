@@ -5,7 +5,9 @@ This is the only module that imports CuPy; everything else takes `backend.xp`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ctypes
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +42,85 @@ class Backend:
         """Wait for queued device work, so that a buffer can be handed to MPI."""
         if self.on_gpu:
             self.xp.cuda.get_current_stream().synchronize()
+
+    def host_empty(self, shape, dtype=None) -> np.ndarray:
+        """A host array for staging device data: page-locked (pinned) on a GPU rank, for fast copies."""
+        dtype = self.dtype if dtype is None else dtype
+        if self.on_gpu:
+            import cupyx
+            return cupyx.empty_pinned(shape, dtype=dtype)
+        return np.empty(shape, dtype=dtype)
+
+
+CUDA_AWARE_VARIABLE = "PPRS_CUDA_AWARE"
+
+
+def cuda_aware_mpi() -> tuple[bool, str]:
+    """Whether MPI can read and write device buffers, and how that was decided.
+
+    The environment override PPRS_CUDA_AWARE=0|1 comes first, then Open MPI's MPIX_Query_cuda_support
+    (looked up in the libmpi this process loaded); anything else is taken as not aware.
+    """
+    override = os.environ.get(CUDA_AWARE_VARIABLE, "").strip()
+    if override in ("0", "1"):
+        return override == "1", f"{CUDA_AWARE_VARIABLE}={override}"
+    if override:
+        raise BackendError(f"{CUDA_AWARE_VARIABLE} must be 0 or 1, got '{override}'")
+    query = _open_mpi_cuda_query()
+    if query is None:
+        return False, "no CUDA-awareness query in this MPI"
+    return bool(query()), "MPIX_Query_cuda_support"
+
+
+def _open_mpi_cuda_query():
+    """Open MPI's MPIX_Query_cuda_support from the libmpi loaded in this process, or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = sorted({line.split()[-1] for line in maps if "/libmpi.so" in line})
+        for path in paths:
+            lib = ctypes.CDLL(path)
+            if hasattr(lib, "MPIX_Query_cuda_support"):
+                return lib.MPIX_Query_cuda_support
+    except OSError:
+        pass
+    return None
+
+
+@dataclass
+class Staging:
+    """How one rank's arrays cross MPI, chosen once: 'host' (NumPy ranks), 'direct' (device buffers
+    handed to a CUDA-aware MPI after the stream is synchronised) or 'staged' (through pinned host
+    buffers, allocated once per message and reused)."""
+
+    backend: Backend
+    cuda_aware: bool
+    _outgoing: dict = field(default_factory=dict)
+
+    @property
+    def path(self) -> str:
+        if not self.backend.on_gpu:
+            return "host"
+        return "direct" if self.cuda_aware else "staged"
+
+    def receive_buffer(self, shape):
+        """The buffer an Irecv writes into."""
+        if self.path == "direct":
+            return self.backend.xp.empty(shape, dtype=self.backend.dtype)
+        return self.backend.host_empty(shape)
+
+    def outgoing(self, key, array):
+        """The buffer to Isend for `array` (device work is finished first)."""
+        self.backend.synchronize()
+        if self.path != "staged":
+            return array
+        if key not in self._outgoing or self._outgoing[key].shape != array.shape:
+            self._outgoing[key] = self.backend.host_empty(array.shape)
+        array.get(out=self._outgoing[key])
+        return self._outgoing[key]
+
+    def incoming(self, buffer):
+        """The received data as an array of this backend."""
+        return self.backend.asarray(buffer) if self.path == "staged" else buffer
 
 
 def _cupy_devices():

@@ -29,11 +29,12 @@ class ConfigError(ValueError):
 ENGINES = ("auto", "serial", "mpi")
 PRESETS = ("none", "theorem3", "theorem4")
 BALANCES = ("declared", "measured")
+NOISE_SOURCES = ("device", "host")
 
 DEFAULTS = {
     "problem": "lad", "algo": "pprs", "K": None, "gamma": None, "lr": 0.01, "mu": None,
     "iters": 200, "seed": 0, "schedule": "gpipe", "microbatch_size": 1, "eval_every": 10,
-    "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64",
+    "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64", "noise_source": "device",
     "preset": "none", "balance": "declared", "eps": None, "smoothing_radius": None, "simulated_depth": None,
     "comm_timeout": None, "inject_fault": None, "checkpoint_every": 0, "timeline_every": None, "expect_ranks": None, "resume": None, "quiet": False, "progress_every": None,
 }
@@ -82,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
                    help="group nodes into stages by the ops' declared costs (default) or by measured times")
     p.add_argument("--stages", type=int, help="serial engine: pipeline stages to emulate (default: one per node)")
     p.add_argument("--device", choices=DEVICES, help="cpu (default), gpu, or auto")
+    p.add_argument("--noise-source", dest="noise_source", choices=NOISE_SOURCES,
+                   help="GPU ranks: draw X_k on the device (default) or on the host, bitwise as on a CPU run")
     p.add_argument("--dtype", choices=DTYPES, help="float64 (default) or float32")
     p.add_argument("--expect-ranks", dest="expect_ranks", type=int,
                    help="fail unless the job has exactly N MPI ranks (job scripts pass the tasks Slurm granted)")
@@ -226,7 +229,8 @@ def validate(cfg: dict) -> None:
     if cfg["algo"] in ("gd", "agd"):
         need(cfg["gamma"] == 0, f"{cfg['algo']} uses no smoothing: gamma must be 0, got {cfg['gamma']}")
     for key, choices in (("schedule", SCHEDULES), ("engine", ENGINES), ("device", DEVICES),
-                         ("dtype", DTYPES), ("preset", PRESETS), ("balance", BALANCES)):
+                         ("dtype", DTYPES), ("preset", PRESETS), ("balance", BALANCES),
+                         ("noise_source", NOISE_SOURCES)):
         need(cfg[key] in choices, f"{key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
     need(isinstance(cfg["checkpoint_every"], int) and cfg["checkpoint_every"] >= 0,
          f"checkpoint-every must be >= 0, got {cfg['checkpoint_every']!r}")

@@ -1,8 +1,9 @@
 """Gaussian perturbations X_k keyed by (seed, iteration, sample) through a counter-based generator.
 
-Each X_k is drawn from a Philox stream whose key is the seed and whose counter starts at
-(0, 0, k, t): it depends on nothing else, so every engine, rank layout, microbatch size and
-resumed run draws exactly the same noise.
+On the host each X_k is drawn from a Philox stream whose key is the seed and whose counter starts
+at (0, 0, k, t): it depends on nothing else, so every engine, rank layout, microbatch size and
+resumed run draws exactly the same noise. On a GPU, X_k is drawn on the device by CuPy's generator
+seeded from the same (seed, t, k): reproducible with itself, though not bitwise equal to the host.
 """
 
 from __future__ import annotations
@@ -22,6 +23,14 @@ def standard_normal(seed: int, iteration: int, sample: int, dim: int, dtype=np.f
     return np.random.Generator(bits).standard_normal(dim, dtype=np.float64).astype(dtype, copy=False)
 
 
-def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64) -> np.ndarray:
-    """The stacked X_k, shape (len(samples), dim), for the samples of one microbatch."""
-    return np.stack([standard_normal(seed, iteration, k, dim, dtype) for k in samples])
+def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64, xp=np):
+    """The stacked X_k, shape (len(samples), dim), for the samples of one microbatch, as `xp` arrays."""
+    if xp is np:
+        return np.stack([standard_normal(seed, iteration, k, dim, dtype) for k in samples])
+    return xp.stack([xp.random.RandomState(device_key(seed, iteration, k)).standard_normal(dim, dtype=dtype)
+                     for k in samples])
+
+
+def device_key(seed: int, iteration: int, sample: int) -> int:
+    """A 63-bit generator seed for (seed, t, k), for device generators that take a seed but no counter."""
+    return int(np.random.SeedSequence([seed, iteration, sample]).generate_state(1, np.uint64)[0] >> np.uint64(1))

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from pprs_mpi import __version__, config, driver, faults, optim, problems
-from pprs_mpi.backend import BackendError, select
+from pprs_mpi.backend import BackendError, Staging, cuda_aware_mpi, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.faults import Fault
@@ -87,7 +87,12 @@ def _prepare(argv, comm) -> Setup:
         raise ConfigError(f"{n_stages} stages (ranks) for a graph of {len(graph.order)} nodes: use at most {len(graph.order)}")
     local_rank = comm.Split_type(_shared_memory_split(), key=comm.rank).rank if comm.size > 1 else 0
     backend = select(cfg["device"], cfg["dtype"], local_rank)
-    sampling = Sampling(cfg["K"], float(cfg["gamma"]), cfg["seed"], cfg["microbatch_size"])
+    cuda_aware, decided_by = cuda_aware_mpi() if backend.on_gpu else (False, "CPU rank")
+    placement = {"devices": [backend.device], "transport": [Staging(backend, cuda_aware).path]}
+    if comm.size > 1:  # every rank's device and transport path, for the trace
+        placement = {key: [item for items in comm.allgather(value) for item in items] for key, value in placement.items()}
+    sampling = Sampling(cfg["K"], float(cfg["gamma"]), cfg["seed"], cfg["microbatch_size"],
+                        noise_on_device=cfg["noise_source"] == "device")
     costs = None
     if cfg["balance"] == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, cfg["microbatch_size"]) if comm.rank == 0 else None
@@ -97,7 +102,9 @@ def _prepare(argv, comm) -> Setup:
                               sampling.n_microbatches)
     depth = cfg["simulated_depth"] or graph.depth
     makespan = ideal_makespan(sampling.n_microbatches, depth) if cfg["simulated_depth"] else schedule.makespan
-    return Setup(cfg, problem, Wiring(graph, stages), schedule, sampling, backend, engine_name, makespan)
+    setup = Setup(cfg, problem, Wiring(graph, stages), schedule, sampling, backend, engine_name, makespan)
+    setup.cuda_aware, setup.placement = cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}
+    return setup
 
 
 def _shared_memory_split():
@@ -150,7 +157,9 @@ def _open_trace(setup: Setup, comm) -> str | None:
     meta = {"ranks": comm.size, "device": setup.backend.device, "engine": setup.engine_name,
             "mpi_library": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "depth": graph.depth,
             "makespan": setup.makespan, "n_microbatches": setup.sampling.n_microbatches,
-            "stages": len(setup.wiring.stages), "package_version": __version__}
+            "stages": len(setup.wiring.stages), "package_version": __version__,
+            "rank_devices": ",".join(setup.placement["devices"]), "rank_transport": ",".join(setup.placement["transport"]),
+            "cuda_aware_decided_by": setup.placement["cuda_aware_decided_by"]}
     try:
         setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]))
         if cfg["resume"]:
@@ -190,7 +199,7 @@ def _make_engine(setup: Setup, comm):
                             setup.cfg["timeline_every"])
     from pprs_mpi.engines.mpi import MpiEngine
     return MpiEngine(comm, setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.cfg["comm_timeout"],
-                     setup.fault, setup.cfg["timeline_every"])
+                     setup.fault, setup.cfg["timeline_every"], setup.cuda_aware)
 
 
 def _run(setup: Setup, comm) -> int:
@@ -217,7 +226,7 @@ def _run(setup: Setup, comm) -> int:
         print(f"{PREFIX}{outcome.message}; trace {cfg['out']} marked {outcome.status}", file=sys.stderr)
         return EXIT_CODES[outcome.status]
     if not cfg["quiet"]:
-        print(_summary(setup, outcome, trace_timeline(cfg["out"])), flush=True)
+        print(_summary(setup, outcome), flush=True)
     return 0
 
 
@@ -244,21 +253,19 @@ def _banner(setup: Setup) -> str:
             f"{setup.sampling.n_microbatches} microbatches, {setup.makespan} time units/iteration, {setup.backend.device}")
 
 
-def trace_timeline(path: str) -> np.ndarray:
+def _summary(setup: Setup, outcome) -> str:
+    """The closing lines: f(y_T), where the trace is, and (MPI) each rank's compute and wait fractions."""
+    from pprs_mpi.report import pipeline_records, rank_fractions
     from pprs_mpi.trace import load
-    timeline = load(path).timeline
-    return timeline if timeline is not None else np.zeros(0)
-
-
-def _summary(setup: Setup, outcome, timeline: np.ndarray) -> str:
-    lines = [f"done: f(y_T) = {outcome.f_final:.6g}" + (
-        f", f* = {setup.problem.f_star:g}" if setup.problem.f_star is not None else "") + f"; trace {setup.cfg['out']}"]
-    for rank in np.unique(timeline["rank"]) if len(timeline) else []:
-        rows = timeline[timeline["rank"] == rank]
-        busy = float(np.sum((rows["end"] - rows["start"])[rows["phase"] != 2]))
-        wait = float(np.sum((rows["end"] - rows["start"])[rows["phase"] == 2]))
-        span = float(rows["end"].max() - rows["start"].min()) or math.inf
-        lines.append(f"  rank {rank}: compute {busy / span:.0%}, wait {wait / span:.0%}")
+    f_star = setup.problem.f_star
+    lines = [f"done: f(y_T) = {outcome.f_final:.6g}" + (f", f* = {f_star:g}" if f_star is not None else "")
+             + f"; trace {setup.cfg['out']} (python -m pprs_mpi.report {setup.cfg['out']})"]
+    facts = setup.problem.describe_point(outcome.state.y)
+    if facts:
+        lines.append("  " + ", ".join(f"{key} {value}" for key, value in facts.items()))
+    records = pipeline_records(load(setup.cfg["out"])) if setup.engine_name == "mpi" else None
+    lines += [f"  rank {r['rank']}: compute {r['compute']:.0%}, wait {r['wait']:.0%}"
+              for r in (rank_fractions(records) if records is not None else [])]
     return "\n".join(lines)
 
 

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from pprs_mpi.backend import Backend
+from pprs_mpi.backend import Backend, Staging
 from pprs_mpi.faults import Fault
 from pprs_mpi.engines.stage import (ACTIVATION, COTANGENT, WAIT_PHASE, Message, Sampling, StageRunner,
                                     Timeline, Wiring)
@@ -72,8 +72,9 @@ class MpiTransport:
     """Point-to-point messages of one rank: receive buffers allocated once per message and reused,
     receives posted at the start of each pass, sends non-blocking and completed at its end."""
 
-    def __init__(self, comm, wiring: Wiring, sampling: Sampling, backend: Backend, timeline: Timeline, poller: Poller):
-        self.comm, self.wiring, self.sampling, self.backend = comm, wiring, sampling, backend
+    def __init__(self, comm, wiring: Wiring, sampling: Sampling, staging: Staging, timeline: Timeline, poller: Poller):
+        self.comm, self.wiring, self.sampling, self.staging = comm, wiring, sampling, staging
+        self.backend = staging.backend
         self.timeline, self.poller = timeline, poller
         self._slots = sampling.n_microbatches + 1
         self._buffers: dict[Message, np.ndarray] = {}
@@ -93,8 +94,7 @@ class MpiTransport:
                                                       tag=self.tag(message))
 
     def send(self, message: Message, array) -> None:
-        self.backend.synchronize()
-        buffer = self.backend.to_host(array)
+        buffer = self.staging.outgoing(message, array)
         request = self.comm.Isend(buffer, dest=self.wiring.destination(message), tag=self.tag(message))
         self._sends.append((request, buffer))
 
@@ -103,7 +103,7 @@ class MpiTransport:
         start = time.perf_counter()
         self.poller.wait(request, lambda: self.describe(message))
         self.timeline.record(message.mb, WAIT_PHASE, -1, start, time.perf_counter())
-        return self.backend.asarray(self._buffers[message])
+        return self.staging.incoming(self._buffers[message])
 
     def complete_sends(self) -> None:
         for request, _ in self._sends:
@@ -117,10 +117,10 @@ class MpiTransport:
             return f"the {KIND_NAMES[message.kind]} of edge '{parent}' -> '{child}' ({where})"
         return f"the leaf's sample values ({where})"
 
-    def _buffer(self, message: Message) -> np.ndarray:
+    def _buffer(self, message: Message):
         if message not in self._buffers:
             rows = 1 if message.mb == self.sampling.n_microbatches else len(self.sampling.samples(message.mb))
-            self._buffers[message] = np.empty((rows, *self.wiring.shape(message)), dtype=self.backend.dtype)
+            self._buffers[message] = self.staging.receive_buffer((rows, *self.wiring.shape(message)))
         return self._buffers[message]
 
 
@@ -130,14 +130,16 @@ class MpiEngine:
     name = "mpi"
 
     def __init__(self, comm, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
-                 comm_timeout: float | None = None, fault: Fault | None = None, timeline_every: int = 1):
+                 comm_timeout: float | None = None, fault: Fault | None = None, timeline_every: int = 1,
+                 cuda_aware: bool = False):
         if comm.size != len(wiring.stages):
             raise ValueError(f"{comm.size} MPI ranks for {len(wiring.stages)} stages")
         self.comm = comm
         comm.Barrier()
         self.timeline = Timeline(comm.rank, timeline_every)
         self.poller = Poller(comm, comm_timeout)
-        transport = MpiTransport(comm, wiring, sampling, backend, self.timeline, self.poller)
+        self.staging = Staging(backend, cuda_aware)
+        transport = MpiTransport(comm, wiring, sampling, self.staging, self.timeline, self.poller)
         self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, transport, self.timeline, fault)
         self._command_buffer = np.zeros(2, dtype=np.int64)
 

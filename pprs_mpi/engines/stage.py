@@ -117,6 +117,7 @@ class Sampling:
     gamma: float
     seed: int
     microbatch_size: int
+    noise_on_device: bool = True  # False: draw on the host (bitwise the CPU noise) and copy to the GPU
 
     @property
     def n_microbatches(self) -> int:
@@ -191,8 +192,10 @@ class StageRunner:
         base = self.xp.broadcast_to(x, (len(samples), x.shape[0]))
         if self.sampling.gamma == 0.0:
             return self.xp.array(base)
-        perturbation = self.backend.asarray(
-            noise.perturbations(self.sampling.seed, t, samples, x.shape[0], self.backend.dtype))
+        if self.sampling.noise_on_device:
+            perturbation = noise.perturbations(self.sampling.seed, t, samples, x.shape[0], self.backend.dtype, self.xp)
+        else:
+            perturbation = self.backend.asarray(noise.perturbations(self.sampling.seed, t, samples, x.shape[0]))
         return base + self.sampling.gamma * perturbation
 
     def _set_root(self, mb: int, batch) -> None:

@@ -1,0 +1,33 @@
+"""GPU ranks (skipped without CuPy and a CUDA device): agreement with the CPU and self-reproducibility."""
+
+import numpy as np
+import pytest
+
+from pprs_mpi.solve import main
+from pprs_mpi.trace import load
+
+cupy = pytest.importorskip("cupy", reason="CuPy is not installed")
+try:
+    HAVE_GPU = cupy.cuda.runtime.getDeviceCount() > 0
+except Exception:  # noqa: BLE001 — a CuPy wheel without a driver
+    HAVE_GPU = False
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAVE_GPU, reason="no CUDA device")]
+
+RUN = ["--problem", "branch", "--depth", "5", "-K", "8", "--gamma", "0.05", "--lr", "0.02", "--iters", "20", "--quiet"]
+
+
+def test_gpu_run_agrees_with_cpu_run_after_20_iterations(tmp_path):
+    """Same (host-drawn) noise, so the only differences are float rounding on the device."""
+    cpu, gpu = str(tmp_path / "cpu.h5"), str(tmp_path / "gpu.h5")
+    assert main([*RUN, "--device", "cpu", "--out", cpu]) == 0
+    assert main([*RUN, "--device", "gpu", "--noise-source", "host", "--out", gpu]) == 0
+    a, b = load(cpu), load(gpu)
+    assert b.attrs["device"].startswith("gpu")
+    np.testing.assert_allclose(b.result["y"], a.result["y"], rtol=1e-9, atol=1e-12)
+
+
+def test_gpu_run_with_device_noise_reproduces_itself(tmp_path):
+    runs = [str(tmp_path / f"run{i}.h5") for i in range(2)]
+    for out in runs:
+        assert main([*RUN, "--device", "gpu", "--out", out]) == 0
+    assert np.array_equal(load(runs[0]).result["y"], load(runs[1]).result["y"])
