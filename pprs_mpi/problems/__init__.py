@@ -46,8 +46,8 @@ class ProblemSpec:
 
 def registry() -> dict[str, ProblemSpec]:
     """Every built-in problem by name (imported lazily so that `solve --help` stays fast)."""
-    from pprs_mpi.problems import planted
-    return dict(planted.PROBLEMS)
+    from pprs_mpi.problems import adversarial, fewshot, planted
+    return {**planted.PROBLEMS, **adversarial.PROBLEMS, **fewshot.PROBLEMS}
 
 
 def build(name: str, **params) -> Problem:
