@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None, comm=None) -> int:
     comm = MPI.COMM_WORLD if comm is None else comm
     try:
         setup = _prepare(argv, comm)
-    except (ConfigError, GraphError, BackendError, ValueError) as err:
+    except (ConfigError, GraphError, BackendError, ValueError, OSError) as err:  # all of them bad input
         return _bad_input(comm, err)
     trace_error = _open_trace(setup, comm) if comm.rank == 0 else None
     trace_error = comm.bcast(trace_error, root=0) if comm.size > 1 else trace_error
@@ -221,6 +221,7 @@ def _run(setup: Setup, comm) -> int:
     engine.stop()
     trace.write_timeline(timeline, append=True)
     trace.write_result(y=outcome.state.y, x=outcome.state.x)
+    trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
     if outcome.status != "completed":
         print(f"{PREFIX}{outcome.message}; trace {cfg['out']} marked {outcome.status}", file=sys.stderr)
