@@ -2,8 +2,10 @@
 
 For K in {1, 4, 16, 64} it measures the mean iteration wall time, and once the unit cost c (one
 stage's forward or backward on one microbatch, measured alone) and an MPI ping-pong latency. It
-prints runtime efficiency = 2(K + P − 1)·c / measured, the speedup over the serial engine on the
-same problem, and the per-message overhead (measured − ideal) / messages against the ping-pong.
+prints runtime efficiency = 2(K + P − 1)·c / measured (with c measured alone, and with the median
+unit inside the run, which shows contention between the ranks), the speedup over the serial engine
+on the same problem, and the per-message overhead (measured − ideal) / messages against the
+ping-pong.
 The table is saved to benchmarks/results/pipeline_efficiency.json.
 
     python benchmarks/pipeline_efficiency.py            # launches itself under mpirun -n 2
@@ -111,6 +113,13 @@ def mean_iteration(engine, iterations: int) -> float:
     return (time.perf_counter() - start) / iterations
 
 
+def sleep_until_all_arrive(comm) -> None:
+    """A barrier that waits asleep instead of spinning."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(1e-3)
+
+
 def ping_pong(comm, repeats: int = 200) -> float:
     """Half the round trip of a DIM-float message between ranks 0 and 1, in seconds."""
     buffer = np.zeros(DIM)
@@ -131,10 +140,13 @@ def worker(args) -> None:
     """Runs under mpirun: every rank builds the same graph; rank 0 measures and writes the table."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    # Rank 0 sizes the work and measures c while the other rank waits: "measured alone".
-    graph = chain(comm.bcast(work_size(args.unit_ms) if comm.rank == 0 else None, root=0))
+    # Rank 0 sizes the work and measures c while the other rank sleeps: "measured alone". (A rank
+    # blocked in an MPI call busy-polls and, on hyperthreads, would slow rank 0's measurement.)
+    n = work_size(args.unit_ms) if comm.rank == 0 else None
+    sleep_until_all_arrive(comm)
+    graph = chain(comm.bcast(n, root=0))
     c = unit_cost(graph) if comm.rank == 0 else 0.0
-    comm.Barrier()
+    sleep_until_all_arrive(comm)
     latency = ping_pong(comm)
     rows = []
     for K in args.samples:
@@ -144,13 +156,22 @@ def worker(args) -> None:
             continue
         iterations = max(3, int(args.seconds / (2 * (K + RANKS - 1) * c)))
         measured = mean_iteration(engine, iterations)
+        records = engine.gather_timeline()
         engine.stop()
+        last = records[records["iteration"] == records["iteration"].max()]
+        computing = last[last["phase"] < 2]
+        c_run = float(np.mean(computing["end"] - computing["start"]))  # the same unit, inside the pipeline
+        busy = [float((computing["end"] - computing["start"])[computing["rank"] == r].sum()) /
+                float(last["end"][last["rank"] == r].max() - last["start"][last["rank"] == r].min()) for r in range(RANKS)]
         serial = mean_iteration(engines(graph, K), max(2, iterations // 2))
         ideal = 2 * (K + RANKS - 1) * c
         messages = 3 * K  # per microbatch: one activation, one cotangent, one leaf value to rank 0
+        ideal_run = 2 * (K + RANKS - 1) * c_run
         rows.append({"K": K, "iterations": iterations, "measured_s": measured, "ideal_s": ideal,
-                     "efficiency": ideal / measured, "serial_s": serial, "speedup": serial / measured,
-                     "overhead_per_message_s": (measured - ideal) / messages})
+                     "efficiency": ideal / measured, "unit_cost_in_run_s": c_run,
+                     "efficiency_in_run_unit": ideal_run / measured, "busy_fraction_per_rank": busy,
+                     "serial_s": serial, "speedup": serial / measured,
+                     "overhead_per_message_s": (measured - ideal_run) / messages})
     if comm.rank == 0:
         table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
                  "mpi": MPI.Get_library_version().splitlines()[0].strip(), "ranks": RANKS,
@@ -163,9 +184,14 @@ def worker(args) -> None:
 def print_table(table: dict) -> None:
     print(f"machine: {table['machine']}; {table['mpi']}; {table['ranks']} ranks")
     print(f"unit cost c = {table['unit_cost_s'] * 1e3:.2f} ms, ping-pong latency = {table['ping_pong_latency_s'] * 1e6:.1f} us")
-    print(f"{'K':>4} {'measured ms':>12} {'ideal ms':>9} {'efficiency':>10} {'serial ms':>10} {'speedup':>8} {'overhead/msg us':>16}")
+    print("efficiency = 2(K+P-1)c / measured, c alone; eff(c_run): c_run = mean unit inside the run (both ranks")
+    print("computing at once); busy = compute / span per rank; overhead/msg = (measured - 2(K+P-1)c_run) / 3K")
+    print(f"{'K':>4} {'measured ms':>12} {'ideal ms':>9} {'efficiency':>10} {'c_run ms':>9} {'eff(c_run)':>10} "
+          f"{'busy r0/r1':>11} {'serial ms':>10} {'speedup':>8} {'overhead/msg us':>16}")
     for r in table["rows"]:
+        busy = "/".join(f"{b:.2f}" for b in r["busy_fraction_per_rank"])
         print(f"{r['K']:>4} {r['measured_s'] * 1e3:>12.2f} {r['ideal_s'] * 1e3:>9.2f} {r['efficiency']:>10.3f} "
+              f"{r['unit_cost_in_run_s'] * 1e3:>9.2f} {r['efficiency_in_run_unit']:>10.3f} {busy:>11} "
               f"{r['serial_s'] * 1e3:>10.2f} {r['speedup']:>8.2f} {r['overhead_per_message_s'] * 1e6:>16.1f}")
     print(f"saved {RESULTS}")
 
