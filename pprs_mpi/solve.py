@@ -9,8 +9,6 @@ ends every rank, is reported once, marks the trace `failed` and exits non-zero.
 
 from __future__ import annotations
 
-import math
-import signal
 import sys
 
 import numpy as np
@@ -23,6 +21,7 @@ from pprs_mpi.faults import Fault
 from pprs_mpi.graph import GraphError
 from pprs_mpi.placement import measure_costs
 from pprs_mpi.schedule import build as build_schedule, ideal_makespan
+from pprs_mpi.signals import StopOnSignal
 
 BAD_INPUT = 2
 EXIT_CODES = {"diverged": 1, "interrupted": 3}  # interrupted: a checkpoint was written, --resume continues
@@ -203,8 +202,14 @@ def _make_engine(setup: Setup, comm):
 
 
 def _run(setup: Setup, comm) -> int:
+    # Every rank catches the signals, so that none dies of one; rank 0 alone acts on them (a checkpoint
+    # and a stop at the next iteration boundary) and the others stop when it tells them to.
+    with StopOnSignal() as stop:
+        return _run_until_stopped(setup, comm, stop)
+
+
+def _run_until_stopped(setup: Setup, comm, stop: StopOnSignal) -> int:
     engine = _make_engine(setup, comm)
-    stop = _StopOnSignal()
     if comm.rank != 0:
         engine.serve()
         return 0
@@ -229,20 +234,6 @@ def _run(setup: Setup, comm) -> int:
     if not cfg["quiet"]:
         print(_summary(setup, outcome), flush=True)
     return 0
-
-
-class _StopOnSignal:
-    """SIGTERM or SIGUSR1 (Slurm's warning before a time limit) asks for a checkpoint and a clean stop at
-    the next iteration boundary. Every rank installs it, so that no rank dies on the signal; rank 0 alone
-    acts, and the others stop when it tells them to."""
-
-    def __init__(self):
-        self.requested = False
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
 
 
 def _banner(setup: Setup) -> str:

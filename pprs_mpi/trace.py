@@ -34,7 +34,7 @@ PHASES = ("forward", "backward", "wait")  # timeline phase codes 0, 1, 2
 RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes")
 LOCK_WAIT_S = 60.0  # how long the writer waits for a reader to release the file before giving up
 READ_WAIT_S = 5.0  # how long `load` waits for the writer to finish a flush
-_CHUNK = 1024
+_CHUNK = 256  # rows per chunk: small, so that short runs make small files
 _STAGING, _COMPLETE = "checkpoint_new", "_complete"
 
 
@@ -164,7 +164,7 @@ class TraceWriter:
             if "timeline" in f and not append:
                 del f["timeline"]
             if "timeline" not in f:
-                f.create_dataset("timeline", (0,), maxshape=(None,), chunks=(4 * _CHUNK,), dtype=TIMELINE_DTYPE)
+                f.create_dataset("timeline", (0,), maxshape=(None,), chunks=(2 * _CHUNK,), dtype=TIMELINE_DTYPE)
             dataset = f["timeline"]
             n = dataset.shape[0]
             dataset.resize((n + len(records),))

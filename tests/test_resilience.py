@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import MPI_ENV, mpirun, run, solve
+from conftest import MPI_ENV, mpirun, solve
 from pprs_mpi.solve import main
 from pprs_mpi.trace import load
 

@@ -1,6 +1,5 @@
 """The command line as a user meets it: traces it writes, presets, and one-line errors for bad input."""
 
-import json
 import math
 
 import numpy as np
