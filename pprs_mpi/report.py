@@ -131,8 +131,8 @@ def rank_fractions(records: np.ndarray) -> list[dict]:
 def efficiency(trace: Trace, records: np.ndarray | None) -> dict:
     """Ideal makespan × measured unit cost, over the measured time of an iteration.
 
-    The makespan is the writer's 'makespan' attribute, else 2(M + Δ − 1); the unit cost is the median
-    forward/backward record. 'pipeline' measures an iteration by its timeline span (bubbles and
+    The makespan is the writer's 'makespan' attribute, else 2(M + Δ − 1); the unit cost is the mean
+    forward/backward record (the mean, not the median: units slowed by contention count in the total). 'pipeline' measures an iteration by its timeline span (bubbles and
     communication) over complete iterations, 'end_to_end' by the wall time per iteration of the rows
     (optimizer, evaluations and trace included).
     """
@@ -143,7 +143,7 @@ def efficiency(trace: Trace, records: np.ndarray | None) -> dict:
     unit = iteration_time = None
     if records is not None:
         compute = records[np.isin(records["phase"], (FORWARD, BACKWARD))]
-        unit = float(np.median(compute["end"] - compute["start"])) if compute.size else None
+        unit = float(np.mean(compute["end"] - compute["start"])) if compute.size else None
         complete = records[np.isin(records["iteration"], complete_iterations(records))]
         iteration_time = float(iteration_spans(complete)[1].mean())
     wall = _wall_per_iteration(trace)
@@ -214,14 +214,16 @@ def format_summary(s: dict) -> str:
 
 def format_table(summaries: list[dict]) -> str:
     """One aligned row per run, for comparing several runs (same targets for all)."""
-    header = ["run", "status", "algo", "K", "Δ", "ranks", "f", "final f", "best f", "pipeline", "wall s"]
+    header = ["run", "status", "algo", "K", "gamma", "lr", "mu", "Δ", "ranks", "f", "final f", "best f", "pipeline",
+              "wall s"]
     for t in summaries[0]["targets"]:
         header += [f"pipe f<={_num(t['target'])}", f"wall f<={_num(t['target'])}"]
     header += ["pipe eff", "e2e eff"]
     rows = []
     for s in summaries:
         delta = _num(s["depth"]) + (f" (sim {s['simulated_depth']})" if s["simulated_depth"] is not None else "")
-        row = [s["name"], s["status"], _num(s["algo"]), _num(s["K"]), delta, _num(s["ranks"]), s["f_source"],
+        row = [s["name"], s["status"], _num(s["algo"]), _num(s["K"]), _num(s["gamma"]), _num(s["lr"]), _num(s["mu"]),
+               delta, _num(s["ranks"]), s["f_source"],
                _num(s["f_final"]), _num(s["f_best"]), _num(s["pipeline_time"]), _num(s["wall_time"])]
         for t in s["targets"]:
             row += [_num(t["pipeline_time"]), _num(t["wall_time"])]

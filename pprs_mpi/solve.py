@@ -160,9 +160,13 @@ def _open_trace(setup: Setup, comm) -> str | None:
             "rank_devices": ",".join(setup.placement["devices"]), "rank_transport": ",".join(setup.placement["transport"]),
             "cuda_aware_decided_by": setup.placement["cuda_aware_decided_by"]}
     try:
-        setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]))
         if cfg["resume"]:
             setup.start = _checkpointed_state(cfg["out"])
+            if cfg["iters"] < setup.start.iteration:
+                return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
+                        "a resume can only go further")
+        setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]))
+        if cfg["resume"]:
             setup.trace.truncate(setup.start.iteration + 1)  # rows after the checkpoint are redone
     except Exception as err:  # noqa: BLE001 — any reason the file cannot be used is bad input
         return f"cannot write trace '{cfg['out']}': {err}"

@@ -111,6 +111,15 @@ def test_resume_refuses_foreign_corrupt_or_checkpointless_files(tmp_path, tmp_tr
     assert "'lr' cannot be changed" in capsys.readouterr().err
 
 
+def test_resume_cannot_go_backwards(tmp_trace, capsys):
+    assert main([*RUN, "--iters", "6", "--out", tmp_trace()]) == 0
+    capsys.readouterr()
+    assert main(["--resume", tmp_trace(), "--iters", "4"]) == 2
+    assert "below the checkpoint's iteration 6" in capsys.readouterr().err
+    trace = load(tmp_trace())
+    assert trace.status == "completed" and trace.columns["iteration"][-1] == 6
+
+
 FLAGS = ["-K", "--gamma", "--lr", "--mu", "--iters", "--seed", "--schedule", "--microbatch-size", "--eval-every",
          "--engine", "--stages", "--device", "--dtype", "--depth", "--dim", "--rows", "--problem", "--algo",
          "--preset", "--comm-timeout", "--checkpoint-every", "--inject-fault", "--simulated-depth", "--bogus"]

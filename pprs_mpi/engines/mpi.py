@@ -135,8 +135,8 @@ class MpiEngine:
         if comm.size != len(wiring.stages):
             raise ValueError(f"{comm.size} MPI ranks for {len(wiring.stages)} stages")
         self.comm = comm
-        comm.Barrier()
         self.timeline = Timeline(comm.rank, timeline_every)
+        self.timeline.origin = _rank0_origin_on_local_clock(comm)
         self.poller = Poller(comm, comm_timeout)
         self.staging = Staging(backend, cuda_aware)
         transport = MpiTransport(comm, wiring, sampling, self.staging, self.timeline, self.poller)
@@ -176,6 +176,31 @@ class MpiEngine:
         request = self.comm.Ibcast(self._command_buffer, root=0)
         self.poller.wait(request, lambda: "the next command from rank 0")
         return int(self._command_buffer[0]), int(self._command_buffer[1])
+
+
+def _rank0_origin_on_local_clock(comm, exchanges: int = 8) -> float:
+    """Rank 0's time origin expressed on this rank's clock, so that all timelines share one time axis.
+
+    Each rank estimates its clock's offset to rank 0 by Cristian's method (rank 0 replies with its
+    clock; the exchange with the shortest round trip is kept), which also holds across nodes whose
+    monotonic clocks differ.
+    """
+    origin = comm.bcast(time.perf_counter() if comm.rank == 0 else None, root=0)
+    offset = 0.0  # rank 0's clock minus this rank's
+    for rank in range(1, comm.size):
+        best = float("inf")
+        for _ in range(exchanges):
+            if comm.rank == rank:
+                sent = time.perf_counter()
+                comm.send(None, dest=0, tag=FAILURE_TAG + 1)
+                theirs = comm.recv(source=0, tag=FAILURE_TAG + 1)
+                received = time.perf_counter()
+                if received - sent < best:
+                    best, offset = received - sent, theirs - (sent + received) / 2
+            elif comm.rank == 0:
+                comm.recv(source=rank, tag=FAILURE_TAG + 1)
+                comm.send(time.perf_counter(), dest=rank, tag=FAILURE_TAG + 1)
+    return origin - offset
 
 
 def _timeline_dtype():

