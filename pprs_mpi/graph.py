@@ -7,8 +7,9 @@ children, depth) and splits its nodes into pipeline stages.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from pprs_mpi.ops.base import Op
 
@@ -89,20 +90,10 @@ class Graph:
         return {k: tuple(v) for k, v in children.items()}
 
     def _topological_order(self) -> tuple[str, ...]:
-        """Kahn's algorithm, breaking ties by insertion order so the order is deterministic."""
-        indegree = {n: len(set(node.parents) - {self.root}) for n, node in self.nodes.items()}
-        ready = [n for n in self.nodes if indegree[n] == 0]
-        order: list[str] = []
-        while ready:
-            name = ready.pop(0)
-            order.append(name)
-            for child in self.children[name]:
-                indegree[child] -= 1
-                if indegree[child] == 0:
-                    ready.append(child)
-        if len(order) < len(self.nodes):
-            raise GraphError(f"cycle through nodes {' -> '.join(self._a_cycle(set(self.nodes) - set(order)))}")
-        return tuple(order)
+        order, stuck = topological_order({n: node.parents for n, node in self.nodes.items()})
+        if stuck:
+            raise GraphError(f"cycle through nodes {' -> '.join(self._a_cycle(set(stuck)))}")
+        return order
 
     def _a_cycle(self, stuck: set[str]) -> list[str]:
         """A cycle among the nodes Kahn's algorithm could not order (each has a stuck parent)."""
@@ -165,6 +156,32 @@ class Graph:
             node = self.nodes[name]
             lines.append(f"{name}: {node.op.describe()}({', '.join(node.parents)}) -> {self.shapes[name]}")
         return "\n".join(lines)
+
+
+def topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[tuple[str, ...], list[str]]:
+    """Kahn's algorithm over `parents` (node -> its parents; names that are not keys, like the root, are
+    inputs from outside), ties broken by insertion order so the order is deterministic.
+
+    Returns the order and the nodes it could not place because they lie on or after a cycle.
+    """
+    children: dict[str, list[str]] = {v: [] for v in parents}
+    indegree = {}
+    for v, ps in parents.items():
+        inside = [p for p in dict.fromkeys(ps) if p in parents]
+        indegree[v] = len(inside)
+        for p in inside:
+            children[p].append(v)
+    ready = deque(v for v in parents if indegree[v] == 0)
+    order: list[str] = []
+    while ready:
+        v = ready.popleft()
+        order.append(v)
+        for c in children[v]:
+            indegree[c] -= 1
+            if indegree[c] == 0:
+                ready.append(c)
+    placed = set(order)
+    return tuple(order), [v for v in parents if v not in placed]
 
 
 def _balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:

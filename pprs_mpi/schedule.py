@@ -34,6 +34,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
+from pprs_mpi.graph import topological_order
+
 
 class ScheduleError(ValueError):
     """An illegal schedule or an unschedulable stage layout; the message names the culprit."""
@@ -237,21 +239,10 @@ class _Dag:
         self.position = {v: i for i, v in enumerate(self.order)}
 
     def _topological_order(self) -> tuple[str, ...]:
-        """Kahn's algorithm, ties broken by insertion order of `parents`; raises on a cycle."""
-        indegree = {v: len(ps) for v, ps in self.parents.items()}
-        ready = [v for v in self.parents if indegree[v] == 0]
-        order: list[str] = []
-        while ready:
-            v = ready.pop(0)
-            order.append(v)
-            for c in self.children[v]:
-                indegree[c] -= 1
-                if indegree[c] == 0:
-                    ready.append(c)
-        if len(order) < len(self.parents):
-            stuck = next(v for v in self.parents if v not in order)
-            raise ScheduleError(f"node '{stuck}' lies on a cycle or depends on one")
-        return tuple(order)
+        order, stuck = topological_order(self.parents)
+        if stuck:
+            raise ScheduleError(f"node '{stuck[0]}' lies on a cycle or depends on one")
+        return order
 
     def dependencies(self, action: Forward | Backward) -> list[Forward | Backward]:
         """Actions that must complete before `action` starts (same microbatch)."""

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from pprs_mpi import ops
 from pprs_mpi.graph import Graph, GraphError, Node
+from reference import backprop, evaluate
 
 EPS = 1e-6  # finite-difference step (float64)
 RTOL = 1e-6  # relative tolerance of VJP against finite differences
@@ -450,24 +451,6 @@ def test_costs_follow_flops():
 
 
 # ---------------------------------------------------------------- whole graphs: reverse mode against finite differences
-
-
-def evaluate(graph, theta):
-    values = {graph.root: theta}
-    for name in graph.order:
-        values[name] = graph.op(name).forward(np, *(values[p] for p in graph.parents(name)))
-    return values
-
-
-def backprop(graph, values):
-    """Reverse mode over the topological order, summing the cotangents a node gets from its children."""
-    cotangents = {graph.leaf: np.ones_like(values[graph.leaf])}
-    for name in reversed(graph.order):
-        parents = graph.parents(name)
-        grads = graph.op(name).vjp(np, [values[p] for p in parents], values[name], cotangents.pop(name))
-        for parent, grad in zip(parents, grads):
-            cotangents[parent] = cotangents[parent] + grad if parent in cotangents else grad
-    return cotangents[graph.root]
 
 
 def fd_graph(graph, theta):
