@@ -172,10 +172,17 @@ def worker(args) -> None:
                      "efficiency_in_run_unit": ideal_run / measured, "busy_fraction_per_rank": busy,
                      "serial_s": serial, "speedup": serial / measured,
                      "overhead_per_message_s": (measured - ideal_run) / messages})
-    if comm.rank == 0:
+    # The same pipeline with (almost) no work: what each message costs the engine, all included.
+    empty = engines(chain(1), 64, comm)
+    if comm.rank != 0:
+        empty.serve()
+    else:
+        per_message = mean_iteration(empty, 20) / (3 * 64)
+        empty.stop()
         table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
-                 "mpi": MPI.Get_library_version().splitlines()[0].strip(), "ranks": RANKS,
-                 "unit_cost_s": c, "ping_pong_latency_s": latency, "rows": rows}
+                 "mpi": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "ranks": RANKS,
+                 "unit_cost_s": c, "ping_pong_latency_s": latency, "empty_pipeline_s_per_message": per_message,
+                 "rows": rows}
         RESULTS.parent.mkdir(exist_ok=True)
         RESULTS.write_text(json.dumps(table, indent=2))
         print_table(table)
@@ -193,6 +200,9 @@ def print_table(table: dict) -> None:
         print(f"{r['K']:>4} {r['measured_s'] * 1e3:>12.2f} {r['ideal_s'] * 1e3:>9.2f} {r['efficiency']:>10.3f} "
               f"{r['unit_cost_in_run_s'] * 1e3:>9.2f} {r['efficiency_in_run_unit']:>10.3f} {busy:>11} "
               f"{r['serial_s'] * 1e3:>10.2f} {r['speedup']:>8.2f} {r['overhead_per_message_s'] * 1e6:>16.1f}")
+    print(f"empty stages, K=64: {table['empty_pipeline_s_per_message'] * 1e6:.1f} us per message "
+          f"({table['empty_pipeline_s_per_message'] / table['ping_pong_latency_s']:.1f}x the ping-pong latency; "
+          "this includes the Python work of posting, testing and recording each message)")
     print(f"saved {RESULTS}")
 
 

@@ -10,17 +10,18 @@ ends every rank, is reported once, marks the trace `failed` and exits non-zero.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
 from pprs_mpi import __version__, config, driver, faults, optim, problems
-from pprs_mpi.backend import BackendError, Staging, cuda_aware_mpi, select
+from pprs_mpi.backend import Backend, BackendError, Staging, cuda_aware_mpi, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.faults import Fault
 from pprs_mpi.graph import GraphError
 from pprs_mpi.placement import measure_costs
-from pprs_mpi.schedule import build as build_schedule, ideal_makespan
+from pprs_mpi.schedule import Schedule, build as build_schedule, ideal_makespan
 from pprs_mpi.signals import StopOnSignal
 
 BAD_INPUT = 2
@@ -54,18 +55,32 @@ def main(argv: list[str] | None = None, comm=None) -> int:
         return 1
 
 
+@dataclass
 class Setup:
     """Everything a run needs, built identically on every rank from the same configuration."""
 
-    def __init__(self, cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan):
-        self.cfg, self.problem, self.wiring, self.schedule = cfg, problem, wiring, schedule
-        self.sampling, self.backend, self.engine_name, self.makespan = sampling, backend, engine_name, makespan
-        self.trace = None
-        self.start = driver.LoopState.start(problem.x0)
-        self.fault = Fault.parse(cfg["inject_fault"]) if cfg["inject_fault"] else faults.from_environment()
+    cfg: dict
+    problem: problems.Problem
+    wiring: Wiring
+    schedule: Schedule
+    sampling: Sampling
+    backend: Backend
+    engine_name: str
+    makespan: int
+    cuda_aware: bool
+    placement: dict  # every rank's device and transport path, and how CUDA awareness was decided
+    trace: object = None  # the TraceWriter, on rank 0
+    start: driver.LoopState | None = None
+
+    def __post_init__(self):
+        self.start = self.start or driver.LoopState.start(self.problem.x0)
+        self.fault = Fault.parse(self.cfg["inject_fault"]) if self.cfg["inject_fault"] else faults.from_environment()
 
 
 def _prepare(argv, comm) -> Setup:
+    """Builds the run. Errors of the configuration are the same on every rank; errors of one rank's
+    device are shared with all ranks before any other collective call, so that no rank waits forever."""
+    from mpi4py import MPI
     cfg = config.load(argv)
     problem = problems.build(cfg["problem"], **cfg["problem_params"])
     _apply_preset(cfg, problem)
@@ -84,12 +99,17 @@ def _prepare(argv, comm) -> Setup:
         n_stages = comm.size
     if n_stages > len(graph.order):
         raise ConfigError(f"{n_stages} stages (ranks) for a graph of {len(graph.order)} nodes: use at most {len(graph.order)}")
-    local_rank = comm.Split_type(_shared_memory_split(), key=comm.rank).rank if comm.size > 1 else 0
-    backend = select(cfg["device"], cfg["dtype"], local_rank)
-    cuda_aware, decided_by = cuda_aware_mpi() if backend.on_gpu else (False, "CPU rank")
-    placement = {"devices": [backend.device], "transport": [Staging(backend, cuda_aware).path]}
-    if comm.size > 1:  # every rank's device and transport path, for the trace
-        placement = {key: [item for items in comm.allgather(value) for item in items] for key, value in placement.items()}
+    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank).rank if comm.size > 1 else 0
+    try:
+        backend = select(cfg["device"], cfg["dtype"], local_rank)
+        cuda_aware, decided_by = cuda_aware_mpi() if backend.on_gpu else (False, "CPU rank")
+        local = {"devices": [backend.device], "transport": [Staging(backend, cuda_aware).path], "error": []}
+    except BackendError as err:
+        local = {"devices": [], "transport": [], "error": [f"rank {comm.rank}: {err}"]}
+    gathered = comm.allgather(local) if comm.size > 1 else [local]
+    placement = {key: [item for rank in gathered for item in rank[key]] for key in local}
+    if placement.pop("error"):
+        raise BackendError(_placement_errors(gathered))
     sampling = Sampling(cfg["K"], float(cfg["gamma"]), cfg["seed"], cfg["microbatch_size"],
                         noise_on_device=cfg["noise_source"] == "device")
     costs = None
@@ -99,16 +119,16 @@ def _prepare(argv, comm) -> Setup:
     stages = graph.stages(n_stages, costs)
     schedule = build_schedule(cfg["schedule"], stages, {n: graph.parents(n) for n in graph.order},
                               sampling.n_microbatches)
-    depth = cfg["simulated_depth"] or graph.depth
-    makespan = ideal_makespan(sampling.n_microbatches, depth) if cfg["simulated_depth"] else schedule.makespan
-    setup = Setup(cfg, problem, Wiring(graph, stages), schedule, sampling, backend, engine_name, makespan)
-    setup.cuda_aware, setup.placement = cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}
-    return setup
+    makespan = (ideal_makespan(sampling.n_microbatches, cfg["simulated_depth"]) if cfg["simulated_depth"]
+                else schedule.makespan)
+    return Setup(cfg, problem, Wiring(graph, stages), schedule, sampling, backend, engine_name, makespan,
+                 cuda_aware, {**placement, "cuda_aware_decided_by": decided_by})
 
 
-def _shared_memory_split():
-    from mpi4py import MPI
-    return MPI.COMM_TYPE_SHARED
+def _placement_errors(gathered: list[dict]) -> str:
+    """The first rank's device error, and how many ranks had one."""
+    errors = [e for rank in gathered for e in rank["error"]]
+    return errors[0] + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else "")
 
 
 def _apply_preset(cfg: dict, problem) -> None:
