@@ -19,7 +19,7 @@ from pprs_mpi import noise
 from pprs_mpi.backend import Backend
 from pprs_mpi.faults import Fault
 from pprs_mpi.graph import Graph
-from pprs_mpi.schedule import Backward, Forward, Schedule, microbatch_samples
+from pprs_mpi.schedule import Backward, Forward, Schedule, microbatch_samples, n_microbatches
 
 ACTIVATION, COTANGENT, VALUE = 0, 1, 2
 FORWARD_PHASE, BACKWARD_PHASE, WAIT_PHASE = 0, 1, 2
@@ -90,23 +90,20 @@ class Wiring:
         """The stage that sends `message`."""
         if message.kind == VALUE:
             return self.stage_of[self.graph.leaf]
-        parent, child = self._edge(message.edge)
+        parent, child = self.edges[message.edge]
         return self.stage_of[parent if message.kind == ACTIVATION else child]
 
     def destination(self, message: Message) -> int:
         if message.kind == VALUE:
             return 0
-        parent, child = self._edge(message.edge)
+        parent, child = self.edges[message.edge]
         return self.stage_of[child if message.kind == ACTIVATION else parent]
 
     def shape(self, message: Message) -> tuple[int, ...]:
         """Per-sample shape of the array `message` carries."""
         if message.kind == VALUE:
             return ()
-        return self.graph.shape(self._edge(message.edge)[0])
-
-    def _edge(self, index: int) -> tuple[str, str]:
-        return self.edges[index]
+        return self.graph.shape(self.edges[message.edge][0])
 
 
 @dataclass(frozen=True)
@@ -121,7 +118,7 @@ class Sampling:
 
     @property
     def n_microbatches(self) -> int:
-        return -(-self.K // self.microbatch_size)
+        return n_microbatches(self.K, self.microbatch_size)
 
     def samples(self, mb: int) -> range:
         return microbatch_samples(self.K, self.microbatch_size, mb)
