@@ -52,6 +52,14 @@ def test_abs_smoothed_gradient_matches_closed_form():
         assert grad[0] == pytest.approx(math.erf(x / (gamma * math.sqrt(2))), abs=0.06)
 
 
+def test_noise_is_philox_keyed_by_seed_with_counter_k_t():
+    """The documented construction, from a fresh generator: what a user can reproduce without pprs_mpi."""
+    for seed, t, k in ((0, 0, 0), (5, 3, 7), (5, 7, 3), (2**40, 11, 2)):
+        bits = np.random.Philox(key=np.array([seed, 0], dtype=np.uint64),
+                                counter=np.array([0, 0, k, t], dtype=np.uint64))
+        assert np.array_equal(noise.standard_normal(seed, t, k, 9), np.random.Generator(bits).standard_normal(9))
+
+
 def test_noise_depends_only_on_seed_iteration_and_sample():
     a = noise.perturbations(3, 7, range(2, 5), 4)
     assert np.array_equal(a[1], noise.standard_normal(3, 7, 3, 4))

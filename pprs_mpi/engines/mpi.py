@@ -16,6 +16,7 @@ the message.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -30,6 +31,7 @@ from pprs_mpi.schedule import Schedule
 FAILURE_TAG = 0
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
+YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
 KIND_NAMES = {ACTIVATION: "activation", COTANGENT: "cotangent"}
 
 
@@ -56,8 +58,10 @@ class Poller:
             waited = time.perf_counter() - start
             if self.timeout is not None and waited > self.timeout:
                 raise CommTimeout(f"rank {self.comm.rank} waited more than {self.timeout:g} s for {describe()}")
-            if waited > 2e-4:  # spin briefly for low latency, then back off so oversubscribed ranks share cores
-                pause = min(1e-3, pause + 2e-5)
+            if waited < YIELDING_SECONDS:  # low latency, yet a rank sharing this core can run meanwhile
+                os.sched_yield()
+            else:  # a long wait: back off to sleeping, so idle ranks cost no CPU
+                pause = min(1e-3, pause + 5e-5)
                 time.sleep(pause)
 
     def check_failures(self) -> None:
