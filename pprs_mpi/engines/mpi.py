@@ -21,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+from mpi4py import MPI
 
 from pprs_mpi.backend import Backend, Staging
 from pprs_mpi.faults import Fault
@@ -49,6 +50,7 @@ class Poller:
 
     def __init__(self, comm, timeout: float | None):
         self.comm, self.timeout = comm, timeout
+        self._status = MPI.Status()
 
     def wait(self, request, describe) -> None:
         start, pause = time.perf_counter(), 0.0
@@ -65,11 +67,8 @@ class Poller:
                 time.sleep(pause)
 
     def check_failures(self) -> None:
-        from mpi4py import MPI
-        status = MPI.Status()
-        if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAILURE_TAG, status=status):
-            text = self.comm.recv(source=status.Get_source(), tag=FAILURE_TAG)
-            raise RemoteFailure(text)
+        if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAILURE_TAG, status=self._status):
+            raise RemoteFailure(self.comm.recv(source=self._status.Get_source(), tag=FAILURE_TAG))
 
 
 class MpiTransport:
@@ -84,7 +83,6 @@ class MpiTransport:
         self._buffers: dict[Message, np.ndarray] = {}
         self._requests: dict[Message, object] = {}
         self._sends: list[tuple[object, object]] = []
-        from mpi4py import MPI
         largest = 1 + 3 * max(1, wiring.n_edges) * self._slots
         if largest > comm.Get_attr(MPI.TAG_UB):
             raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
