@@ -141,6 +141,11 @@ def load(argv: list[str] | None = None) -> dict:
         if cfg[key] is None:
             cfg[key] = value
     cfg["given"] = sorted(given)
+    return _finish(cfg)
+
+
+def _finish(cfg: dict) -> dict:
+    """Validates the merged configuration and fills the defaults that depend on other settings."""
     validate(cfg)
     if cfg["timeline_every"] is None:
         cfg["timeline_every"] = max(1, math.ceil(cfg["iters"] / 100))
@@ -161,11 +166,24 @@ def _resumed(given: dict) -> dict:
     if not trace.has_checkpoint:
         raise ConfigError(f"cannot resume: {path} holds no checkpoint")
     stored = trace.config
-    if set(DEFAULTS) - set(stored) - {"resume"}:
+    if set(DEFAULTS) - set(stored) - {"resume"} or not isinstance(stored.get("problem_params"), dict):
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
     cfg = {**stored, "inject_fault": None, **given, "out": path, "given": sorted(given)}  # a fault is not replayed
-    validate(cfg)
-    return cfg
+    if cfg["problem"] not in registry():
+        raise ConfigError(f"cannot resume: {path} names an unknown problem '{cfg['problem']}'")
+    _check_problem_params(cfg["problem"], cfg["problem_params"])
+    return _finish(cfg)
+
+
+def _check_problem_params(problem: str, params: dict) -> None:
+    """The stored parameters of `problem` are exactly its own, each of its type."""
+    spec = registry()[problem].parameters
+    if set(params) != set(spec):
+        raise ConfigError(f"problem '{problem}' takes parameters {sorted(spec)}, got {sorted(params)}")
+    for name, value in params.items():
+        kind = (int, float) if spec[name].type is float else spec[name].type
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"problem parameter '{name}' must be {spec[name].type.__name__}, got {value!r}")
 
 
 def _read_toml(path: str) -> dict:
@@ -174,6 +192,8 @@ def _read_toml(path: str) -> dict:
             data = tomllib.load(handle)
     except OSError as err:
         raise ConfigError(f"cannot read config file '{path}': {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file '{path}' is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
     actions = {a.dest: a for a in parser()._actions if a.dest not in ("help", "config")}
@@ -212,6 +232,7 @@ def validate(cfg: dict) -> None:
         if not ok:
             raise ConfigError(message)
 
+    need(cfg["algo"] in optim.ALGORITHMS, f"unknown algo '{cfg['algo']}': choose one of {', '.join(optim.ALGORITHMS)}")
     checks = {"K": int, "iters": int, "seed": int, "microbatch_size": int, "eval_every": int,
               "gamma": (int, float), "lr": (int, float)}
     for key, kind in checks.items():

@@ -51,21 +51,23 @@ class Progress:
     every: int
     quiet: bool = False
 
+    first: int = 0  # the iteration this process started from (a resume starts later)
+
     def __post_init__(self):
         self._start = time.perf_counter()
 
     def show(self, iteration: int, pipeline_time: float, f_smoothed: float, f_eval: float) -> None:
         if self.quiet or (iteration % self.every and iteration != self.total):
             return
-        rate = iteration / max(time.perf_counter() - self._start, 1e-9)
+        rate = (iteration - self.first) / max(time.perf_counter() - self._start, 1e-9)
         f_y = "" if math.isnan(f_eval) else f"  f(y) {f_eval:.6g}"
         print(f"iter {iteration:>{len(str(self.total))}}/{self.total}  pipeline time {pipeline_time:,.0f}  "
               f"f {f_smoothed:.6g}{f_y}  {rate:.1f} it/s", flush=True)
 
 
-def progress_for(cfg: dict) -> Progress:
+def progress_for(cfg: dict, first: int = 0) -> Progress:
     every = cfg["progress_every"] or max(1, cfg["iters"] // 20)
-    return Progress(cfg["iters"], every, quiet=cfg["quiet"])
+    return Progress(cfg["iters"], every, quiet=cfg["quiet"], first=first)
 
 
 def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progress, start: LoopState,
@@ -110,6 +112,8 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
         if stopping:
             return Outcome("interrupted", _state(backend, done, x, y, pipeline_time, wall_time), f_eval,
                            f"stopped by a signal after iteration {done}; resume with --resume")
+    if math.isnan(f_eval):  # no iteration ran (a resume at its last iteration): evaluate where it stands
+        f_eval = engine.evaluate(y, cfg["iters"])
     return Outcome("completed", _state(backend, cfg["iters"], x, y, pipeline_time, wall_time), f_eval)
 
 

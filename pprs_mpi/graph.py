@@ -71,8 +71,8 @@ class Graph:
         return (self.dim,) if name == self.root else self.shapes[name]
 
     def edges(self) -> list[tuple[str, str]]:
-        """Every (parent, child) edge, in topological order of the child then parent order."""
-        return [(p, n) for n in self.order for p in self.nodes[n].parents]
+        """Every distinct (parent, child) edge, in topological order of the child, then parent order."""
+        return list(dict.fromkeys((p, n) for n in self.order for p in self.nodes[n].parents))
 
     def _check_parents_exist(self) -> None:
         for node in self.nodes.values():
@@ -149,14 +149,6 @@ class Graph:
             raise GraphError(f"cannot place {n} node(s) on {n_stages} stage(s): need between 1 and {n} stages")
         weights = [float((costs or {}).get(name, self.cost(name))) for name in self.order]
         return [tuple(self.order[a:b]) for a, b in _balanced_partition(weights, n_stages)]
-
-    def summary(self) -> str:
-        lines = [f"root {self.root}: ({self.dim},)"]
-        for name in self.order:
-            node = self.nodes[name]
-            lines.append(f"{name}: {node.op.describe()}({', '.join(node.parents)}) -> {self.shapes[name]}")
-        return "\n".join(lines)
-
 
 def topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[tuple[str, ...], list[str]]:
     """Kahn's algorithm over `parents` (node -> its parents; names that are not keys, like the root, are

@@ -2,7 +2,8 @@
 
 The update is y_{t+1} = x_t − η G_t, x_{t+1} = (1 + μ_t) y_{t+1} − μ_t y_t, where G_t is the
 mean of K gradients at x_t + γX_k. GD is K = 1, γ = 0, μ = 0; AGD is K = 1, γ = 0 with μ = 0.99
-or the Nesterov sequence; GPipe is γ = 0 with K > 1. The presets compute the parameters of
+or the Nesterov sequence; GPipe is γ = 0 with K > 1. (`--algo gd|agd` sets these K and μ unless
+the user sets them, and requires γ = 0.) The presets compute the parameters of
 Theorems 3 and 4.
 """
 
@@ -86,7 +87,10 @@ def theorem4(L: float, D: float, d: int, eps: float, r: float) -> Preset:
     """Theorem 4 (non-convex): γ = r/√(4 log(3L/ε) + 2 log(2e) d), η = γ/L, μ = 0,
     K = 18L²/ε², T = 36L(D + 2γL√d)/(γε²), both rounded up (eq. (14))."""
     _positive(L=L, D=D, d=d, eps=eps, r=r)
-    gamma = r / math.sqrt(4 * math.log(3 * L / eps) + 2 * math.log(2 * math.e) * d)
+    spread = 4 * math.log(3 * L / eps) + 2 * math.log(2 * math.e) * d
+    if spread <= 0:
+        raise ValueError(f"eps={eps:g} is too large for L={L:g} and d={d}: Theorem 4's γ is undefined")
+    gamma = r / math.sqrt(spread)
     return Preset(K=math.ceil(18 * L**2 / eps**2), gamma=gamma, lr=gamma / L, mu=0.0,
                   iters=math.ceil(36 * L * (D + 2 * gamma * L * math.sqrt(d)) / (gamma * eps**2)),
                   source="Theorem 4, eq. (14)")

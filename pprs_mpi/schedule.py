@@ -183,11 +183,14 @@ def one_f_one_b(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[
 
 def build(name: str, stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]],
           n_microbatches: int) -> Schedule:
-    """The schedule called `name` (one of SCHEDULES)."""
+    """The schedule called `name` (one of SCHEDULES), validated: the engines' deadlock freedom rests on
+    its legality."""
     builders = {"gpipe": gpipe, "1f1b": one_f_one_b}
     if name not in builders:
         raise ValueError(f"unknown schedule '{name}': choose one of {', '.join(SCHEDULES)}")
-    return builders[name](stages, parents, n_microbatches)
+    schedule = builders[name](stages, parents, n_microbatches)
+    schedule.validate(parents)
+    return schedule
 
 
 def n_microbatches(K: int, microbatch_size: int) -> int:

@@ -27,6 +27,8 @@ from pprs_mpi.signals import StopOnSignal
 BAD_INPUT = 2
 EXIT_CODES = {"diverged": 1, "interrupted": 3}  # interrupted: a checkpoint was written, --resume continues
 PREFIX = "pprs_mpi.solve: "
+MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
+MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 
 
 def main(argv: list[str] | None = None, comm=None) -> int:
@@ -48,7 +50,10 @@ def main(argv: list[str] | None = None, comm=None) -> int:
         from pprs_mpi.engines.mpi import RemoteFailure, report_failure_and_abort
         text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
         if comm.rank == 0:
-            setup.trace.close("failed")
+            try:
+                setup.trace.close("failed")
+            except Exception:  # noqa: BLE001 — the trace may be gone; ending every rank comes first
+                pass
         if comm.size > 1:
             report_failure_and_abort(comm, text, prefix=PREFIX)
         print(PREFIX + text, file=sys.stderr, flush=True)
@@ -82,7 +87,10 @@ def _prepare(argv, comm) -> Setup:
     device are shared with all ranks before any other collective call, so that no rank waits forever."""
     from mpi4py import MPI
     cfg = config.load(argv)
-    problem = problems.build(cfg["problem"], **cfg["problem_params"])
+    try:
+        problem = problems.build(cfg["problem"], **cfg["problem_params"])
+    except (TypeError, KeyError) as err:  # parameters that reached a builder in a shape it cannot take
+        raise ConfigError(f"problem '{cfg['problem']}': bad parameters ({err})") from None
     _apply_preset(cfg, problem)
     if cfg["expect_ranks"] not in (None, comm.size):
         raise ConfigError(f"expected {cfg['expect_ranks']} MPI ranks but this job has {comm.size}: "
@@ -116,6 +124,7 @@ def _prepare(argv, comm) -> Setup:
     if cfg["balance"] == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, cfg["microbatch_size"]) if comm.rank == 0 else None
         costs = comm.bcast(costs, root=0) if comm.size > 1 else costs
+    _check_schedule_size(cfg, sampling.n_microbatches, len(graph.order), n_stages)
     stages = graph.stages(n_stages, costs)
     schedule = build_schedule(cfg["schedule"], stages, {n: graph.parents(n) for n in graph.order},
                               sampling.n_microbatches)
@@ -123,6 +132,19 @@ def _prepare(argv, comm) -> Setup:
                 else schedule.makespan)
     return Setup(cfg, problem, Wiring(graph, stages), schedule, sampling, backend, engine_name, makespan,
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by})
+
+
+def _check_schedule_size(cfg: dict, n_microbatches: int, n_nodes: int, n_stages: int) -> None:
+    """Refuses pipelines whose schedule alone would take minutes and gigabytes to build."""
+    actions = n_microbatches * n_nodes
+    if actions > MAX_ACTIONS_PER_PASS:
+        raise ConfigError(f"K={cfg['K']} in microbatches of {cfg['microbatch_size']} over {n_nodes} nodes makes "
+                          f"{actions:,} forward actions per iteration (at most {MAX_ACTIONS_PER_PASS:,}): "
+                          "raise --microbatch-size or lower K")
+    cells = n_stages * 2 * (n_microbatches + n_nodes)  # about stages × makespan
+    if cells > MAX_SCHEDULE_CELLS:
+        raise ConfigError(f"{n_stages} stages × ~{2 * (n_microbatches + n_nodes):,} time units make a schedule of "
+                          f"~{cells:,} cells (at most {MAX_SCHEDULE_CELLS:,}): use fewer stages (ranks) or nodes")
 
 
 def _placement_errors(gathered: list[dict]) -> str:
@@ -179,15 +201,18 @@ def _open_trace(setup: Setup, comm) -> str | None:
             "stages": len(setup.wiring.stages), "package_version": __version__,
             "rank_devices": ",".join(setup.placement["devices"]), "rank_transport": ",".join(setup.placement["transport"]),
             "cuda_aware_decided_by": setup.placement["cuda_aware_decided_by"]}
+    if cfg["resume"]:
+        try:
+            setup.start = _checkpointed_state(cfg["out"], graph.dim)
+        except (ValueError, OSError) as err:  # ConfigError, or TraceError from a broken file
+            return str(err)
+        if cfg["iters"] < setup.start.iteration:
+            return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
+                    "a resume can only go further")
     try:
-        if cfg["resume"]:
-            setup.start = _checkpointed_state(cfg["out"])
-            if cfg["iters"] < setup.start.iteration:
-                return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
-                        "a resume can only go further")
         setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]))
         if cfg["resume"]:
-            setup.trace.truncate(setup.start.iteration + 1)  # rows after the checkpoint are redone
+            setup.trace.rewind(setup.start.iteration)  # what came after the checkpoint is redone
     except Exception as err:  # noqa: BLE001 — any reason the file cannot be used is bad input
         return f"cannot write trace '{cfg['out']}': {err}"
     names = list(graph.order)
@@ -196,11 +221,21 @@ def _open_trace(setup: Setup, comm) -> str | None:
     return None
 
 
-def _checkpointed_state(path: str) -> driver.LoopState:
+def _checkpointed_state(path: str, dim: int) -> driver.LoopState:
+    """The checkpoint to resume from, checked before anything in the trace is changed."""
     from pprs_mpi.trace import read_checkpoint
     arrays, attrs = read_checkpoint(path)
-    return driver.LoopState(int(attrs["iteration"]), arrays["x"], arrays["y"], float(attrs["pipeline_time"]),
-                            float(attrs["wall_time"]))
+    try:
+        state = driver.LoopState(int(attrs["iteration"]), np.asarray(arrays["x"], dtype=float),
+                                 np.asarray(arrays["y"], dtype=float), float(attrs["pipeline_time"]),
+                                 float(attrs["wall_time"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"cannot resume: the checkpoint in {path} is incomplete or malformed ({err})") from None
+    if state.iteration < 0 or state.x.shape != (dim,) or state.y.shape != (dim,) or not (
+            np.isfinite(state.x).all() and np.isfinite(state.y).all()):
+        raise ConfigError(f"cannot resume: the checkpoint in {path} does not fit this problem (iteration "
+                          f"{state.iteration}, x {state.x.shape}, y {state.y.shape}, d = {dim})")
+    return state
 
 
 def _write_checkpoint(setup: Setup, engine, state: driver.LoopState) -> None:
@@ -241,7 +276,7 @@ def _run_until_stopped(setup: Setup, comm, stop: StopOnSignal) -> int:
     if not cfg["quiet"]:
         print(_banner(setup), flush=True)
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported by the driver
-        outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace, driver.progress_for(cfg),
+        outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace, driver.progress_for(cfg, setup.start.iteration),
                                   setup.start, checkpoint=lambda state: _write_checkpoint(setup, engine, state),
                                   stop_requested=lambda: stop.requested)
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run

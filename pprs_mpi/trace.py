@@ -137,16 +137,18 @@ class TraceWriter:
             if wait:
                 raise
 
-    def truncate(self, n_rows: int) -> None:
-        """Drop rows and timeline records with iteration >= n_rows (a resume restarts from a checkpoint)."""
+    def rewind(self, iteration: int) -> None:
+        """Forget what came after a checkpoint taken when `iteration` iterations were done, for a resume:
+        rows of later iterations (a row's `iteration` counts iterations done) and timeline records of
+        passes t >= iteration (a record's `iteration` is the 0-based pass t)."""
         self.flush()
         with self._file() as f:
-            keep = f["trace/iteration"][()] < n_rows
+            keep = f["trace/iteration"][()] <= iteration
             for name in COLUMNS:
                 _replace(f["trace"][name], f["trace"][name][()][keep])
             if "timeline" in f:
                 records = f["timeline"][()]
-                _replace(f["timeline"], records[records["iteration"] < n_rows])
+                _replace(f["timeline"], records[records["iteration"] < iteration])
 
     def write_result(self, **arrays) -> None:
         """/result/<name> for each array (e.g. y, x), replacing earlier ones."""
@@ -230,6 +232,8 @@ class TraceWriter:
         if not self._rows:
             return
         data = list(zip(*self._rows))
+        if "trace" not in f:
+            raise TraceError(f"{self.path}: the file no longer holds this run's trace (replaced or deleted?)")
         for name, values in zip(COLUMNS, data):
             dataset = f["trace"][name]
             n = dataset.shape[0]

@@ -111,6 +111,50 @@ def test_resume_refuses_foreign_corrupt_or_checkpointless_files(tmp_path, tmp_tr
     assert "'lr' cannot be changed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: f.attrs.modify("config", f.attrs["config"].replace('"depth": 4', '"depth": "x"')),
+     "problem parameter 'depth' must be int"),
+    (lambda f: f.attrs.modify("config", f.attrs["config"].replace('"algo": "pprs"', '"algo": "zzz"')),
+     "unknown algo 'zzz'"),
+    (lambda f: (f["checkpoint"].__delitem__("x"), f["checkpoint"].create_dataset("x", data=np.zeros(3))),
+     "does not fit this problem"),
+    (lambda f: f["checkpoint"].attrs.__delitem__("iteration"), "checkpoint in"),
+])
+def test_resume_refuses_a_damaged_trace_and_leaves_it_as_it_was(tmp_trace, capsys, damage, message):
+    assert main([*RUN, "--iters", "6", "--out", tmp_trace()]) == 0
+    with h5py.File(tmp_trace(), "a") as f:
+        damage(f)
+    capsys.readouterr()
+    assert main(["--resume", tmp_trace(), "--iters", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert load(tmp_trace()).status == "completed" and load(tmp_trace()).n_rows == 7
+
+
+@pytest.mark.mpi
+def test_a_trace_deleted_under_a_running_job_ends_it_instead_of_hanging(tmp_trace):
+    import os
+    process = start(["mpirun", "-n", "2", sys.executable, "-m", "pprs_mpi.solve", *RUN, "--iters", "1000000",
+                     "--eval-every", "1", "--out", tmp_trace()], tmp_trace())
+    os.unlink(tmp_trace())
+    try:
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode not in (0, None)
+
+
+@pytest.mark.mpi
+def test_a_reader_holding_the_trace_does_not_trip_the_comm_timeout(tmp_trace):
+    process = start(["mpirun", "-n", "2", sys.executable, "-m", "pprs_mpi.solve", *RUN, "--iters", "3000",
+                     "--checkpoint-every", "20", "--comm-timeout", "2", "--out", tmp_trace()], tmp_trace())
+    with h5py.File(tmp_trace(), "r", locking=True):
+        time.sleep(5)  # the writer's next checkpoint waits for this reader
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert load(tmp_trace()).status == "completed"
+
+
 def test_resume_cannot_go_backwards(tmp_trace, capsys):
     assert main([*RUN, "--iters", "6", "--out", tmp_trace()]) == 0
     capsys.readouterr()

@@ -67,9 +67,14 @@ def test_theorem3_preset_meets_the_bound_of_eq_13_on_depth_8_lad(tmp_trace):
     (["-K", "abc"], "argument -K/--samples: invalid int value: 'abc'"),
     (["--algo", "gd", "--gamma", "0.1"], "gd uses no smoothing: gamma must be 0"),
     (["--out", "/nonexistent/dir/run.h5"], "cannot write trace '/nonexistent/dir/run.h5'"),
-    (["--problem", "lad", "--depth", "1"], "depth must be >= 2, got 1"),
+    (["--problem", "lad", "--depth", "1"], "depth must be between 2 and 10000, got 1"),
     (["--engine", "serial", "--stages", "99"], "99 stages (ranks) for a graph of 8 nodes"),
     (["--inject-fault", "x"], "fault must look like RANK:ITERATION:raise|exit|hang"),
+    (["-K", "100000000", "--iters", "1"], "forward actions per iteration (at most 1,000,000)"),
+    (["--depth", "100000"], "depth must be between 2 and 10000, got 100000"),
+    (["--dim", "30000", "--rows", "30000"], "matrix entries (at most 200,000,000)"),
+    (["--depth", "5000", "--engine", "serial"], "cells (at most 20,000,000)"),
+    (["--preset", "theorem4", "--eps", "1e9", "--smoothing-radius", "1"], "eps=1e+09 is too large"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(capsys, tmp_trace, args, message):
     if "--out" not in args:
@@ -82,10 +87,11 @@ def test_bad_input_gets_one_line_and_exit_code_2(capsys, tmp_trace, args, messag
 @pytest.mark.parametrize("content, message", [
     ("not = [valid", "is not valid TOML"),
     ("learning_rate = 1\n", "unknown key 'learning_rate'"),
+    (b"lr = \xff\xfe\n", "is not UTF-8 text"),
 ])
 def test_bad_config_file_gets_one_line(capsys, tmp_path, content, message):
     config = tmp_path / "bad.toml"
-    config.write_text(content)
+    config.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert main(["--config", str(config), "--out", str(tmp_path / "run.h5")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err

@@ -28,10 +28,12 @@ from pprs_mpi.faults import Fault
 from pprs_mpi.engines.stage import (ACTIVATION, COTANGENT, WAIT_PHASE, Message, Sampling, StageRunner,
                                     Timeline, Wiring)
 from pprs_mpi.schedule import Schedule
+from pprs_mpi.trace import LOCK_WAIT_S, TIMELINE_DTYPE
 
-FAILURE_TAG = 0
+FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per (kind, edge, microbatch)
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
+COMMAND_SLACK_SECONDS = 2 * LOCK_WAIT_S  # beyond --comm-timeout, for rank 0's trace writes between passes
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
 KIND_NAMES = {ACTIVATION: "activation", COTANGENT: "cotangent"}
 
@@ -52,14 +54,16 @@ class Poller:
         self.comm, self.timeout = comm, timeout
         self._status = MPI.Status()
 
-    def wait(self, request, describe) -> None:
+    def wait(self, request, describe, slack: float = 0.0) -> None:
+        """Waits for `request`, at most the poller's timeout plus `slack` seconds."""
+        timeout = None if self.timeout is None else self.timeout + slack
         start, pause = time.perf_counter(), 0.0
         while not request.Test():
             if self.comm.rank == 0:
                 self.check_failures()
             waited = time.perf_counter() - start
-            if self.timeout is not None and waited > self.timeout:
-                raise CommTimeout(f"rank {self.comm.rank} waited more than {self.timeout:g} s for {describe()}")
+            if timeout is not None and waited > timeout:
+                raise CommTimeout(f"rank {self.comm.rank} waited more than {timeout:g} s for {describe()}")
             if waited < YIELDING_SECONDS:  # low latency, yet a rank sharing this core can run meanwhile
                 os.sched_yield()
             else:  # a long wait: back off to sleeping, so idle ranks cost no CPU
@@ -83,12 +87,12 @@ class MpiTransport:
         self._buffers: dict[Message, np.ndarray] = {}
         self._requests: dict[Message, object] = {}
         self._sends: list[tuple[object, object]] = []
-        largest = 1 + 3 * max(1, wiring.n_edges) * self._slots
+        largest = FIRST_DATA_TAG + 3 * max(1, wiring.n_edges) * self._slots
         if largest > comm.Get_attr(MPI.TAG_UB):
             raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
 
     def tag(self, message: Message) -> int:
-        return 1 + (message.kind * max(1, self.wiring.n_edges) + message.edge) * self._slots + message.mb
+        return FIRST_DATA_TAG + (message.kind * max(1, self.wiring.n_edges) + message.edge) * self._slots + message.mb
 
     def expect(self, messages: list[Message]) -> None:
         for message in messages:
@@ -156,7 +160,7 @@ class MpiEngine:
     def gather_timeline(self) -> np.ndarray:
         """Every rank's timeline records since the last gather (kept off the hot path)."""
         self._command(GATHER, 0)
-        return np.concatenate(self.comm.gather(self.timeline.take(_timeline_dtype()), root=0))
+        return np.concatenate(self.comm.gather(self.timeline.take(TIMELINE_DTYPE), root=0))
 
     def stop(self) -> None:
         self._command(STOP, 0)
@@ -168,7 +172,7 @@ class MpiEngine:
             if command == STOP:
                 return
             if command == GATHER:
-                self.comm.gather(self.timeline.take(_timeline_dtype()), root=0)
+                self.comm.gather(self.timeline.take(TIMELINE_DTYPE), root=0)
             else:
                 self.runner.run(t, evaluation=command == EVALUATE)
 
@@ -176,7 +180,9 @@ class MpiEngine:
         if self.comm.rank == 0:
             self._command_buffer[:] = (command, t)
         request = self.comm.Ibcast(self._command_buffer, root=0)
-        self.poller.wait(request, lambda: "the next command from rank 0")
+        # Between passes rank 0 may legitimately be busy for a while (a checkpoint waiting for a reader
+        # to release the trace), hence the slack; a rank 0 stuck beyond it still ends the job.
+        self.poller.wait(request, lambda: "the next command from rank 0", slack=COMMAND_SLACK_SECONDS)
         return int(self._command_buffer[0]), int(self._command_buffer[1])
 
 
@@ -194,20 +200,15 @@ def _rank0_origin_on_local_clock(comm, exchanges: int = 8) -> float:
         for _ in range(exchanges):
             if comm.rank == rank:
                 sent = time.perf_counter()
-                comm.send(None, dest=0, tag=FAILURE_TAG + 1)
-                theirs = comm.recv(source=0, tag=FAILURE_TAG + 1)
+                comm.send(None, dest=0, tag=CLOCK_TAG)
+                theirs = comm.recv(source=0, tag=CLOCK_TAG)
                 received = time.perf_counter()
                 if received - sent < best:
                     best, offset = received - sent, theirs - (sent + received) / 2
             elif comm.rank == 0:
-                comm.recv(source=rank, tag=FAILURE_TAG + 1)
-                comm.send(time.perf_counter(), dest=rank, tag=FAILURE_TAG + 1)
+                comm.recv(source=rank, tag=CLOCK_TAG)
+                comm.send(time.perf_counter(), dest=rank, tag=CLOCK_TAG)
     return origin - offset
-
-
-def _timeline_dtype():
-    from pprs_mpi.trace import TIMELINE_DTYPE
-    return TIMELINE_DTYPE
 
 
 def report_failure_and_abort(comm, text: str, prefix: str = "", exit_code: int = 1) -> None:

@@ -8,6 +8,7 @@ from pprs_mpi.backend import Backend
 from pprs_mpi.faults import Fault
 from pprs_mpi.engines.stage import Message, Sampling, StageRunner, Timeline, Wiring
 from pprs_mpi.schedule import Schedule
+from pprs_mpi.trace import TIMELINE_DTYPE
 
 
 class LocalTransport:
@@ -66,7 +67,6 @@ class SerialEngine:
 
     def gather_timeline(self) -> np.ndarray:
         """Every stage's records since the last gather, as if each stage were a rank."""
-        from pprs_mpi.trace import TIMELINE_DTYPE
         return np.concatenate([timeline.take(TIMELINE_DTYPE) for timeline in self.timelines])
 
     def stop(self) -> None:

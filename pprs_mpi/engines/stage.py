@@ -75,7 +75,7 @@ class Wiring:
     def __init__(self, graph: Graph, stages: list[tuple[str, ...]]):
         self.graph, self.stages = graph, [tuple(s) for s in stages]
         self.stage_of = {graph.root: 0, **{n: s for s, names in enumerate(self.stages) for n in names}}
-        self.edges = list(dict.fromkeys((p, n) for n in graph.order for p in graph.parents(n)))
+        self.edges = graph.edges()
         self.edge_index = {edge: i for i, edge in enumerate(self.edges)}
         self.node_index = {name: i for i, name in enumerate(graph.order)}
 

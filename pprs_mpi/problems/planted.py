@@ -13,6 +13,9 @@ from pprs_mpi.graph import Graph, GraphError, Node
 from pprs_mpi.ops import Add, Affine, L1Norm, LInfDistance
 from pprs_mpi.problems import Parameter, Problem, ProblemSpec
 
+MAX_LAYER_ENTRIES = 200_000_000  # 1.6 GB of float64 layer matrices
+MAX_DEPTH = 10_000
+
 COMMON = {
     "depth": Parameter(int, 8, "graph depth Δ: depth−1 linear layers and a norm"),
     "dim": Parameter(int, 16, "dimension d of θ"),
@@ -35,12 +38,15 @@ def _planted(rng: np.random.Generator, dim: int, radius: float) -> np.ndarray:
 
 
 def _check(depth: int, dim: int, rows: int, radius: float, min_depth: int) -> None:
-    if depth < min_depth:
-        raise GraphError(f"depth must be >= {min_depth}, got {depth}")
+    if not min_depth <= depth <= MAX_DEPTH:
+        raise GraphError(f"depth must be between {min_depth} and {MAX_DEPTH}, got {depth}")
     if dim < 1 or rows < dim:
         raise GraphError(f"need 1 <= dim <= rows, got dim={dim}, rows={rows}")
     if not radius > 0:
         raise GraphError(f"radius must be > 0, got {radius}")
+    if depth * rows * max(rows, dim) > MAX_LAYER_ENTRIES:
+        raise GraphError(f"depth={depth}, dim={dim}, rows={rows} need {depth * rows * max(rows, dim):,} matrix "
+                         f"entries (at most {MAX_LAYER_ENTRIES:,})")
 
 
 def _linear_chain(prefix: str, parent: str, matrices: list[np.ndarray], theta_star: np.ndarray) -> list[Node]:
