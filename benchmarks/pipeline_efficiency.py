@@ -6,10 +6,11 @@ prints runtime efficiency = 2(K + P − 1)·c / measured (with c measured alone,
 unit inside the run, which shows contention between the ranks), the speedup over the serial engine
 on the same problem, and the per-message overhead (measured − ideal) / messages against the
 ping-pong.
-The table is saved to benchmarks/results/pipeline_efficiency.json.
+The table is saved to benchmarks/results/pipeline_efficiency.json (pipeline_efficiency_gpu.json).
 
     python benchmarks/pipeline_efficiency.py            # launches itself under mpirun -n 2
     python benchmarks/pipeline_efficiency.py --unit-ms 5 --samples 1,4,16,64
+    python benchmarks/pipeline_efficiency.py --device gpu   # each rank on its node-local GPU
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np
 
-from pprs_mpi.backend import select
+from pprs_mpi.backend import Backend, Staging, cuda_aware_mpi, select
 from pprs_mpi.engines.serial import SerialEngine
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops import Op
 from pprs_mpi.schedule import build as build_schedule
 
-RESULTS = Path(__file__).resolve().parent / "results" / "pipeline_efficiency.json"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DIM = 256
 RANKS = 2
 
@@ -51,7 +52,7 @@ class Busy(Op):
 
     def _burn(self, xp, like):
         w = self.const(xp, "work", like.dtype)
-        return float((w @ w)[0, 0]) * 0.0  # 0.0 keeps the result exact; the matmul is the cost
+        return (w @ w)[0, 0] * 0.0  # 0.0 keeps the result exact; the matmul is the cost (asynchronous on a GPU)
 
     def forward(self, xp, x):
         zero = self._burn(xp, x)
@@ -63,14 +64,17 @@ class Busy(Op):
         return (grad + zero,)
 
 
-def work_size(unit_ms: float) -> int:
-    """Side n of the n×n matmul that takes about unit_ms on this core."""
+def work_size(backend: Backend, unit_ms: float) -> int:
+    """Side n of the n×n matmul that takes about unit_ms on this core or GPU."""
     n = 64
-    while n < 4096:
-        work = np.ones((n, n))
+    while n < 16384:
+        work = backend.xp.ones((n, n), dtype=backend.dtype)
+        work @ work  # warm-up: a GPU's first matmul of a shape loads its kernel
+        backend.synchronize()
         start = time.perf_counter()
         for _ in range(5):
             work @ work
+        backend.synchronize()
         if (time.perf_counter() - start) / 5 * 1e3 >= unit_ms:
             break
         n = int(n * 1.1)
@@ -83,29 +87,30 @@ def chain(n: int) -> Graph:
     return Graph.chain(DIM, [Busy(work, leaf=False), Busy(work, leaf=True)])
 
 
-def unit_cost(graph: Graph, repeats: int = 20) -> float:
+def unit_cost(graph: Graph, backend: Backend, repeats: int = 20) -> float:
     """Median seconds of one stage's forward or backward on one microbatch, alone."""
-    op, x = graph.op(graph.order[0]), np.ones((1, DIM))
+    op, x = graph.op(graph.order[0]), backend.xp.ones((1, DIM), dtype=backend.dtype)
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first, untimed, moves the op's constants to the device
         start = time.perf_counter()
-        op.forward(np, x)
+        op.forward(backend.xp, x)
+        backend.synchronize()
         times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return float(np.median(times[1:]))
 
 
-def engines(graph: Graph, K: int, comm=None):
+def engines(graph: Graph, K: int, backend: Backend, comm=None, cuda_aware: bool = False):
     stages = graph.stages(RANKS)
     sampling = Sampling(K, gamma=0.1, seed=0, microbatch_size=1)
     plan = build_schedule("gpipe", stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
     if comm is None:
-        return SerialEngine(Wiring(graph, stages), plan, sampling, select())
+        return SerialEngine(Wiring(graph, stages), plan, sampling, backend)
     from pprs_mpi.engines.mpi import MpiEngine
-    return MpiEngine(comm, Wiring(graph, stages), plan, sampling, select())
+    return MpiEngine(comm, Wiring(graph, stages), plan, sampling, backend, cuda_aware=cuda_aware)
 
 
-def mean_iteration(engine, iterations: int) -> float:
-    x = np.zeros(DIM)
+def mean_iteration(engine, backend: Backend, iterations: int) -> float:
+    x = backend.xp.zeros(DIM, dtype=backend.dtype)
     engine.gradient(x, 0)  # warm-up: first-touch allocations
     start = time.perf_counter()
     for t in range(1, iterations + 1):
@@ -140,22 +145,25 @@ def worker(args) -> None:
     """Runs under mpirun: every rank builds the same graph; rank 0 measures and writes the table."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
+    backend = select(args.device, local_rank=comm.Split_type(MPI.COMM_TYPE_SHARED).rank)
+    cuda_aware = backend.on_gpu and cuda_aware_mpi()[0]
+    devices = comm.gather(f"{backend.device} ({Staging(backend, cuda_aware).path})", root=0)
     # Rank 0 sizes the work and measures c while the other rank sleeps: "measured alone". (A rank
     # blocked in an MPI call busy-polls and, on hyperthreads, would slow rank 0's measurement.)
-    n = work_size(args.unit_ms) if comm.rank == 0 else None
+    n = work_size(backend, args.unit_ms) if comm.rank == 0 else None
     sleep_until_all_arrive(comm)
     graph = chain(comm.bcast(n, root=0))
-    c = unit_cost(graph) if comm.rank == 0 else 0.0
+    c = unit_cost(graph, backend) if comm.rank == 0 else 0.0
     sleep_until_all_arrive(comm)
     latency = ping_pong(comm)
     rows = []
     for K in args.samples:
-        engine = engines(graph, K, comm)
+        engine = engines(graph, K, backend, comm, cuda_aware)
         if comm.rank != 0:
             engine.serve()
             continue
         iterations = max(3, int(args.seconds / (2 * (K + RANKS - 1) * c)))
-        measured = mean_iteration(engine, iterations)
+        measured = mean_iteration(engine, backend, iterations)
         records = engine.gather_timeline()
         engine.stop()
         last = records[records["iteration"] == records["iteration"].max()]
@@ -163,7 +171,7 @@ def worker(args) -> None:
         c_run = float(np.mean(computing["end"] - computing["start"]))  # the same unit, inside the pipeline
         busy = [float((computing["end"] - computing["start"])[computing["rank"] == r].sum()) /
                 float(last["end"][last["rank"] == r].max() - last["start"][last["rank"] == r].min()) for r in range(RANKS)]
-        serial = mean_iteration(engines(graph, K), max(2, iterations // 2))
+        serial = mean_iteration(engines(graph, K, backend), backend, max(2, iterations // 2))
         ideal = 2 * (K + RANKS - 1) * c
         messages = 3 * K  # per microbatch: one activation, one cotangent, one leaf value to rank 0
         ideal_run = 2 * (K + RANKS - 1) * c_run
@@ -173,23 +181,26 @@ def worker(args) -> None:
                      "serial_s": serial, "speedup": serial / measured,
                      "overhead_per_message_s": (measured - ideal_run) / messages})
     # The same pipeline with (almost) no work: what each message costs the engine, all included.
-    empty = engines(chain(1), 64, comm)
+    empty = engines(chain(1), 64, backend, comm, cuda_aware)
     if comm.rank != 0:
         empty.serve()
     else:
-        per_message = mean_iteration(empty, 20) / (3 * 64)
+        per_message = mean_iteration(empty, backend, 20) / (3 * 64)
         empty.stop()
         table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
                  "mpi": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "ranks": RANKS,
+                 "devices": devices,
                  "unit_cost_s": c, "ping_pong_latency_s": latency, "empty_pipeline_s_per_message": per_message,
                  "rows": rows}
-        RESULTS.parent.mkdir(exist_ok=True)
-        RESULTS.write_text(json.dumps(table, indent=2))
+        results = RESULTS_DIR / f"pipeline_efficiency{'_gpu' if backend.on_gpu else ''}.json"
+        results.parent.mkdir(exist_ok=True)
+        results.write_text(json.dumps(table, indent=2))
         print_table(table)
+        print(f"saved {results}")
 
 
 def print_table(table: dict) -> None:
-    print(f"machine: {table['machine']}; {table['mpi']}; {table['ranks']} ranks")
+    print(f"machine: {table['machine']}; {table['mpi']}; {table['ranks']} ranks on {', '.join(table['devices'])}")
     print(f"unit cost c = {table['unit_cost_s'] * 1e3:.2f} ms, ping-pong latency = {table['ping_pong_latency_s'] * 1e6:.1f} us")
     print("efficiency = 2(K+P-1)c / measured, c alone; eff(c_run): c_run = mean unit inside the run (both ranks")
     print("computing at once); busy = compute / span per rank; overhead/msg = (measured - 2(K+P-1)c_run) / 3K")
@@ -203,7 +214,6 @@ def print_table(table: dict) -> None:
     print(f"empty stages, K=64: {table['empty_pipeline_s_per_message'] * 1e6:.1f} us per message "
           f"({table['empty_pipeline_s_per_message'] / table['ping_pong_latency_s']:.1f}x the ping-pong latency; "
           "this includes the Python work of posting, testing and recording each message)")
-    print(f"saved {RESULTS}")
 
 
 def main() -> None:
@@ -211,6 +221,7 @@ def main() -> None:
     p.add_argument("--unit-ms", type=float, default=5.0, help="target unit cost c in ms (default 5)")
     p.add_argument("--samples", type=lambda s: [int(k) for k in s.split(",")], default=[1, 4, 16, 64])
     p.add_argument("--seconds", type=float, default=3.0, help="rough time budget per K")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where each rank computes (default cpu)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -218,7 +229,7 @@ def main() -> None:
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
     command = ["mpirun", "-n", str(RANKS), sys.executable, __file__, "--worker", "--unit-ms", str(args.unit_ms),
-               "--samples", ",".join(map(str, args.samples)), "--seconds", str(args.seconds)]
+               "--samples", ",".join(map(str, args.samples)), "--seconds", str(args.seconds), "--device", args.device]
     sys.exit(subprocess.run(command, env=env, timeout=900).returncode)
 
 

@@ -26,6 +26,8 @@ class Backend:
     xp: object
     device: str  # 'cpu' or 'gpu:<id>'
     dtype: np.dtype
+    choice: str = ""  # why this device: shown in the banner
+    _generator: object = field(default=None, init=False, repr=False)
 
     @property
     def on_gpu(self) -> bool:
@@ -42,6 +44,18 @@ class Backend:
         """Wait for queued device work, so that a buffer can be handed to MPI."""
         if self.on_gpu:
             self.xp.cuda.get_current_stream().synchronize()
+
+    def standard_normal(self, key: int, size: int):
+        """N(0, I_size) drawn on the device by a generator reseeded with `key` (a GPU rank's noise).
+
+        The generator is cuRAND's Philox, created once: reseeding it is free, whereas the default
+        XORWOW runs a setup kernel after every seed, that is for every sample of every iteration.
+        """
+        if self._generator is None:
+            from cupy_backends.cuda.libs import curand
+            self._generator = self.xp.random.RandomState(method=curand.CURAND_RNG_PSEUDO_PHILOX4_32_10)
+        self._generator.seed(key)
+        return self._generator.standard_normal(size, dtype=self.dtype)
 
     def host_empty(self, shape, dtype=None) -> np.ndarray:
         """A host array for staging device data: page-locked (pinned) on a GPU rank, for fast copies."""
@@ -102,6 +116,12 @@ class Staging:
             return "host"
         return "direct" if self.cuda_aware else "staged"
 
+    def before_receives(self) -> None:
+        """Called before a pass posts receives into the reused buffers: device work of the previous
+        pass that may still read them (queued kernels, CuPy's asynchronous host-to-device copies out
+        of a pinned buffer) must finish before MPI may write there again."""
+        self.backend.synchronize()
+
     def receive_buffer(self, shape):
         """The buffer an Irecv writes into."""
         if self.path == "direct":
@@ -124,27 +144,35 @@ class Staging:
 
 
 def _cupy_devices():
-    """(cupy module, number of visible GPUs), or (None, 0) when CuPy or a GPU is missing."""
+    """(cupy module, number of visible GPUs, why there is none), the module being None without a GPU."""
     try:
         import cupy
-        return cupy, cupy.cuda.runtime.getDeviceCount()
-    except Exception:  # ImportError, or CUDA present in the wheel but no driver/device
-        return None, 0
+    except ImportError:
+        return None, 0, "CuPy is not installed (pip install 'pprs_mpi[gpu]')"
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # noqa: BLE001 — a CuPy wheel present, but no driver or device
+        return None, 0, f"CUDA reports {type(err).__name__}: {str(err).splitlines()[0]}"
+    return (cupy, count, "") if count else (None, 0, "no CUDA device is visible")
 
 
 def select(device: str = "cpu", dtype: str = "float64", local_rank: int = 0) -> Backend:
-    """The backend for `device` ('cpu', 'gpu' or 'auto'); a GPU rank uses GPU local_rank mod #GPUs."""
+    """The backend for `device` ('cpu', 'gpu' or 'auto'); a GPU rank uses GPU local_rank mod #GPUs.
+
+    `Backend.choice` says why: what was asked for, and for 'auto' why the CPU was used.
+    """
     if device not in DEVICES:
         raise BackendError(f"unknown device '{device}': choose one of {', '.join(DEVICES)}")
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
     if device == "cpu":
-        return Backend(np, "cpu", np.dtype(dtype))
-    cupy, count = _cupy_devices()
+        return Backend(np, "cpu", np.dtype(dtype), choice="--device cpu")
+    cupy, count, missing = _cupy_devices()
     if count == 0:
         if device == "gpu":
-            raise BackendError("--device gpu needs CuPy and a CUDA GPU; none found (install pprs_mpi[gpu])")
-        return Backend(np, "cpu", np.dtype(dtype))
+            raise BackendError(f"--device gpu needs CuPy and a CUDA GPU: {missing}")
+        return Backend(np, "cpu", np.dtype(dtype), choice=f"--device auto chose the CPU: {missing}")
     gpu = local_rank % count
     cupy.cuda.Device(gpu).use()
-    return Backend(cupy, f"gpu:{gpu}", np.dtype(dtype))
+    how = f"node-local rank {local_rank} mod {count} visible GPUs"
+    return Backend(cupy, f"gpu:{gpu}", np.dtype(dtype), choice=f"--device {device} chose GPU {gpu}: {how}")

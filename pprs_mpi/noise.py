@@ -3,7 +3,7 @@
 On the host each X_k is drawn from a Philox stream whose key is the seed and whose counter starts
 at (0, 0, k, t): it depends on nothing else, so every engine, rank layout, microbatch size and
 resumed run draws exactly the same noise. On a GPU, X_k is drawn on the device by CuPy's generator
-seeded from the same (seed, t, k): reproducible with itself, though not bitwise equal to the host.
+(cuRAND Philox) seeded from the same (seed, t, k): reproducible with itself, though not bitwise equal to the host.
 """
 
 from __future__ import annotations
@@ -36,12 +36,15 @@ def _philox(seed: int) -> tuple[np.random.Philox, np.random.Generator]:
     return bits, np.random.Generator(bits)
 
 
-def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64, xp=np):
-    """The stacked X_k, shape (len(samples), dim), for the samples of one microbatch, as `xp` arrays."""
-    if xp is np:
-        return np.stack([standard_normal(seed, iteration, k, dim, dtype) for k in samples])
-    return xp.stack([xp.random.RandomState(device_key(seed, iteration, k)).standard_normal(dim, dtype=dtype)
-                     for k in samples])
+def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64) -> np.ndarray:
+    """The stacked X_k, shape (len(samples), dim), for the samples of one microbatch, drawn on the host."""
+    return np.stack([standard_normal(seed, iteration, k, dim, dtype) for k in samples])
+
+
+def device_perturbations(backend, seed: int, iteration: int, samples: range, dim: int):
+    """The same X_k drawn on a GPU backend's device, one generator seed per (seed, t, k), so that they do
+    not depend on how the samples are grouped into microbatches."""
+    return backend.xp.stack([backend.standard_normal(device_key(seed, iteration, k), dim) for k in samples])
 
 
 def device_key(seed: int, iteration: int, sample: int) -> int:

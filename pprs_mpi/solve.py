@@ -301,7 +301,14 @@ def _banner(setup: Setup) -> str:
     return (f"pprs_mpi {__version__}: {cfg['problem']} d={graph.dim} Δ={graph.depth}{simulated} nodes={len(graph.order)} "
             f"| {cfg['algo']} K={cfg['K']} γ={cfg['gamma']:g} η={cfg['lr']:g} μ={cfg['mu']} T={cfg['iters']} "
             f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {cfg['schedule']}, "
-            f"{setup.sampling.n_microbatches} microbatches, {setup.makespan} time units/iteration, {setup.backend.device}")
+            f"{setup.sampling.n_microbatches} microbatches, {setup.makespan} time units/iteration\n"
+            f"devices {_per_rank(setup.placement['devices'])}, transport {_per_rank(setup.placement['transport'])} "
+            f"(rank 0: {setup.backend.choice})")
+
+
+def _per_rank(values: list[str]) -> str:
+    """'4 × cpu' when every rank has the same value, else the values in rank order."""
+    return f"{len(values)} × {values[0]}" if len(set(values)) == 1 else ",".join(values)
 
 
 def _summary(setup: Setup, outcome) -> str:

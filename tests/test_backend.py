@@ -8,6 +8,7 @@ import pytest
 
 from pprs_mpi import noise
 from pprs_mpi.backend import Backend, BackendError, Staging, cuda_aware_mpi, select
+from pprs_mpi.solve import main
 
 
 class FakeDevice(Backend):
@@ -15,10 +16,17 @@ class FakeDevice(Backend):
 
     def __init__(self):
         super().__init__(np, "gpu:0", np.dtype("float64"))
-        self.syncs, self.pinned = 0, 0
+        self.syncs, self.pinned, self.noise_keys = 0, 0, []
 
     def synchronize(self):
         self.syncs += 1
+
+    def to_host(self, array):
+        return np.asarray(array)
+
+    def standard_normal(self, key, size):
+        self.noise_keys.append(key)
+        return np.random.default_rng(key).standard_normal(size)
 
     def host_empty(self, shape, dtype=None):
         self.pinned += 1
@@ -75,11 +83,76 @@ def test_direct_path_hands_device_arrays_to_mpi_after_a_sync():
     assert staging.incoming(buffer) is buffer and device.pinned == 0
 
 
-def test_device_selection_falls_back_to_numpy_without_a_gpu():
+GPU_VISIBLE = select("auto").on_gpu
+
+
+@pytest.mark.skipif(GPU_VISIBLE, reason="a GPU is visible: tests/test_gpu.py covers it")
+def test_auto_falls_back_to_numpy_and_says_why_and_gpu_is_one_clear_error(tmp_path, capsys):
     backend = select("auto", "float32")
     assert backend.xp is np and backend.dtype == np.float32
+    assert backend.choice.startswith("--device auto chose the CPU: ")
+    assert main(["--device", "auto", "--iters", "2", "--out", str(tmp_path / "auto.h5")]) == 0
+    assert f"devices 1 × cpu, transport 1 × host (rank 0: {backend.choice})" in capsys.readouterr().out
+    assert main(["--device", "gpu", "--iters", "2", "--out", str(tmp_path / "gpu.h5")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--device gpu needs CuPy and a CUDA GPU: " in error
+
+
+def test_unknown_device_or_dtype_is_an_error():
     with pytest.raises(BackendError, match="unknown device"):
         select("tpu")
+    with pytest.raises(BackendError, match="unknown dtype"):
+        select("cpu", "float16")
+
+
+def test_transport_synchronises_the_device_before_reposting_its_receive_buffers():
+    """A pass's receives reuse the last pass's buffers, which queued device work may still read."""
+    from mpi4py import MPI
+    from pprs_mpi.engines.mpi import MpiTransport, Poller
+    from pprs_mpi.engines.stage import Sampling, Timeline, Wiring
+    from pprs_mpi.graph import Graph
+    from pprs_mpi.ops import SquaredNorm
+    device = FakeDevice()
+    graph = Graph.chain(3, [SquaredNorm()])
+    transport = MpiTransport(MPI.COMM_SELF, Wiring(graph, graph.stages(1)), Sampling(2, 0.1, 0, 1),
+                             Staging(device, cuda_aware=True), Timeline(0), Poller(MPI.COMM_SELF, None))
+    transport.expect([])
+    assert device.syncs == 1
+
+
+def test_device_noise_is_drawn_per_sample_so_microbatching_does_not_change_it():
+    device = FakeDevice()
+    whole = noise.device_perturbations(device, 3, 7, range(6), 4)
+    part = noise.device_perturbations(device, 3, 7, range(2, 5), 4)
+    assert np.array_equal(part, whole[2:5])
+    assert device.noise_keys[:6] == [noise.device_key(3, 7, k) for k in range(6)]
+
+
+def test_gpu_ranks_draw_noise_on_the_device_unless_asked_for_host_noise():
+    """With host noise a GPU rank perturbs exactly as a CPU rank does (what tests/test_gpu.py compares)."""
+    from pprs_mpi.engines.serial import SerialEngine
+    from pprs_mpi.engines.stage import Sampling, Wiring
+    from pprs_mpi.problems import build
+    from pprs_mpi.schedule import build as build_schedule
+    graph = build("lad", depth=3, dim=4, rows=5, radius=1.0, problem_seed=0).graph
+    stages = graph.stages(2)
+    plan = build_schedule("gpipe", stages, {n: graph.parents(n) for n in graph.order}, 3)
+
+    def gradient(backend, on_device, timeline_every=1):
+        sampling = Sampling(6, 0.3, 1, 2, noise_on_device=on_device)
+        engine = SerialEngine(Wiring(graph, stages), plan, sampling, backend, timeline_every=timeline_every)
+        return engine.gradient(np.ones(4), 5)[0]
+
+    cpu = gradient(select("cpu"), on_device=True)
+    host_noise, device = FakeDevice(), FakeDevice()
+    assert np.array_equal(gradient(host_noise, on_device=False), cpu) and host_noise.noise_keys == []
+    assert not np.allclose(gradient(device, on_device=True), cpu)
+    assert device.noise_keys == [noise.device_key(1, 5, k) for k in range(6)]
+    actions = 2 * 3 * len(graph.order)  # forward and backward of every node for 3 microbatches
+    assert device.syncs >= actions  # recorded actions wait for their kernels; iteration 5 is recorded
+    unrecorded = FakeDevice()
+    gradient(unrecorded, on_device=True, timeline_every=2)
+    assert unrecorded.syncs == 0  # iteration 5 is not recorded: no waits on the hot path
 
 
 def test_device_noise_keys_are_distinct_and_stable():

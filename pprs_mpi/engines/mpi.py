@@ -88,13 +88,14 @@ class MpiTransport:
         self._requests: dict[Message, object] = {}
         self._sends: list[tuple[object, object]] = []
         largest = FIRST_DATA_TAG + 3 * max(1, wiring.n_edges) * self._slots
-        if largest > comm.Get_attr(MPI.TAG_UB):
+        if largest > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only, valid for all
             raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
 
     def tag(self, message: Message) -> int:
         return FIRST_DATA_TAG + (message.kind * max(1, self.wiring.n_edges) + message.edge) * self._slots + message.mb
 
     def expect(self, messages: list[Message]) -> None:
+        self.staging.before_receives()
         for message in messages:
             self._requests[message] = self.comm.Irecv(self._buffer(message), source=self.wiring.source(message),
                                                       tag=self.tag(message))

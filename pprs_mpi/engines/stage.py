@@ -189,8 +189,8 @@ class StageRunner:
         base = self.xp.broadcast_to(x, (len(samples), x.shape[0]))
         if self.sampling.gamma == 0.0:
             return self.xp.array(base)
-        if self.sampling.noise_on_device:
-            perturbation = noise.perturbations(self.sampling.seed, t, samples, x.shape[0], self.backend.dtype, self.xp)
+        if self.sampling.noise_on_device and self.backend.on_gpu:
+            perturbation = noise.device_perturbations(self.backend, self.sampling.seed, t, samples, x.shape[0])
         else:
             perturbation = self.backend.asarray(noise.perturbations(self.sampling.seed, t, samples, x.shape[0]))
         return base + self.sampling.gamma * perturbation
@@ -210,7 +210,7 @@ class StageRunner:
         inputs = [arrays[parent] for parent in parents]
         start = time.perf_counter()
         output = self.graph.op(node).forward(self.xp, *inputs)
-        self.timeline.record(mb, FORWARD_PHASE, self.wiring.node_index[node], start, time.perf_counter())
+        self._record(mb, FORWARD_PHASE, node, start)
         self._outputs[(node, mb)] = output
         self._stash[(node, mb)] = inputs
         for child in self.graph.children[node]:
@@ -229,12 +229,19 @@ class StageRunner:
         start = time.perf_counter()
         grads = self.graph.op(node).vjp(self.xp, inputs, output, cotangent)
         per_parent = _sum_by_parent(self.graph.parents(node), grads)
-        self.timeline.record(mb, BACKWARD_PHASE, self.wiring.node_index[node], start, time.perf_counter())
+        self._record(mb, BACKWARD_PHASE, node, start)
         for parent, grad in per_parent.items():
             if self.wiring.crosses(parent, node):
                 self._send(COTANGENT, parent, node, mb, grad)
             else:
                 self._local_cotangents[(parent, node, mb)] = grad
+
+    def _record(self, mb: int, phase: int, node: str, start: float) -> None:
+        """Records an action that began at `start`; on a GPU its kernels are waited for first, since
+        they run asynchronously and the launch alone would look nearly free (only in recorded iterations)."""
+        if self.timeline.active:
+            self.backend.synchronize()
+            self.timeline.record(mb, phase, self.wiring.node_index[node], start, time.perf_counter())
 
     def _input(self, parent: str, node: str, mb: int):
         if self.wiring.crosses(parent, node):
