@@ -11,41 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from pprs_mpi import classifier, datasets
+from pprs_mpi import classifier
 from pprs_mpi.graph import Graph, Node
 from pprs_mpi.ops import Add, LInfDistance, MultiMargin, Reshape
 from pprs_mpi.problems import Parameter, Problem, ProblemSpec
+from pprs_mpi.problems.pretrained import PRETRAINED, images_for, pretrained
 
-#: Parameters shared with the few-shot problem: which pretrained network, and its data.
-PRETRAINED = {
-    "network": Parameter(str, "", "classifier weights file (pprs_mpi.classifier format); '' = the shipped digits network"),
-    "dataset": Parameter(str, "digits", f"images the network takes: {' or '.join(datasets.DATASETS)}"),
-    "data_dir": Parameter(str, "", "cifar10: folder holding the python batches data_batch_1..5 and test_batch"),
-}
 PARAMETERS = {
     "image_index": Parameter(int, 0, "adversarial: index of the attacked image in the held-out split"),
     "target": Parameter(int, -1, "adversarial: target class y; -1 = (true label + 1) mod classes"),
     "lam": Parameter(float, 300.0, "adversarial: weight λ of the l∞ distance to the clean image"),
     **PRETRAINED,
 }
-
-
-def pretrained(network: str, dataset: str) -> classifier.Network:
-    """The network from its weights file; '' is the shipped one, which only fits digits."""
-    datasets.check_name(dataset)
-    if dataset != "digits" and not network:
-        raise ValueError(f"dataset '{dataset}' needs --network: the shipped network is for digits "
-                         f"(train one with python -m pprs_mpi.train --dataset {dataset})")
-    return classifier.load_network(network or classifier.default_network_path())
-
-
-def images_for(net: classifier.Network, dataset: str, data_dir: str) -> datasets.Split:
-    """The dataset, checked to fit the network (loaded after the cheap checks: importing scikit-learn is slow)."""
-    split = datasets.load(dataset, data_dir)
-    if net.input_shape != split.input_shape or net.classes != split.classes:
-        raise ValueError(f"the network takes {net.input_shape} images and gives {net.classes} classes, "
-                         f"but {dataset} has {split.input_shape} images and {split.classes} classes")
-    return split
 
 
 def adversarial(image_index: int, target: int, lam: float, network: str, dataset: str, data_dir: str) -> Problem:

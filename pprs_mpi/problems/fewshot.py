@@ -18,7 +18,7 @@ from pprs_mpi import classifier
 from pprs_mpi.graph import Graph, Node
 from pprs_mpi.ops import MultiMarginMean, ParamAffine, ParamAffineInput, ReLU, Slice
 from pprs_mpi.problems import Parameter, Problem, ProblemSpec
-from pprs_mpi.problems.adversarial import PRETRAINED, images_for, pretrained
+from pprs_mpi.problems.pretrained import PRETRAINED, images_for, pretrained
 
 PARAMETERS = {
     "shots": Parameter(int, 10, "fewshot: number m of training images, taken from each class in turn"),
