@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pprs_mpi.trace import PHASES, Trace, TraceError, load
+from pprs_mpi.trace import PHASES, Trace, TraceError, abandoned, load
 
 FORWARD, BACKWARD, WAIT = (PHASES.index(p) for p in ("forward", "backward", "wait"))
 DEFAULT_GAP_FRACTIONS = (1e-1, 1e-2, 1e-3)
@@ -164,7 +164,7 @@ def summarize(trace: Trace, targets: list[float] | None = None) -> dict:
     last = trace.n_rows - 1
     records = pipeline_records(trace)
     return {
-        "run": trace.path, "name": Path(trace.path).stem, "status": trace.status,
+        "run": trace.path, "name": Path(trace.path).stem, "status": "abandoned" if abandoned(trace) else trace.status,
         **{key: setting(trace, key) for key in ("problem", "algo", "K", "gamma", "lr", "mu", "schedule",
                                                 "simulated_depth", "ranks", "device", "engine", "mpi_library")},
         "depth": depth(trace), "rows": trace.n_rows,

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ TIMELINE_DTYPE = np.dtype([("rank", "i4"), ("iteration", "i8"), ("microbatch", "
                            ("node", "i4"), ("start", "f8"), ("end", "f8")])
 PHASES = ("forward", "backward", "wait")  # timeline phase codes 0, 1, 2
 
-RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes")
+RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes", "writer")
 LOCK_WAIT_S = 60.0  # how long the writer waits for a reader to release the file before giving up
 READ_WAIT_S = 5.0  # how long `load` waits for the writer to finish a flush
 _CHUNK = 256  # rows per chunk: small, so that short runs make small files
@@ -75,6 +76,7 @@ class TraceWriter:
                     for name in COLUMNS:
                         group.create_dataset(name, (0,), maxshape=(None,), chunks=(_CHUNK,), dtype=_column_dtype(name))
                 f.attrs["status"] = "running"
+                f.attrs["writer"] = f"{socket.gethostname()}:{os.getpid()}"  # see `abandoned`
                 f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
                 f.attrs["pprs_mpi_version"] = pprs_mpi.__version__
                 _set_attrs(f, meta)
@@ -276,6 +278,33 @@ def load(path, timeout: float = READ_WAIT_S) -> Trace:
                      result={name: d[()] for name, d in f["result"].items()} if "result" in f else {},
                      timeline=f["timeline"][()] if "timeline" in f else None,
                      has_checkpoint=any(_complete(f.get(name)) for name in ("checkpoint", _STAGING)))
+
+
+def abandoned(trace: Trace) -> bool:
+    """Whether a trace still says 'running' although the process writing it, on this host, is gone:
+    its job was killed before it could close the trace (an abruptly dead rank takes rank 0 with it).
+    From another host this cannot be told, and the answer is False."""
+    host, _, pid = str(trace.attrs.get("writer", "")).rpartition(":")
+    if trace.status != "running" or host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists and is not a zombie (dead, but not yet reaped by its parent)."""
+    if os.path.isdir("/proc/self"):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                return stat.read().rpartition(")")[2].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
 
 
 def read_checkpoint(path, timeout: float = READ_WAIT_S) -> tuple[dict, dict]:

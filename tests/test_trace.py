@@ -120,6 +120,25 @@ def test_a_second_process_reads_the_trace_live(tmp_path):
     assert json.loads(run_python(reader, path).stdout) == {"status": "completed", "iterations": list(range(12))}
 
 
+def test_a_killed_writer_leaves_running_which_reads_as_abandoned_only_once_it_is_gone(tmp_path):
+    path = tmp_path / "run.h5"
+    live = T.TraceWriter(tmp_path / "live.h5", CONFIG, META, flush_every=1)
+    write_rows(live, range(3))
+    assert not T.abandoned(T.load(tmp_path / "live.h5"))  # its writer (this process) is alive
+    killed = """
+        import os, sys
+        from pprs_mpi.trace import TraceWriter
+        writer = TraceWriter(sys.argv[1], {"problem": "lad"}, {}, flush_every=1)
+        writer.append(iteration=0)
+        os._exit(9)  # no close: what SIGKILL does
+    """
+    assert run_python(killed, path).returncode == 9
+    trace = T.load(path)
+    assert trace.status == "running" and T.abandoned(trace)
+    live.close("completed")
+    assert not T.abandoned(T.load(tmp_path / "live.h5"))
+
+
 def test_reader_and_writer_overlapping_never_see_a_broken_file(tmp_path):
     """A reader polling while the writer flushes every row: every load succeeds and rows only grow."""
     path = tmp_path / "run.h5"
