@@ -164,7 +164,7 @@ def worker(args) -> None:
             continue
         iterations = max(3, int(args.seconds / (2 * (K + RANKS - 1) * c)))
         measured = mean_iteration(engine, backend, iterations)
-        records = engine.gather_timeline()
+        records, _ = engine.gather()
         engine.stop()
         last = records[records["iteration"] == records["iteration"].max()]
         computing = last[last["phase"] < 2]

@@ -104,11 +104,16 @@ def _open_mpi_cuda_query():
 class Staging:
     """How one rank's arrays cross MPI, chosen once: 'host' (NumPy ranks), 'direct' (device buffers
     handed to a CUDA-aware MPI after the stream is synchronised) or 'staged' (through pinned host
-    buffers, allocated once per message and reused)."""
+    buffers).
+
+    Message buffers come from a pool and go back to it as soon as MPI is done with them, so a rank
+    holds as many buffers as it has messages in flight, not one per message of a pass.
+    """
 
     backend: Backend
     cuda_aware: bool
-    _outgoing: dict = field(default_factory=dict)
+    _free: dict = field(default_factory=dict)  # shape -> buffers ready for reuse
+    allocated_bytes: int = 0
 
     @property
     def path(self) -> str:
@@ -116,31 +121,42 @@ class Staging:
             return "host"
         return "direct" if self.cuda_aware else "staged"
 
-    def before_receives(self) -> None:
-        """Called before a pass posts receives into the reused buffers: device work of the previous
-        pass that may still read them (queued kernels, CuPy's asynchronous host-to-device copies out
-        of a pinned buffer) must finish before MPI may write there again."""
-        self.backend.synchronize()
-
     def receive_buffer(self, shape):
-        """The buffer an Irecv writes into."""
+        """A buffer for an Irecv to write into: device memory on the direct path, else host memory."""
         if self.path == "direct":
-            return self.backend.xp.empty(shape, dtype=self.backend.dtype)
-        return self.backend.host_empty(shape)
+            return self._take(shape, lambda: self.backend.xp.empty(shape, dtype=self.backend.dtype))
+        return self._take(shape, lambda: self.backend.host_empty(shape))
 
-    def outgoing(self, key, array):
-        """The buffer to Isend for `array` (device work is finished first)."""
+    def incoming(self, buffer):
+        """The received data as an array of this backend that owns its memory; `buffer` goes back to
+        the pool, after the device has finished copying out of it (MPI may write there next)."""
+        array = self.backend.asarray(buffer) if self.path == "staged" else buffer.copy()
+        self.backend.synchronize()
+        self._free.setdefault(buffer.shape, []).append(buffer)
+        return array
+
+    def outgoing(self, array):
+        """The buffer to Isend for `array`: the array itself, or on the staged path a pinned copy.
+        Device work is finished first."""
         self.backend.synchronize()
         if self.path != "staged":
             return array
-        if key not in self._outgoing or self._outgoing[key].shape != array.shape:
-            self._outgoing[key] = self.backend.host_empty(array.shape)
-        array.get(out=self._outgoing[key])
-        return self._outgoing[key]
+        buffer = self._take(array.shape, lambda: self.backend.host_empty(array.shape))
+        array.get(out=buffer)
+        return buffer
 
-    def incoming(self, buffer):
-        """The received data as an array of this backend."""
-        return self.backend.asarray(buffer) if self.path == "staged" else buffer
+    def sent(self, buffer) -> None:
+        """MPI has finished sending `buffer` (what `outgoing` returned): a pinned copy can be reused."""
+        if self.path == "staged":
+            self._free.setdefault(buffer.shape, []).append(buffer)
+
+    def _take(self, shape, allocate):
+        free = self._free.get(tuple(shape))
+        if free:
+            return free.pop()
+        buffer = allocate()
+        self.allocated_bytes += buffer.nbytes
+        return buffer
 
 
 def _cupy_devices():

@@ -128,6 +128,16 @@ def rank_fractions(records: np.ndarray) -> list[dict]:
     return fractions
 
 
+def rank_memory(trace: Trace) -> list[dict]:
+    """Per rank, the most (node, microbatch) inputs it kept at once for a backward, and the bytes of
+    its MPI message buffers (empty for traces written before these were recorded)."""
+    peaks, buffers = trace.attrs.get("rank_peak_stash"), trace.attrs.get("rank_buffer_bytes")
+    if peaks is None or buffers is None:
+        return []
+    return [{"rank": rank, "peak_stash": int(peak), "buffer_bytes": int(size)}
+            for rank, (peak, size) in enumerate(zip(np.atleast_1d(peaks), np.atleast_1d(buffers)))]
+
+
 def efficiency(trace: Trace, records: np.ndarray | None) -> dict:
     """Ideal makespan × measured unit cost, over the measured time of an iteration.
 
@@ -177,6 +187,7 @@ def summarize(trace: Trace, targets: list[float] | None = None) -> dict:
         "wall_time": float(trace.columns["wall_time"][last]) if trace.n_rows else None,
         "targets": time_to_targets(trace, targets),
         "rank_fractions": [] if records is None else rank_fractions(records),
+        "rank_memory": rank_memory(trace),
         **efficiency(trace, records),
     }
 
@@ -203,6 +214,9 @@ def format_summary(s: dict) -> str:
     for i, r in enumerate(s["rank_fractions"]):
         lines.append(("per rank" if i == 0 else "", f"rank {r['rank']}: compute {_pct(r['compute'])}, "
                                                     f"wait {_pct(r['wait'])}"))
+    for i, r in enumerate(s["rank_memory"]):
+        lines.append(("memory" if i == 0 else "", f"rank {r['rank']}: kept inputs of {r['peak_stash']} "
+                                                  f"(node, microbatch) at most, message buffers {_bytes(r['buffer_bytes'])}"))
     if s["unit_cost"] is not None:
         lines.append(("efficiency", f"pipeline {_pct(s['pipeline_efficiency'])} = makespan {_num(s['makespan'])} "
                                     f"× unit {_seconds(s['unit_cost'])} / iteration {_seconds(s['iteration_time'])}"))
@@ -305,6 +319,13 @@ def _seconds(value) -> str:
         if abs(value) >= scale:
             return f"{value / scale:.3g} {unit}"
     return f"{value / 1e-9:.3g} ns"
+
+
+def _bytes(value: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value} B"
 
 
 def _plain(value):

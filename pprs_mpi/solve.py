@@ -240,10 +240,18 @@ def _checkpointed_state(path: str, dim: int) -> driver.LoopState:
 
 def _write_checkpoint(setup: Setup, engine, state: driver.LoopState) -> None:
     """Everything a resume needs, atomically; the timeline gathered so far goes with it."""
-    setup.trace.write_timeline(engine.gather_timeline(), append=True)
+    _write_gathered(setup.trace, engine)
     setup.trace.write_checkpoint({"x": state.x, "y": state.y}, {
         "iteration": state.iteration, "pipeline_time": state.pipeline_time, "wall_time": state.wall_time,
         "noise_counter": state.iteration, "momentum_t": state.iteration, "seed": setup.cfg["seed"]})
+
+
+def _write_gathered(trace, engine) -> None:
+    """The timeline records gathered from the ranks since the last time, and their memory figures."""
+    records, memory = engine.gather()
+    trace.write_timeline(records, append=True)
+    trace.set_attrs(**{f"rank_{key}": np.array([rank[key] for rank in memory], dtype=np.int64)
+                       for key in ("peak_stash", "buffer_bytes")})
 
 
 def _jsonable(cfg: dict) -> dict:
@@ -281,9 +289,8 @@ def _run_until_stopped(setup: Setup, comm, stop: StopOnSignal) -> int:
                                   stop_requested=lambda: stop.requested)
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
         _write_checkpoint(setup, engine, outcome.state)
-    timeline = engine.gather_timeline()
+    _write_gathered(trace, engine)
     engine.stop()
-    trace.write_timeline(timeline, append=True)
     trace.write_result(y=outcome.state.y, x=outcome.state.x)
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)

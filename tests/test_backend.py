@@ -24,6 +24,9 @@ class FakeDevice(Backend):
     def to_host(self, array):
         return np.asarray(array)
 
+    def asarray(self, host_array):
+        return np.array(host_array, dtype=self.dtype)  # a copy, as a host-to-device transfer is
+
     def standard_normal(self, key, size):
         self.noise_keys.append(key)
         return np.random.default_rng(key).standard_normal(size)
@@ -63,24 +66,43 @@ def test_paths_follow_device_and_awareness():
     assert Staging(FakeDevice(), cuda_aware=False).path == "staged"
 
 
-def test_staged_path_copies_through_one_reused_host_buffer_per_message():
+def test_staged_path_reuses_pinned_buffers_once_mpi_is_done_with_them():
     device = FakeDevice()
     staging = Staging(device, cuda_aware=False)
-    first = staging.outgoing("edge-1", np.arange(4.0).view(DeviceArray))
-    again = staging.outgoing("edge-1", (np.arange(4.0) * 2).view(DeviceArray))
-    assert first is again and device.pinned == 1 and device.syncs == 2
-    assert np.array_equal(again, [0, 2, 4, 6])
-    received = staging.receive_buffer((2, 3))
-    assert device.pinned == 2 and staging.incoming(received).shape == (2, 3)
+    first = staging.outgoing(np.arange(4.0).view(DeviceArray))
+    second = staging.outgoing((np.arange(4.0) * 2).view(DeviceArray))  # the first is still being sent
+    assert first is not second and device.pinned == 2 and device.syncs == 2
+    assert np.array_equal(first, [0, 1, 2, 3]) and np.array_equal(second, [0, 2, 4, 6])
+    staging.sent(first)
+    assert staging.outgoing(np.ones(4).view(DeviceArray)) is first and device.pinned == 2
+    buffer = staging.receive_buffer((2, 3))
+    buffer[...] = 7.0
+    received = staging.incoming(buffer)
+    assert received is not buffer and np.array_equal(received, np.full((2, 3), 7.0)) and device.syncs == 4
+    assert staging.receive_buffer((2, 3)) is buffer  # copied out and synchronised: reusable at once
+    assert device.pinned == 3 and staging.allocated_bytes == (4 + 4 + 6) * 8
 
 
-def test_direct_path_hands_device_arrays_to_mpi_after_a_sync():
+def test_direct_path_hands_device_arrays_to_mpi_after_a_sync_and_copies_receives_out():
     device = FakeDevice()
     staging = Staging(device, cuda_aware=True)
     array = np.ones(3)
-    assert staging.outgoing("edge", array) is array and device.syncs == 1 and device.pinned == 0
+    assert staging.outgoing(array) is array and device.syncs == 1 and device.pinned == 0
+    staging.sent(array)
+    assert staging.receive_buffer((3,)) is not array  # a sent array never enters the pool
     buffer = staging.receive_buffer((3,))
-    assert staging.incoming(buffer) is buffer and device.pinned == 0
+    received = staging.incoming(buffer)
+    assert received is not buffer and device.syncs == 2 and device.pinned == 0
+    assert staging.receive_buffer((3,)) is buffer
+
+
+def test_host_path_copies_receives_out_so_that_buffers_are_reused():
+    staging = Staging(select("cpu"), cuda_aware=False)
+    buffer = staging.receive_buffer((2,))
+    buffer[...] = (1.0, 2.0)
+    received = staging.incoming(buffer)
+    buffer[...] = 0.0  # the next message lands in the same buffer
+    assert np.array_equal(received, [1.0, 2.0]) and staging.receive_buffer((2,)) is buffer
 
 
 GPU_VISIBLE = select("auto").on_gpu
@@ -103,21 +125,6 @@ def test_unknown_device_or_dtype_is_an_error():
         select("tpu")
     with pytest.raises(BackendError, match="unknown dtype"):
         select("cpu", "float16")
-
-
-def test_transport_synchronises_the_device_before_reposting_its_receive_buffers():
-    """A pass's receives reuse the last pass's buffers, which queued device work may still read."""
-    from mpi4py import MPI
-    from pprs_mpi.engines.mpi import MpiTransport, Poller
-    from pprs_mpi.engines.stage import Sampling, Timeline, Wiring
-    from pprs_mpi.graph import Graph
-    from pprs_mpi.ops import SquaredNorm
-    device = FakeDevice()
-    graph = Graph.chain(3, [SquaredNorm()])
-    transport = MpiTransport(MPI.COMM_SELF, Wiring(graph, graph.stages(1)), Sampling(2, 0.1, 0, 1),
-                             Staging(device, cuda_aware=True), Timeline(0), Poller(MPI.COMM_SELF, None))
-    transport.expect([])
-    assert device.syncs == 1
 
 
 def test_device_noise_is_drawn_per_sample_so_microbatching_does_not_change_it():

@@ -48,6 +48,28 @@ def test_rank_count_does_not_change_the_iterates_only_the_pipeline_time(tmp_trac
     assert two.attrs["makespan"] > three.attrs["makespan"]  # fewer ranks, more nodes per stage
 
 
+def test_1f1b_bounds_the_kept_activations_by_the_depth_and_message_buffers_do_not_grow_with_K(tmp_trace):
+    """3 ranks, 2 nodes each: GPipe keeps every microbatch's inputs (K per node), 1F1B at most P − s
+    microbatches on rank s; receive buffers are a window per channel, whatever K. Serial agrees."""
+    args = ["--problem", "lad", "--depth", "6", "--iters", "2", "--microbatch-size", "1", "--quiet", "--dim", "6",
+            "--rows", "8"]
+    peaks, buffers = {}, {}
+    for schedule in ("gpipe", "1f1b"):
+        for K in (16, 64):
+            mpi, serial = tmp_trace(f"{schedule}-{K}.h5"), tmp_trace(f"{schedule}-{K}-serial.h5")
+            assert mpirun(3, *args, "--schedule", schedule, "-K", K, "--out", mpi).returncode == 0
+            assert solve(*args, "--schedule", schedule, "-K", K, "--engine", "serial", "--stages", 3,
+                         "--out", serial).returncode == 0
+            attrs = load(mpi).attrs
+            assert list(attrs["rank_peak_stash"]) == list(load(serial).attrs["rank_peak_stash"])
+            peaks[schedule, K], buffers[schedule, K] = list(attrs["rank_peak_stash"]), list(attrs["rank_buffer_bytes"])
+    assert peaks["gpipe", 16] == [16 * 2] * 3 and peaks["gpipe", 64] == [64 * 2] * 3
+    assert peaks["1f1b", 16] == peaks["1f1b", 64] == [(3 - s) * 2 for s in range(3)]
+    assert buffers["gpipe", 16] == buffers["gpipe", 64] == buffers["1f1b", 64] and min(buffers["gpipe", 64]) > 0
+    assert summarize(load(tmp_trace("1f1b-64.h5")))["rank_memory"][2] == {
+        "rank": 2, "peak_stash": 2, "buffer_bytes": buffers["1f1b", 64][2]}
+
+
 @pytest.mark.parametrize("kind", ["raise", "exit"])
 def test_a_failing_rank_ends_the_job_quickly_and_the_trace_says_failed(tmp_trace, kind):
     start = time.monotonic()

@@ -2,10 +2,15 @@
 
 Deadlock freedom. Every rank executes its own row of a *legal* schedule in time order, so each
 message it waits for is produced by an action of another rank at a strictly earlier time unit.
-Sends never block (`Isend` on a buffer kept alive until the end of the pass) and every receive is
-posted (`Irecv`) before the pass starts, with a tag unique to (kind, edge, microbatch). By
+Sends never block (`Isend`, completed only at the end of the pass) and every receive is posted
+(`Irecv`, tag unique to (kind, edge, microbatch)) at the latest when it is waited for. By
 induction on the time unit, the earliest action not yet done always has its inputs delivered,
 so every rank finishes the pass, whatever the DAG and the placement.
+
+Memory. Receives are posted RECEIVE_WINDOW messages ahead per (kind, edge), in the order the rank
+needs them, into pooled buffers that are copied out and reused at once; completed sends release
+their buffers as the pass goes. So a rank's message buffers are bounded by the window, not by K,
+and under 1F1B the activations a rank keeps are bounded by the depth, as the schedule promises.
 
 Failures. Rank 0 drives the others with a small broadcast command per pass. A rank that fails
 tells rank 0 (tag FAILURE) and aborts the job if rank 0 has not done so within a grace period;
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import deque
 
 import numpy as np
 from mpi4py import MPI
@@ -34,6 +40,7 @@ FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per 
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
 COMMAND_SLACK_SECONDS = 2 * LOCK_WAIT_S  # beyond --comm-timeout, for rank 0's trace writes between passes
+RECEIVE_WINDOW = 4  # receives posted ahead per (kind, edge): transfers overlap compute, memory stays bounded
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
 KIND_NAMES = {ACTIVATION: "activation", COTANGENT: "cotangent"}
 
@@ -76,17 +83,16 @@ class Poller:
 
 
 class MpiTransport:
-    """Point-to-point messages of one rank: receive buffers allocated once per message and reused,
-    receives posted at the start of each pass, sends non-blocking and completed at its end."""
+    """Point-to-point messages of one rank: receives posted a window ahead into pooled buffers, sends
+    non-blocking, their buffers released as they complete and all completed by the end of the pass."""
 
     def __init__(self, comm, wiring: Wiring, sampling: Sampling, staging: Staging, timeline: Timeline, poller: Poller):
         self.comm, self.wiring, self.sampling, self.staging = comm, wiring, sampling, staging
-        self.backend = staging.backend
         self.timeline, self.poller = timeline, poller
         self._slots = sampling.n_microbatches + 1
-        self._buffers: dict[Message, np.ndarray] = {}
-        self._requests: dict[Message, object] = {}
-        self._sends: list[tuple[object, object]] = []
+        self._waiting: dict[tuple[int, int], deque] = {}  # (kind, edge) -> expected messages not yet posted
+        self._posted: dict[Message, tuple[object, object]] = {}  # message -> (request, buffer)
+        self._sends: deque = deque()  # (request, buffer), oldest first
         largest = FIRST_DATA_TAG + 3 * max(1, wiring.n_edges) * self._slots
         if largest > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only, valid for all
             raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
@@ -95,27 +101,40 @@ class MpiTransport:
         return FIRST_DATA_TAG + (message.kind * max(1, self.wiring.n_edges) + message.edge) * self._slots + message.mb
 
     def expect(self, messages: list[Message]) -> None:
-        self.staging.before_receives()
+        """Queues this pass's receives (in the order they are needed) and posts the first of each channel."""
+        self._waiting = {}
         for message in messages:
-            self._requests[message] = self.comm.Irecv(self._buffer(message), source=self.wiring.source(message),
-                                                      tag=self.tag(message))
+            self._waiting.setdefault((message.kind, message.edge), deque()).append(message)
+        for queue in self._waiting.values():
+            for _ in range(min(RECEIVE_WINDOW, len(queue))):
+                self._post(queue.popleft())
 
     def send(self, message: Message, array) -> None:
-        buffer = self.staging.outgoing(message, array)
-        request = self.comm.Isend(buffer, dest=self.wiring.destination(message), tag=self.tag(message))
-        self._sends.append((request, buffer))
+        while self._sends and self._sends[0][0].Test():
+            self.staging.sent(self._sends.popleft()[1])
+        buffer = self.staging.outgoing(array)
+        self._sends.append((self.comm.Isend(buffer, dest=self.wiring.destination(message), tag=self.tag(message)),
+                            buffer))
 
     def recv(self, message: Message):
-        request = self._requests.pop(message)
+        channel = (message.kind, message.edge)
+        if message not in self._posted:  # needed before its turn in the window came
+            self._waiting[channel].remove(message)
+            self._post(message)
+        request, buffer = self._posted.pop(message)
         start = time.perf_counter()
         self.poller.wait(request, lambda: self.describe(message))
         self.timeline.record(message.mb, WAIT_PHASE, -1, start, time.perf_counter())
-        return self.staging.incoming(self._buffers[message])
+        array = self.staging.incoming(buffer)
+        if self._waiting[channel]:
+            self._post(self._waiting[channel].popleft())
+        return array
 
     def complete_sends(self) -> None:
-        for request, _ in self._sends:
+        while self._sends:
+            request, buffer = self._sends.popleft()
             self.poller.wait(request, lambda: "its own sends to complete")
-        self._sends.clear()
+            self.staging.sent(buffer)
 
     def describe(self, message: Message) -> str:
         where = f"microbatch {message.mb}, iteration {self.timeline.iteration}, from rank {self.wiring.source(message)}"
@@ -124,15 +143,15 @@ class MpiTransport:
             return f"the {KIND_NAMES[message.kind]} of edge '{parent}' -> '{child}' ({where})"
         return f"the leaf's sample values ({where})"
 
-    def _buffer(self, message: Message):
-        if message not in self._buffers:
-            rows = 1 if message.mb == self.sampling.n_microbatches else len(self.sampling.samples(message.mb))
-            self._buffers[message] = self.staging.receive_buffer((rows, *self.wiring.shape(message)))
-        return self._buffers[message]
+    def _post(self, message: Message) -> None:
+        rows = 1 if message.mb == self.sampling.n_microbatches else len(self.sampling.samples(message.mb))
+        buffer = self.staging.receive_buffer((rows, *self.wiring.shape(message)))
+        request = self.comm.Irecv(buffer, source=self.wiring.source(message), tag=self.tag(message))
+        self._posted[message] = (request, buffer)
 
 
 class MpiEngine:
-    """Rank 0 calls `gradient`, `evaluate`, `gather_timeline` and `stop`; every other rank calls `serve`."""
+    """Rank 0 calls `gradient`, `evaluate`, `gather` and `stop`; every other rank calls `serve`."""
 
     name = "mpi"
 
@@ -158,10 +177,11 @@ class MpiEngine:
         self._command(EVALUATE, t)
         return self.runner.run(t, y, evaluation=True)
 
-    def gather_timeline(self) -> np.ndarray:
-        """Every rank's timeline records since the last gather (kept off the hot path)."""
+    def gather(self) -> tuple[np.ndarray, list[dict]]:
+        """Every rank's timeline records since the last gather and its memory figures (off the hot path)."""
         self._command(GATHER, 0)
-        return np.concatenate(self.comm.gather(self.timeline.take(TIMELINE_DTYPE), root=0))
+        gathered = self.comm.gather(self._report(), root=0)
+        return np.concatenate([records for records, _ in gathered]), [memory for _, memory in gathered]
 
     def stop(self) -> None:
         self._command(STOP, 0)
@@ -173,9 +193,13 @@ class MpiEngine:
             if command == STOP:
                 return
             if command == GATHER:
-                self.comm.gather(self.timeline.take(TIMELINE_DTYPE), root=0)
+                self.comm.gather(self._report(), root=0)
             else:
                 self.runner.run(t, evaluation=command == EVALUATE)
+
+    def _report(self) -> tuple[np.ndarray, dict]:
+        return (self.timeline.take(TIMELINE_DTYPE),
+                {"peak_stash": self.runner.peak_stash, "buffer_bytes": self.staging.allocated_bytes})
 
     def _command(self, command: int | None = None, t: int = 0) -> tuple[int, int]:
         if self.comm.rank == 0:

@@ -65,9 +65,11 @@ class SerialEngine:
                 runner.execute(action)
         return [runner.end(evaluation=True) for runner in self.runners][0]
 
-    def gather_timeline(self) -> np.ndarray:
-        """Every stage's records since the last gather, as if each stage were a rank."""
-        return np.concatenate([timeline.take(TIMELINE_DTYPE) for timeline in self.timelines])
+    def gather(self) -> tuple[np.ndarray, list[dict]]:
+        """Every stage's timeline records since the last gather and its memory figures, as if each
+        stage were a rank (an in-process mailbox has no message buffers)."""
+        records = np.concatenate([timeline.take(TIMELINE_DTYPE) for timeline in self.timelines])
+        return records, [{"peak_stash": runner.peak_stash, "buffer_bytes": 0} for runner in self.runners]
 
     def stop(self) -> None:
         pass

@@ -137,6 +137,7 @@ class StageRunner:
         self.eval_actions = [Forward(n, self.eval_mb) for n in self.graph.order if wiring.stage_of[n] == stage]
         self._expected = self._expected_messages(self.actions, range(sampling.n_microbatches))
         self._expected_eval = self._expected_messages(self.eval_actions, [self.eval_mb])
+        self.peak_stash = 0  # most (node, microbatch) inputs kept for a backward at once: GPipe K, 1F1B ~depth
 
     # -- one pass: begin, execute this stage's actions, end ----------------------------------------
 
@@ -213,6 +214,7 @@ class StageRunner:
         self._record(mb, FORWARD_PHASE, node, start)
         self._outputs[(node, mb)] = output
         self._stash[(node, mb)] = inputs
+        self.peak_stash = max(self.peak_stash, len(self._stash))
         for child in self.graph.children[node]:
             if self.wiring.crosses(node, child):
                 self._send(ACTIVATION, node, child, mb, output)
