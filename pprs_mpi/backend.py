@@ -37,8 +37,14 @@ class Backend:
         """A host array moved to this backend in the run's dtype."""
         return self.xp.asarray(host_array, dtype=self.dtype)
 
-    def to_host(self, array) -> np.ndarray:
-        return array.get() if self.on_gpu else np.asarray(array)
+    def to_host(self, array, out: np.ndarray | None = None) -> np.ndarray:
+        """`array` as a host array; with `out`, copied into that (pinned) buffer, which is returned."""
+        if self.xp is not np:
+            return array.get(out=out)
+        if out is None:
+            return np.asarray(array)
+        out[...] = array
+        return out
 
     def synchronize(self) -> None:
         """Wait for queued device work, so that a buffer can be handed to MPI."""
@@ -141,9 +147,7 @@ class Staging:
         self.backend.synchronize()
         if self.path != "staged":
             return array
-        buffer = self._take(array.shape, lambda: self.backend.host_empty(array.shape))
-        array.get(out=buffer)
-        return buffer
+        return self.backend.to_host(array, out=self._take(array.shape, lambda: self.backend.host_empty(array.shape)))
 
     def sent(self, buffer) -> None:
         """MPI has finished sending `buffer` (what `outgoing` returned): a pinned copy can be reused."""

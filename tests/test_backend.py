@@ -7,40 +7,9 @@ import numpy as np
 import pytest
 
 from pprs_mpi import noise
-from pprs_mpi.backend import Backend, BackendError, Staging, cuda_aware_mpi, select
+from fake_device import FakeDevice
+from pprs_mpi.backend import BackendError, Staging, cuda_aware_mpi, select
 from pprs_mpi.solve import main
-
-
-class FakeDevice(Backend):
-    """A 'GPU' backend whose arrays are NumPy's: it records syncs and hands out counted host buffers."""
-
-    def __init__(self):
-        super().__init__(np, "gpu:0", np.dtype("float64"))
-        self.syncs, self.pinned, self.noise_keys = 0, 0, []
-
-    def synchronize(self):
-        self.syncs += 1
-
-    def to_host(self, array):
-        return np.asarray(array)
-
-    def asarray(self, host_array):
-        return np.array(host_array, dtype=self.dtype)  # a copy, as a host-to-device transfer is
-
-    def standard_normal(self, key, size):
-        self.noise_keys.append(key)
-        return np.random.default_rng(key).standard_normal(size)
-
-    def host_empty(self, shape, dtype=None):
-        self.pinned += 1
-        return np.empty(shape, dtype=self.dtype)
-
-
-class DeviceArray(np.ndarray):
-    """A NumPy array with CuPy's device-to-host `get(out=...)`."""
-
-    def get(self, out):
-        out[...] = self
 
 
 @pytest.mark.parametrize("value, aware", [("1", True), ("0", False)])
@@ -69,12 +38,12 @@ def test_paths_follow_device_and_awareness():
 def test_staged_path_reuses_pinned_buffers_once_mpi_is_done_with_them():
     device = FakeDevice()
     staging = Staging(device, cuda_aware=False)
-    first = staging.outgoing(np.arange(4.0).view(DeviceArray))
-    second = staging.outgoing((np.arange(4.0) * 2).view(DeviceArray))  # the first is still being sent
+    first = staging.outgoing(np.arange(4.0))
+    second = staging.outgoing((np.arange(4.0) * 2))  # the first is still being sent
     assert first is not second and device.pinned == 2 and device.syncs == 2
     assert np.array_equal(first, [0, 1, 2, 3]) and np.array_equal(second, [0, 2, 4, 6])
     staging.sent(first)
-    assert staging.outgoing(np.ones(4).view(DeviceArray)) is first and device.pinned == 2
+    assert staging.outgoing(np.ones(4)) is first and device.pinned == 2
     buffer = staging.receive_buffer((2, 3))
     buffer[...] = 7.0
     received = staging.incoming(buffer)
@@ -103,6 +72,24 @@ def test_host_path_copies_receives_out_so_that_buffers_are_reused():
     received = staging.incoming(buffer)
     buffer[...] = 0.0  # the next message lands in the same buffer
     assert np.array_equal(received, [1.0, 2.0]) and staging.receive_buffer((2,)) is buffer
+
+
+@pytest.mark.mpi
+def test_mpi_engine_on_fake_device_ranks_matches_the_cpu_over_both_device_paths():
+    """The pooled, windowed transport moves device data right over real MPI on either path; the
+    staged path allocates its pinned buffers in the first pass and reuses them after, the direct none."""
+    import json
+    import sys
+    from pathlib import Path
+    from conftest import run
+    here = Path(__file__).parent
+    result = run(["mpirun", "-n", "3", sys.executable, str(here / "fake_device_run.py")],
+                 env={"PYTHONPATH": str(here)})
+    assert result.returncode == 0, result.stderr
+    staged, direct = [json.loads(line) for line in result.stdout.splitlines()]
+    assert staged["path"] == "staged" and staged["equal"] and 0 < staged["pinned"] == staged["pinned_after_one"]
+    assert direct["path"] == "direct" and direct["equal"] and direct["pinned"] == 0
+    assert direct["syncs"] > 0
 
 
 GPU_VISIBLE = select("auto").on_gpu

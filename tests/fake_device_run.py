@@ -1,0 +1,36 @@
+"""Run under mpirun by tests/test_backend.py: the MPI engine on fake-device ranks, over the staged and
+the direct path, against the serial CPU engine. Rank 0 prints one JSON line per path."""
+
+import json
+
+import numpy as np
+from mpi4py import MPI
+
+from fake_device import FakeDevice
+from pprs_mpi.backend import select
+from pprs_mpi.engines.mpi import MpiEngine
+from pprs_mpi.engines.serial import SerialEngine
+from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.problems import build
+from pprs_mpi.schedule import build as build_schedule
+
+comm = MPI.COMM_WORLD
+graph = build("branch", depth=4, dim=5, rows=6, radius=1.0, problem_seed=0).graph
+stages = graph.stages(comm.size)
+sampling = Sampling(K=9, gamma=0.3, seed=2, microbatch_size=2, noise_on_device=False)
+plan = build_schedule("1f1b", stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
+x, iterations = np.linspace(-1.0, 1.0, 5), 3
+for cuda_aware in (False, True):
+    device = FakeDevice()
+    engine = MpiEngine(comm, Wiring(graph, stages), plan, sampling, device, cuda_aware=cuda_aware)
+    if comm.rank != 0:
+        engine.serve()
+        continue
+    gradients = [engine.gradient(x, 0)[0]]
+    pinned_after_one = device.pinned
+    gradients += [engine.gradient(x, t)[0] for t in range(1, iterations)]
+    engine.stop()
+    serial = SerialEngine(Wiring(graph, stages), plan, sampling, select("cpu"))
+    expected = [serial.gradient(x, t)[0] for t in range(iterations)]
+    print(json.dumps({"path": engine.staging.path, "pinned": device.pinned, "pinned_after_one": pinned_after_one, "syncs": device.syncs,
+                      "equal": all(np.array_equal(a, b) for a, b in zip(gradients, expected))}), flush=True)
