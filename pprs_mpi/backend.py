@@ -130,8 +130,15 @@ class Staging:
     def receive_buffer(self, shape):
         """A buffer for an Irecv to write into: device memory on the direct path, else host memory."""
         if self.path == "direct":
-            return self._take(shape, lambda: self.backend.xp.empty(shape, dtype=self.backend.dtype))
+            return self._take(shape, lambda: self._device_buffer(shape))
         return self._take(shape, lambda: self.backend.host_empty(shape))
+
+    def _device_buffer(self, shape):
+        """A new device buffer for MPI to write into. CuPy's pool may hand out memory that a queued
+        kernel still reads (safe within one stream, but MPI writes outside it), so wait for the stream."""
+        buffer = self.backend.xp.empty(shape, dtype=self.backend.dtype)
+        self.backend.synchronize()
+        return buffer
 
     def incoming(self, buffer):
         """The received data as an array of this backend that owns its memory; `buffer` goes back to
@@ -169,11 +176,17 @@ def _cupy_devices():
         import cupy
     except ImportError:
         return None, 0, "CuPy is not installed (pip install 'pprs_mpi[gpu]')"
+    except Exception as err:  # noqa: BLE001 — a broken CuPy install
+        return None, 0, f"CuPy fails to import: {_first_line(err)}"
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as err:  # noqa: BLE001 — a CuPy wheel present, but no driver or device
-        return None, 0, f"CUDA reports {type(err).__name__}: {str(err).splitlines()[0]}"
+        return None, 0, f"CUDA reports {_first_line(err)}"
     return (cupy, count, "") if count else (None, 0, "no CUDA device is visible")
+
+
+def _first_line(err: Exception) -> str:
+    return f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}"
 
 
 def select(device: str = "cpu", dtype: str = "float64", local_rank: int = 0) -> Backend:

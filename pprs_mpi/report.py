@@ -129,13 +129,14 @@ def rank_fractions(records: np.ndarray) -> list[dict]:
 
 
 def rank_memory(trace: Trace) -> list[dict]:
-    """Per rank, the most (node, microbatch) inputs it kept at once for a backward, and the bytes of
-    its MPI message buffers (empty for traces written before these were recorded)."""
-    peaks, buffers = trace.attrs.get("rank_peak_stash"), trace.attrs.get("rank_buffer_bytes")
-    if peaks is None or buffers is None:
+    """Per rank, the most (node, microbatch) inputs it kept at once for a backward, the bytes of its MPI
+    message buffers and the most bytes of its pending sends (empty for traces without these figures)."""
+    keys = ("peak_stash", "buffer_bytes", "peak_send_bytes")
+    columns = [trace.attrs.get(f"rank_{key}") for key in keys]
+    if any(column is None for column in columns):
         return []
-    return [{"rank": rank, "peak_stash": int(peak), "buffer_bytes": int(size)}
-            for rank, (peak, size) in enumerate(zip(np.atleast_1d(peaks), np.atleast_1d(buffers)))]
+    return [{"rank": rank, **{key: int(value) for key, value in zip(keys, values)}}
+            for rank, values in enumerate(zip(*map(np.atleast_1d, columns)))]
 
 
 def efficiency(trace: Trace, records: np.ndarray | None) -> dict:
@@ -216,7 +217,8 @@ def format_summary(s: dict) -> str:
                                                     f"wait {_pct(r['wait'])}"))
     for i, r in enumerate(s["rank_memory"]):
         lines.append(("memory" if i == 0 else "", f"rank {r['rank']}: kept inputs of {r['peak_stash']} "
-                                                  f"(node, microbatch) at most, message buffers {_bytes(r['buffer_bytes'])}"))
+                                                  f"(node, microbatch) at most, message buffers {_bytes(r['buffer_bytes'])}, "
+                                                  f"pending sends {_bytes(r['peak_send_bytes'])} at most"))
     if s["unit_cost"] is not None:
         lines.append(("efficiency", f"pipeline {_pct(s['pipeline_efficiency'])} = makespan {_num(s['makespan'])} "
                                     f"× unit {_seconds(s['unit_cost'])} / iteration {_seconds(s['iteration_time'])}"))

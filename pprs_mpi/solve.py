@@ -251,7 +251,7 @@ def _write_gathered(trace, engine) -> None:
     records, memory = engine.gather()
     trace.write_timeline(records, append=True)
     trace.set_attrs(**{f"rank_{key}": np.array([rank[key] for rank in memory], dtype=np.int64)
-                       for key in ("peak_stash", "buffer_bytes")})
+                       for key in ("peak_stash", "buffer_bytes", "peak_send_bytes")})
 
 
 def _jsonable(cfg: dict) -> dict:

@@ -76,7 +76,7 @@ class TraceWriter:
                     for name in COLUMNS:
                         group.create_dataset(name, (0,), maxshape=(None,), chunks=(_CHUNK,), dtype=_column_dtype(name))
                 f.attrs["status"] = "running"
-                f.attrs["writer"] = f"{socket.gethostname()}:{os.getpid()}"  # see `abandoned`
+                f.attrs["writer"] = _this_process()  # see `abandoned`
                 f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
                 f.attrs["pprs_mpi_version"] = pprs_mpi.__version__
                 _set_attrs(f, meta)
@@ -284,27 +284,38 @@ def abandoned(trace: Trace) -> bool:
     """Whether a trace still says 'running' although the process writing it, on this host, is gone:
     its job was killed before it could close the trace (an abruptly dead rank takes rank 0 with it).
     From another host this cannot be told, and the answer is False."""
-    host, _, pid = str(trace.attrs.get("writer", "")).rpartition(":")
+    host, pid, started = (str(trace.attrs.get("writer", "")).split(":") + ["", "", ""])[:3]
     if trace.status != "running" or host != socket.gethostname() or not pid.isdigit():
         return False
-    return not _alive(int(pid))
+    return not _alive(int(pid), started)
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` exists and is not a zombie (dead, but not yet reaped by its parent)."""
-    if os.path.isdir("/proc/self"):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                return stat.read().rpartition(")")[2].split()[0] != "Z"
-        except FileNotFoundError:
-            return False
+def _this_process() -> str:
+    """host:pid:start, the start time telling this process from a later one given the same pid."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid()) or ''}"
+
+
+def _alive(pid: int, started: str) -> bool:
+    """Whether process `pid` runs (not a zombie) and is the one that started at `started` (when known)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # alive, under another user
-        return True
-    return True
+    except PermissionError:  # it exists, under another user
+        pass
+    now = _start_time(pid)
+    return now != "zombie" and not (now and started and now != started)
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), 'zombie' for a dead process
+    not yet reaped, or None where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:  # no /proc, or hidden from other users (hidepid)
+        return None
+    return "zombie" if fields[0] == "Z" else fields[19]
 
 
 def read_checkpoint(path, timeout: float = READ_WAIT_S) -> tuple[dict, dict]:

@@ -1,5 +1,6 @@
 """Run under mpirun by tests/test_backend.py: the MPI engine on fake-device ranks, over the staged and
-the direct path, against the serial CPU engine. Rank 0 prints one JSON line per path."""
+the direct path, against the serial CPU engine. Rank 0 prints one JSON line per path, with every
+rank's pinned allocations and message-buffer bytes."""
 
 import json
 
@@ -24,13 +25,16 @@ for cuda_aware in (False, True):
     device = FakeDevice()
     engine = MpiEngine(comm, Wiring(graph, stages), plan, sampling, device, cuda_aware=cuda_aware)
     if comm.rank != 0:
-        engine.serve()
+        engine.serve()  # the passes and gathers rank 0 commands, then its stop
+        comm.gather(device.pinned, root=0)
         continue
     gradients = [engine.gradient(x, 0)[0]]
-    pinned_after_one = device.pinned
+    after_one = [rank["buffer_bytes"] for rank in engine.gather()[1]]
     gradients += [engine.gradient(x, t)[0] for t in range(1, iterations)]
+    after_all = [rank["buffer_bytes"] for rank in engine.gather()[1]]
     engine.stop()
     serial = SerialEngine(Wiring(graph, stages), plan, sampling, select("cpu"))
     expected = [serial.gradient(x, t)[0] for t in range(iterations)]
-    print(json.dumps({"path": engine.staging.path, "pinned": device.pinned, "pinned_after_one": pinned_after_one, "syncs": device.syncs,
+    print(json.dumps({"path": engine.staging.path, "pinned": comm.gather(device.pinned, root=0),
+                      "buffer_bytes_after_one_pass": after_one, "buffer_bytes": after_all,
                       "equal": all(np.array_equal(a, b) for a, b in zip(gradients, expected))}), flush=True)

@@ -66,8 +66,27 @@ def test_1f1b_bounds_the_kept_activations_by_the_depth_and_message_buffers_do_no
     assert peaks["gpipe", 16] == [16 * 2] * 3 and peaks["gpipe", 64] == [64 * 2] * 3
     assert peaks["1f1b", 16] == peaks["1f1b", 64] == [(3 - s) * 2 for s in range(3)]
     assert buffers["gpipe", 16] == buffers["gpipe", 64] == buffers["1f1b", 64] and min(buffers["gpipe", 64]) > 0
-    assert summarize(load(tmp_trace("1f1b-64.h5")))["rank_memory"][2] == {
-        "rank": 2, "peak_stash": 2, "buffer_bytes": buffers["1f1b", 64][2]}
+    memory = summarize(load(tmp_trace("1f1b-64.h5")))["rank_memory"][2]
+    assert (memory["rank"], memory["peak_stash"], memory["buffer_bytes"]) == (2, 2, buffers["1f1b", 64][2])
+
+
+def test_message_memory_does_not_grow_with_K_when_sends_wait_for_the_receiver():
+    """Rank 0 draws each noisy copy when first needed and consumes root cotangents as they arrive, and
+    every rank releases completed sends in any order: pending sends stay a few messages, whatever K
+    (before, rank 0 held all K/2 root copies in pending sends)."""
+    import json
+    import sys
+    from pathlib import Path
+    from conftest import run
+    from pprs_mpi.engines.mpi import FIRST_REAP
+    here = Path(__file__).parent
+    result = run(["mpirun", "-n", "3", sys.executable, str(here / "memory_run.py")], env={"PYTHONPATH": str(here)})
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    small, large = report["memory"]["16"], report["memory"]["64"]
+    for rank in range(3):
+        assert large[rank]["buffer_bytes"] == small[rank]["buffer_bytes"] > 0  # receive windows
+        assert large[rank]["peak_send_bytes"] <= 2 * FIRST_REAP * report["message_bytes"]
 
 
 @pytest.mark.parametrize("kind", ["raise", "exit"])

@@ -135,6 +135,10 @@ def test_a_killed_writer_leaves_running_which_reads_as_abandoned_only_once_it_is
     assert run_python(killed, path).returncode == 9
     trace = T.load(path)
     assert trace.status == "running" and T.abandoned(trace)
+    with h5py.File(tmp_path / "live.h5", "a") as f:  # as if this pid had been given to a new process
+        host, pid, started = f.attrs["writer"].split(":")
+        f.attrs["writer"] = f"{host}:{pid}:{int(started) - 1}"
+    assert T.abandoned(T.load(tmp_path / "live.h5"))
     live.close("completed")
     assert not T.abandoned(T.load(tmp_path / "live.h5"))
 

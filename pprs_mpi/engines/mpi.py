@@ -8,9 +8,10 @@ induction on the time unit, the earliest action not yet done always has its inpu
 so every rank finishes the pass, whatever the DAG and the placement.
 
 Memory. Receives are posted RECEIVE_WINDOW messages ahead per (kind, edge), in the order the rank
-needs them, into pooled buffers that are copied out and reused at once; completed sends release
-their buffers as the pass goes. So a rank's message buffers are bounded by the window, not by K,
-and under 1F1B the activations a rank keeps are bounded by the depth, as the schedule promises.
+needs them, into pooled buffers that are copied out and reused at once; completed sends (in any
+order) release their buffers as the pass goes, and rank 0 draws each noisy copy when it is first
+needed and adds in root cotangents as they arrive. So a rank's message buffers and pending sends do
+not grow with K, and under 1F1B the activations a rank keeps are bounded by the depth.
 
 Failures. Rank 0 drives the others with a small broadcast command per pass. A rank that fails
 tells rank 0 (tag FAILURE) and aborts the job if rank 0 has not done so within a grace period;
@@ -41,6 +42,7 @@ GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
 COMMAND_SLACK_SECONDS = 2 * LOCK_WAIT_S  # beyond --comm-timeout, for rank 0's trace writes between passes
 RECEIVE_WINDOW = 4  # receives posted ahead per (kind, edge): transfers overlap compute, memory stays bounded
+FIRST_REAP = 8  # pending sends before completed ones are first looked for; then twice those still pending
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
 KIND_NAMES = {ACTIVATION: "activation", COTANGENT: "cotangent"}
 
@@ -92,7 +94,9 @@ class MpiTransport:
         self._slots = sampling.n_microbatches + 1
         self._waiting: dict[tuple[int, int], deque] = {}  # (kind, edge) -> expected messages not yet posted
         self._posted: dict[Message, tuple[object, object]] = {}  # message -> (request, buffer)
-        self._sends: deque = deque()  # (request, buffer), oldest first
+        self._send_requests: list = []
+        self._send_buffers: list = []
+        self._send_bytes, self.peak_send_bytes, self._reap_at = 0, 0, FIRST_REAP
         largest = FIRST_DATA_TAG + 3 * max(1, wiring.n_edges) * self._slots
         if largest > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only, valid for all
             raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
@@ -110,11 +114,19 @@ class MpiTransport:
                 self._post(queue.popleft())
 
     def send(self, message: Message, array) -> None:
-        while self._sends and self._sends[0][0].Test():
-            self.staging.sent(self._sends.popleft()[1])
+        if len(self._send_requests) >= self._reap_at:
+            self._release_completed_sends()
         buffer = self.staging.outgoing(array)
-        self._sends.append((self.comm.Isend(buffer, dest=self.wiring.destination(message), tag=self.tag(message)),
-                            buffer))
+        self._send_requests.append(self.comm.Isend(buffer, dest=self.wiring.destination(message),
+                                                   tag=self.tag(message)))
+        self._send_buffers.append(buffer)
+        self._send_bytes += buffer.nbytes
+        self.peak_send_bytes = max(self.peak_send_bytes, self._send_bytes)
+
+    def arrived(self, message: Message) -> bool:
+        """Whether `recv(message)` would return without waiting."""
+        posted = self._posted.get(message)
+        return posted is not None and posted[0].Test()
 
     def recv(self, message: Message):
         channel = (message.kind, message.edge)
@@ -131,10 +143,22 @@ class MpiTransport:
         return array
 
     def complete_sends(self) -> None:
-        while self._sends:
-            request, buffer = self._sends.popleft()
+        for request in self._send_requests:
             self.poller.wait(request, lambda: "its own sends to complete")
+        for buffer in self._send_buffers:
             self.staging.sent(buffer)
+        self._send_requests, self._send_buffers, self._send_bytes, self._reap_at = [], [], 0, FIRST_REAP
+
+    def _release_completed_sends(self) -> None:
+        """Hands back the buffers of every completed send, not only the oldest ones (a send to a rank
+        that reads late must not hold back the others); amortised O(1) per send."""
+        done = set(MPI.Request.Testsome(self._send_requests) or ())
+        for i in done:
+            self._send_bytes -= self._send_buffers[i].nbytes
+            self.staging.sent(self._send_buffers[i])
+        self._send_requests = [r for i, r in enumerate(self._send_requests) if i not in done]
+        self._send_buffers = [b for i, b in enumerate(self._send_buffers) if i not in done]
+        self._reap_at = max(FIRST_REAP, 2 * len(self._send_requests))
 
     def describe(self, message: Message) -> str:
         where = f"microbatch {message.mb}, iteration {self.timeline.iteration}, from rank {self.wiring.source(message)}"
@@ -165,8 +189,8 @@ class MpiEngine:
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
         self.poller = Poller(comm, comm_timeout)
         self.staging = Staging(backend, cuda_aware)
-        transport = MpiTransport(comm, wiring, sampling, self.staging, self.timeline, self.poller)
-        self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, transport, self.timeline, fault)
+        self.transport = MpiTransport(comm, wiring, sampling, self.staging, self.timeline, self.poller)
+        self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, self.transport, self.timeline, fault)
         self._command_buffer = np.zeros(2, dtype=np.int64)
 
     def gradient(self, x, t: int):
@@ -199,7 +223,8 @@ class MpiEngine:
 
     def _report(self) -> tuple[np.ndarray, dict]:
         return (self.timeline.take(TIMELINE_DTYPE),
-                {"peak_stash": self.runner.peak_stash, "buffer_bytes": self.staging.allocated_bytes})
+                {"peak_stash": self.runner.peak_stash, "buffer_bytes": self.staging.allocated_bytes,
+                 "peak_send_bytes": self.transport.peak_send_bytes})
 
     def _command(self, command: int | None = None, t: int = 0) -> tuple[int, int]:
         if self.comm.rank == 0:

@@ -23,6 +23,9 @@ class LocalTransport:
     def send(self, message: Message, array) -> None:
         self._mailbox[message] = array
 
+    def arrived(self, message: Message) -> bool:
+        return message in self._mailbox
+
     def recv(self, message: Message):
         try:
             return self._mailbox.pop(message)
@@ -52,8 +55,7 @@ class SerialEngine:
             runner.begin(t, x)
         for unit in range(self.schedule.makespan):
             for runner, row in zip(self.runners, self.schedule.actions):
-                if row[unit] is not None:
-                    runner.execute(row[unit])
+                runner.step(unit, row[unit])
         return [runner.end() for runner in self.runners][0]
 
     def evaluate(self, y, t: int) -> float:
@@ -61,7 +63,7 @@ class SerialEngine:
         for runner in self.runners:
             runner.begin(t, y, evaluation=True)
         for runner in self.runners:
-            for action in runner.pass_actions(evaluation=True):
+            for action in runner.eval_actions:
                 runner.execute(action)
         return [runner.end(evaluation=True) for runner in self.runners][0]
 
@@ -69,7 +71,8 @@ class SerialEngine:
         """Every stage's timeline records since the last gather and its memory figures, as if each
         stage were a rank (an in-process mailbox has no message buffers)."""
         records = np.concatenate([timeline.take(TIMELINE_DTYPE) for timeline in self.timelines])
-        return records, [{"peak_stash": runner.peak_stash, "buffer_bytes": 0} for runner in self.runners]
+        return records, [{"peak_stash": runner.peak_stash, "buffer_bytes": 0, "peak_send_bytes": 0}
+                         for runner in self.runners]
 
     def stop(self) -> None:
         pass

@@ -9,6 +9,7 @@ bitwise identical; in particular every sum over children or microbatches runs in
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -40,6 +41,7 @@ class Message:
 class Transport(Protocol):
     def expect(self, messages: list[Message]) -> None: ...
     def send(self, message: Message, array) -> None: ...
+    def arrived(self, message: Message) -> bool: ...
     def recv(self, message: Message): ...
     def complete_sends(self) -> None: ...
 
@@ -132,24 +134,35 @@ class StageRunner:
         self.wiring, self.graph, self.stage = wiring, wiring.graph, stage
         self.schedule, self.sampling, self.backend, self.xp = schedule, sampling, backend, backend.xp
         self.transport, self.timeline, self.fault = transport, timeline, fault
-        self.actions = [a for a in schedule.actions[stage] if a is not None]
+        self.timed_actions = [(unit, a) for unit, a in enumerate(schedule.actions[stage]) if a is not None]
         self.eval_mb = sampling.n_microbatches
         self.eval_actions = [Forward(n, self.eval_mb) for n in self.graph.order if wiring.stage_of[n] == stage]
-        self._expected = self._expected_messages(self.actions, range(sampling.n_microbatches))
+        self._expected = self._expected_messages([a for _, a in self.timed_actions], range(sampling.n_microbatches))
         self._expected_eval = self._expected_messages(self.eval_actions, [self.eval_mb])
         self.peak_stash = 0  # most (node, microbatch) inputs kept for a backward at once: GPipe K, 1F1B ~depth
+        self._local_root_children = [c for c in self.graph.children[self.graph.root] if wiring.stage_of[c] == stage]
+        self._roots_in_order = _roots_by_first_use(schedule, self.graph) if stage == 0 else []
 
     # -- one pass: begin, execute this stage's actions, end ----------------------------------------
 
     def run(self, t: int, x=None, evaluation: bool = False):
         """Runs this stage's whole part of a pass (see `begin`); returns what `end` returns."""
         self.begin(t, x, evaluation)
-        for action in self.pass_actions(evaluation):
-            self.execute(action)
+        if evaluation:
+            for action in self.eval_actions:
+                self.execute(action)
+        else:
+            for unit, action in self.timed_actions:
+                self.step(unit, action)
         return self.end(evaluation)
 
-    def pass_actions(self, evaluation: bool) -> list:
-        return self.eval_actions if evaluation else self.actions
+    def step(self, unit: int, action) -> None:
+        """Time unit `unit` of a gradient pass: stage 0 first sends out the noisy copies that any stage
+        needs by then, then this stage executes its action (None: a bubble)."""
+        if self.stage == 0:
+            self._draw_roots(until=unit)
+        if action is not None:
+            self.execute(action)
 
     def begin(self, t: int, x=None, evaluation: bool = False) -> None:
         """Starts iteration t's gradient pass at x_t, or with `evaluation` a forward pass of x alone."""
@@ -162,18 +175,23 @@ class StageRunner:
         if evaluation:
             self._set_root(self.eval_mb, self.xp.reshape(x, (1, -1)))
         else:
-            for mb in range(self.sampling.n_microbatches):
-                self._set_root(mb, self._noisy_copies(x, t, mb))
+            self._x, self._t, self._roots_drawn = x, t, 0
+            self._gradient_sum = self.xp.zeros(self.graph.dim, dtype=self.backend.dtype)
+            self._values, self._folded = [], 0
 
     def execute(self, action) -> None:
         (self._forward if isinstance(action, Forward) else self._backward)(action.node, action.mb)
+        if self.stage == 0 and action.mb < self.eval_mb:
+            self._fold_arrived()
 
     def end(self, evaluation: bool = False):
         """Completes the pass; stage 0 returns f(x) for an evaluation, else (G_t, the K values f(x_t + γX_k))."""
         result = None
-        if self.stage == 0:
-            result = (float(self.backend.to_host(self._value(self.eval_mb))[0]) if evaluation
-                      else self._mean_gradient())
+        if self.stage == 0 and evaluation:
+            result = float(self.backend.to_host(self._value(self.eval_mb))[0])
+        elif self.stage == 0:
+            self._draw_roots(until=math.inf)
+            result = self._mean_gradient()
         self.transport.complete_sends()
         return result
 
@@ -182,6 +200,7 @@ class StageRunner:
         self._stash: dict[tuple[str, int], list] = {}
         self._local_cotangents: dict[tuple[str, str, int], object] = {}
         self._local_values: dict[int, object] = {}
+        self._root_readers: dict[int, int] = {}
         self.transport.expect(expected)
 
     def _noisy_copies(self, x, t: int, mb: int):
@@ -196,9 +215,26 @@ class StageRunner:
             perturbation = self.backend.asarray(noise.perturbations(self.sampling.seed, t, samples, x.shape[0]))
         return base + self.sampling.gamma * perturbation
 
+    def _draw_roots(self, until: float) -> None:
+        """Draws and sends the noisy copies of the microbatches first used at time units <= `until`.
+
+        Drawn when first needed rather than all at the start of the pass, so that stage 0 keeps only
+        the copies in use (1F1B: ~depth of them) and the first forward starts at once. Deadlock-free:
+        a copy is sent before stage 0 executes any action of its first-use time unit or later.
+        """
+        drawn = self._roots_drawn
+        while self._roots_drawn < len(self._roots_in_order) and self._roots_in_order[self._roots_drawn][0] <= until:
+            mb = self._roots_in_order[self._roots_drawn][1]
+            self._roots_drawn += 1
+            self._set_root(mb, self._noisy_copies(self._x, self._t, mb))
+        if self.timeline.active and self._roots_drawn > drawn:  # the next recorded action is not charged for the noise
+            self.backend.synchronize()
+
     def _set_root(self, mb: int, batch) -> None:
         root = self.graph.root
-        self._outputs[(root, mb)] = batch
+        if self._local_root_children:  # until the last local child has read it
+            self._outputs[(root, mb)] = batch
+            self._root_readers[mb] = len(self._local_root_children)
         for child in self.graph.children[root]:
             if self.wiring.crosses(root, child):
                 self._send(ACTIVATION, root, child, mb, batch)
@@ -248,7 +284,10 @@ class StageRunner:
     def _input(self, parent: str, node: str, mb: int):
         if self.wiring.crosses(parent, node):
             return self._receive(ACTIVATION, parent, node, mb)
-        return self._outputs[(parent, mb)]
+        if parent != self.graph.root:
+            return self._outputs[(parent, mb)]
+        self._root_readers[mb] -= 1
+        return self._outputs.pop((parent, mb)) if self._root_readers[mb] == 0 else self._outputs[(parent, mb)]
 
     def _cotangent(self, node: str, mb: int, like):
         """Sum of the children's cotangents for (node, mb), in the fixed order of `children`."""
@@ -263,13 +302,33 @@ class StageRunner:
 
     def _mean_gradient(self):
         """G_t = (1/K) Σ_k ∇f(x_t + γX_k), summed microbatch by microbatch, and the K sample values."""
-        root = self.graph.root
-        total = self.xp.zeros(self.graph.dim, dtype=self.backend.dtype)
-        values = []
-        for mb in range(self.sampling.n_microbatches):
-            total += self._cotangent(root, mb, like=None).sum(axis=0)
-            values.append(self.backend.to_host(self._value(mb)))
-        return total / self.sampling.K, np.concatenate(values)
+        while self._folded < self.sampling.n_microbatches:
+            self._fold()
+        return self._gradient_sum / self.sampling.K, np.concatenate(self._values)
+
+    def _fold_arrived(self) -> None:
+        """Adds in, in microbatch order, the root cotangents and sample values already here: consumed as
+        they come, they free their senders' and this rank's buffers instead of piling up until the end."""
+        while self._folded < self.sampling.n_microbatches and self._all_arrived(self._folded):
+            self._fold()
+
+    def _fold(self) -> None:
+        mb, self._folded = self._folded, self._folded + 1
+        self._gradient_sum += self._cotangent(self.graph.root, mb, like=None).sum(axis=0)
+        self._values.append(self.backend.to_host(self._value(mb)))
+
+    def _all_arrived(self, mb: int) -> bool:
+        """Whether the root's cotangents and the leaf's values of microbatch mb can be read without waiting."""
+        graph, wiring = self.graph, self.wiring
+        for child in graph.children[graph.root]:
+            if wiring.crosses(graph.root, child):
+                if not self.transport.arrived(Message(COTANGENT, wiring.edge_index[(graph.root, child)], mb)):
+                    return False
+            elif (graph.root, child, mb) not in self._local_cotangents:
+                return False
+        if wiring.stage_of[graph.leaf] == 0:
+            return mb in self._local_values
+        return self.transport.arrived(Message(VALUE, 0, mb))
 
     def _value(self, mb: int):
         leaf = self.graph.leaf
@@ -307,6 +366,16 @@ class StageRunner:
                 if wiring.stage_of[graph.leaf] != 0:
                     expected.append(Message(VALUE, 0, mb))
         return expected
+
+
+def _roots_by_first_use(schedule: Schedule, graph: Graph) -> list[tuple[int, int]]:
+    """(first time unit at which any stage reads the root's microbatch mb, mb), in that order."""
+    first = {}
+    for row in schedule.actions:
+        for unit, action in enumerate(row):
+            if isinstance(action, Forward) and graph.root in graph.parents(action.node):
+                first[action.mb] = min(unit, first.get(action.mb, unit))
+    return sorted((unit, mb) for mb, unit in first.items())
 
 
 def _sum_by_parent(parents: tuple[str, ...], grads) -> dict[str, object]:
