@@ -4,13 +4,15 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
+import test_schedule
 from pprs_mpi import noise
 from pprs_mpi.backend import select
 from pprs_mpi.engines.serial import SerialEngine
 from pprs_mpi.engines.stage import Sampling, Wiring
-from pprs_mpi.graph import Graph
-from pprs_mpi.ops import L1Norm
+from pprs_mpi.graph import Graph, Node
+from pprs_mpi.ops import Abs, Add, L1Norm, SquaredNorm
 from pprs_mpi.problems import build
 from pprs_mpi.schedule import build as build_schedule
 from reference import backprop, evaluate
@@ -77,3 +79,28 @@ def test_microbatch_size_and_schedule_do_not_change_the_iterates_beyond_rounding
     g3, _ = engine_for(graph, Sampling(6, 0.2, 9, 4)).gradient(x, 3)
     assert np.array_equal(g1, g2) and np.array_equal(v1, v2)  # same math, other order of actions
     np.testing.assert_allclose(g1, g3, rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(dag=test_schedule.dags(max_nodes=7), data=st.data())
+def test_any_dag_placement_and_schedule_give_the_mean_of_per_sample_gradients(dag, data):
+    """Random DAGs with nodes placed on stages in any way (a root child may sit on any stage): the
+    lazily drawn noisy copies reach every reader in time (the in-process mailbox raises otherwise),
+    root cotangents are folded in as they come, and G_t is the mean of plain backprops."""
+    order, parents = dag
+    nodes = [Node(v, Abs() if len(parents[v]) == 1 else Add(), tuple(parents[v])) for v in order]
+    graph = Graph(3, [*nodes, Node("out", SquaredNorm(), (order[-1],))], root=test_schedule.ROOT)
+    P = data.draw(st.integers(1, len(graph.order)), label="stages")
+    shuffled = data.draw(st.permutations(graph.order), label="placement")
+    stage = {v: i if i < P else data.draw(st.integers(0, P - 1)) for i, v in enumerate(shuffled)}
+    stages = [tuple(v for v in graph.order if stage[v] == s) for s in range(P)]
+    K, b = data.draw(st.integers(1, 7), label="K"), data.draw(st.integers(1, 3), label="microbatch size")
+    sampling = Sampling(K, gamma=0.3, seed=5, microbatch_size=b)
+    plan = build_schedule(data.draw(st.sampled_from(["gpipe", "1f1b"])), stages,
+                          {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
+    x, t = np.array([0.4, -0.3, 0.2]), 2
+    grad, values = SerialEngine(Wiring(graph, stages), plan, sampling, select()).gradient(x, t)
+    thetas = np.stack([x + 0.3 * noise.standard_normal(5, t, k, 3) for k in range(K)])
+    expected = np.mean([backprop(graph, evaluate(graph, th[None]))[0] for th in thetas], axis=0)
+    np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(values, evaluate(graph, thetas)["out"], rtol=1e-13)
