@@ -145,7 +145,7 @@ class Staging:
         the pool, after the device has finished copying out of it (MPI may write there next)."""
         array = self.backend.asarray(buffer) if self.path == "staged" else buffer.copy()
         self.backend.synchronize()
-        self._free.setdefault(buffer.shape, []).append(buffer)
+        self._give(buffer)
         return array
 
     def outgoing(self, array):
@@ -159,7 +159,10 @@ class Staging:
     def sent(self, buffer) -> None:
         """MPI has finished sending `buffer` (what `outgoing` returned): a pinned copy can be reused."""
         if self.path == "staged":
-            self._free.setdefault(buffer.shape, []).append(buffer)
+            self._give(buffer)
+
+    def _give(self, buffer) -> None:
+        self._free.setdefault(buffer.shape, []).append(buffer)
 
     def _take(self, shape, allocate):
         free = self._free.get(tuple(shape))

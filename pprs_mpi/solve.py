@@ -250,8 +250,7 @@ def _write_gathered(trace, engine) -> None:
     """The timeline records gathered from the ranks since the last time, and their memory figures."""
     records, memory = engine.gather()
     trace.write_timeline(records, append=True)
-    trace.set_attrs(**{f"rank_{key}": np.array([rank[key] for rank in memory], dtype=np.int64)
-                       for key in ("peak_stash", "buffer_bytes", "peak_send_bytes")})
+    trace.set_attrs(**{f"rank_{key}": np.array([rank[key] for rank in memory], dtype=np.int64) for key in memory[0]})
 
 
 def _jsonable(cfg: dict) -> dict:

@@ -369,11 +369,15 @@ class StageRunner:
 
 
 def _roots_by_first_use(schedule: Schedule, graph: Graph) -> list[tuple[int, int]]:
-    """(first time unit at which any stage reads the root's microbatch mb, mb), in that order."""
+    """(first time unit at which any stage reads the root's microbatch mb, mb), in that order.
+    Only the rows of stages holding a child of the root are scanned: this runs at start-up."""
+    readers = set(graph.children[graph.root])
     first = {}
-    for row in schedule.actions:
+    for nodes, row in zip(schedule.stages, schedule.actions):
+        if readers.isdisjoint(nodes):
+            continue
         for unit, action in enumerate(row):
-            if isinstance(action, Forward) and graph.root in graph.parents(action.node):
+            if isinstance(action, Forward) and action.node in readers:
                 first[action.mb] = min(unit, first.get(action.mb, unit))
     return sorted((unit, mb) for mb, unit in first.items())
 
