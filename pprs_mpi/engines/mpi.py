@@ -26,13 +26,15 @@ import os
 import sys
 import time
 from collections import deque
+from contextlib import contextmanager
 
 import numpy as np
 from mpi4py import MPI
+from mpi4py.util.dtlib import from_numpy_dtype
 
 from pprs_mpi.backend import Backend, Staging
 from pprs_mpi.faults import Fault
-from pprs_mpi.engines.stage import (ACTIVATION, COTANGENT, WAIT_PHASE, Message, Sampling, StageRunner,
+from pprs_mpi.engines.stage import (ACTIVATION, COTANGENT, WAIT_PHASE, Message, Sampling, ShapeError, StageRunner,
                                     Timeline, Wiring)
 from pprs_mpi.schedule import Schedule
 from pprs_mpi.trace import LOCK_WAIT_S, TIMELINE_DTYPE
@@ -45,6 +47,7 @@ RECEIVE_WINDOW = 4  # receives posted ahead per (kind, edge): transfers overlap 
 FIRST_REAP = 8  # pending sends before completed ones are first looked for; then twice those still pending
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
 KIND_NAMES = {ACTIVATION: "activation", COTANGENT: "cotangent"}
+_DONE = None  # in place of a request that `arrived` found complete
 
 
 class RemoteFailure(RuntimeError):
@@ -63,11 +66,12 @@ class Poller:
         self.comm, self.timeout = comm, timeout
         self._status = MPI.Status()
 
-    def wait(self, request, describe, slack: float = 0.0) -> None:
-        """Waits for `request`, at most the poller's timeout plus `slack` seconds."""
+    def wait(self, request, describe, slack: float = 0.0, status=None) -> None:
+        """Waits for `request`, at most the poller's timeout plus `slack` seconds; `status`, if given,
+        receives the completed request's status."""
         timeout = None if self.timeout is None else self.timeout + slack
         start, pause = time.perf_counter(), 0.0
-        while not request.Test():
+        while not request.Test(status):
             if self.comm.rank == 0:
                 self.check_failures()
             waited = time.perf_counter() - start
@@ -97,6 +101,8 @@ class MpiTransport:
         self._send_requests: list = []
         self._send_buffers: list = []
         self._send_bytes, self.peak_send_bytes, self._reap_at = 0, 0, FIRST_REAP
+        self.checking = True  # whether this pass's receives are checked against their shapes
+        self._status, self._datatype = MPI.Status(), from_numpy_dtype(staging.backend.dtype)
         largest = FIRST_DATA_TAG + 3 * max(1, wiring.n_edges) * self._slots
         if largest > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only, valid for all
             raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
@@ -104,9 +110,10 @@ class MpiTransport:
     def tag(self, message: Message) -> int:
         return FIRST_DATA_TAG + (message.kind * max(1, self.wiring.n_edges) + message.edge) * self._slots + message.mb
 
-    def expect(self, messages: list[Message]) -> None:
-        """Queues this pass's receives (in the order they are needed) and posts the first of each channel."""
-        self._waiting = {}
+    def expect(self, messages: list[Message], check_shapes: bool = True) -> None:
+        """Queues this pass's receives (in the order they are needed) and posts the first of each channel;
+        with `check_shapes` each one is checked to have exactly the shape it must have."""
+        self._waiting, self.checking = {}, check_shapes
         for message in messages:
             self._waiting.setdefault((message.kind, message.edge), deque()).append(message)
         for queue in self._waiting.values():
@@ -126,7 +133,15 @@ class MpiTransport:
     def arrived(self, message: Message) -> bool:
         """Whether `recv(message)` would return without waiting."""
         posted = self._posted.get(message)
-        return posted is not None and posted[0].Test()
+        if posted is None or posted[0] is _DONE:
+            return posted is not None
+        with self._naming_truncation(message, posted[1]):
+            if not posted[0].Test(self._status):
+                return False
+        if self.checking:  # the completed request keeps no status: checked now, while it is at hand
+            self._check_count(message, posted[1])
+        self._posted[message] = (_DONE, posted[1])
+        return True
 
     def recv(self, message: Message):
         channel = (message.kind, message.edge)
@@ -135,12 +150,43 @@ class MpiTransport:
             self._post(message)
         request, buffer = self._posted.pop(message)
         start = time.perf_counter()
-        self.poller.wait(request, lambda: self.describe(message))
+        if self.checking:
+            self._wait_checked(message, request, buffer)
+        elif request is not _DONE:
+            self.poller.wait(request, lambda: self.describe(message))
         self.timeline.record(message.mb, WAIT_PHASE, -1, start, time.perf_counter())
         array = self.staging.incoming(buffer)
         if self._waiting[channel]:
             self._post(self._waiting[channel].popleft())
         return array
+
+    def _wait_checked(self, message: Message, request, buffer) -> None:
+        """Waits for `message` and checks that it filled `buffer` exactly."""
+        if request is not _DONE:
+            with self._naming_truncation(message, buffer):
+                self.poller.wait(request, lambda: self.describe(message), status=self._status)
+            self._check_count(message, buffer)
+
+    def _check_count(self, message: Message, buffer) -> None:
+        """Raises ShapeError unless the message just completed (its status at hand) filled `buffer`
+        exactly: a shorter message would otherwise go unnoticed."""
+        count = self._status.Get_count(self._datatype)
+        if count != buffer.size:
+            raise self._shape_error(message, buffer, f"{count} elements")
+
+    @contextmanager
+    def _naming_truncation(self, message: Message, buffer):
+        """Turns MPI's truncation error (a message longer than its buffer) into a ShapeError naming it."""
+        try:
+            yield
+        except MPI.Exception as err:
+            if err.Get_error_class() != MPI.ERR_TRUNCATE:
+                raise
+            raise self._shape_error(message, buffer, "more elements") from None
+
+    def _shape_error(self, message: Message, buffer, received: str) -> ShapeError:
+        return ShapeError(f"rank {self.comm.rank} received {received} as {self.describe(message)}, "
+                          f"expected shape {tuple(buffer.shape)} ({buffer.size} elements)")
 
     def complete_sends(self) -> None:
         for request in self._send_requests:

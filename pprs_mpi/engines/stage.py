@@ -38,8 +38,13 @@ class Message:
     mb: int
 
 
+class ShapeError(RuntimeError):
+    """An op's output, a VJP's cotangent or a received message has the wrong shape; the message names
+    the node, the edge, the microbatch and both shapes."""
+
+
 class Transport(Protocol):
-    def expect(self, messages: list[Message]) -> None: ...
+    def expect(self, messages: list[Message], check_shapes: bool = True) -> None: ...
     def send(self, message: Message, array) -> None: ...
     def arrived(self, message: Message) -> bool: ...
     def recv(self, message: Message): ...
@@ -139,6 +144,8 @@ class StageRunner:
         self.eval_actions = [Forward(n, self.eval_mb) for n in self.graph.order if wiring.stage_of[n] == stage]
         self._expected = self._expected_messages([a for _, a in self.timed_actions], range(sampling.n_microbatches))
         self._expected_eval = self._expected_messages(self.eval_actions, [self.eval_mb])
+        self._unchecked = {False, True}  # pass kinds (evaluation or not) whose shapes are still to be checked
+        self._checking = True
         self.peak_stash = 0  # most (node, microbatch) inputs kept for a backward at once: GPipe K, 1F1B ~depth
         self._local_root_children = [c for c in self.graph.children[self.graph.root] if wiring.stage_of[c] == stage]
         self._roots_in_order = _roots_by_first_use(schedule, self.graph) if stage == 0 else []
@@ -167,6 +174,10 @@ class StageRunner:
     def begin(self, t: int, x=None, evaluation: bool = False) -> None:
         """Starts iteration t's gradient pass at x_t, or with `evaluation` a forward pass of x alone."""
         self.timeline.start(t)
+        # Shapes are fixed by the graph: checked on the first pass of each kind, which covers every
+        # microbatch's rows, and not again on the hot path.
+        self._checking = evaluation in self._unchecked
+        self._unchecked.discard(evaluation)
         if self.fault is not None and not evaluation:
             self.fault.trigger(self.stage, t)
         self._begin(self._expected_eval if evaluation else self._expected)
@@ -201,7 +212,7 @@ class StageRunner:
         self._local_cotangents: dict[tuple[str, str, int], object] = {}
         self._local_values: dict[int, object] = {}
         self._root_readers: dict[int, int] = {}
-        self.transport.expect(expected)
+        self.transport.expect(expected, self._checking)
 
     def _noisy_copies(self, x, t: int, mb: int):
         """θ_mb = x_t + γ X_k for the samples k of microbatch mb, stacked along the batch axis."""
@@ -248,6 +259,8 @@ class StageRunner:
         start = time.perf_counter()
         output = self.graph.op(node).forward(self.xp, *inputs)
         self._record(mb, FORWARD_PHASE, node, start)
+        if self._checking:
+            self._check_output(node, mb, output)
         self._outputs[(node, mb)] = output
         self._stash[(node, mb)] = inputs
         self.peak_stash = max(self.peak_stash, len(self._stash))
@@ -266,6 +279,8 @@ class StageRunner:
         inputs = self._stash.pop((node, mb))
         start = time.perf_counter()
         grads = self.graph.op(node).vjp(self.xp, inputs, output, cotangent)
+        if self._checking:
+            self._check_cotangents(node, mb, grads)
         per_parent = _sum_by_parent(self.graph.parents(node), grads)
         self._record(mb, BACKWARD_PHASE, node, start)
         for parent, grad in per_parent.items():
@@ -273,6 +288,32 @@ class StageRunner:
                 self._send(COTANGENT, parent, node, mb, grad)
             else:
                 self._local_cotangents[(parent, node, mb)] = grad
+
+    def _which(self, mb: int) -> str:
+        return "the evaluation pass f(y)" if mb == self.eval_mb else f"microbatch {mb}"
+
+    def _rows(self, mb: int) -> int:
+        return 1 if mb == self.eval_mb else len(self.sampling.samples(mb))
+
+    def _check_output(self, node: str, mb: int, output) -> None:
+        """Raises ShapeError unless `output` has the node's declared shape (before it is used or sent)."""
+        expected = (self._rows(mb), *self.graph.shape(node))
+        if tuple(getattr(output, "shape", ())) != expected:
+            edges = ", ".join(f"'{node}' -> '{child}'" for child in self.graph.children[node]) or "the leaf's value"
+            raise ShapeError(f"node '{node}' ({self.graph.op(node).describe()}), {self._which(mb)}: forward returned "
+                             f"shape {_shape(output)}, expected {expected} (edge {edges})")
+
+    def _check_cotangents(self, node: str, mb: int, grads) -> None:
+        """Raises ShapeError unless the VJP gave one cotangent per parent slot, each of its parent's shape."""
+        parents, op = self.graph.parents(node), self.graph.op(node).describe()
+        if len(grads) != len(parents):
+            raise ShapeError(f"node '{node}' ({op}), {self._which(mb)}: VJP returned {len(grads)} cotangent(s) "
+                             f"for {len(parents)} parent(s)")
+        for parent, grad in zip(parents, grads):
+            expected = (self._rows(mb), *self.graph.shape(parent))
+            if tuple(getattr(grad, "shape", ())) != expected:
+                raise ShapeError(f"node '{node}' ({op}), {self._which(mb)}: VJP returned a cotangent of shape "
+                                 f"{_shape(grad)} for edge '{parent}' -> '{node}', expected {expected}")
 
     def _record(self, mb: int, phase: int, node: str, start: float) -> None:
         """Records an action that began at `start`; on a GPU its kernels are waited for first, since
@@ -380,6 +421,11 @@ def _roots_by_first_use(schedule: Schedule, graph: Graph) -> list[tuple[int, int
             if isinstance(action, Forward) and action.node in readers:
                 first[action.mb] = min(unit, first.get(action.mb, unit))
     return sorted((unit, mb) for mb, unit in first.items())
+
+
+def _shape(array) -> tuple | str:
+    shape = getattr(array, "shape", None)
+    return tuple(shape) if shape is not None else f"a {type(array).__name__}, not an array"
 
 
 def _sum_by_parent(parents: tuple[str, ...], grads) -> dict[str, object]:
