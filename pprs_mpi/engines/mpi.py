@@ -34,19 +34,20 @@ from mpi4py.util.dtlib import from_numpy_dtype
 
 from pprs_mpi.backend import Backend, Staging
 from pprs_mpi.faults import Fault
-from pprs_mpi.engines.stage import (ACTIVATION, COTANGENT, WAIT_PHASE, Message, Sampling, ShapeError, StageRunner,
-                                    Timeline, Wiring)
+from pprs_mpi.engines.plan import Channel, channels
+from pprs_mpi.engines.runner import ShapeError, StageRunner
+from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.engines.timeline import WAIT_PHASE, Timeline
 from pprs_mpi.schedule import Schedule
-from pprs_mpi.trace import LOCK_WAIT_S, TIMELINE_DTYPE
 
 FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per (kind, edge, microbatch)
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
-COMMAND_SLACK_SECONDS = 2 * LOCK_WAIT_S  # beyond --comm-timeout, for rank 0's trace writes between passes
+TRACE_WRITE_SECONDS = 60.0  # how long rank 0 may spend writing its trace between passes (the trace's lock wait)
+COMMAND_SLACK_SECONDS = 2 * TRACE_WRITE_SECONDS  # beyond --comm-timeout, for rank 0's trace writes between passes
 RECEIVE_WINDOW = 4  # receives posted ahead per (kind, edge): transfers overlap compute, memory stays bounded
 FIRST_REAP = 8  # pending sends before completed ones are first looked for; then twice those still pending
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
-KIND_NAMES = {ACTIVATION: "activation", COTANGENT: "cotangent"}
 _DONE = None  # in place of a request that `arrived` found complete
 
 
@@ -88,105 +89,97 @@ class Poller:
             raise RemoteFailure(self.comm.recv(source=self._status.Get_source(), tag=FAILURE_TAG))
 
 
-class MpiTransport:
-    """Point-to-point messages of one rank: receives posted a window ahead into pooled buffers, sends
-    non-blocking, their buffers released as they complete and all completed by the end of the pass."""
+class _Inbox:
+    """One incoming channel's receives for the pass: the microbatches expected, in the order needed, and
+    those posted (at most RECEIVE_WINDOW), oldest first."""
 
-    def __init__(self, comm, wiring: Wiring, sampling: Sampling, staging: Staging, timeline: Timeline, poller: Poller):
-        self.comm, self.wiring, self.sampling, self.staging = comm, wiring, sampling, staging
-        self.timeline, self.poller = timeline, poller
-        self._slots = sampling.n_microbatches + 1
-        self._waiting: dict[tuple[int, int], deque] = {}  # (kind, edge) -> expected messages not yet posted
-        self._posted: dict[Message, tuple[object, object]] = {}  # message -> (request, buffer)
+    __slots__ = ("channel", "tag", "queue", "next", "posted")
+
+    def __init__(self, channel: Channel, tag: int):
+        self.channel, self.tag, self.queue, self.next, self.posted = channel, tag, (), 0, deque()
+
+
+class MpiTransport:
+    """Point-to-point messages of one rank: receives posted a window ahead per channel into pooled buffers,
+    sends non-blocking, their buffers released as they complete and all completed by the end of the pass.
+
+    A message's tag is its channel's base tag plus its microbatch, so ranks agree on tags without talking;
+    each channel's messages are received in increasing microbatch order (the plan's tests check it).
+    """
+
+    def __init__(self, comm, channels: list[Channel], sampling: Sampling, staging: Staging, timeline: Timeline,
+                 poller: Poller):
+        self.comm, self.staging, self.timeline, self.poller = comm, staging, timeline, poller
+        M = sampling.n_microbatches
+        self._rows = [len(sampling.samples(mb)) for mb in range(M)] + [1]  # the evaluation microbatch: one point
+        slots, size = M + 1, 1 + max((c.id for c in channels), default=0)
+        largest = FIRST_DATA_TAG + size * slots
+        if largest > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only, valid for all
+            raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
+        self._inboxes: list = [None] * size
+        self._outboxes: list = [None] * size  # channel -> (destination, base tag)
+        for c in channels:
+            if c.destination == comm.rank:
+                self._inboxes[c.id] = _Inbox(c, FIRST_DATA_TAG + c.id * slots)
+            if c.source == comm.rank:
+                self._outboxes[c.id] = (c.destination, FIRST_DATA_TAG + c.id * slots)
         self._send_requests: list = []
         self._send_buffers: list = []
         self._send_bytes, self.peak_send_bytes, self._reap_at = 0, 0, FIRST_REAP
         self.checking = True  # whether this pass's receives are checked against their shapes
         self._status, self._datatype = MPI.Status(), from_numpy_dtype(staging.backend.dtype)
-        largest = FIRST_DATA_TAG + 3 * max(1, wiring.n_edges) * self._slots
-        if largest > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only, valid for all
-            raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
 
-    def tag(self, message: Message) -> int:
-        return FIRST_DATA_TAG + (message.kind * max(1, self.wiring.n_edges) + message.edge) * self._slots + message.mb
+    def expect(self, receives, check_shapes: bool = True) -> None:
+        """This pass's receives, (channel, microbatches in the order needed) pairs: the first of each
+        channel are posted; with `check_shapes` each one is checked to have exactly its shape."""
+        self.checking = check_shapes
+        for channel, mbs in receives:
+            inbox = self._inboxes[channel]
+            inbox.queue, inbox.next = mbs, 0
+            for _ in range(min(RECEIVE_WINDOW, len(mbs))):
+                self._post(inbox)
 
-    def expect(self, messages: list[Message], check_shapes: bool = True) -> None:
-        """Queues this pass's receives (in the order they are needed) and posts the first of each channel;
-        with `check_shapes` each one is checked to have exactly the shape it must have."""
-        self._waiting, self.checking = {}, check_shapes
-        for message in messages:
-            self._waiting.setdefault((message.kind, message.edge), deque()).append(message)
-        for queue in self._waiting.values():
-            for _ in range(min(RECEIVE_WINDOW, len(queue))):
-                self._post(queue.popleft())
-
-    def send(self, message: Message, array) -> None:
+    def send(self, channel: int, mb: int, array) -> None:
         if len(self._send_requests) >= self._reap_at:
             self._release_completed_sends()
+        destination, tag = self._outboxes[channel]
         buffer = self.staging.outgoing(array)
-        self._send_requests.append(self.comm.Isend(buffer, dest=self.wiring.destination(message),
-                                                   tag=self.tag(message)))
+        self._send_requests.append(self.comm.Isend(buffer, dest=destination, tag=tag + mb))
         self._send_buffers.append(buffer)
         self._send_bytes += buffer.nbytes
-        self.peak_send_bytes = max(self.peak_send_bytes, self._send_bytes)
+        if self._send_bytes > self.peak_send_bytes:
+            self.peak_send_bytes = self._send_bytes
 
-    def arrived(self, message: Message) -> bool:
-        """Whether `recv(message)` would return without waiting."""
-        posted = self._posted.get(message)
-        if posted is None or posted[0] is _DONE:
-            return posted is not None
-        with self._naming_truncation(message, posted[1]):
-            if not posted[0].Test(self._status):
+    def arrived(self, channel: int, mb: int) -> bool:
+        """Whether `recv(channel, mb)` would return without waiting."""
+        inbox = self._inboxes[channel]
+        posted_mb, request, buffer = self._head(inbox, mb)
+        if request is _DONE:
+            return True
+        with self._naming_truncation(inbox, mb, buffer):
+            if not request.Test(self._status):
                 return False
         if self.checking:  # the completed request keeps no status: checked now, while it is at hand
-            self._check_count(message, posted[1])
-        self._posted[message] = (_DONE, posted[1])
+            self._check_count(inbox, mb, buffer)
+        inbox.posted[0] = (mb, _DONE, buffer)
         return True
 
-    def recv(self, message: Message):
-        channel = (message.kind, message.edge)
-        if message not in self._posted:  # needed before its turn in the window came
-            self._waiting[channel].remove(message)
-            self._post(message)
-        request, buffer = self._posted.pop(message)
+    def recv(self, channel: int, mb: int):
+        inbox = self._inboxes[channel]
+        _, request, buffer = self._head(inbox, mb)
+        inbox.posted.popleft()
         start = time.perf_counter()
-        if self.checking:
-            self._wait_checked(message, request, buffer)
-        elif request is not _DONE:
-            self.poller.wait(request, lambda: self.describe(message))
-        self.timeline.record(message.mb, WAIT_PHASE, -1, start, time.perf_counter())
-        array = self.staging.incoming(buffer)
-        if self._waiting[channel]:
-            self._post(self._waiting[channel].popleft())
-        return array
-
-    def _wait_checked(self, message: Message, request, buffer) -> None:
-        """Waits for `message` and checks that it filled `buffer` exactly."""
         if request is not _DONE:
-            with self._naming_truncation(message, buffer):
-                self.poller.wait(request, lambda: self.describe(message), status=self._status)
-            self._check_count(message, buffer)
-
-    def _check_count(self, message: Message, buffer) -> None:
-        """Raises ShapeError unless the message just completed (its status at hand) filled `buffer`
-        exactly: a shorter message would otherwise go unnoticed."""
-        count = self._status.Get_count(self._datatype)
-        if count != buffer.size:
-            raise self._shape_error(message, buffer, f"{count} elements")
-
-    @contextmanager
-    def _naming_truncation(self, message: Message, buffer):
-        """Turns MPI's truncation error (a message longer than its buffer) into a ShapeError naming it."""
-        try:
-            yield
-        except MPI.Exception as err:
-            if err.Get_error_class() != MPI.ERR_TRUNCATE:
-                raise
-            raise self._shape_error(message, buffer, "more elements") from None
-
-    def _shape_error(self, message: Message, buffer, received: str) -> ShapeError:
-        return ShapeError(f"rank {self.comm.rank} received {received} as {self.describe(message)}, "
-                          f"expected shape {tuple(buffer.shape)} ({buffer.size} elements)")
+            with self._naming_truncation(inbox, mb, buffer):
+                if not request.Test(self._status):
+                    self.poller.wait(request, lambda: self.describe(inbox, mb), status=self._status)
+            if self.checking:
+                self._check_count(inbox, mb, buffer)
+        self.timeline.record(mb, WAIT_PHASE, -1, start, time.perf_counter())
+        array = self.staging.incoming(buffer)
+        if inbox.next < len(inbox.queue):
+            self._post(inbox)
+        return array
 
     def complete_sends(self) -> None:
         for request in self._send_requests:
@@ -206,18 +199,42 @@ class MpiTransport:
         self._send_buffers = [b for i, b in enumerate(self._send_buffers) if i not in done]
         self._reap_at = max(FIRST_REAP, 2 * len(self._send_requests))
 
-    def describe(self, message: Message) -> str:
-        where = f"microbatch {message.mb}, iteration {self.timeline.iteration}, from rank {self.wiring.source(message)}"
-        if message.kind in KIND_NAMES:
-            parent, child = self.wiring.edges[message.edge]
-            return f"the {KIND_NAMES[message.kind]} of edge '{parent}' -> '{child}' ({where})"
-        return f"the leaf's sample values ({where})"
+    def describe(self, inbox: _Inbox, mb: int) -> str:
+        return (f"{inbox.channel.name} (microbatch {mb}, iteration {self.timeline.iteration}, "
+                f"from rank {inbox.channel.source})")
 
-    def _post(self, message: Message) -> None:
-        rows = 1 if message.mb == self.sampling.n_microbatches else len(self.sampling.samples(message.mb))
-        buffer = self.staging.receive_buffer((rows, *self.wiring.shape(message)))
-        request = self.comm.Irecv(buffer, source=self.wiring.source(message), tag=self.tag(message))
-        self._posted[message] = (request, buffer)
+    def _head(self, inbox: _Inbox, mb: int) -> tuple:
+        if not inbox.posted or inbox.posted[0][0] != mb:
+            raise RuntimeError(f"rank {self.comm.rank} needs {self.describe(inbox, mb)} out of its channel's order")
+        return inbox.posted[0]
+
+    def _post(self, inbox: _Inbox) -> None:
+        mb = inbox.queue[inbox.next]
+        inbox.next += 1
+        buffer = self.staging.receive_buffer((self._rows[mb], *inbox.channel.shape))
+        request = self.comm.Irecv(buffer, source=inbox.channel.source, tag=inbox.tag + mb)
+        inbox.posted.append((mb, request, buffer))
+
+    def _check_count(self, inbox: _Inbox, mb: int, buffer) -> None:
+        """Raises ShapeError unless the message just completed (its status at hand) filled `buffer`
+        exactly: a shorter message would otherwise go unnoticed."""
+        count = self._status.Get_count(self._datatype)
+        if count != buffer.size:
+            raise self._shape_error(inbox, mb, buffer, f"{count} elements")
+
+    @contextmanager
+    def _naming_truncation(self, inbox: _Inbox, mb: int, buffer):
+        """Turns MPI's truncation error (a message longer than its buffer) into a ShapeError naming it."""
+        try:
+            yield
+        except MPI.Exception as err:
+            if err.Get_error_class() != MPI.ERR_TRUNCATE:
+                raise
+            raise self._shape_error(inbox, mb, buffer, "more elements") from None
+
+    def _shape_error(self, inbox: _Inbox, mb: int, buffer, received: str) -> ShapeError:
+        return ShapeError(f"rank {self.comm.rank} received {received} as {self.describe(inbox, mb)}, "
+                          f"expected shape {tuple(buffer.shape)} ({buffer.size} elements)")
 
 
 class MpiEngine:
@@ -235,7 +252,7 @@ class MpiEngine:
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
         self.poller = Poller(comm, comm_timeout)
         self.staging = Staging(backend, cuda_aware)
-        self.transport = MpiTransport(comm, wiring, sampling, self.staging, self.timeline, self.poller)
+        self.transport = MpiTransport(comm, channels(wiring), sampling, self.staging, self.timeline, self.poller)
         self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, self.transport, self.timeline, fault)
         self._command_buffer = np.zeros(2, dtype=np.int64)
 
@@ -268,7 +285,7 @@ class MpiEngine:
                 self.runner.run(t, evaluation=command == EVALUATE)
 
     def _report(self) -> tuple[np.ndarray, dict]:
-        return (self.timeline.take(TIMELINE_DTYPE),
+        return (self.timeline.take(),
                 {"peak_stash": self.runner.peak_stash, "buffer_bytes": self.staging.allocated_bytes,
                  "peak_send_bytes": self.transport.peak_send_bytes})
 

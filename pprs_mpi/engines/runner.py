@@ -1,0 +1,309 @@
+"""One stage's share of a PPRS iteration: a `StagePlan` executed over a `Transport`, written once for every engine.
+
+The serial engine gives every stage a runner over an in-process mailbox; the MPI engine gives each
+rank one runner over MPI. Both execute the same plan, so they perform the same floating-point
+operations in the same order and their results are bitwise identical; in particular every sum
+over children, input slots or microbatches runs in a fixed order.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import numpy as np
+
+from pprs_mpi import noise
+from pprs_mpi.backend import Backend
+from pprs_mpi.engines.plan import LOCAL, RECV, ROOT_TAKE, SEND, BackwardStep, ForwardStep, RootPlan, compile_stage
+from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.engines.timeline import BACKWARD_PHASE, FORWARD_PHASE, Timeline
+from pprs_mpi.engines.transport import Transport
+from pprs_mpi.faults import Fault
+from pprs_mpi.schedule import Schedule
+
+
+class ShapeError(RuntimeError):
+    """An op's output, a VJP's cotangent or a received message has the wrong shape; the message names
+    the node, the edge, the microbatch and both shapes."""
+
+
+class StageRunner:
+    """Executes one stage's plan for a pass; on stage 0 a `RootRole` adds the noisy copies and G_t."""
+
+    def __init__(self, wiring: Wiring, schedule: Schedule, stage: int, sampling: Sampling,
+                 backend: Backend, transport: Transport, timeline: Timeline, fault: Fault | None = None):
+        self.graph, self.stage, self.backend, self.xp = wiring.graph, stage, backend, backend.xp
+        self._on_gpu = backend.on_gpu
+        self.transport, self.timeline, self.fault = transport, timeline, fault
+        self.plan = compile_stage(wiring, schedule, sampling, stage)
+        self.eval_mb = sampling.n_microbatches
+        self._ops = {step.node: self.graph.op(step.name) for step in self.plan.evaluation}
+        self._outputs: list = [None] * self.plan.n_slots
+        self._stash: list = [None] * self.plan.n_slots
+        self._cotangents: list = [None] * self.plan.n_cotangent_slots
+        self._live, self.peak_stash = 0, 0  # (node, microbatch) inputs kept for a backward: GPipe K, 1F1B ~depth
+        self._unchecked, self._checking = {False, True}, True  # pass kinds whose shapes are still to be checked
+        self.root = (RootRole(self.plan.root, self.graph.dim, sampling, backend, transport, self._outputs, self._cotangents)
+                     if stage == 0 else None)
+
+    # -- one pass: begin, execute this stage's actions, end ----------------------------------------
+
+    def run(self, t: int, x=None, evaluation: bool = False):
+        """Runs this stage's whole part of a pass (see `begin`); returns what `end` returns."""
+        self.begin(t, x, evaluation)
+        if evaluation:
+            self.execute_evaluation()
+        else:
+            for unit in range(len(self.plan.units)):
+                self.step(unit)
+        return self.end(evaluation)
+
+    def begin(self, t: int, x=None, evaluation: bool = False) -> None:
+        """Starts iteration t's gradient pass at x_t, or with `evaluation` a forward pass of x alone."""
+        self.timeline.start(t)
+        # Shapes are fixed by the graph: checked on the first pass of each kind, which covers every
+        # microbatch's rows, and not again on the hot path.
+        self._checking = evaluation in self._unchecked
+        self._unchecked.discard(evaluation)
+        if self.fault is not None and not evaluation:
+            self.fault.trigger(self.stage, t)
+        self.transport.expect(self.plan.eval_receives if evaluation else self.plan.receives, self._checking)
+        if self.root is not None:
+            self.root.begin(t, x, evaluation)
+
+    def step(self, unit: int) -> None:
+        """Time unit `unit` of a gradient pass: stage 0 first sends out the noisy copies that any stage
+        needs by then, then this stage executes its action (None: a bubble)."""
+        root = self.root
+        if root is not None:
+            root.draw(until=unit, timeline=self.timeline)
+        step = self.plan.units[unit]
+        if step is None:
+            return
+        if step.__class__ is ForwardStep:
+            self._forward(step, keep_inputs=True)
+        else:
+            self._backward(step)
+        if root is not None:
+            root.fold_arrived()
+
+    def execute_evaluation(self) -> None:
+        """This stage's forwards of the evaluation point."""
+        for step in self.plan.evaluation:
+            self._forward(step, keep_inputs=False)
+
+    def end(self, evaluation: bool = False):
+        """Completes the pass; stage 0 returns f(x) for an evaluation, else (G_t, the K values f(x_t + γX_k))."""
+        result = None
+        if self.root is not None:
+            result = self.root.evaluation_value() if evaluation else self.root.mean_gradient()
+        if evaluation:
+            for step in self.plan.evaluation:
+                self._outputs[step.output] = None
+        self.transport.complete_sends()
+        return result
+
+    # -- actions -------------------------------------------------------------------------------
+
+    def _forward(self, step: ForwardStep, keep_inputs: bool) -> None:
+        mb, outputs = step.mb, self._outputs
+        fetched = []
+        for how, where in step.sources:
+            if how == RECV:
+                fetched.append(self.transport.recv(where, mb))
+            else:
+                fetched.append(outputs[where])
+                if how == ROOT_TAKE:  # the last local reader of this noisy copy
+                    outputs[where] = None
+        inputs = fetched if step.slots is None else [fetched[i] for i in step.slots]
+        start = time.perf_counter()
+        output = self._ops[step.node].forward(self.xp, *inputs)
+        self._record(mb, FORWARD_PHASE, step.node, start)
+        if self._checking:
+            self._check(output, step.shape, step, "forward returned shape {actual}, expected {expected} "
+                        f"({self._destinations(step.name)})")
+        outputs[step.output] = output
+        if keep_inputs:
+            self._stash[step.output] = inputs
+            self._live += 1
+            if self._live > self.peak_stash:
+                self.peak_stash = self._live
+        if step.sends:
+            contiguous = self.xp.ascontiguousarray(output)
+            for channel in step.sends:
+                self.transport.send(channel, mb, contiguous)
+        if step.leaf_value:
+            self.root.values[mb] = output
+
+    def _backward(self, step: BackwardStep) -> None:
+        mb, slot = step.mb, step.output
+        output, self._outputs[slot] = self._outputs[slot], None
+        cotangent = self._cotangent(step.cotangents, mb) if step.cotangents else self.xp.ones_like(output)
+        inputs, self._stash[slot] = self._stash[slot], None
+        self._live -= 1
+        start = time.perf_counter()
+        grads = self._ops[step.node].vjp(self.xp, inputs, output, cotangent)
+        self._record(mb, BACKWARD_PHASE, step.node, start)
+        if self._checking:
+            self._check_cotangents(step, grads)
+        per_parent = grads if step.slots is None else _sum_by_parent(step.slots, len(step.destinations), grads)
+        for (how, where), grad in zip(step.destinations, per_parent):
+            if how == SEND:
+                self.transport.send(where, mb, self.xp.ascontiguousarray(grad))
+            else:
+                self._cotangents[where] = grad
+
+    def _cotangent(self, sources, mb: int):
+        """Sum of the children's cotangents, in the fixed order of `children`."""
+        total = None
+        for how, where in sources:
+            if how == RECV:
+                part = self.transport.recv(where, mb)
+            else:
+                part, self._cotangents[where] = self._cotangents[where], None
+            total = part if total is None else total + part
+        return total
+
+    def _record(self, mb: int, phase: int, node: int, start: float) -> None:
+        """Records an action that began at `start`; on a GPU its kernels are waited for first, since
+        they run asynchronously and the launch alone would look nearly free (only in recorded iterations)."""
+        if self.timeline.active:
+            if self._on_gpu:
+                self.backend.synchronize()
+            self.timeline.record(mb, phase, node, start, time.perf_counter())
+
+    # -- shape checks (first pass of each kind) ---------------------------------------------------
+
+    def _check(self, array, expected: tuple, step, text: str) -> None:
+        """Raises ShapeError (`text` after the node and microbatch) unless `array` has shape `expected`."""
+        actual = _shape(array)
+        if actual != expected:
+            self._fail(step, text.format(actual=actual, expected=expected))
+
+    def _check_cotangents(self, step: BackwardStep, grads) -> None:
+        """One cotangent per parent slot, each of its parent's shape."""
+        parents = self.graph.parents(step.name)
+        if len(grads) != len(parents):
+            self._fail(step, f"VJP returned {len(grads)} cotangent(s) for {len(parents)} parent(s)")
+        for parent, grad, expected in zip(parents, grads, step.shapes):
+            self._check(grad, expected, step, "VJP returned a cotangent of shape {actual} for edge "
+                        f"'{parent}' -> '{step.name}', expected {{expected}}")
+
+    def _destinations(self, node: str) -> str:
+        children = self.graph.children[node]
+        return "edge " + ", ".join(f"'{node}' -> '{c}'" for c in children) if children else "the leaf's value"
+
+    def _fail(self, step, text: str) -> None:
+        which = "the evaluation pass f(y)" if step.mb == self.eval_mb else f"microbatch {step.mb}"
+        raise ShapeError(f"node '{step.name}' ({self._ops[step.node].describe()}), {which}: {text}")
+
+
+class RootRole:
+    """Stage 0's extra role: it draws the noisy copies θ_mb = x_t + γX_k and sends them out, and it sums
+    the root's cotangents into G_t and collects the K sample values, microbatch by microbatch."""
+
+    def __init__(self, plan: RootPlan, dim: int, sampling: Sampling, backend: Backend, transport: Transport,
+                 outputs: list, cotangents: list):
+        self.plan, self.sampling, self.backend, self.xp, self.transport = plan, sampling, backend, backend.xp, transport
+        self._outputs, self._cotangents = outputs, cotangents
+        self.values: list = [None] * (sampling.n_microbatches + 1)  # the leaf's outputs, when it is on stage 0
+        self._noise = noise.Rows(sampling.seed, sampling.microbatch_size, dim)
+        self._drawn = self._folded = 0
+
+    def begin(self, t: int, x, evaluation: bool) -> None:
+        if evaluation:
+            self._set(self.plan.eval_slot, self.sampling.n_microbatches, self.xp.reshape(x, (1, -1)))
+            return
+        self._x, self._t, self._drawn, self._folded = x, t, 0, 0
+        self._gradient_sum = self.xp.zeros(x.shape[0], dtype=self.backend.dtype)
+        self._values: list = []
+
+    def draw(self, until: float, timeline: Timeline | None = None) -> None:
+        """Draws and sends the noisy copies of the microbatches first used at time units <= `until`.
+
+        Drawn when first needed rather than all at the start of the pass, so that stage 0 keeps only
+        the copies in use (1F1B: ~depth of them) and the first forward starts at once. Deadlock-free:
+        a copy is sent before stage 0 executes any action of its first-use time unit or later.
+        """
+        draws, drawn = self.plan.draws, self._drawn
+        while self._drawn < len(draws) and draws[self._drawn][0] <= until:
+            _, mb, slot = draws[self._drawn]
+            self._drawn += 1
+            self._set(slot, mb, self._noisy_copies(mb))
+        if timeline is not None and timeline.active and self._drawn > drawn:  # the next recorded action is not charged for the noise
+            self.backend.synchronize()
+
+    def _set(self, slot: int, mb: int, batch) -> None:
+        if self.plan.keep:  # until the last local child has read it
+            self._outputs[slot] = batch
+        if self.plan.sends:
+            contiguous = self.xp.ascontiguousarray(batch)
+            for channel in self.plan.sends:
+                self.transport.send(channel, mb, contiguous)
+
+    def _noisy_copies(self, mb: int):
+        """θ_mb = x_t + γ X_k for the samples k of microbatch mb, stacked along the batch axis."""
+        samples, x = self.sampling.samples(mb), self._x
+        if self.sampling.gamma == 0.0:
+            return self.xp.array(self.xp.broadcast_to(x, (len(samples), x.shape[0])))
+        if self.sampling.noise_on_device and self.backend.on_gpu:
+            perturbation = noise.device_perturbations(self.backend, self.sampling.seed, self._t, samples, x.shape[0])
+        else:
+            perturbation = self.backend.asarray(self._noise.draw(self._t, samples))
+        return x + self.sampling.gamma * perturbation  # x broadcast along the batch axis
+
+    def fold_arrived(self) -> None:
+        """Adds in, in microbatch order, the root cotangents and sample values already here: consumed as
+        they come, they free their senders' and this rank's buffers instead of piling up until the end."""
+        while self._folded < self.sampling.n_microbatches and self._all_arrived(self._folded):
+            self._fold()
+
+    def mean_gradient(self):
+        """G_t = (1/K) Σ_k ∇f(x_t + γX_k), summed microbatch by microbatch, and the K sample values."""
+        self.draw(until=math.inf)
+        while self._folded < self.sampling.n_microbatches:
+            self._fold()
+        return self._gradient_sum / self.sampling.K, np.concatenate(self._values)
+
+    def evaluation_value(self) -> float:
+        return float(self.backend.to_host(self._value(self.sampling.n_microbatches))[0])
+
+    def _fold(self) -> None:
+        mb, self._folded = self._folded, self._folded + 1
+        total = None
+        for how, where in self.plan.folds[mb]:
+            if how == RECV:
+                part = self.transport.recv(where, mb)
+            else:
+                part, self._cotangents[where] = self._cotangents[where], None
+            total = part if total is None else total + part
+        self._gradient_sum += total.sum(axis=0)
+        self._values.append(self.backend.to_host(self._value(mb)))
+
+    def _all_arrived(self, mb: int) -> bool:
+        """Whether the root's cotangents and the leaf's values of microbatch mb can be read without waiting."""
+        for how, where in self.plan.folds[mb]:
+            if not (self.transport.arrived(where, mb) if how == RECV else self._cotangents[where] is not None):
+                return False
+        if self.plan.value is None:
+            return self.values[mb] is not None
+        return self.transport.arrived(self.plan.value, mb)
+
+    def _value(self, mb: int):
+        if self.plan.value is None:
+            value, self.values[mb] = self.values[mb], None
+            return value
+        return self.transport.recv(self.plan.value, mb)
+
+
+def _shape(array) -> tuple | str:
+    shape = getattr(array, "shape", None)
+    return tuple(shape) if shape is not None else f"a {type(array).__name__}, not an array"
+
+
+def _sum_by_parent(slots: tuple[int, ...], n_parents: int, grads) -> list:
+    """Cotangents per distinct parent: a parent used in several input slots gets their sum, in slot order."""
+    per_parent: list = [None] * n_parents
+    for i, grad in zip(slots, grads):
+        per_parent[i] = grad if per_parent[i] is None else per_parent[i] + grad
+    return per_parent

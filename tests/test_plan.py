@@ -1,0 +1,145 @@
+"""The per-stage plans against the schedule they are compiled from, on random DAGs, placements and both
+schedules; and the MPI transport's receive window."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import test_schedule
+from pprs_mpi.backend import Staging, select
+from pprs_mpi.engines.plan import (LOCAL, RECV, ROOT_PEEK, ROOT_TAKE, SEND, BackwardStep, ForwardStep, channels,
+                                   compile_stage)
+from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.graph import Graph, Node
+from pprs_mpi.ops import Abs, Add, SquaredNorm
+from pprs_mpi.schedule import Backward, Forward, build as build_schedule
+
+
+@st.composite
+def placements(draw):
+    """(wiring, schedule, sampling): a random DAG with its nodes on stages in any way, either schedule."""
+    order, parents = draw(test_schedule.dags(max_nodes=7))
+    nodes = [Node(v, Abs() if len(parents[v]) == 1 else Add(), tuple(parents[v])) for v in order]
+    graph = Graph(3, [*nodes, Node("out", SquaredNorm(), (order[-1],))], root=test_schedule.ROOT)
+    P = draw(st.integers(1, len(graph.order)), label="stages")
+    shuffled = draw(st.permutations(graph.order), label="placement")
+    stage = {v: i if i < P else draw(st.integers(0, P - 1)) for i, v in enumerate(shuffled)}
+    stages = [tuple(v for v in graph.order if stage[v] == s) for s in range(P)]
+    sampling = Sampling(draw(st.integers(1, 7), label="K"), 0.3, 5, draw(st.integers(1, 3), label="microbatch size"))
+    schedule = build_schedule(draw(st.sampled_from(["gpipe", "1f1b"])), stages,
+                              {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
+    return Wiring(graph, stages), schedule, sampling
+
+
+def expected_messages(wiring, M):
+    """(kind name, parent, child, mb) of every message a pass must carry, from the graph and placement alone."""
+    graph, messages = wiring.graph, set()
+    for parent, child in wiring.edges:
+        if wiring.crosses(parent, child):
+            messages |= {(kind, parent, child, mb) for kind in ("activation", "cotangent") for mb in range(M)}
+    if wiring.stage_of[graph.leaf] != 0:
+        messages |= {("values", graph.leaf, None, mb) for mb in range(M)}
+    return messages
+
+
+def label(channel, mb):
+    """A channel's message as expected_messages names it."""
+    if channel.name == "the leaf's sample values":
+        return "values", None, mb
+    kind, _, edge = channel.name.removeprefix("the ").partition(" of edge ")
+    parent, child = (name.strip("'") for name in edge.split(" -> "))
+    return kind, (parent, child), mb
+
+
+@settings(max_examples=80, deadline=None)
+@given(placement=placements())
+def test_plans_execute_the_schedules_actions_and_carry_exactly_the_pass_messages(placement):
+    wiring, schedule, sampling = placement
+    graph, M = wiring.graph, sampling.n_microbatches
+    plans = [compile_stage(wiring, schedule, sampling, s) for s in range(len(wiring.stages))]
+    by_id = {c.id: c for c in channels(wiring)}
+    sent, needed = {}, {}  # (channel, mb) -> unit
+
+    for s, plan in enumerate(plans):
+        # the same actions, unit by unit
+        decoded = tuple(None if step is None else (Forward if isinstance(step, ForwardStep) else Backward)(step.name, step.mb)
+                        for step in plan.units)
+        assert decoded == schedule.actions[s]
+        assert [(step.name, step.mb) for step in plan.evaluation] == [(n, M) for n in graph.order if wiring.stage_of[n] == s]
+        written = set()  # output slots written so far on this stage
+        for unit, step in enumerate(plan.units):
+            if isinstance(step, ForwardStep):
+                parents = list(dict.fromkeys(graph.parents(step.name)))
+                for parent, (how, where) in zip(parents, step.sources):
+                    if how == RECV:
+                        assert by_id[where].destination == s and label(by_id[where], step.mb)[1] == (parent, step.name)
+                        needed[where, step.mb] = unit
+                    else:
+                        assert how in (LOCAL, ROOT_PEEK, ROOT_TAKE) and (parent == graph.root) == (how != LOCAL)
+                        assert how != LOCAL or where in written  # a local parent ran earlier on this stage
+                for channel in step.sends:
+                    assert by_id[channel].source == s and (channel, step.mb) not in sent
+                    sent[channel, step.mb] = unit
+                written.add(step.output)
+            elif isinstance(step, BackwardStep):
+                assert step.output in written
+                for how, where in step.cotangents:
+                    if how == RECV:
+                        needed[where, step.mb] = unit
+                for how, where in step.destinations:
+                    if how == SEND:
+                        sent[where, step.mb] = unit
+        if s == 0:
+            first_use = {}
+            for row in schedule.actions:
+                for unit, action in enumerate(row):
+                    if isinstance(action, Forward) and graph.root in graph.parents(action.node):
+                        first_use.setdefault(action.mb, unit)
+                        first_use[action.mb] = min(first_use[action.mb], unit)
+            assert [(unit, mb) for unit, mb, _ in plan.root.draws] == sorted((u, mb) for mb, u in first_use.items())
+            for unit, mb, _ in plan.root.draws:
+                for channel in plan.root.sends:
+                    sent[channel, mb] = unit - 0.5  # drawn and sent before the unit's action
+            for mb in range(M):
+                for how, where in plan.root.folds[mb]:
+                    if how == RECV:
+                        needed[where, mb] = schedule.makespan
+                if plan.root.value is not None:
+                    needed[plan.root.value, mb] = schedule.makespan
+        # what the stage expects to receive, per channel in increasing microbatch order (the MPI transport's FIFO)
+        for channel, mbs in plan.receives:
+            assert by_id[channel].destination == s and list(mbs) == sorted(mbs) == list(range(M))
+        assert {(c, mb) for c, mbs in plan.receives for mb in mbs} == {k for k in needed if by_id[k[0]].destination == s}
+
+    labels = {(kind, *(edge or (graph.leaf, None)), mb) for (kind, edge, mb) in
+              (label(by_id[c], mb) for c, mb in sent)}
+    assert labels == expected_messages(wiring, M) and set(sent) == set(needed)
+    assert all(sent[key] < needed[key] for key in sent)  # every message exists before it is needed
+    for channel in {c for c, _ in sent}:  # a channel's messages are sent in increasing microbatch order
+        times = [sent[channel, mb] for mb in range(M)]
+        assert times == sorted(times)
+
+
+def test_transport_posts_a_window_of_receives_and_reuses_their_buffers_in_order():
+    """Ported from tests/test_backend.py when messages became (channel, microbatch) pairs: a channel whose
+    both ends are this rank, on COMM_SELF."""
+    from mpi4py import MPI
+    from pprs_mpi.engines.mpi import RECEIVE_WINDOW, MpiTransport, Poller
+    from pprs_mpi.engines.plan import Channel
+    from pprs_mpi.engines.timeline import Timeline
+    staging = Staging(select("cpu"), cuda_aware=False)
+    channel = Channel(0, 0, 0, (2,), "the activation of edge 'a' -> 'b'")
+    transport = MpiTransport(MPI.COMM_SELF, [channel], Sampling(6, 0.1, 0, 1), staging, Timeline(0),
+                             Poller(MPI.COMM_SELF, 10.0))
+    transport.expect([(0, tuple(range(6)))])
+    assert staging.allocated_bytes == RECEIVE_WINDOW * 16  # 4 receives of 2 doubles posted, not 6
+    for mb in range(6):
+        transport.send(0, mb, np.full((1, 2), float(mb)))
+    assert transport.arrived(0, 0)
+    assert [transport.recv(0, mb)[0, 0] for mb in range(6)] == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]
+    transport.complete_sends()
+    assert staging.allocated_bytes == RECEIVE_WINDOW * 16  # the window's buffers were reused
+    transport.expect([(0, (0, 1))])
+    transport.send(0, 1, np.ones((1, 2)))
+    with pytest.raises(RuntimeError, match=r"needs the activation of edge 'a' -> 'b' \(microbatch 1.*out of its channel's order"):
+        transport.recv(0, 1)
