@@ -75,38 +75,6 @@ def test_host_path_copies_receives_out_so_that_buffers_are_reused():
     assert np.array_equal(received, [1.0, 2.0]) and staging.receive_buffer((2,)) is buffer
 
 
-class SelfWiring:
-    """One edge whose two ends are this rank: on COMM_SELF a transport exchanges messages with itself."""
-
-    n_edges, edges = 1, [("a", "b")]
-
-    def source(self, message):
-        return 0
-
-    destination = source
-
-    def shape(self, message):
-        return (2,)
-
-
-def test_transport_posts_a_window_of_receives_and_one_out_of_turn_when_needed():
-    from mpi4py import MPI
-    from pprs_mpi.engines.mpi import RECEIVE_WINDOW, MpiTransport, Poller
-    from pprs_mpi.engines.stage import ACTIVATION, Message, Sampling, Timeline
-    staging = Staging(select("cpu"), cuda_aware=False)
-    transport = MpiTransport(MPI.COMM_SELF, SelfWiring(), Sampling(6, 0.1, 0, 1), staging, Timeline(0),
-                             Poller(MPI.COMM_SELF, 10.0))
-    messages = [Message(ACTIVATION, 0, mb) for mb in range(6)]
-    transport.expect(messages)
-    assert staging.allocated_bytes == RECEIVE_WINDOW * 16  # 4 receives of 2 doubles posted, not 6
-    for mb, message in enumerate(messages):
-        transport.send(message, np.full((1, 2), float(mb)))
-    assert transport.recv(messages[5])[0, 0] == 5.0  # beyond the window: posted when needed
-    assert [transport.recv(m)[0, 0] for m in messages[:5]] == [0.0, 1.0, 2.0, 3.0, 4.0]
-    transport.complete_sends()
-    assert staging.allocated_bytes == (RECEIVE_WINDOW + 1) * 16  # buffers were reused after that
-
-
 @pytest.mark.mpi
 def test_mpi_engine_on_fake_device_ranks_matches_the_cpu_over_both_device_paths():
     """The pooled, windowed transport moves device data right over real MPI on either path; the
