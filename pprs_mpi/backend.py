@@ -106,60 +106,43 @@ def _open_mpi_cuda_query():
     return None
 
 
-@dataclass
 class Staging:
-    """How one rank's arrays cross MPI, chosen once: 'host' (NumPy ranks), 'direct' (device buffers
-    handed to a CUDA-aware MPI after the stream is synchronised) or 'staged' (through pinned host
-    buffers).
+    """How one rank's arrays cross MPI, chosen once: `Staging(backend, cuda_aware)` gives a `HostStaging`
+    (NumPy ranks), a `DirectStaging` (device buffers handed to a CUDA-aware MPI after the stream is
+    synchronised) or a `PinnedStaging` (through pinned host buffers), as pathlib's `Path` gives a
+    `PosixPath`.
 
     Message buffers come from a pool and go back to it as soon as MPI is done with them, so a rank
     holds as many buffers as it has messages in flight, not one per message of a pass.
     """
 
-    backend: Backend
-    cuda_aware: bool
-    _free: dict = field(default_factory=dict)  # shape -> buffers ready for reuse
-    allocated_bytes: int = 0
+    path = ""  # the path's name, shown in the banner and the trace
 
-    @property
-    def path(self) -> str:
-        if not self.backend.on_gpu:
-            return "host"
-        return "direct" if self.cuda_aware else "staged"
+    def __new__(cls, backend: Backend, cuda_aware: bool = False):
+        if cls is Staging:
+            cls = (PinnedStaging if not cuda_aware else DirectStaging) if backend.on_gpu else HostStaging
+        return super().__new__(cls)
+
+    def __init__(self, backend: Backend, cuda_aware: bool = False):
+        self.backend, self.cuda_aware = backend, cuda_aware
+        self._free: dict = {}  # shape -> buffers ready for reuse
+        self.allocated_bytes = 0
 
     def receive_buffer(self, shape):
-        """A buffer for an Irecv to write into: device memory on the direct path, else host memory."""
-        if self.path == "direct":
-            return self._take(shape, lambda: self._device_buffer(shape))
+        """A buffer for an Irecv to write into (host memory, but on the direct path)."""
         return self._take(shape, lambda: self.backend.host_empty(shape))
-
-    def _device_buffer(self, shape):
-        """A new device buffer for MPI to write into. CuPy's pool may hand out memory that a queued
-        kernel still reads (safe within one stream, but MPI writes outside it), so wait for the stream."""
-        buffer = self.backend.xp.empty(shape, dtype=self.backend.dtype)
-        self.backend.synchronize()
-        return buffer
 
     def incoming(self, buffer):
         """The received data as an array of this backend that owns its memory; `buffer` goes back to
         the pool, after the device has finished copying out of it (MPI may write there next)."""
-        array = self.backend.asarray(buffer) if self.path == "staged" else buffer.copy()
-        self.backend.synchronize()
-        self._give(buffer)
-        return array
+        raise NotImplementedError
 
     def outgoing(self, array):
-        """The buffer to Isend for `array`: the array itself, or on the staged path a pinned copy.
-        Device work is finished first."""
-        self.backend.synchronize()
-        if self.path != "staged":
-            return array
-        return self.backend.to_host(array, out=self._take(array.shape, lambda: self.backend.host_empty(array.shape)))
+        """The buffer to Isend for `array`; device work is finished first."""
+        raise NotImplementedError
 
     def sent(self, buffer) -> None:
-        """MPI has finished sending `buffer` (what `outgoing` returned): a pinned copy can be reused."""
-        if self.path == "staged":
-            self._give(buffer)
+        """MPI has finished sending `buffer` (what `outgoing` returned)."""
 
     def _give(self, buffer) -> None:
         self._free.setdefault(buffer.shape, []).append(buffer)
@@ -171,6 +154,65 @@ class Staging:
         buffer = allocate()
         self.allocated_bytes += buffer.nbytes
         return buffer
+
+
+class HostStaging(Staging):
+    """NumPy ranks: arrays are sent as they are; a received buffer is copied out and reused."""
+
+    path = "host"
+
+    def incoming(self, buffer):
+        array = buffer.copy()
+        self._give(buffer)
+        return array
+
+    def outgoing(self, array):
+        return array
+
+
+class DirectStaging(Staging):
+    """GPU ranks with a CUDA-aware MPI: device buffers go to MPI directly."""
+
+    path = "direct"
+
+    def receive_buffer(self, shape):
+        return self._take(shape, lambda: self._device_buffer(shape))
+
+    def _device_buffer(self, shape):
+        """A new device buffer for MPI to write into. CuPy's pool may hand out memory that a queued
+        kernel still reads (safe within one stream, but MPI writes outside it), so wait for the stream."""
+        buffer = self.backend.xp.empty(shape, dtype=self.backend.dtype)
+        self.backend.synchronize()
+        return buffer
+
+    def incoming(self, buffer):
+        array = buffer.copy()
+        self.backend.synchronize()
+        self._give(buffer)
+        return array
+
+    def outgoing(self, array):
+        self.backend.synchronize()
+        return array
+
+
+class PinnedStaging(Staging):
+    """GPU ranks with an MPI that reads host memory only: through pinned host buffers, pooled."""
+
+    path = "staged"
+
+    def incoming(self, buffer):
+        array = self.backend.asarray(buffer)
+        self.backend.synchronize()
+        self._give(buffer)
+        return array
+
+    def outgoing(self, array):
+        self.backend.synchronize()
+        return self.backend.to_host(array, out=self._take(array.shape, lambda: self.backend.host_empty(array.shape)))
+
+    def sent(self, buffer) -> None:
+        self._give(buffer)
 
 
 def _cupy_devices():

@@ -26,7 +26,6 @@ import os
 import sys
 import time
 from collections import deque
-from contextlib import contextmanager
 
 import numpy as np
 from mpi4py import MPI
@@ -153,12 +152,14 @@ class MpiTransport:
     def arrived(self, channel: int, mb: int) -> bool:
         """Whether `recv(channel, mb)` would return without waiting."""
         inbox = self._inboxes[channel]
-        posted_mb, request, buffer = self._head(inbox, mb)
+        _, request, buffer = self._head(inbox, mb)
         if request is _DONE:
             return True
-        with self._naming_truncation(inbox, mb, buffer):
+        try:
             if not request.Test(self._status):
                 return False
+        except MPI.Exception as err:
+            raise self._named(err, inbox, mb, buffer) from None
         if self.checking:  # the completed request keeps no status: checked now, while it is at hand
             self._check_count(inbox, mb, buffer)
         inbox.posted[0] = (mb, _DONE, buffer)
@@ -170,12 +171,15 @@ class MpiTransport:
         inbox.posted.popleft()
         start = time.perf_counter()
         if request is not _DONE:
-            with self._naming_truncation(inbox, mb, buffer):
+            try:
                 if not request.Test(self._status):
                     self.poller.wait(request, lambda: self.describe(inbox, mb), status=self._status)
+            except MPI.Exception as err:
+                raise self._named(err, inbox, mb, buffer) from None
             if self.checking:
                 self._check_count(inbox, mb, buffer)
-        self.timeline.record(mb, WAIT_PHASE, -1, start, time.perf_counter())
+        if self.timeline.active:
+            self.timeline.record(mb, WAIT_PHASE, -1, start, time.perf_counter())
         array = self.staging.incoming(buffer)
         if inbox.next < len(inbox.queue):
             self._post(inbox)
@@ -204,6 +208,7 @@ class MpiTransport:
                 f"from rank {inbox.channel.source})")
 
     def _head(self, inbox: _Inbox, mb: int) -> tuple:
+        """The oldest posted receive of `inbox`, which must be microbatch mb's."""
         if not inbox.posted or inbox.posted[0][0] != mb:
             raise RuntimeError(f"rank {self.comm.rank} needs {self.describe(inbox, mb)} out of its channel's order")
         return inbox.posted[0]
@@ -222,15 +227,11 @@ class MpiTransport:
         if count != buffer.size:
             raise self._shape_error(inbox, mb, buffer, f"{count} elements")
 
-    @contextmanager
-    def _naming_truncation(self, inbox: _Inbox, mb: int, buffer):
-        """Turns MPI's truncation error (a message longer than its buffer) into a ShapeError naming it."""
-        try:
-            yield
-        except MPI.Exception as err:
-            if err.Get_error_class() != MPI.ERR_TRUNCATE:
-                raise
-            raise self._shape_error(inbox, mb, buffer, "more elements") from None
+    def _named(self, err, inbox: _Inbox, mb: int, buffer) -> Exception:
+        """MPI's truncation error (a message longer than its buffer) as a ShapeError naming the message."""
+        if err.Get_error_class() != MPI.ERR_TRUNCATE:
+            return err
+        return self._shape_error(inbox, mb, buffer, "more elements")
 
     def _shape_error(self, inbox: _Inbox, mb: int, buffer, received: str) -> ShapeError:
         return ShapeError(f"rank {self.comm.rank} received {received} as {self.describe(inbox, mb)}, "
