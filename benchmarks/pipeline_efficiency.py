@@ -6,9 +6,13 @@ prints runtime efficiency = 2(K + P − 1)·c / measured (with c measured alone,
 unit inside the run, which shows contention between the ranks), the speedup over the serial engine
 on the same problem, and the per-message overhead (measured − ideal) / messages against the
 ping-pong.
+
+A "small problem" row measures the README's default job (lad, depth 8, d = 16, K = 8) as the solver
+assembles it: iteration time and pipeline efficiency (makespan × mean action time / iteration
+time) on 4 ranks, and serially (sum of the action times / iteration time), in interleaved rounds.
 The table is saved to benchmarks/results/pipeline_efficiency.json (pipeline_efficiency_gpu.json).
 
-    python benchmarks/pipeline_efficiency.py            # launches itself under mpirun -n 2
+    python benchmarks/pipeline_efficiency.py            # launches itself under mpirun -n 2, then -n 4
     python benchmarks/pipeline_efficiency.py --unit-ms 5 --samples 1,4,16,64
     python benchmarks/pipeline_efficiency.py --device gpu   # each rank on its node-local GPU
 """
@@ -39,6 +43,8 @@ from pprs_mpi.schedule import build as build_schedule
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DIM = 256
 RANKS = 2
+SMALL_PROBLEM = ["--problem", "lad", "--depth", "8", "--quiet"]  # the README's first command
+SMALL_RANKS = 4
 
 
 class Busy(Op):
@@ -199,6 +205,53 @@ def worker(args) -> None:
         print(f"saved {results}")
 
 
+def small_problem_worker(args) -> None:
+    """Runs under mpirun -n SMALL_RANKS: the README default on every rank and, on rank 0 alone, serially.
+    Rank 0 adds the row to the table the 2-rank run saved."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rows = {"mpi": [], "serial": []}
+    for _ in range(args.rounds):  # interleaved, so that load from elsewhere hits both alike
+        rows["mpi"].append(_small_round(comm, SMALL_PROBLEM, args.seconds))
+        if comm.rank == 0:
+            rows["serial"].append(_small_round(MPI.COMM_SELF, SMALL_PROBLEM + ["--engine", "serial"], args.seconds))
+        sleep_until_all_arrive(comm)
+    if comm.rank == 0:
+        results = RESULTS_DIR / "pipeline_efficiency.json"
+        table = json.loads(results.read_text())
+        table["small_problem"] = {
+            "command": " ".join(["python -m pprs_mpi.solve", *SMALL_PROBLEM]), "ranks": SMALL_RANKS,
+            **{f"{engine}_{key}": float(np.median([r[key] for r in rounds]))
+               for engine, rounds in rows.items() for key in rounds[0]}}
+        results.write_text(json.dumps(table, indent=2))
+        print_table(table)
+
+
+def _small_round(comm, argv: list[str], seconds: float) -> dict:
+    """Iteration time and efficiency of the solver's own engine for `argv`, on rank 0 of `comm`."""
+    from pprs_mpi import solve
+    setup = solve._prepare(argv, comm)
+    engine = solve._make_engine(setup, comm)
+    if comm.rank != 0:
+        engine.serve()
+        return {}
+    x = np.asarray(setup.problem.x0, dtype=float)
+    for t in range(20):
+        engine.gradient(x, t)  # warm-up, and one recorded iteration (t = 0) for the action times
+    records, _ = engine.gather()
+    iterations, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        engine.gradient(x, 20 + iterations)
+        iterations += 1
+    measured = (time.perf_counter() - start) / iterations
+    engine.stop()
+    first = records[(records["iteration"] == 0) & (records["phase"] < 2)]
+    actions = first["end"] - first["start"]
+    ideal = setup.schedule.makespan * float(actions.mean()) if comm.size > 1 else float(actions.sum())
+    return {"iteration_s": measured, "efficiency": ideal / measured, "makespan": setup.schedule.makespan,
+            "mean_action_s": float(actions.mean())}
+
+
 def print_table(table: dict) -> None:
     print(f"machine: {table['machine']}; {table['mpi']}; {table['ranks']} ranks on {', '.join(table['devices'])}")
     print(f"unit cost c = {table['unit_cost_s'] * 1e3:.2f} ms, ping-pong latency = {table['ping_pong_latency_s'] * 1e6:.1f} us")
@@ -214,6 +267,13 @@ def print_table(table: dict) -> None:
     print(f"empty stages, K=64: {table['empty_pipeline_s_per_message'] * 1e6:.1f} us per message "
           f"({table['empty_pipeline_s_per_message'] / table['ping_pong_latency_s']:.1f}x the ping-pong latency; "
           "this includes the Python work of posting, testing and recording each message)")
+    small = table.get("small_problem")
+    if small:
+        print(f"small problem ({small['command']}), median of interleaved rounds:")
+        print(f"  {small['ranks']} ranks: {small['mpi_iteration_s'] * 1e3:.3f} ms per iteration, pipeline efficiency "
+              f"{small['mpi_efficiency']:.1%} ({small['mpi_makespan']:.0f} units of {small['mpi_mean_action_s'] * 1e6:.1f} us)")
+        print(f"  serial:  {small['serial_iteration_s'] * 1e3:.3f} ms per iteration, compute fraction "
+              f"{small['serial_efficiency']:.1%} ({small['serial_mean_action_s'] * 1e6:.1f} us per action)")
 
 
 def main() -> None:
@@ -222,15 +282,24 @@ def main() -> None:
     p.add_argument("--samples", type=lambda s: [int(k) for k in s.split(",")], default=[1, 4, 16, 64])
     p.add_argument("--seconds", type=float, default=3.0, help="rough time budget per K")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu", help="where each rank computes (default cpu)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the small problem (default 3)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--small-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    if args.small_worker:
+        return small_problem_worker(args)
     env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
            "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
     command = ["mpirun", "-n", str(RANKS), sys.executable, __file__, "--worker", "--unit-ms", str(args.unit_ms),
                "--samples", ",".join(map(str, args.samples)), "--seconds", str(args.seconds), "--device", args.device]
-    sys.exit(subprocess.run(command, env=env, timeout=900).returncode)
+    code = subprocess.run(command, env=env, timeout=900).returncode
+    if code == 0 and args.device == "cpu":
+        small = ["mpirun", "-n", str(SMALL_RANKS), sys.executable, __file__, "--small-worker",
+                 "--rounds", str(args.rounds), "--seconds", str(min(args.seconds, 1.0))]
+        code = subprocess.run(small, env=env, timeout=900).returncode
+    sys.exit(code)
 
 
 if __name__ == "__main__":
