@@ -131,9 +131,9 @@ def sleep_until_all_arrive(comm) -> None:
         time.sleep(1e-3)
 
 
-def ping_pong(comm, repeats: int = 200) -> float:
-    """Half the round trip of a DIM-float message between ranks 0 and 1, in seconds."""
-    buffer = np.zeros(DIM)
+def ping_pong(comm, buffer: np.ndarray | None = None, repeats: int = 200) -> float:
+    """Half the round trip of `buffer` (default DIM float64) between ranks 0 and 1, in seconds."""
+    buffer = np.zeros(DIM) if buffer is None else buffer
     for timed in (False, True):  # the first exchanges set up the connection: not timed
         comm.Barrier()
         start = time.perf_counter()

@@ -35,6 +35,7 @@ from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops import Affine, L1Norm, ReLU
 from pprs_mpi.schedule import build as build_schedule
+from pipeline_efficiency import ping_pong  # noqa: E402 — the same directory
 
 RESULTS = Path(__file__).resolve().parent / "results" / "vs_torch_pipelining.json"
 CASES = ((512, 16), (1024, 64))
@@ -192,22 +193,6 @@ def _AddTheta(theta):
     return AddTheta()
 
 
-def ping_pong(comm, width: int, repeats: int = 500) -> float:
-    """Half the round trip of one activation (width float32) between ranks 0 and 1, in seconds."""
-    buffer = np.zeros(width, dtype=np.float32)
-    for timed in (False, True):
-        comm.Barrier()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            if comm.rank == 0:
-                comm.Send(buffer, dest=1)
-                comm.Recv(buffer, source=1)
-            else:
-                comm.Recv(buffer, source=0)
-                comm.Send(buffer, dest=0)
-    return (time.perf_counter() - start) / repeats / 2
-
-
 def torch_available(comm) -> str:
     """'' when torch can run here (and its process group is up), else why not."""
     try:
@@ -244,7 +229,7 @@ def worker(args) -> None:
         gradients = {}
         latency = []
         for _ in range(args.rounds):  # interleaved: every system once per round
-            latency.append(ping_pong(comm, width))
+            latency.append(ping_pong(comm, np.zeros(width, dtype=np.float32), repeats=500))
             for system in systems:
                 ms, gradient = _run(system, comm, width, K, iterations)
                 if comm.rank == 0:

@@ -17,16 +17,13 @@ _MAX_U64 = 2**64
 
 def standard_normal(seed: int, iteration: int, sample: int, dim: int, dtype=np.float64) -> np.ndarray:
     """X_k ~ N(0, I_dim) for (seed, iteration t, sample k), as a NumPy array of `dtype`."""
-    out = np.empty(dim)
-    _draw(seed, iteration, range(sample, sample + 1), out[None])
-    return out.astype(dtype, copy=False)
+    return perturbations(seed, iteration, range(sample, sample + 1), dim, dtype)[0]
 
 
 def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64) -> np.ndarray:
     """The stacked X_k, shape (len(samples), dim), for the samples of one microbatch, drawn on the host."""
-    out = np.empty((len(samples), dim))
-    _draw(seed, iteration, samples, out)
-    return out.astype(dtype, copy=False)
+    rows = Rows(seed, len(samples), dim)
+    return rows.draw(iteration, samples).astype(dtype, copy=False)
 
 
 class Rows:
@@ -34,31 +31,32 @@ class Rows:
     caller consumes them (x_t + γX) before the next draw."""
 
     def __init__(self, seed: int, rows: int, dim: int):
-        self.seed, self._rows = seed, np.empty((rows, dim))
+        _check("seed", seed)
+        self._rows = np.empty((rows, dim))
+        self._bits, self._generator, self._state = _philox(seed)
+        self._counter = self._state["state"]["counter"]
 
     def draw(self, iteration: int, samples: range) -> np.ndarray:
-        """The stacked X_k, shape (len(samples), dim), as `perturbations` gives them; valid until the next draw."""
-        out = self._rows[:len(samples)]
-        _draw(self.seed, iteration, samples, out)
+        """The stacked X_k, shape (len(samples), dim), each row drawn from Philox keyed by the seed with
+        counter (0, 0, k, t); valid until the next draw."""
+        _check("iteration", iteration)
+        _check("sample", samples.stop - 1)
+        out, counter, bits, state, generator = self._rows[:len(samples)], self._counter, self._bits, self._state, self._generator
+        for row, k in zip(out, samples):
+            counter[2], counter[3] = k, iteration
+            bits.state = state
+            generator.standard_normal(out=row)
         return out
 
 
-def _draw(seed: int, iteration: int, samples: range, out: np.ndarray) -> None:
-    """Row i of `out` (float64) becomes X_k for k = samples[i]: Philox keyed by the seed, counter (0, 0, k, t)."""
-    for label, value in (("seed", seed), ("iteration", iteration), ("sample", samples.start), ("sample", samples.stop - 1)):
-        if not 0 <= int(value) < _MAX_U64:
-            raise ValueError(f"{label} must be in [0, 2**64), got {value}")
-    bits, generator, state = _philox(seed)
-    counter = state["state"]["counter"]
-    for row, k in zip(out, samples):
-        counter[2], counter[3] = k, iteration
-        bits.state = state
-        generator.standard_normal(out=row)
+def _check(label: str, value: int) -> None:
+    if not 0 <= int(value) < _MAX_U64:
+        raise ValueError(f"{label} must be in [0, 2**64), got {value}")
 
 
 @functools.lru_cache(maxsize=8)
 def _philox(seed: int) -> tuple[np.random.Philox, np.random.Generator, dict]:
-    """One Philox generator per seed, whose counter `_draw` sets through the returned state (reused):
+    """One Philox generator per seed, whose counter `Rows.draw` sets through the returned state (reused):
     4x cheaper than a new generator per draw, and the same numbers."""
     bits = np.random.Philox(key=np.array([seed, 0], dtype=np.uint64))
     state = {"bit_generator": "Philox",

@@ -138,7 +138,8 @@ class StageRunner:
     def _backward(self, step: BackwardStep) -> None:
         mb, slot = step.mb, step.output
         output, self._outputs[slot] = self._outputs[slot], None
-        cotangent = self._cotangent(step.cotangents, mb) if step.cotangents else self.xp.ones_like(output)
+        cotangent = (_sum_arrived(step.cotangents, mb, self.transport, self._cotangents) if step.cotangents
+                     else self.xp.ones_like(output))
         inputs, self._stash[slot] = self._stash[slot], None
         self._live -= 1
         start = time.perf_counter()
@@ -152,17 +153,6 @@ class StageRunner:
                 self.transport.send(where, mb, self.xp.ascontiguousarray(grad))
             else:
                 self._cotangents[where] = grad
-
-    def _cotangent(self, sources, mb: int):
-        """Sum of the children's cotangents, in the fixed order of `children`."""
-        total = None
-        for how, where in sources:
-            if how == RECV:
-                part = self.transport.recv(where, mb)
-            else:
-                part, self._cotangents[where] = self._cotangents[where], None
-            total = part if total is None else total + part
-        return total
 
     def _record(self, mb: int, phase: int, node: int, start: float) -> None:
         """Records an action that began at `start`; on a GPU its kernels are waited for first, since
@@ -208,6 +198,7 @@ class RootRole:
         self._outputs, self._cotangents = outputs, cotangents
         self.values: list = [None] * (sampling.n_microbatches + 1)  # the leaf's outputs, when it is on stage 0
         self._noise = noise.Rows(sampling.seed, sampling.microbatch_size, dim)
+        self._samples = [sampling.samples(mb) for mb in range(sampling.n_microbatches)]
         self._drawn = self._folded = 0
 
     def begin(self, t: int, x, evaluation: bool) -> None:
@@ -243,7 +234,7 @@ class RootRole:
 
     def _noisy_copies(self, mb: int):
         """θ_mb = x_t + γ X_k for the samples k of microbatch mb, stacked along the batch axis."""
-        samples, x = self.sampling.samples(mb), self._x
+        samples, x = self._samples[mb], self._x
         if self.sampling.gamma == 0.0:
             return self.xp.array(self.xp.broadcast_to(x, (len(samples), x.shape[0])))
         if self.sampling.noise_on_device and self.backend.on_gpu:
@@ -270,14 +261,7 @@ class RootRole:
 
     def _fold(self) -> None:
         mb, self._folded = self._folded, self._folded + 1
-        total = None
-        for how, where in self.plan.folds[mb]:
-            if how == RECV:
-                part = self.transport.recv(where, mb)
-            else:
-                part, self._cotangents[where] = self._cotangents[where], None
-            total = part if total is None else total + part
-        self._gradient_sum += total.sum(axis=0)
+        self._gradient_sum += _sum_arrived(self.plan.folds[mb], mb, self.transport, self._cotangents).sum(axis=0)
         self._values.append(self.backend.to_host(self._value(mb)))
 
     def _all_arrived(self, mb: int) -> bool:
@@ -294,6 +278,19 @@ class RootRole:
             value, self.values[mb] = self.values[mb], None
             return value
         return self.transport.recv(self.plan.value, mb)
+
+
+def _sum_arrived(sources, mb: int, transport: Transport, cotangents: list):
+    """The sum of a node's children's cotangents for microbatch mb, received or taken from the local
+    slots, in the fixed order of `sources` (the children's)."""
+    total = None
+    for how, where in sources:
+        if how == RECV:
+            part = transport.recv(where, mb)
+        else:
+            part, cotangents[where] = cotangents[where], None
+        total = part if total is None else total + part
+    return total
 
 
 def _shape(array) -> tuple | str:
