@@ -36,7 +36,7 @@ from pprs_mpi.faults import Fault
 from pprs_mpi.engines.plan import Channel, channels
 from pprs_mpi.engines.runner import ShapeError, StageRunner
 from pprs_mpi.engines.stage import Sampling, Wiring
-from pprs_mpi.engines.timeline import WAIT_PHASE, Timeline
+from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline
 from pprs_mpi.schedule import Schedule
 
 FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per (kind, edge, microbatch)
@@ -286,9 +286,8 @@ class MpiEngine:
                 self.runner.run(t, evaluation=command == EVALUATE)
 
     def _report(self) -> tuple[np.ndarray, dict]:
-        return (self.timeline.take(),
-                {"peak_stash": self.runner.peak_stash, "buffer_bytes": self.staging.allocated_bytes,
-                 "peak_send_bytes": self.transport.peak_send_bytes})
+        figures = (self.runner.peak_stash, self.staging.allocated_bytes, self.transport.peak_send_bytes)
+        return self.timeline.take(), dict(zip(MEMORY_KEYS, figures))
 
     def _command(self, command: int | None = None, t: int = 0) -> tuple[int, int]:
         if self.comm.rank == 0:

@@ -8,7 +8,7 @@ from pprs_mpi.backend import Backend
 from pprs_mpi.engines.plan import n_channels
 from pprs_mpi.engines.runner import StageRunner
 from pprs_mpi.engines.stage import Sampling, Wiring
-from pprs_mpi.engines.timeline import Timeline
+from pprs_mpi.engines.timeline import MEMORY_KEYS, Timeline
 from pprs_mpi.engines.transport import LocalTransport
 from pprs_mpi.faults import Fault
 from pprs_mpi.schedule import Schedule
@@ -50,8 +50,7 @@ class SerialEngine:
         """Every stage's timeline records since the last gather and its memory figures, as if each
         stage were a rank (an in-process mailbox has no message buffers)."""
         records = np.concatenate([timeline.take() for timeline in self.timelines])
-        return records, [{"peak_stash": runner.peak_stash, "buffer_bytes": 0, "peak_send_bytes": 0}
-                         for runner in self.runners]
+        return records, [dict(zip(MEMORY_KEYS, (runner.peak_stash, 0, 0))) for runner in self.runners]
 
     def stop(self) -> None:
         pass
