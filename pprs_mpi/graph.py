@@ -7,6 +7,7 @@ children, depth) and splits its nodes into pipeline stages.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -73,6 +74,17 @@ class Graph:
     def edges(self) -> list[tuple[str, str]]:
         """Every distinct (parent, child) edge, in topological order of the child, then parent order."""
         return list(dict.fromkeys((p, n) for n in self.order for p in self.nodes[n].parents))
+
+    def fingerprints(self) -> dict[str, str]:
+        """A digest per node, in topological order after the root's: its name, parents and op (type and
+        constants). Ranks that built the same graph get the same digests; see `Op.fingerprint`."""
+        digests = {self.root: hashlib.sha256(f"root {self.root} {self.dim}".encode()).hexdigest()}
+        for name in self.order:
+            node = self.nodes[name]
+            digest = hashlib.sha256(f"{name} {node.parents}".encode())
+            digest.update(node.op.fingerprint())
+            digests[name] = digest.hexdigest()
+        return digests
 
     def _check_parents_exist(self) -> None:
         for node in self.nodes.values():
