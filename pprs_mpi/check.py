@@ -108,9 +108,10 @@ def _check_node(graph: Graph, name: str, inputs, rng):
     return errors, broken, output if fits else None
 
 
-def check_op(op: Op, inputs: list[np.ndarray], cotangent=None, rng=None,
-             declared: tuple[int, ...] | None = None) -> tuple[list[float], str]:
-    """(relative VJP error per input slot, the contract broken or ''), for batched float64 `inputs`."""
+def check_op(op: Op, inputs: list[np.ndarray], cotangent=None, rng=None, declared: tuple[int, ...] | None = None,
+             full_basis: int = FULL_BASIS) -> tuple[list[float], str]:
+    """(relative VJP error per input slot, the contract broken or ''), for batched float64 `inputs`; inputs
+    of at most `full_basis` entries are differenced along every entry."""
     rng = np.random.default_rng(0) if rng is None else rng
     inputs = [np.asarray(x, dtype=np.float64) for x in inputs]
     before = [x.copy() for x in inputs]
@@ -133,7 +134,7 @@ def check_op(op: Op, inputs: list[np.ndarray], cotangent=None, rng=None,
         broken = _float32_contract(op, inputs, declared)
     if broken:
         return [], broken
-    return [_slot_error(op, inputs, k, grads[k], cotangent, rng) for k in range(len(inputs))], ""
+    return [_slot_error(op, inputs, k, grads[k], cotangent, rng, full_basis) for k in range(len(inputs))], ""
 
 
 def _contract(op: Op, inputs, output, declared) -> str:
@@ -169,13 +170,13 @@ def _float32_contract(op: Op, inputs, declared) -> str:
     return "in float32: " + broken if broken else ""
 
 
-def _slot_error(op: Op, inputs, k: int, grad, cotangent, rng) -> float:
+def _slot_error(op: Op, inputs, k: int, grad, cotangent, rng, full_basis: int) -> float:
     """max over directions v of |⟨grad, v⟩ − FD of ⟨cotangent, forward⟩ along v|, over their magnitudes.
 
     A direction along which the one-sided slopes disagree crosses a kink (e.g. tied maxima after a
     ReLU), where any subgradient is right: it is skipped. NaN when every direction was skipped."""
     x = inputs[k]
-    if x.size <= FULL_BASIS:
+    if x.size <= full_basis:
         directions = (np.eye(x.size)[i].reshape(x.shape) for i in range(x.size))
     else:  # dense random directions, and single entries (which can miss a kink that all dense ones cross)
         entries = rng.choice(x.size, DIRECTIONS, replace=False)

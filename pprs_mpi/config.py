@@ -214,7 +214,7 @@ def _problem_params(spec, given: dict) -> dict:
         return {}
     foreign = sorted(set(builtin) - set(spec.parameters))
     if foreign:
-        raise ConfigError(f"option '{foreign[0]}' does not apply to problem {spec.reference!r}")
+        raise ConfigError(f"option {foreign[0]!r} does not apply to problem {spec.reference!r}")
     try:
         return spec.arguments({**builtin, **given.get(PROBLEM_ARGS, {})})
     except ValueError as err:
@@ -278,7 +278,7 @@ def _refuse_changes(given: dict, stored: dict, spec, stored_params: dict, path: 
     for name, value in [*changes.items(), *given_params.items()]:
         before = stored[name] if name in changes else stored_params.get(name)
         if not _equal(value, before):
-            raise ConfigError(f"--resume continues the stored run: '{name}' cannot be changed "
+            raise ConfigError(f"--resume continues the stored run: {name!r} cannot be changed "
                               f"(the run has {before!r}, this command gives {value!r})")
 
 

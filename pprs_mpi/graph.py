@@ -36,14 +36,14 @@ class Graph:
 
     def __init__(self, dim: int, nodes: Iterable[Node], root: str = "theta"):
         if int(dim) < 1:
-            raise GraphError(f"root '{root}': dimension must be >= 1, got {dim}")
+            raise GraphError(f"root {root!r}: dimension must be >= 1, got {dim}")
         self.dim = int(dim)
         self.root = root
         self.nodes: dict[str, Node] = {}
         for node in nodes:
             node = Node(node.name, node.op, tuple(node.parents))
             if node.name == root or node.name in self.nodes:
-                raise GraphError(f"node '{node.name}': name is used twice")
+                raise GraphError(f"node {node.name!r}: name is used twice")
             self.nodes[node.name] = node
         self._check_parents_exist()
         self.children: dict[str, tuple[str, ...]] = self._children()
@@ -51,7 +51,7 @@ class Graph:
         self.leaf: str = self._single_leaf()
         self.shapes: dict[str, tuple[int, ...]] = self._infer_shapes()
         if self.shapes[self.leaf] != ():
-            raise GraphError(f"leaf '{self.leaf}': output must be a scalar, got shape {self.shapes[self.leaf]}")
+            raise GraphError(f"leaf {self.leaf!r}: output must be a scalar, got shape {self.shapes[self.leaf]}")
         self.level: dict[str, int] = self._levels()
         self.depth: int = max(self.level.values())
 
@@ -89,10 +89,10 @@ class Graph:
     def _check_parents_exist(self) -> None:
         for node in self.nodes.values():
             if not node.parents:  # the only way a node of an acyclic graph can miss the root
-                raise GraphError(f"node '{node.name}': is not reachable from the root '{self.root}' (it has no parents)")
+                raise GraphError(f"node {node.name!r}: is not reachable from the root {self.root!r} (it has no parents)")
             for p in node.parents:
                 if p != self.root and p not in self.nodes:
-                    raise GraphError(f"node '{node.name}': parent '{p}' does not exist")
+                    raise GraphError(f"node {node.name!r}: parent {p!r} does not exist")
 
     def _children(self) -> dict[str, tuple[str, ...]]:
         children: dict[str, list[str]] = {self.root: [], **{n: [] for n in self.nodes}}
@@ -131,12 +131,12 @@ class Graph:
             arity = node.op.arity
             if arity is not None and arity != len(node.parents):
                 raise GraphError(
-                    f"node '{name}': {node.op.describe()} takes {arity} input(s), got {len(node.parents)}")
+                    f"node {name!r}: {node.op.describe()} takes {arity} input(s), got {len(node.parents)}")
             inputs = [self.shape(p) if p == self.root else shapes[p] for p in node.parents]
             try:
                 shapes[name] = tuple(int(s) for s in node.op.output_shape(*inputs))
             except ValueError as err:
-                raise GraphError(f"node '{name}': {node.op.describe()} does not fit inputs {inputs}: {err}") from None
+                raise GraphError(f"node {name!r}: {node.op.describe()} does not fit inputs {inputs}: {err}") from None
         return shapes
 
     def _levels(self) -> dict[str, int]:

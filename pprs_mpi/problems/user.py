@@ -19,7 +19,7 @@ import typing
 from pprs_mpi.problems import REQUIRED, Parameter, ProblemSpec
 
 _SIMPLE_TYPES = (int, float, bool, str)
-_loaded: dict[str, object] = {}  # modules loaded from files, by absolute path: each file runs once per process
+_loaded: dict[tuple, object] = {}  # modules loaded from files, by (path, mtime, size): each version runs once
 
 
 def load_builder(reference: str) -> ProblemSpec:
@@ -42,10 +42,12 @@ def load_builder(reference: str) -> ProblemSpec:
 
 
 def _module_from_file(path: str, reference: str):
-    if path in _loaded:
-        return _loaded[path]
     if not os.path.isfile(path):
         raise ValueError(f"problem {reference!r}: no such file {path}")
+    stat = os.stat(path)
+    version = (path, stat.st_mtime_ns, stat.st_size)  # an edited file is loaded again
+    if version in _loaded:
+        return _loaded[version]
     name = "pprs_user_" + "".join(c if c.isalnum() else "_" for c in path)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
@@ -58,7 +60,7 @@ def _module_from_file(path: str, reference: str):
     except BaseException as err:  # noqa: BLE001 — anything the user's file raises (even SystemExit) is bad input
         sys.modules.pop(name, None)
         raise ValueError(f"problem {reference!r}: importing {path} failed: {describe_error(err, path)}") from None
-    _loaded[path] = module
+    _loaded[version] = module
     return module
 
 
