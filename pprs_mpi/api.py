@@ -14,7 +14,6 @@ ends the whole job (no rank may be left waiting), or raises `RunFailed` in a sin
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +54,7 @@ class Result:
     f_smoothed: np.ndarray  # mean of the K sample values per iteration
     f_eval: np.ndarray  # f(y_t) where evaluated, NaN elsewhere
     trace: str  # path of the HDF5 trace
-    message: str = ""
+    message: str = ""  # why a run that did not complete stopped
 
     @property
     def exit_code(self) -> int:
@@ -425,19 +424,17 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     trace.write_result(y=outcome.state.y, x=outcome.state.x)
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
-    result = _result(setup, outcome)
-    if outcome.status != "completed":
-        print(f"{PREFIX}{outcome.message}; trace {cfg['out']} marked {outcome.status}", file=sys.stderr, flush=True)
-    elif not cfg["quiet"]:
+    if outcome.status == "completed" and not cfg["quiet"]:
         print(_summary(setup, outcome), flush=True)
-    return result
+    return _result(setup, outcome)
 
 
 def _result(setup: Setup, outcome) -> Result:
     from pprs_mpi.trace import load
     columns = load(setup.cfg["out"]).columns
+    message = f"{outcome.message}; trace {setup.cfg['out']} marked {outcome.status}" if outcome.message else ""
     return Result(outcome.status, outcome.state.y, outcome.state.x, outcome.f_final, columns["iteration"],
-                  columns["f_smoothed"], columns["f_eval"], setup.cfg["out"], outcome.message)
+                  columns["f_smoothed"], columns["f_eval"], setup.cfg["out"], message)
 
 
 def _banner(setup: Setup) -> str:

@@ -14,7 +14,6 @@ median error over the points exceeds `rtol`, so that one point landing on a kink
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import dataclass

@@ -166,11 +166,16 @@ def parser() -> argparse.ArgumentParser:
 
 def load(argv: list[str] | None = None) -> dict:
     """The merged, validated configuration of a command line."""
+    return resolve(given_by(argv))
+
+
+def given_by(argv: list[str] | None) -> dict:
+    """The settings a command line gives (its --config file's, then its flags'), by option name."""
     flags = vars(parser().parse_args(argv))
     from_file = _read_toml(flags.pop("config")) if "config" in flags else {}
     if PROBLEM_ARGS in flags:
         flags[PROBLEM_ARGS] = {**from_file.get(PROBLEM_ARGS, {}), **_pairs(flags[PROBLEM_ARGS])}
-    return resolve({**from_file, **flags})
+    return {**from_file, **flags}
 
 
 def resolve(given: dict, problem_object: bool = False) -> dict:

@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None, comm=None) -> int:
     except api.RunFailed as err:
         print(PREFIX + str(err), file=sys.stderr, flush=True)
         return 1
-    return 0 if result is None else result.exit_code
+    if result is None:  # a rank other than 0
+        return 0
+    if result.message:
+        print(PREFIX + result.message, file=sys.stderr, flush=True)
+    return result.exit_code
 
 
 if __name__ == "__main__":
