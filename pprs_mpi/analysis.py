@@ -257,7 +257,9 @@ def every_text(n) -> str:
 
 
 def short_number(value) -> str:
-    """A setting or value in at most 4 significant digits; "-" for None."""
+    """A setting or value in at most 4 significant digits (whole numbers below 10⁷ in full); "-" for None."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e7:
+        return str(int(value))
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 

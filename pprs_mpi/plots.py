@@ -96,7 +96,7 @@ def plot_smoothed_vs_eval(trace: Trace, summary: dict, name: str) -> Figure:
     log = _log_scale_if_wide(ax, np.concatenate([smoothed, evaluated[rows]]))
     _draw_f_star(ax, optimum, log)
     ax.set_xlabel(X_LABELS["iteration"])
-    ax.set_ylabel(_with_f_star(f"$f{minus}$", optimum, log))
+    ax.set_ylabel(_with_f_star(f"objective $f{minus}$", optimum, log))
     ax.set_title(f"{name}: {_title([summary], ALGORITHM_KEYS)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
@@ -124,9 +124,11 @@ def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure
             drawn = np.maximum(durations, MIN_BAR * span) if phase != WAIT else durations
             bars = np.column_stack([mine["start"] - t0, drawn]) / scale
             ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=COLOURS[phase], edgecolors="none", linewidth=0)
+    numbered = False
     for record in records[records["phase"] != WAIT]:
         text = str(record["microbatch"])
         if record["end"] - record["start"] >= label_width * len(text):
+            numbered = True
             ax.text((record["start"] + record["end"] - 2 * t0) / (2 * scale), record["rank"], text,
                     ha="center", va="center", fontsize=8, color="white")
     word = "stage" if summary["engine"] == "serial" else "rank"
@@ -138,7 +140,7 @@ def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure
     shortest = f"; actions shorter than {MIN_BAR * span / scale:.2g} {unit} drawn that wide" if widened else ""
     ax.set_xlabel(f"time since the iteration's first record ({unit}){shortest}")
     ax.set_title(f"{name}: iteration {iteration}, {summary['schedule'] or 'pipeline'}, "
-                 f"M={short_number(summary['n_microbatches'])} microbatches (numbered on the bars), "
+                 f"M={short_number(summary['n_microbatches'])} microbatches{' (numbered on the bars)' * numbered}, "
                  f"Δ={short_number(summary['depth'])}, {layout_text(summary)}{_simulated(summary)}")
     handles = [Patch(facecolor=COLOURS[p], label=LABELS[p]) for p in (FORWARD, BACKWARD, WAIT)]
     handles.append(Patch(facecolor="white", edgecolor="#999999", label="not recorded\n(messages, bookkeeping)"))

@@ -71,9 +71,9 @@ def format_summary(s: dict, rule: str) -> str:
         lines.append(("per rank" if i == 0 else "", f"rank {r['rank']}: compute {_pct(r['compute'])}, "
                                                     f"wait {_pct(r['wait'])}"))
     for i, r in enumerate(s["rank_memory"]):
-        lines.append(("memory" if i == 0 else "", f"rank {r['rank']}: ≤ {r['peak_stash']} (node, microbatch) "
-                                                  f"inputs kept, message buffers {_bytes(r['buffer_bytes'])}, "
-                                                  f"pending sends ≤ {_bytes(r['peak_send_bytes'])}"))
+        lines.append(("memory" if i == 0 else "", f"rank {r['rank']}: ≤ {r['peak_stash']} kept (node, microbatch) "
+                                                  f"inputs, buffers {_bytes(r['buffer_bytes'])}, "
+                                                  f"sends pending ≤ {_bytes(r['peak_send_bytes'])}"))
     if s["unit_cost"] is not None:
         lines.append(("efficiency", f"pipeline {_pct(s['pipeline_efficiency'])} = makespan {_num(s['makespan'])} "
                                     f"× unit {_seconds(s['unit_cost'])} / iteration {_seconds(s['iteration_time'])}"))
