@@ -39,21 +39,30 @@ def objective(trace: Trace) -> tuple[str, np.ndarray]:
     return "f_smoothed", np.arange(trace.n_rows)
 
 
-def default_targets(traces: list[Trace]) -> list[float]:
-    """Targets common to all runs: the lowest best f plus 10%, 1% and 0.1% of the gap between the
-    highest first f and that best (none when no run improved on its start)."""
+def target_basis(traces: list[Trace]) -> tuple[float, float] | None:
+    """(highest first f, lowest best f) over the runs: what the default targets are taken between;
+    None when no run went below its first value."""
     starts, bests = [], []
     for trace in traces:
         name, rows = objective(trace)
         values = trace.columns[name][rows]
         values = values[np.isfinite(values)]
         if values.size:
-            starts.append(values[0])
-            bests.append(values.min())
+            starts.append(float(values[0]))
+            bests.append(float(values.min()))
     if not starts or max(starts) <= min(bests):
+        return None
+    return max(starts), min(bests)
+
+
+def default_targets(traces: list[Trace]) -> list[float]:
+    """Targets common to all runs: the lowest best f plus 10%, 1% and 0.1% of the gap between the
+    highest first f and that best (none when no run improved on its start)."""
+    basis = target_basis(traces)
+    if basis is None:
         return []
-    low, gap = min(bests), max(starts) - min(bests)
-    return [float(low + fraction * gap) for fraction in DEFAULT_GAP_FRACTIONS]
+    first, best = basis
+    return [best + fraction * (first - best) for fraction in DEFAULT_GAP_FRACTIONS]
 
 
 def time_to_targets(trace: Trace, targets: list[float]) -> list[dict]:
@@ -218,7 +227,7 @@ def summarize(trace: Trace, targets: list[float] | None = None) -> dict:
         **layout(trace),
         "depth": depth(trace), "rows": trace.n_rows,
         "last_iteration": int(trace.columns["iteration"][last]) if trace.n_rows else None,
-        "f_source": name, "f_first": float(values[0]) if values.size else None,
+        "f_source": name,
         "f_final": f_final, "final_iteration": int(trace.columns["iteration"][rows[-1]]) if values.size else None,
         "f_best": f_best,
         "best_iteration": None if best is None else int(trace.columns["iteration"][best]),

@@ -16,7 +16,7 @@ import textwrap
 import time
 
 from pprs_mpi.analysis import (DEFAULT_GAP_FRACTIONS, default_targets, every_text, settings_text, short_number,
-                               summarize)
+                               summarize, target_basis)
 from pprs_mpi.trace import TraceError, TraceLocked, load
 
 WIDTH = 100  # columns of every line of text output
@@ -24,17 +24,15 @@ FINAL_ABOVE_BEST = ("with a constant step η and smoothing γ the iterates do no
                     "keeps moving in a band whose width grows with η and γ√d (lower them to narrow it)")
 
 
-def targets_rule(summaries: list[dict], given: bool) -> str:
-    """How the targets were chosen, with the values they came from."""
+def targets_rule(basis: tuple[float, float] | None, given: bool, n_runs: int) -> str:
+    """How the targets were chosen; `basis` is (first f, best f) that the default ones come from."""
     if given:
         return "given with --targets"
-    fractions = " / ".join(f"{100 * f:g}%" for f in DEFAULT_GAP_FRACTIONS)
-    if not summaries[0]["targets"]:
+    if basis is None:
         return "none: f never went below its first value (give some with --targets 0.1,0.05)"
-    first = max(s["f_first"] for s in summaries if s["f_first"] is not None)
-    best = min(s["f_best"] for s in summaries if s["f_best"] is not None)
-    scope = "" if len(summaries) == 1 else " (highest first f and lowest best f of all runs)"
-    return (f"best + {fractions} of the gap between first f {_num(first)} and best f {_num(best)}{scope}; "
+    fractions = " / ".join(f"{100 * f:g}%" for f in DEFAULT_GAP_FRACTIONS)
+    scope = "" if n_runs == 1 else " (highest first f and lowest best f of all runs)"
+    return (f"best + {fractions} of the gap between first f {_num(basis[0])} and best f {_num(basis[1])}{scope}; "
             f"choose others with --targets 0.1,0.05")
 
 
@@ -114,7 +112,7 @@ def render(traces: list, targets: list[float] | None, as_json: bool) -> tuple[st
     """(the text or JSON to print, the summaries) of these traces; targets None: the defaults."""
     chosen = targets if targets is not None else default_targets(traces)
     summaries = [summarize(trace, chosen) for trace in traces]
-    rule = targets_rule(summaries, given=targets is not None)
+    rule = targets_rule(target_basis(traces), given=targets is not None, n_runs=len(traces))
     if as_json:
         return json.dumps(_plain([{**s, "targets_rule": rule} for s in summaries]), indent=2), summaries
     if len(summaries) == 1:
@@ -160,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    """Parse the arguments and report once or follow; bad input is one line on stderr and status 2."""
     parser = argparse.ArgumentParser(prog="python -m pprs_mpi.report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", metavar="RUN.h5", help="trace files")
     parser.add_argument("--json", action="store_true", help="print the summaries as JSON")

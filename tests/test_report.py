@@ -334,3 +334,18 @@ def test_objective_plot_labels_legend_and_f_star(tmp_path):
     assert ax.lines[0].get_ydata()[0] == pytest.approx(f_of(0) + 1.0)  # f − f*
     wall = plots.plot_objective(runs, summaries, ["a", "b"], "wall_time").axes[0]
     assert wall.get_xlabel() == "wall time (s)" and "units/iteration" not in wall.get_legend().get_texts()[0].get_text()
+
+
+def test_f_star_line_on_a_linear_axis(tmp_path):
+    pytest.importorskip("matplotlib")
+    from pprs_mpi import plots
+    path = tmp_path / "run.h5"
+    with TraceWriter(path, CONFIG, {**META, "f_star": 0.2}) as writer:  # f − f* from 0.75 to 0.27: no log axis
+        for t in range(30):
+            writer.append(iteration=t, pipeline_time=t, wall_time=t, f_smoothed=1.0, f_eval=0.45 + 0.5 * 0.9 ** t)
+    trace = load(path)
+    ax = plots.plot_objective([trace], [report.summarize(trace, [])], ["run"], "wall_time").axes[0]
+    assert ax.get_yscale() == "linear"
+    star = [line for line in ax.lines if line.get_label() == "$f^*$ = 0.2"]
+    assert len(star) == 1 and set(star[0].get_ydata()) == {0.0}
+    assert ax.lines[0].get_ydata()[0] == pytest.approx(0.75)
