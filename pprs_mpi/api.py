@@ -456,7 +456,7 @@ def _per_rank(values: list[str]) -> str:
 
 def _summary(setup: Setup, outcome) -> str:
     """The closing lines: f(y_T), where the trace is, and (MPI) each rank's compute and wait fractions."""
-    from pprs_mpi.report import pipeline_records, rank_fractions
+    from pprs_mpi.analysis import pipeline_records, rank_fractions
     from pprs_mpi.trace import load
     f_star = setup.problem.f_star
     lines = [f"done: f(y_T) = {outcome.f_final:.6g}" + (f", f* = {f_star:g}" if f_star is not None else "")

@@ -165,7 +165,7 @@ def plot(args: argparse.Namespace, path: str) -> None:
     for ax, (title, curves) in zip(fig.subplots(1, 3), series):
         for label, group, key, style in curves:
             ax.loglog(depths, [row[group][key] for row in rows], style, label=label, linewidth=1.8)
-        ax.axvline(args.depth, color="grey", linewidth=0.8, alpha=0.6)
+        ax.axvline(args.depth, color="grey", linewidth=0.8, alpha=0.6, label=f"Δ = {args.depth} (--depth)")
         ax.set_title(title)
         ax.set_xlabel("depth Δ")
         ax.set_ylabel("time (units)")
