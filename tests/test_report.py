@@ -178,8 +178,9 @@ def test_truncated_and_newer_traces_are_one_line_errors(tmp_path, capsys):
     newer = write_trace(tmp_path / "newer.h5")
     with h5py.File(newer, "a") as f:
         f.attrs["format_version"] = 99
+    good = write_trace(tmp_path / "good.h5")
     for path, words in ((truncated, "truncated"), (newer, "newer")):
-        assert report.main([str(write_trace(tmp_path / "good.h5")), str(path)]) == 2
+        assert report.main([str(good), str(path)]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and words in captured.err and captured.err.count("\n") == 1
 
