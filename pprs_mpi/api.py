@@ -35,7 +35,6 @@ PREFIX = "pprs_mpi.solve: "
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
-OBJECT_PREFIX = "python:"  # the configured `problem` of a run given a Problem or Graph object
 
 
 class RunFailed(RuntimeError):
@@ -69,7 +68,7 @@ def minimize(problem: Problem | Graph | str, comm=None, **options) -> Result | N
     comm = MPI.COMM_WORLD if comm is None else comm
     if isinstance(problem, (Problem, Graph)):
         built = problem if isinstance(problem, Problem) else Problem("graph", problem)
-        cfg = config.resolve({**options, "problem": OBJECT_PREFIX + built.name}, problem_object=True)
+        cfg = config.resolve({**options, "problem": config.OBJECT_PREFIX + built.name}, problem_object=True)
         return run(cfg, comm, built)
     if not isinstance(problem, str):
         raise ConfigError(f"problem must be a Problem, a Graph or a reference string, got {type(problem).__name__}")
@@ -190,9 +189,6 @@ def _assemble(cfg: dict, comm, problem: Problem | None) -> Setup:
 
 def build_problem(cfg: dict) -> Problem:
     """The configured problem, built by its builder; whatever the builder raises is bad input."""
-    if cfg["problem"].startswith(OBJECT_PREFIX):
-        raise ConfigError(f"this run's problem was a Python object ({cfg['problem']}): run it again with "
-                          "pprs_mpi.minimize(problem, ...), e.g. pprs_mpi.minimize(problem, resume=PATH)")
     spec = spec_for(cfg["problem"])
     try:
         return spec.make(cfg["problem_params"])

@@ -137,6 +137,7 @@ ALGORITHM_DEFAULTS = {
     "gd": {"K": 1, "gamma": 0.0, "mu": 0.0},
     "agd": {"K": 1, "gamma": 0.0, "mu": optim.AGD_DEFAULT_MU},
 }
+OBJECT_PREFIX = "python:"  # the stored `problem` of a run given a Problem or Graph object (the API)
 PROBLEM_ARGS = "problem_args"  # NAME=VALUE pairs (flags), a table (TOML) or a dict (API) of builder arguments
 
 
@@ -250,6 +251,9 @@ def _resumed(given: dict, problem_object: bool = False) -> dict:
             stored.get("problem_params"), dict):
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
     stored = {**DEFAULTS, **stored}
+    if stored["problem"].startswith(OBJECT_PREFIX) and not problem_object:
+        raise ConfigError(f"cannot resume {path} here: its problem was a Python object ({stored['problem']}); "
+                          "resume it with pprs_mpi.minimize(problem, resume=PATH)")
     if problem_object:
         spec, stored_params = None, {}
         given.pop("problem", None)  # the caller's object, checked against the stored graph hash
@@ -269,10 +273,9 @@ def _resumed(given: dict, problem_object: bool = False) -> dict:
 def _refuse_changes(given: dict, stored: dict, spec, stored_params: dict, path: str) -> None:
     """Raises ConfigError naming the first given setting whose value differs from the stored run's."""
     changes = {k: v for k, v in given.items() if k in BY_NAME and not BY_NAME[k].resumable}
-    if "out" in changes and _same_file(changes.pop("out"), path):
-        pass
-    elif "out" in changes:
-        raise ConfigError(f"--resume {path} writes into that trace: --out {changes['out']!r} would be another file")
+    out = changes.pop("out", None)
+    if out is not None and not _same_file(out, path):
+        raise ConfigError(f"--resume {path} writes into that trace: --out {out!r} would be another file")
     if "problem" in changes:
         changes["problem"] = _spec(changes["problem"]).reference
     params = {k: v for k, v in given.items() if k in problems.builtin_parameters()}

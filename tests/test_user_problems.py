@@ -186,3 +186,17 @@ def test_solve_check_gradients_refuses_a_wrong_vjp_before_touching_the_trace(tmp
     assert err.count("\n") == 1 and "--check-gradients: node 'abs' (SignlessAbs)" in err
     assert not Path(tmp_trace()).exists()
     assert main(["--problem", DAG, "--check-gradients", "--iters", "2", "--quiet", "--out", tmp_trace()]) == 0
+
+
+def test_a_run_of_a_python_object_resumes_through_minimize_only(tmp_path, capsys):
+    sys.path.insert(0, str(EXAMPLES))
+    from branching_dag import build
+    out = str(tmp_path / "object.h5")
+    whole = pprs_mpi.minimize(build(), iters=8, out=str(tmp_path / "whole.h5"), quiet=True)
+    pprs_mpi.minimize(build(), iters=4, checkpoint_every=2, out=out, quiet=True)
+    resumed = pprs_mpi.minimize(build(), iters=8, resume=out, quiet=True)
+    assert resumed.status == "completed" and np.array_equal(resumed.y, whole.y)
+    with pytest.raises(pprs_mpi.ConfigError, match="graph built now differs"):
+        pprs_mpi.minimize(build(seed=3), iters=9, resume=out, quiet=True)
+    assert main(["--resume", out, "--iters", "10"]) == 2
+    assert "resume it with pprs_mpi.minimize(problem, resume=PATH)" in capsys.readouterr().err
