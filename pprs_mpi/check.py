@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an argument of the builder (repeatable)")
     parser.add_argument("--points", type=int, default=3, help="random points per node (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the points (default 0)")
-    parser.add_argument("--rtol", type=float, default=RTOL, help=f"largest relative error that passes (default {RTOL:g})")
+    parser.add_argument("--rtol", type=float, default=RTOL,
+                        help=f"largest relative error that passes (default {RTOL:g})")
     try:
         args = parser.parse_args(argv)
         if args.points < 1 or not args.rtol > 0:

@@ -351,7 +351,8 @@ def _typed(key: str, value, action: argparse.Action):
         expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
     elif action.type in (float, _mu):
         expected = "a number" + (" or 'nesterov'" if action.type is _mu else "")
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (action.type is _mu and value == "nesterov")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number or (action.type is _mu and value == "nesterov")
         value = float(value) if ok and value != "nesterov" else value
     else:
         expected, ok = "a string", isinstance(value, str)

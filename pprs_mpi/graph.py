@@ -89,7 +89,8 @@ class Graph:
     def _check_parents_exist(self) -> None:
         for node in self.nodes.values():
             if not node.parents:  # the only way a node of an acyclic graph can miss the root
-                raise GraphError(f"node {node.name!r}: is not reachable from the root {self.root!r} (it has no parents)")
+                raise GraphError(f"node {node.name!r}: is not reachable from the root {self.root!r} "
+                                 "(it has no parents)")
             for p in node.parents:
                 if p != self.root and p not in self.nodes:
                     raise GraphError(f"node {node.name!r}: parent {p!r} does not exist")

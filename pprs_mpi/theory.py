@@ -1,4 +1,5 @@
-"""The paper's complexity bounds and predicted times: `python -m pprs_mpi.theory --L 1 --R 1 --d 100 --eps 0.01 --depth 20`.
+"""The paper's complexity bounds and predicted times:
+`python -m pprs_mpi.theory --L 1 --R 1 --d 100 --eps 0.01 --depth 20`.
 
 Eqs. (9)-(12) and (14) are O(·)/Ω(·) statements; they are evaluated here with every hidden
 constant set to 1, and labelled so. Eq. (13) is an explicit bound and is evaluated exactly with the

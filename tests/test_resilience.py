@@ -35,7 +35,7 @@ def start(command, out, env=None):
         try:
             if load(out, timeout=0.5).n_rows > 20:
                 return process
-        except Exception:  # not created yet, or momentarily locked by the writer
+        except Exception:  # noqa: BLE001 — not created yet, or momentarily locked by the writer
             pass
         time.sleep(0.05)
     process.kill()

@@ -53,7 +53,8 @@ def test_minimize_under_mpirun_gives_bitwise_the_command_lines_result(tmp_trace)
     result = run(["mpirun", "-n", "2", sys.executable, str(script), tmp_trace("api.h5")], timeout=90)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("completed: f(y_T) =") == 1  # rank 0 alone gets a result
-    cli = solve("--problem", DAG, "--problem-arg", "width=4", "-K", "8", "--gamma", "0.01", "--lr", "0.02", "--mu", "0.9",
+    cli = solve("--problem", DAG, "--problem-arg", "width=4", "-K", "8", "--gamma", "0.01", "--lr", "0.02",
+                "--mu", "0.9",
                 "--iters", "60", "--seed", "1", "--quiet", "--out", tmp_trace("cli.h5"))
     assert cli.returncode == 0, cli.stderr
     api, command_line = load(tmp_trace("api.h5")), load(tmp_trace("cli.h5"))
@@ -67,15 +68,18 @@ def test_minimize_returns_the_result_and_raises_one_line_for_bad_options(tmp_pat
     result = pprs_mpi.minimize(build(width=3), K=4, iters=5, lr=0.05, out=str(tmp_path / "r.h5"), quiet=True)
     trace = load(tmp_path / "r.h5")
     assert result.status == "completed" and result.exit_code == 0 and result.trace == str(tmp_path / "r.h5")
-    assert np.array_equal(result.y, trace.result["y"]) and np.array_equal(result.f_smoothed, trace.columns["f_smoothed"], equal_nan=True)
+    assert np.array_equal(result.y, trace.result["y"])
+    assert np.array_equal(result.f_smoothed, trace.columns["f_smoothed"], equal_nan=True)
     assert result.f_final == trace.columns["f_eval"][-1]
-    for options, message in (({"K": 0}, "K must be >= 1, got 0"), ({"learning_rate": 1}, "unknown option 'learning_rate'"),
+    for options, message in (({"K": 0}, "K must be >= 1, got 0"),
+                             ({"learning_rate": 1}, "unknown option 'learning_rate'"),
                              ({"lr": "fast"}, "lr must be a number, got 'fast'"),
                              ({"schedule": "zigzag"}, "unknown schedule 'zigzag'")):
         with pytest.raises(pprs_mpi.ConfigError, match=message):
             pprs_mpi.minimize(build(), out=str(tmp_path / "bad.h5"), **options)
     assert not (tmp_path / "bad.h5").exists()
-    by_name = pprs_mpi.minimize("lad", depth=3, problem_args={"dim": 4}, iters=2, out=str(tmp_path / "lad.h5"), quiet=True)
+    by_name = pprs_mpi.minimize("lad", depth=3, problem_args={"dim": 4}, iters=2, out=str(tmp_path / "lad.h5"),
+                                quiet=True)
     assert by_name.status == "completed" and load(tmp_path / "lad.h5").config["problem_params"]["dim"] == 4
 
 
@@ -100,10 +104,12 @@ def test_problem_args_are_typed_from_the_builders_annotations_and_defaults(tmp_p
     ("import numpy\nx = 1\nraise RuntimeError('broken on purpose')\n", ["--problem", "{user}:build"],
      "importing {user} failed: RuntimeError: broken on purpose (user.py, line 3)"),
     ("def build(:\n", ["--problem", "{user}:build"], "SyntaxError"),
-    ("def build():\n    return [1, 2]\n", ["--problem", "{user}:build"], "returned list, expected a pprs_mpi Problem or Graph"),
+    ("def build():\n    return [1, 2]\n", ["--problem", "{user}:build"],
+     "returned list, expected a pprs_mpi Problem or Graph"),
     ("def build(n: int = 2):\n    raise ValueError('n too small')\n", ["--problem", "{user}:build"],
      "the builder raised ValueError: n too small (user.py, line 2)"),
-    ("def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "m=3"], "has no argument 'm'"),
+    ("def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "m=3"],
+     "has no argument 'm'"),
     ("def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "n=two"],
      "problem parameter 'n' must be int, got 'two'"),
     ("def build(n: int):\n    pass\n", ["--problem", "{user}:build"], "needs --problem-arg n=VALUE"),
@@ -115,7 +121,8 @@ def test_builder_mistakes_are_one_line_and_exit_2(tmp_path, capsys, source, argv
     argv = [a.replace("{user}", str(user)) for a in argv]
     assert main([*argv, "--iters", "2", "--out", str(tmp_path / "run.h5")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("pprs_mpi.solve: error: ") and message.replace("{user}", str(user)) in err
+    assert err.count("\n") == 1 and err.startswith("pprs_mpi.solve: error: ")
+    assert message.replace("{user}", str(user)) in err
     assert not (tmp_path / "run.h5").exists()
 
 
@@ -154,8 +161,13 @@ def test_resume_accepts_the_original_flags_and_refuses_a_changed_one_naming_both
 
 
 def test_resume_refuses_a_builder_that_now_builds_another_graph(tmp_path, tmp_trace, capsys):
-    user = write(tmp_path, "from pprs_mpi import Graph, Node\nfrom pprs_mpi.ops import Scale, SquaredNorm\n"
-                           "def build():\n    return Graph(2, [Node('sq', SquaredNorm(), ('theta',)), Node('s', Scale(1.0), ('sq',))])\n")
+    user = write(tmp_path, """
+        from pprs_mpi import Graph, Node
+        from pprs_mpi.ops import Scale, SquaredNorm
+
+        def build():
+            return Graph(2, [Node("sq", SquaredNorm(), ("theta",)), Node("s", Scale(1.0), ("sq",))])
+        """)
     assert main(["--problem", f"{user}:build", "--iters", "3", "--quiet", "--out", tmp_trace()]) == 0
     user.write_text(user.read_text().replace("Scale(1.0)", "Scale(2.0)"))
     capsys.readouterr()
@@ -166,7 +178,8 @@ def test_resume_refuses_a_builder_that_now_builds_another_graph(tmp_path, tmp_tr
 def test_the_checker_exits_1_on_a_wrong_vjp_naming_the_node_and_0_on_the_examples():
     wrong = run([sys.executable, "-m", "pprs_mpi.check", f"{EXAMPLES / 'wrong_vjp.py'}:build"], timeout=60)
     assert wrong.returncode == 1
-    assert "FAIL  abs" in wrong.stdout and "node 'abs' (SignlessAbs): input 0: relative error" in wrong.stdout.splitlines()[-1]
+    assert "FAIL  abs" in wrong.stdout
+    assert "node 'abs' (SignlessAbs): input 0: relative error" in wrong.stdout.splitlines()[-1]
     good = run([sys.executable, "-m", "pprs_mpi.check", DAG, "--problem-arg", "width=2"], timeout=60)
     assert good.returncode == 0 and good.stdout.splitlines()[-1].startswith("all 5 node(s) pass")
     bad = run([sys.executable, "-m", "pprs_mpi.check", "nowhere.py:build"], timeout=60)

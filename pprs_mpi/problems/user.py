@@ -36,7 +36,8 @@ def load_builder(reference: str) -> ProblemSpec:
     if builder is None:
         raise ValueError(f"problem {reference!r}: {where} defines no function {function!r}")
     if not callable(builder):
-        raise ValueError(f"problem {reference!r}: {function!r} in {where} is a {type(builder).__name__}, not a function")
+        raise ValueError(f"problem {reference!r}: {function!r} in {where} is a {type(builder).__name__}, "
+                         "not a function")
     doc = (inspect.getdoc(builder) or "").strip().splitlines()
     return ProblemSpec(builder, _parameters(builder, reference), doc[0] if doc else reference, reference)
 
