@@ -179,7 +179,6 @@ def test_usr1_requeues_the_job_and_it_resumes_bitwise(cluster, tmp_path):
     assert same_iterates(trace, uninterrupted(tmp_path, LONG))
 
 
-@pytest.mark.xfail(strict=True, reason="bug 2: mpirun's exit 1 after scancel is reported as diverged")
 def test_scancel_with_mpirun_checkpoints_and_exits_3(cluster, tmp_path):
     """scancel sends TERM to every process of the batch step, mpirun included (bug 2: reported as diverged)."""
     out = tmp_path / "run.h5"
@@ -195,7 +194,6 @@ def test_scancel_with_mpirun_checkpoints_and_exits_3(cluster, tmp_path):
     assert read_checkpoint(out)[1]["iteration"] == trace.columns["iteration"][-1]
 
 
-@pytest.mark.xfail(strict=True, reason="bug 1: the highest task requeues the whole array")
 def test_sweep_task_requeues_itself_and_the_other_tasks_finish_untouched(cluster, tmp_path):
     """Bug 1: the highest array task's SLURM_JOB_ID is the array's id, and requeueing it took all tasks."""
     sweep = tmp_path / "sweep"
