@@ -164,6 +164,18 @@ def test_cpu_job_with_mpirun_and_with_srun_pmix_ends_where_the_serial_engine_end
         assert same_iterates(trace, reference), name
 
 
+def test_gpu_job_header_fits_a_small_node(cluster, tmp_path):
+    """The header's defaults (2 tasks x 2 CPUs x 1 GPU) on the test node: 4 CPUs, 2 stand-in GPUs (no CUDA
+    behind them, so the ranks compute on the CPU and end bitwise where the serial engine ends)."""
+    out = tmp_path / "gpu.h5"
+    job = cluster.sbatch("pprs_gpu.slurm", ITERS=50, OUT=out, DEVICE="cpu", SRUN_MPI="pmix", **PROBLEM)
+    record = cluster.wait_done(job)["-"]
+    text = cluster.log(f"*-{job}.out")
+    assert (record["JobState"], record["ExitCode"]) == ("COMPLETED", "0:0"), text
+    assert "GPUs of the job: 0,1" in text and "srun --ntasks=2 --cpus-per-task=2" in text
+    assert same_iterates(load(out), uninterrupted(tmp_path, 50))
+
+
 def test_usr1_requeues_the_job_and_it_resumes_bitwise(cluster, tmp_path):
     """scancel -b -s USR1 is what --signal=B:USR1@120 sends before the time limit."""
     out = tmp_path / "run.h5"

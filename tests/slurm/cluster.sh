@@ -82,6 +82,8 @@ start() {
     sed -e "s|@HOST@|$host|g" -e "s|@DIR@|$DIR|g" -e "s|@USER@|$(id -un)|g" -e "s|@CPUS@|$CPUS|g" \
         -e "s|@CTLD_PORT@|${ports[0]}|g" -e "s|@SLURMD_PORT@|${ports[1]}|g" \
         "$HERE/slurm.conf.in" > "$DIR/slurm.conf"
+    # two stand-in GPUs (no CUDA behind them): slurmd wants a device file per GPU; next to slurm.conf
+    printf 'AutoDetect=off\nName=gpu File=/dev/null,/dev/zero\n' > "$DIR/gres.conf"
     echo "export SLURM_CONF=$DIR/slurm.conf" > "$DIR/env"
     head -c 1024 /dev/urandom > "$DIR/munge.key" && chmod 400 "$DIR/munge.key"
     munged --force --socket="$DIR/munge.socket" --key-file="$DIR/munge.key" --pid-file="$DIR/munged.pid" \
