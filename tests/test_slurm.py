@@ -30,7 +30,7 @@ CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
 DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
         "DEADLINE"}
 PROBLEM = {"PROBLEM": "lad", "DEPTH": "4", "K": "8", "GAMMA": "0.01", "LR": "0.01", "SEED": "0"}
-LONG = 5000  # iterations of a run that is signalled while it goes (about 5 s on 2 ranks)
+LONG = 2000  # iterations of a run that is signalled while it goes (2 to 6 s on 2 ranks)
 
 
 def _cluster(command, directory):
