@@ -88,6 +88,19 @@ def finish(proc, timeout=30):
         raise
 
 
+def signalled(script, env, trace: Path, log: Path, send):
+    """Starts SCRIPT, waits until TRACE has rows, calls send(proc); returns its exit code and its log."""
+    proc = start_in_background(script, env, log)
+    try:
+        wait_for_rows(proc, trace)
+        send(proc)
+        code = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return code, log.read_text()
+
+
 @pytest.mark.mpi
 def test_cpu_job_runs_locally_on_two_ranks(tmp_path):
     out = tmp_path / "run.h5"
@@ -123,15 +136,8 @@ def test_a_second_run_resumes_the_checkpointed_trace(tmp_path):
 @pytest.mark.mpi
 def test_usr1_checkpoints_and_says_it_would_requeue(tmp_path):
     out, log = tmp_path / "run.h5", tmp_path / "job.log"
-    proc = start_in_background("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), log)
-    try:
-        wait_for_rows(proc, out)
-        proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends to the batch shell
-        code = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
+    code, text = signalled("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), out, log,
+                           lambda proc: proc.send_signal(signal.SIGUSR1))
     assert code == 3, text  # checkpointed; without Slurm, nothing requeues it
     assert "got SIGUSR1" in text and "would run 'scontrol requeue" in text
     trace = load(out)
@@ -143,15 +149,8 @@ def test_usr1_checkpoints_and_says_it_would_requeue(tmp_path):
 def test_usr1_under_slurm_requeues_and_the_requeued_job_resumes(tmp_path):
     out, log = tmp_path / "run.h5", tmp_path / "job.log"
     env = slurm_env(tmp_path, ITERS=10_000_000, OUT=out)
-    proc = start_in_background("pprs_cpu.slurm", env, log)
-    try:
-        wait_for_rows(proc, out)
-        proc.send_signal(signal.SIGUSR1)
-        code = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
+    code, text = signalled("pprs_cpu.slurm", env, out, log,
+                           lambda proc: proc.send_signal(signal.SIGUSR1))
     assert code == 0, text
     assert "srun --ntasks=2" in text
     assert (tmp_path / "calls.log").read_text().splitlines() == ["scontrol requeue 4242"]
@@ -171,15 +170,8 @@ def test_term_to_the_whole_job_with_mpirun_checkpoints_and_exits_3(tmp_path):
     """What scancel does: TERM to every process (the script, mpirun, the ranks). mpirun then exits 1,
     but the trace says interrupted: exit 3, not 'the solver exited with code 1'."""
     out, log = tmp_path / "run.h5", tmp_path / "job.log"
-    proc = start_in_background("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), log)
-    try:
-        wait_for_rows(proc, out)
-        os.killpg(proc.pid, signal.SIGTERM)
-        code = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
+    code, text = signalled("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), out, log,
+                           lambda proc: os.killpg(proc.pid, signal.SIGTERM))
     assert code == 3, text
     assert "checkpointed in" in text and "exited with code" not in text
     assert load(out).status == "interrupted"
@@ -192,15 +184,9 @@ def test_an_array_task_requeues_only_itself(tmp_path):
     env = slurm_env(tmp_path, ITERS=10_000_000, LRS="0.01 0.02", GAMMAS="0.01", KS="4", SWEEP_DIR=sweep,
                     COLLECT_JOB=0, SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2")
     log = tmp_path / "job.log"
-    proc = start_in_background("sweep.slurm", env, log)
-    try:
-        wait_for_rows(proc, sweep / "lr0.02-g0.01-K4.h5")
-        proc.send_signal(signal.SIGUSR1)
-        code = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert code == 0, log.read_text()
+    code, text = signalled("sweep.slurm", env, sweep / "lr0.02-g0.01-K4.h5", log,
+                           lambda proc: proc.send_signal(signal.SIGUSR1))
+    assert code == 0, text
     assert (tmp_path / "calls.log").read_text().splitlines() == ["scontrol requeue 4242_1"]
 
 
