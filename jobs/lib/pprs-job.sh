@@ -202,7 +202,7 @@ run_solver() {
         solver+=(--iters "$ITERS" --out "$out" "$@")
         if [[ "$status" != absent ]]; then
             log "$out (status $status) holds no checkpoint: starting over"
-            if "$PYTHON" -m pprs_mpi.solve --help 2>/dev/null | grep -q -- --overwrite; then solver+=(--overwrite); fi
+            solver+=(--overwrite)  # a trace of a run that never checkpointed: nothing in it to resume
         fi
         mkdir -p "$(dirname "$out")"
     fi
