@@ -14,8 +14,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from pprs_mpi.analysis import (ALGORITHM_KEYS, BACKWARD, FORWARD, WAIT, every_text, f_star, last_complete_iteration, layout_text,
-                               objective, pipeline_records, settings_text, short_number, summarize, varying)
+from pprs_mpi.analysis import (ALGORITHM_KEYS, BACKWARD, FORWARD, WAIT, every_text, f_star, last_complete_iteration,
+                               layout_text, objective, pipeline_records, settings_text, short_number, summarize,
+                               varying)
 from pprs_mpi.trace import Trace, TraceError
 
 COLOURS = {FORWARD: "#4c72b0", BACKWARD: "#dd8452", WAIT: "#e3e3e3"}
