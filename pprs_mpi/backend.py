@@ -85,7 +85,7 @@ def cuda_aware_mpi() -> tuple[bool, str]:
     if override in ("0", "1"):
         return override == "1", f"{CUDA_AWARE_VARIABLE}={override}"
     if override:
-        raise BackendError(f"{CUDA_AWARE_VARIABLE} must be 0 or 1, got '{override}'")
+        raise BackendError(f"{CUDA_AWARE_VARIABLE} must be 0 or 1, got {override!r}")
     query = _open_mpi_cuda_query()
     if query is None:
         return False, "no CUDA-awareness query in this MPI"
@@ -240,9 +240,9 @@ def select(device: str = "cpu", dtype: str = "float64", local_rank: int = 0) -> 
     `Backend.choice` says why: what was asked for, and for 'auto' why the CPU was used.
     """
     if device not in DEVICES:
-        raise BackendError(f"unknown device '{device}': choose one of {', '.join(DEVICES)}")
+        raise BackendError(f"unknown device {device!r}: choose one of {', '.join(DEVICES)}")
     if dtype not in DTYPES:
-        raise BackendError(f"unknown dtype '{dtype}': choose one of {', '.join(DTYPES)}")
+        raise BackendError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if device == "cpu":
         return Backend(np, "cpu", np.dtype(dtype), choice="--device cpu")
     cupy, count, missing = _cupy_devices()

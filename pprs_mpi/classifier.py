@@ -86,7 +86,7 @@ class Network:
                 op = layer.op()
                 shape = tuple(op.output_shape(shape))
             except ValueError as err:
-                raise ClassifierError(f"layer '{name}' does not fit its input {shape}: {err}") from None
+                raise ClassifierError(f"layer {name!r} does not fit its input {shape}: {err}") from None
         if shape != (self.classes,):
             raise ClassifierError(f"the network maps {self.input_shape} to {shape}, not to {self.classes} logits")
 
@@ -158,36 +158,36 @@ def load_network(path: str) -> Network:
     try:
         handle = h5py.File(path, "r")
     except FileNotFoundError:
-        raise ClassifierError(f"network file '{path}' does not exist") from None
+        raise ClassifierError(f"network file {path!r} does not exist") from None
     except OSError as err:
-        raise ClassifierError(f"cannot read network file '{path}': {str(err).splitlines()[0]}") from None
+        raise ClassifierError(f"cannot read network file {path!r}: {str(err).splitlines()[0]}") from None
     with handle as f:
         if f.attrs.get("format") != FORMAT or "layers" not in f:
-            raise ClassifierError(f"'{path}' is not a {FORMAT} weights file (root attribute format is "
+            raise ClassifierError(f"{path!r} is not a {FORMAT} weights file (root attribute format is "
                                   f"{f.attrs.get('format')!r})")
         if int(f.attrs.get("version", 0)) > VERSION:
-            raise ClassifierError(f"'{path}' has format version {f.attrs['version']}; this package reads {VERSION}")
+            raise ClassifierError(f"{path!r} has format version {f.attrs['version']}; this package reads {VERSION}")
         try:
             input_shape, classes = tuple(int(s) for s in f.attrs["input_shape"]), int(f.attrs["classes"])
         except (KeyError, TypeError, ValueError):
-            raise ClassifierError(f"'{path}': root attributes input_shape (C, H, W) and classes are required") from None
+            raise ClassifierError(f"{path!r}: root attributes input_shape (C, H, W) and classes are required") from None
         layers = [_read_layer(path, name, group) for name, group in sorted(f["layers"].items())]
         meta = {k: _python(v) for k, v in f.attrs.items() if k not in ("format", "version", "input_shape", "classes")}
     try:
         return Network(input_shape, classes, layers, meta)
     except ClassifierError as err:
-        raise ClassifierError(f"'{path}': {err}") from None
+        raise ClassifierError(f"{path!r}: {err}") from None
 
 
 def _read_layer(path: str, name: str, group) -> Layer:
     kind = _python(group.attrs.get("type"))
     if kind not in SCHEMA:
-        raise ClassifierError(f"'{path}': layer '{name}' has type {kind!r}; known types: {', '.join(SCHEMA)}")
+        raise ClassifierError(f"{path!r}: layer {name!r} has type {kind!r}; known types: {', '.join(SCHEMA)}")
     datasets, attrs = SCHEMA[kind]
     missing = [d for d in datasets if not isinstance(group.get(d), h5py.Dataset)] + \
               [a for a in attrs if a not in group.attrs]
     if missing:
-        raise ClassifierError(f"'{path}': {kind} layer '{name}' lacks {', '.join(missing)}")
+        raise ClassifierError(f"{path!r}: {kind} layer {name!r} lacks {', '.join(missing)}")
     return Layer(kind, {d: np.asarray(group[d][()], dtype=np.float64) for d in datasets},
                  {a: tuple(int(v) for v in np.broadcast_to(group.attrs[a], (2,))) for a in attrs})
 

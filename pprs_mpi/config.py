@@ -1,19 +1,24 @@
-"""The run configuration: defaults, then a TOML file (--config), then command-line flags.
+"""The run configuration, declared once: every option's type, default, choices, help, validity rule and
+whether a resumed run may change it. The argparse flags, the TOML keys, the Python API's keyword
+arguments, the validation and the resume rules are all derived from `OPTIONS`.
 
-Every mistake becomes a `ConfigError` whose message is one line naming the problem; `solve`
-prints it and exits with code 2.
+Sources, later ones winning: defaults, a TOML file (--config), command-line flags (or the keyword
+arguments of `pprs_mpi.minimize`). Every mistake becomes a `ConfigError` whose message is one line
+naming the problem; `solve` prints it and exits with code 2, the API raises it.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
-from pprs_mpi import optim
+from pprs_mpi import optim, problems
 from pprs_mpi.backend import DEVICES, DTYPES
 from pprs_mpi.faults import Fault
-from pprs_mpi.problems import registry
 from pprs_mpi.schedule import SCHEDULES
 
 if sys.version_info >= (3, 11):
@@ -30,20 +35,110 @@ ENGINES = ("auto", "serial", "mpi")
 PRESETS = ("none", "theorem3", "theorem4")
 BALANCES = ("declared", "measured")
 NOISE_SOURCES = ("device", "host")
+MAX_CONFIG_BYTES = 1 << 20  # a run's TOML file is a few lines; more is a mistake (e.g. --config /dev/zero)
 
-DEFAULTS = {
-    "problem": "lad", "algo": "pprs", "K": None, "gamma": None, "lr": 0.01, "mu": None,
-    "iters": 200, "seed": 0, "schedule": "gpipe", "microbatch_size": 1, "eval_every": 10,
-    "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64", "noise_source": "device",
-    "preset": "none", "balance": "declared", "eps": None, "smoothing_radius": None, "simulated_depth": None,
-    "comm_timeout": None, "inject_fault": None, "checkpoint_every": 0, "timeline_every": None, "expect_ranks": None, "resume": None, "quiet": False, "progress_every": None,
-}
+
+def _mu(text: str):
+    return text if text == "nesterov" else float(text)
+
+
+@dataclass(frozen=True)
+class Option:
+    """One run setting. `kind` converts a flag's text (int, float, str, bool for a switch, or `_mu`);
+    `valid` and `rule` say which values a run can use; `resumable` settings may differ on --resume
+    because they change how the run is done, not its iterates."""
+
+    name: str
+    kind: Callable
+    default: object
+    help: str
+    choices: tuple | None = None
+    valid: Callable[[object], bool] | None = None
+    rule: str = ""
+    resumable: bool = False
+    flags: tuple[str, ...] = ()  # extra spellings of the flag, e.g. -K
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def label(self) -> str:
+        """The name used in error messages: K, lr, microbatch-size."""
+        return self.name.replace("_", "-")
+
+
+def _at_least(low: int):
+    return lambda v: v is None or v >= low
+
+
+OPTIONS = (
+    Option("problem", str, "lad", "built-in problem name, FILE.py:FUNCTION or package.module:FUNCTION (a builder "
+           "returning a Problem or a Graph; its arguments as --problem-arg NAME=VALUE)"),
+    Option("algo", str, "pprs", "pprs (default), gd, or agd", choices=optim.ALGORITHMS),
+    Option("K", int, None, "noisy samples per iteration (pprs default 8)", valid=_at_least(1), rule=">= 1",
+           flags=("-K", "--samples")),
+    Option("gamma", float, None, "smoothing γ ≥ 0 (pprs default 0.01; gd/agd: 0)",
+           valid=lambda v: v is None or (math.isfinite(v) and v >= 0), rule=">= 0"),
+    Option("lr", float, 0.01, "step size η > 0 (default 0.01)", valid=lambda v: math.isfinite(v) and v > 0,
+           rule="> 0"),
+    Option("mu", _mu, None, "momentum μ in [0, 1) or 'nesterov' (pprs/gd 0, agd 0.99)",
+           valid=lambda v: v is None or v == "nesterov" or (not isinstance(v, str) and 0 <= v < 1),
+           rule="in [0, 1) or 'nesterov'"),
+    Option("iters", int, 200, "iterations T (default 200)", valid=_at_least(1), rule=">= 1", resumable=True),
+    Option("seed", int, 0, "noise seed (default 0)", valid=lambda v: 0 <= v < 2**63, rule="in [0, 2**63)"),
+    Option("preset", str, "none", "theorem3: K, γ, η, μ from the problem's L, R and T (or --eps); theorem4: γ, η, "
+           "K, T from L, D, --eps, --smoothing-radius", choices=PRESETS),
+    Option("eps", float, None, "target precision ε for the presets",
+           valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
+    Option("smoothing_radius", float, None, "r of Theorem 4",
+           valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
+    Option("schedule", str, "gpipe", "pipeline schedule (default gpipe)", choices=SCHEDULES),
+    Option("microbatch_size", int, 1, "noisy copies per message b (default 1)", valid=_at_least(1), rule=">= 1"),
+    Option("eval_every", int, 10, "evaluate f(y_t) every N iterations and at the end, 0 = only at the end "
+           "(default 10)", valid=_at_least(0), rule=">= 0", resumable=True),
+    Option("simulated_depth", int, None, "count pipeline time as if the graph had this depth (labelled simulated)",
+           valid=lambda v: v is None or 1 <= v <= 10**9, rule="between 1 and 10**9"),
+    Option("out", str, "run.h5", "trace file to write (default run.h5); an existing file is refused unless "
+           "--overwrite (or --resume it)", valid=lambda v: v != "", rule="a file path"),
+    Option("overwrite", bool, False, "replace an existing --out file", resumable=True),
+    Option("engine", str, "auto", "auto (default): mpi when run on several ranks", choices=ENGINES, resumable=True),
+    Option("balance", str, "declared", "group nodes into stages by the ops' declared costs (default) or by "
+           "measured times", choices=BALANCES, resumable=True),
+    Option("stages", int, None, "serial engine: pipeline stages to emulate (default: one per node)",
+           valid=_at_least(1), rule=">= 1", resumable=True),
+    Option("device", str, "cpu", "cpu (default), gpu, or auto", choices=DEVICES),
+    Option("noise_source", str, "device", "GPU ranks: draw X_k on the device (default) or on the host, bitwise as "
+           "on a CPU run", choices=NOISE_SOURCES),
+    Option("dtype", str, "float64", "float64 (default) or float32", choices=DTYPES),
+    Option("expect_ranks", int, None, "fail unless the job has exactly N MPI ranks (job scripts pass the tasks "
+           "Slurm granted)", valid=_at_least(1), rule=">= 1", resumable=True),
+    Option("comm_timeout", float, None, "abort if a rank waits longer than S seconds",
+           valid=lambda v: v is None or v > 0, rule="> 0", resumable=True),
+    Option("checkpoint_every", int, 0, "write a checkpoint into the trace every N iterations (default 0: only on "
+           "SIGTERM/SIGUSR1/SIGINT)", valid=_at_least(0), rule=">= 0", resumable=True),
+    Option("timeline_every", int, None, "record the per-rank timeline every N iterations (default: about 100 "
+           "iterations in all)", valid=_at_least(1), rule=">= 1", resumable=True),
+    Option("check_gradients", bool, False, "before the first iteration, check every node's VJP against finite "
+           "differences (as python -m pprs_mpi.check does) and refuse to run if one is wrong", resumable=True),
+    Option("resume", str, None, "continue the run of this trace from its last checkpoint, with its stored "
+           "configuration (flags equal to the stored ones may be repeated)", resumable=True),
+    Option("inject_fault", str, None, "testing: make RANK raise, exit or hang at iteration ITER (also env "
+           "PPRS_FAULT)", resumable=True),
+    Option("progress_every", int, None, "iterations between progress lines", valid=_at_least(1), rule=">= 1",
+           resumable=True),
+    Option("quiet", bool, False, "no progress lines", resumable=True),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+DEFAULTS = {option.name: option.default for option in OPTIONS}
 # What each algorithm means when the user leaves K, γ or μ unset (Algorithm 1 with other settings).
 ALGORITHM_DEFAULTS = {
     "pprs": {"K": 8, "gamma": 0.01, "mu": 0.0},
     "gd": {"K": 1, "gamma": 0.0, "mu": 0.0},
     "agd": {"K": 1, "gamma": 0.0, "mu": optim.AGD_DEFAULT_MU},
 }
+OBJECT_PREFIX = "python:"  # the stored `problem` of a run given a Problem or Graph object (the API)
+PROBLEM_ARGS = "problem_args"  # NAME=VALUE pairs (flags), a table (TOML) or a dict (API) of builder arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,97 +146,85 @@ class _Parser(argparse.ArgumentParser):
         raise ConfigError(message)
 
 
-def _mu(text: str):
-    return text if text == "nesterov" else float(text)
-
-
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m pprs_mpi.solve", argument_default=argparse.SUPPRESS,
                 description="Minimise a computation graph with PPRS, GD or AGD; writes an HDF5 trace.")
-    p.add_argument("--config", help="TOML file with any of the options below (flags override it)")
-    p.add_argument("--problem", help=f"built-in problem (default {DEFAULTS['problem']}): " + ", ".join(
-        f"{name} = {spec.summary}" for name, spec in registry().items()))
-    p.add_argument("--algo", choices=optim.ALGORITHMS, help="pprs (default), gd, or agd")
-    p.add_argument("-K", "--samples", dest="K", type=int, help="noisy samples per iteration (pprs default 8)")
-    p.add_argument("--gamma", type=float, help="smoothing γ ≥ 0 (pprs default 0.01; gd/agd: 0)")
-    p.add_argument("--lr", type=float, help="step size η > 0 (default 0.01)")
-    p.add_argument("--mu", type=_mu, help="momentum μ in [0, 1) or 'nesterov' (pprs/gd 0, agd 0.99)")
-    p.add_argument("--iters", type=int, help="iterations T (default 200)")
-    p.add_argument("--seed", type=int, help="noise seed (default 0)")
-    p.add_argument("--preset", choices=PRESETS,
-                   help="theorem3: K, γ, η, μ from the problem's L, R and T (or --eps); theorem4: γ, η, K, T from L, D, --eps, --smoothing-radius")
-    p.add_argument("--eps", type=float, help="target precision ε for the presets")
-    p.add_argument("--smoothing-radius", dest="smoothing_radius", type=float, help="r of Theorem 4")
-    p.add_argument("--schedule", choices=SCHEDULES, help="pipeline schedule (default gpipe)")
-    p.add_argument("--microbatch-size", dest="microbatch_size", type=int, help="noisy copies per message b (default 1)")
-    p.add_argument("--eval-every", dest="eval_every", type=int, help="evaluate f(y_t) every N iterations and at the end, 0 = only at the end (default 10)")
-    p.add_argument("--simulated-depth", dest="simulated_depth", type=int,
-                   help="count pipeline time as if the graph had this depth (labelled simulated)")
-    p.add_argument("--out", help="trace file to write (default run.h5)")
-    p.add_argument("--engine", choices=ENGINES, help="auto (default): mpi when run on several ranks")
-    p.add_argument("--balance", choices=BALANCES,
-                   help="group nodes into stages by the ops' declared costs (default) or by measured times")
-    p.add_argument("--stages", type=int, help="serial engine: pipeline stages to emulate (default: one per node)")
-    p.add_argument("--device", choices=DEVICES, help="cpu (default), gpu, or auto")
-    p.add_argument("--noise-source", dest="noise_source", choices=NOISE_SOURCES,
-                   help="GPU ranks: draw X_k on the device (default) or on the host, bitwise as on a CPU run")
-    p.add_argument("--dtype", choices=DTYPES, help="float64 (default) or float32")
-    p.add_argument("--expect-ranks", dest="expect_ranks", type=int,
-                   help="fail unless the job has exactly N MPI ranks (job scripts pass the tasks Slurm granted)")
-    p.add_argument("--comm-timeout", dest="comm_timeout", type=float, help="abort if a rank waits longer than S seconds")
-    p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int,
-                   help="write a checkpoint into the trace every N iterations (default 0: only on SIGTERM/SIGUSR1)")
-    p.add_argument("--timeline-every", dest="timeline_every", type=int,
-                   help="record the per-rank timeline every N iterations (default: about 100 iterations in all)")
-    p.add_argument("--resume", metavar="RUN.h5",
-                   help="continue the run of this trace from its last checkpoint, with its stored configuration")
-    p.add_argument("--inject-fault", dest="inject_fault", metavar="RANK:ITER:KIND",
-                   help="testing: make RANK raise, exit or hang at iteration ITER (also env PPRS_FAULT)")
-    p.add_argument("--progress-every", dest="progress_every", type=int, help="iterations between progress lines")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    group = p.add_argument_group("problem parameters")
-    for name, param in _problem_parameters().items():
+    p.add_argument("--config", help="TOML file with any of the options below (flags override it); builder "
+                   "arguments go in a [problem_args] table")
+    p.add_argument("--problem-arg", dest=PROBLEM_ARGS, action="append", metavar="NAME=VALUE",
+                   help="an argument of the problem's builder, typed from its defaults and annotations (repeatable)")
+    for option in OPTIONS:
+        spellings = option.flags or (option.flag,)
+        if option.kind is bool:
+            p.add_argument(*spellings, dest=option.name, action="store_true", help=option.help)
+        else:
+            p.add_argument(*spellings, dest=option.name, type=option.kind, choices=option.choices, help=option.help)
+    group = p.add_argument_group("parameters of the built-in problems (also as --problem-arg NAME=VALUE)")
+    for name, param in problems.builtin_parameters().items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=param.type, help=param.help)
     return p
 
 
-def _problem_parameters() -> dict:
-    params = {}
-    for spec in registry().values():
-        params.update(spec.parameters)
-    return params
-
-
-# What a resumed run may change: nothing that alters the iterates, only how far and how it is run.
-RESUME_OVERRIDES = {"resume", "iters", "quiet", "progress_every", "comm_timeout", "checkpoint_every", "timeline_every",
-                    "expect_ranks",
-                    "inject_fault", "engine", "stages", "balance", "eval_every"}
-
-
 def load(argv: list[str] | None = None) -> dict:
-    """The merged, validated configuration; `given` lists the keys the user set (file or flags)."""
+    """The merged, validated configuration of a command line."""
+    return resolve(given_by(argv))
+
+
+def given_by(argv: list[str] | None) -> dict:
+    """The settings a command line gives (its --config file's, then its flags'), by option name."""
     flags = vars(parser().parse_args(argv))
     from_file = _read_toml(flags.pop("config")) if "config" in flags else {}
-    given = {**from_file, **flags}
+    if PROBLEM_ARGS in flags:
+        flags[PROBLEM_ARGS] = {**from_file.get(PROBLEM_ARGS, {}), **_pairs(flags[PROBLEM_ARGS])}
+    return {**from_file, **flags}
+
+
+def resolve(given: dict, problem_object: bool = False) -> dict:
+    """The configuration for the settings the user gave (by name; unknown names are refused).
+
+    The result is a plain dict of every option plus `problem_params` (the builder's arguments) and
+    `given` (the names the user set). With `problem_object` the problem is a Python object the caller
+    holds (the API): it has no builder, so no builder arguments."""
+    given = dict(given)
+    unknown = sorted(set(given) - set(BY_NAME) - {PROBLEM_ARGS} - set(problems.builtin_parameters()))
+    if unknown:
+        raise ConfigError(f"unknown option {unknown[0]!r}")
     if given.get("resume"):
-        return _resumed(given)
-    cfg = {**DEFAULTS, **given}
-    if cfg["problem"] not in registry():
-        raise ConfigError(f"unknown problem '{cfg['problem']}': choose one of {', '.join(sorted(registry()))}")
-    if cfg["algo"] not in optim.ALGORITHMS:
-        raise ConfigError(f"unknown algo '{cfg['algo']}': choose one of {', '.join(optim.ALGORITHMS)}")
-    spec = registry()[cfg["problem"]]
-    foreign = sorted(set(given) & set(_problem_parameters()) - set(spec.parameters))
-    if foreign:
-        raise ConfigError(f"option '{foreign[0]}' does not apply to problem '{cfg['problem']}'")
-    cfg["problem_params"] = {name: given.get(name, param.default) for name, param in spec.parameters.items()}
-    for name in spec.parameters:
-        cfg.pop(name, None)
-    for key, value in ALGORITHM_DEFAULTS[cfg["algo"]].items():
-        if cfg[key] is None:
-            cfg[key] = value
+        return _resumed(given, problem_object)
+    cfg = {**DEFAULTS, **{k: v for k, v in given.items() if k in BY_NAME}}
+    _check_types(cfg)
+    spec = None if problem_object else _spec(cfg["problem"])
+    if spec is not None:
+        cfg["problem"] = spec.reference
+    cfg["problem_params"] = _problem_params(spec, given)
+    if cfg["algo"] in ALGORITHM_DEFAULTS:
+        for key, value in ALGORITHM_DEFAULTS[cfg["algo"]].items():
+            cfg[key] = value if cfg[key] is None else cfg[key]
     cfg["given"] = sorted(given)
     return _finish(cfg)
+
+
+def _spec(reference: str):
+    try:
+        return problems.spec_for(reference)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _problem_params(spec, given: dict) -> dict:
+    """The builder's arguments: built-in problems' own flags, then --problem-arg pairs, then defaults."""
+    builtin = {k: v for k, v in given.items() if k in problems.builtin_parameters()}
+    if spec is None:
+        if builtin or given.get(PROBLEM_ARGS):
+            raise ConfigError("builder arguments were given, but the problem is an object, not a builder")
+        return {}
+    foreign = sorted(set(builtin) - set(spec.parameters))
+    if foreign:
+        raise ConfigError(f"option {foreign[0]!r} does not apply to problem {spec.reference!r}")
+    try:
+        return spec.arguments({**builtin, **given.get(PROBLEM_ARGS, {})})
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _finish(cfg: dict) -> dict:
@@ -152,13 +235,11 @@ def _finish(cfg: dict) -> dict:
     return cfg
 
 
-def _resumed(given: dict) -> dict:
-    """The stored configuration of the trace to resume, with the few settings a resume may change."""
+def _resumed(given: dict, problem_object: bool = False) -> dict:
+    """The stored configuration of the trace to resume, with the settings a resume may change. A setting
+    that cannot change is accepted when it equals the stored value, refused naming both when it differs."""
     from pprs_mpi.trace import TraceError, load as load_trace
     path = given["resume"]
-    changed = sorted(set(given) - RESUME_OVERRIDES)
-    if changed:
-        raise ConfigError(f"--resume continues the stored configuration; '{changed[0]}' cannot be changed")
     try:
         trace = load_trace(path)
     except TraceError as err:
@@ -166,43 +247,98 @@ def _resumed(given: dict) -> dict:
     if not trace.has_checkpoint:
         raise ConfigError(f"cannot resume: {path} holds no checkpoint")
     stored = trace.config
-    if set(DEFAULTS) - set(stored) - {"resume"} or not isinstance(stored.get("problem_params"), dict):
+    if set(DEFAULTS) - set(stored) - {"resume", "overwrite", "check_gradients"} or not isinstance(
+            stored.get("problem_params"), dict):
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
-    cfg = {**stored, "inject_fault": None, **given, "out": path, "given": sorted(given)}  # a fault is not replayed
-    if cfg["problem"] not in registry():
-        raise ConfigError(f"cannot resume: {path} names an unknown problem '{cfg['problem']}'")
-    _check_problem_params(cfg["problem"], cfg["problem_params"])
+    stored = {**DEFAULTS, **stored}
+    if stored["problem"].startswith(OBJECT_PREFIX) and not problem_object:
+        raise ConfigError(f"cannot resume {path} here: its problem was a Python object ({stored['problem']}); "
+                          "resume it with pprs_mpi.minimize(problem, resume=PATH)")
+    if problem_object:
+        spec, stored_params = None, {}
+        given.pop("problem", None)  # the caller's object, checked against the stored graph hash
+    else:
+        try:
+            spec = problems.spec_for(stored["problem"])
+            stored_params = spec.arguments(stored["problem_params"], exact=True)
+        except ValueError as err:
+            raise ConfigError(f"cannot resume {path}: {err}") from None
+    _refuse_changes(given, stored, spec, stored_params, path)
+    cfg = {**stored, "inject_fault": None, "out": path, "problem_params": stored_params, "given": sorted(given),
+           **{k: v for k, v in given.items() if k in BY_NAME and BY_NAME[k].resumable}}
+    _check_types(cfg)
     return _finish(cfg)
 
 
-def _check_problem_params(problem: str, params: dict) -> None:
-    """The stored parameters of `problem` are exactly its own, each of its type."""
-    spec = registry()[problem].parameters
-    if set(params) != set(spec):
-        raise ConfigError(f"problem '{problem}' takes parameters {sorted(spec)}, got {sorted(params)}")
-    for name, value in params.items():
-        kind = (int, float) if spec[name].type is float else spec[name].type
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise ConfigError(f"problem parameter '{name}' must be {spec[name].type.__name__}, got {value!r}")
+def _refuse_changes(given: dict, stored: dict, spec, stored_params: dict, path: str) -> None:
+    """Raises ConfigError naming the first given setting whose value differs from the stored run's."""
+    changes = {k: v for k, v in given.items() if k in BY_NAME and not BY_NAME[k].resumable}
+    out = changes.pop("out", None)
+    if out is not None and not _same_file(out, path):
+        raise ConfigError(f"--resume {path} writes into that trace: --out {out!r} would be another file")
+    if "problem" in changes:
+        changes["problem"] = _spec(changes["problem"]).reference
+    params = {k: v for k, v in given.items() if k in problems.builtin_parameters()}
+    try:
+        given_params = spec.arguments({**params, **given.get(PROBLEM_ARGS, {})}, partial=True) if spec else {}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    for name, value in [*changes.items(), *given_params.items()]:
+        before = stored[name] if name in changes else stored_params.get(name)
+        if not _equal(value, before):
+            raise ConfigError(f"--resume continues the stored run: {name!r} cannot be changed "
+                              f"(the run has {before!r}, this command gives {value!r})")
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    """--problem-arg NAME=VALUE items as a dict of their (still textual) values."""
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--problem-arg must look like NAME=VALUE, got {item!r}")
+        pairs[name.strip().replace("-", "_")] = value
+    return pairs
 
 
 def _read_toml(path: str) -> dict:
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as err:
-        raise ConfigError(f"cannot read config file '{path}': {err.strerror}") from None
+        raise ConfigError(f"cannot read config file {path!r}: {err.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path!r} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a run's settings")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError(f"config file '{path}' is not UTF-8 text") from None
+        raise ConfigError(f"config file {path!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config file '{path}' is not valid TOML: {err}") from None
-    actions = {a.dest: a for a in parser()._actions if a.dest not in ("help", "config")}
+        raise ConfigError(f"config file {path!r} is not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path!r} nests too deeply to be a run's settings") from None
+    actions = {a.dest: a for a in parser()._actions if a.dest not in ("help", "config", PROBLEM_ARGS)}
     normalized = {}
     for key, value in data.items():
+        if key in (PROBLEM_ARGS, "problem-args"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {key!r} must be a table of builder arguments, got {value!r}")
+            normalized[PROBLEM_ARGS] = {k.replace("-", "_"): v for k, v in value.items()}
+            continue
         name = key.replace("-", "_")
         name = "K" if name in ("k", "samples") else name
         if name not in actions:
-            raise ConfigError(f"unknown key '{key}' in config file '{path}'")
+            raise ConfigError(f"unknown key {key!r} in config file {path!r}")
         normalized[name] = _typed(key, value, actions[name])
     return normalized
 
@@ -215,50 +351,46 @@ def _typed(key: str, value, action: argparse.Action):
         expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
     elif action.type in (float, _mu):
         expected = "a number" + (" or 'nesterov'" if action.type is _mu else "")
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (action.type is _mu and value == "nesterov")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = number or (action.type is _mu and value == "nesterov")
         value = float(value) if ok and value != "nesterov" else value
     else:
         expected, ok = "a string", isinstance(value, str)
     if ok and action.choices is not None and value not in action.choices:
         expected, ok = "one of " + ", ".join(map(str, action.choices)), False
     if not ok:
-        raise ConfigError(f"config key '{key}' must be {expected}, got {value!r}")
+        raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
     return value
+
+
+def _check_types(cfg: dict) -> None:
+    """Every option holds a value of its kind (values from the API or a stored trace are not parsed)."""
+    for option in OPTIONS:
+        value = cfg[option.name]
+        if value is None or option.kind is _mu and value == "nesterov":
+            continue
+        kinds = {int: int, float: (int, float), _mu: (int, float), bool: bool, str: str}[option.kind]
+        if not isinstance(value, kinds) or (option.kind is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{option.label} must be {_kind_name(option)}, got {value!r}")
+        if option.kind in (float, _mu) and not isinstance(value, float):
+            cfg[option.name] = float(value)
+
+
+def _kind_name(option: Option) -> str:
+    return {int: "an integer", float: "a number", _mu: "a number or 'nesterov'", bool: "true or false",
+            str: "a string"}[option.kind]
 
 
 def validate(cfg: dict) -> None:
     """Raises ConfigError for values no run can use."""
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
-    need(cfg["algo"] in optim.ALGORITHMS, f"unknown algo '{cfg['algo']}': choose one of {', '.join(optim.ALGORITHMS)}")
-    checks = {"K": int, "iters": int, "seed": int, "microbatch_size": int, "eval_every": int,
-              "gamma": (int, float), "lr": (int, float)}
-    for key, kind in checks.items():
-        need(isinstance(cfg[key], kind) and not isinstance(cfg[key], bool), f"{key} must be a number, got {cfg[key]!r}")
-    need(cfg["K"] >= 1, f"K must be >= 1, got {cfg['K']}")
-    need(math.isfinite(cfg["gamma"]) and cfg["gamma"] >= 0, f"gamma must be >= 0, got {cfg['gamma']}")
-    need(math.isfinite(cfg["lr"]) and cfg["lr"] > 0, f"lr must be > 0, got {cfg['lr']}")
-    need(cfg["iters"] >= 1, f"iters must be >= 1, got {cfg['iters']}")
-    need(0 <= cfg["seed"] < 2**63, f"seed must be in [0, 2**63), got {cfg['seed']}")
-    need(cfg["microbatch_size"] >= 1, f"microbatch-size must be >= 1, got {cfg['microbatch_size']}")
-    need(cfg["eval_every"] >= 0, f"eval-every must be >= 0, got {cfg['eval_every']}")
-    mu = cfg["mu"]
-    need(mu == "nesterov" or (isinstance(mu, (int, float)) and 0 <= mu < 1),
-         f"mu must be in [0, 1) or 'nesterov', got {mu!r}")
-    if cfg["algo"] in ("gd", "agd"):
-        need(cfg["gamma"] == 0, f"{cfg['algo']} uses no smoothing: gamma must be 0, got {cfg['gamma']}")
-    for key, choices in (("schedule", SCHEDULES), ("engine", ENGINES), ("device", DEVICES),
-                         ("dtype", DTYPES), ("preset", PRESETS), ("balance", BALANCES),
-                         ("noise_source", NOISE_SOURCES)):
-        need(cfg[key] in choices, f"{key} must be one of {', '.join(choices)}, got {cfg[key]!r}")
-    need(isinstance(cfg["checkpoint_every"], int) and cfg["checkpoint_every"] >= 0,
-         f"checkpoint-every must be >= 0, got {cfg['checkpoint_every']!r}")
-    for key in ("stages", "simulated_depth", "progress_every", "timeline_every", "expect_ranks"):
-        need(cfg[key] is None or (isinstance(cfg[key], int) and cfg[key] >= 1), f"{key} must be >= 1, got {cfg[key]!r}")
-    need(cfg["comm_timeout"] is None or cfg["comm_timeout"] > 0, f"comm-timeout must be > 0, got {cfg['comm_timeout']}")
-    need(isinstance(cfg["out"], str) and cfg["out"] != "", "out must be a file path")
+    for option in OPTIONS:
+        value = cfg[option.name]
+        if option.choices is not None and value not in option.choices:
+            raise ConfigError(f"unknown {option.label} {value!r}: choose one of {', '.join(option.choices)}")
+        if option.valid is not None and value is not None and not option.valid(value):
+            raise ConfigError(f"{option.label} must be {option.rule}, got {value!r}")
+    if cfg["algo"] in ("gd", "agd") and cfg["gamma"] != 0:
+        raise ConfigError(f"{cfg['algo']} uses no smoothing: gamma must be 0, got {cfg['gamma']}")
     if cfg["inject_fault"] is not None:
         try:
             Fault.parse(str(cfg["inject_fault"]))

@@ -42,7 +42,7 @@ class Split:
 
 def check_name(name: str) -> None:
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset '{name}': choose one of {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
 
 
 def load(name: str, data_dir: str = "") -> Split:
@@ -85,10 +85,10 @@ def read_cifar10_batch(path: str) -> tuple[np.ndarray, np.ndarray]:
             batch = pickle.load(handle, encoding="bytes")
         data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"], dtype=np.int64)
     except OSError as err:
-        raise DatasetError(f"cannot read CIFAR-10 batch '{path}': {err.strerror}") from None
+        raise DatasetError(f"cannot read CIFAR-10 batch {path!r}: {err.strerror}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise DatasetError(f"'{path}' is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
+        raise DatasetError(f"{path!r} is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from None
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
-        raise DatasetError(f"'{path}' is not a CIFAR-10 python batch: data {data.shape} {data.dtype}, "
+        raise DatasetError(f"{path!r} is not a CIFAR-10 python batch: data {data.shape} {data.dtype}, "
                            f"labels {labels.shape}")
     return data.reshape(-1, 3, 32, 32) / 255.0, labels

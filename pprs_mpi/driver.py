@@ -102,7 +102,8 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
                      f_eval=f_eval, grad_norm=float(backend.xp.linalg.norm(grad)), step_size=lr)
         progress.show(done, pipeline_time, f_smoothed, f_eval)
         if not bool(backend.xp.isfinite(y_next).all()):
-            return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed, "the iterate is not finite")
+            return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed,
+                             "the iterate is not finite")
         x, y = x_next, y_next
         if done == cfg["iters"]:
             break

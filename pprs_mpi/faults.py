@@ -31,9 +31,9 @@ class Fault:
             rank, iteration, kind = text.split(":")
             fault = cls(int(rank), int(iteration), kind)
         except ValueError:
-            raise ValueError(f"{USAGE}, got '{text}'") from None
+            raise ValueError(f"{USAGE}, got {text!r}") from None
         if kind not in KINDS or fault.rank < 0 or fault.iteration < 0:
-            raise ValueError(f"{USAGE}, got '{text}'")
+            raise ValueError(f"{USAGE}, got {text!r}")
         return fault
 
     def trigger(self, rank: int, iteration: int) -> None:

@@ -7,6 +7,7 @@ children, depth) and splits its nodes into pipeline stages.
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -35,14 +36,14 @@ class Graph:
 
     def __init__(self, dim: int, nodes: Iterable[Node], root: str = "theta"):
         if int(dim) < 1:
-            raise GraphError(f"root '{root}': dimension must be >= 1, got {dim}")
+            raise GraphError(f"root {root!r}: dimension must be >= 1, got {dim}")
         self.dim = int(dim)
         self.root = root
         self.nodes: dict[str, Node] = {}
         for node in nodes:
             node = Node(node.name, node.op, tuple(node.parents))
             if node.name == root or node.name in self.nodes:
-                raise GraphError(f"node '{node.name}': name is used twice")
+                raise GraphError(f"node {node.name!r}: name is used twice")
             self.nodes[node.name] = node
         self._check_parents_exist()
         self.children: dict[str, tuple[str, ...]] = self._children()
@@ -50,7 +51,7 @@ class Graph:
         self.leaf: str = self._single_leaf()
         self.shapes: dict[str, tuple[int, ...]] = self._infer_shapes()
         if self.shapes[self.leaf] != ():
-            raise GraphError(f"leaf '{self.leaf}': output must be a scalar, got shape {self.shapes[self.leaf]}")
+            raise GraphError(f"leaf {self.leaf!r}: output must be a scalar, got shape {self.shapes[self.leaf]}")
         self.level: dict[str, int] = self._levels()
         self.depth: int = max(self.level.values())
 
@@ -74,13 +75,25 @@ class Graph:
         """Every distinct (parent, child) edge, in topological order of the child, then parent order."""
         return list(dict.fromkeys((p, n) for n in self.order for p in self.nodes[n].parents))
 
+    def fingerprints(self) -> dict[str, str]:
+        """A digest per node, in topological order after the root's: its name, parents and op (type and
+        constants). Ranks that built the same graph get the same digests; see `Op.fingerprint`."""
+        digests = {self.root: hashlib.sha256(f"root {self.root} {self.dim}".encode()).hexdigest()}
+        for name in self.order:
+            node = self.nodes[name]
+            digest = hashlib.sha256(f"{name} {node.parents}".encode())
+            digest.update(node.op.fingerprint())
+            digests[name] = digest.hexdigest()
+        return digests
+
     def _check_parents_exist(self) -> None:
         for node in self.nodes.values():
             if not node.parents:  # the only way a node of an acyclic graph can miss the root
-                raise GraphError(f"node '{node.name}': is not reachable from the root '{self.root}' (it has no parents)")
+                raise GraphError(f"node {node.name!r}: is not reachable from the root {self.root!r} "
+                                 "(it has no parents)")
             for p in node.parents:
                 if p != self.root and p not in self.nodes:
-                    raise GraphError(f"node '{node.name}': parent '{p}' does not exist")
+                    raise GraphError(f"node {node.name!r}: parent {p!r} does not exist")
 
     def _children(self) -> dict[str, tuple[str, ...]]:
         children: dict[str, list[str]] = {self.root: [], **{n: [] for n in self.nodes}}
@@ -119,12 +132,12 @@ class Graph:
             arity = node.op.arity
             if arity is not None and arity != len(node.parents):
                 raise GraphError(
-                    f"node '{name}': {node.op.describe()} takes {arity} input(s), got {len(node.parents)}")
+                    f"node {name!r}: {node.op.describe()} takes {arity} input(s), got {len(node.parents)}")
             inputs = [self.shape(p) if p == self.root else shapes[p] for p in node.parents]
             try:
                 shapes[name] = tuple(int(s) for s in node.op.output_shape(*inputs))
             except ValueError as err:
-                raise GraphError(f"node '{name}': {node.op.describe()} does not fit inputs {inputs}: {err}") from None
+                raise GraphError(f"node {name!r}: {node.op.describe()} does not fit inputs {inputs}: {err}") from None
         return shapes
 
     def _levels(self) -> dict[str, int]:

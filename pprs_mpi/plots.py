@@ -1,5 +1,7 @@
 """PNG plots of run traces for `python -m pprs_mpi.report --plot DIR` (needs `pip install 'pprs_mpi[plot]'`).
 
+Axes are labelled in words with units; legends name the settings that differ between runs (the
+title holds those they share) and each run's layout; with f* known the curves are f − f*.
 Figures are drawn on `matplotlib.figure.Figure` objects directly, without pyplot, so no GUI
 backend or global state is involved.
 """
@@ -12,12 +14,16 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from pprs_mpi.report import (BACKWARD, FORWARD, WAIT, depth, last_complete_iteration, n_microbatches, objective,
-                             pipeline_records, setting)
+from pprs_mpi.analysis import (ALGORITHM_KEYS, BACKWARD, FORWARD, WAIT, every_text, f_star, last_complete_iteration,
+                               layout_text, objective, pipeline_records, settings_text, short_number, summarize,
+                               varying)
 from pprs_mpi.trace import Trace, TraceError
 
-COLOURS = {FORWARD: "#4c72b0", BACKWARD: "#dd8452", WAIT: "#d9d9d9"}
-LABELS = {FORWARD: "forward", BACKWARD: "backward", WAIT: "wait"}
+COLOURS = {FORWARD: "#4c72b0", BACKWARD: "#dd8452", WAIT: "#e3e3e3"}
+LABELS = {FORWARD: "forward", BACKWARD: "backward", WAIT: "wait (for a message)"}
+X_LABELS = {"pipeline_time": "pipeline time (units of one forward of one node on one microbatch)",
+            "wall_time": "wall time (s)", "iteration": "iteration"}
+MIN_BAR = 0.003  # narrowest drawn Gantt bar, as a fraction of the iteration's span (about 3 pixels)
 
 
 def write_all(traces: list[Trace], directory, iteration: int | None = None) -> list[Path]:
@@ -26,13 +32,16 @@ def write_all(traces: list[Trace], directory, iteration: int | None = None) -> l
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     names = _unique_names(traces)
-    written = [plot_objective(traces, names, column, directory / f"f_vs_{column}.png")
-               for column in ("pipeline_time", "wall_time")]
-    for trace, name, it in zip(traces, names, shown):
-        written.append(plot_smoothed_vs_eval(trace, name, directory / f"{name}_f_smoothed_vs_f_eval.png"))
+    summaries = [summarize(trace, targets=[]) for trace in traces]
+    figures = {f"f_vs_{column}.png": plot_objective(traces, summaries, names, column)
+               for column in ("pipeline_time", "wall_time")}
+    for trace, summary, name, it in zip(traces, summaries, names, shown):
+        figures[f"{name}_f_smoothed_vs_f_eval.png"] = plot_smoothed_vs_eval(trace, summary, name)
         if it is not None:
-            written.append(plot_gantt(trace, name, it, directory / f"{name}_gantt_iteration{it}.png"))
-    return written
+            figures[f"{name}_gantt_iteration{it}.png"] = plot_gantt(trace, summary, name, it)
+    for filename, fig in figures.items():
+        fig.savefig(directory / filename, dpi=120)
+    return [directory / filename for filename in figures]
 
 
 def gantt_iteration(trace: Trace, iteration: int | None) -> int | None:
@@ -47,77 +56,128 @@ def gantt_iteration(trace: Trace, iteration: int | None) -> int | None:
     return iteration
 
 
-def plot_objective(traces: list[Trace], names: list[str], column: str, path: Path) -> Path:
+def plot_objective(traces: list[Trace], summaries: list[dict], names: list[str], column: str) -> Figure:
     """The objective of every run against pipeline time or wall time, on one axes."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
-    sources, plotted = set(), []
-    for trace, name in zip(traces, names):
+    differ = varying(summaries)
+    optimum = _common_f_star(traces)
+    plotted = []
+    for trace, summary, name in zip(traces, summaries, names):
         source, rows = objective(trace)
-        sources.add(source)
-        values = trace.columns[source][rows]
-        ax.plot(trace.columns[column][rows], values, marker="." if rows.size < 50 else None,
-                label=name + _simulated(trace))
+        values = trace.columns[source][rows] - (optimum or 0.0)
+        label = f"{name}: {settings_text(summary, differ)}" if differ else name
+        if column == "pipeline_time":
+            label += f" ({layout_text(summary)}{_simulated(summary)})"
+        ax.plot(trace.columns[column][rows], values, marker="." if rows.size < 50 else None, label=label)
         plotted.append(values)
-    _log_scale_if_wide(ax, np.concatenate(plotted))
-    ax.set_xlabel("pipeline time (units)" if column == "pipeline_time" else "wall time (s)")
-    ax.set_ylabel(" / ".join(sorted(sources)))
+    log = _log_scale_if_wide(ax, np.concatenate(plotted))
+    _draw_f_star(ax, optimum, log)
+    sources = sorted({summary["f_source"] for summary in summaries})
+    ax.set_xlabel(X_LABELS[column])
+    ax.set_ylabel(_with_f_star(" or ".join(_objective_label(source, optimum) for source in sources), optimum, log))
+    ax.set_title(_title(summaries, [key for key in ALGORITHM_KEYS if key not in differ]))
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-    return path
+    ax.legend(fontsize=8)
+    return fig
 
 
-def plot_smoothed_vs_eval(trace: Trace, name: str, path: Path) -> Path:
-    """f_smoothed (mean of the K sample values at x_t) and f_eval = f(y_t) against the iteration."""
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
+def plot_smoothed_vs_eval(trace: Trace, summary: dict, name: str) -> Figure:
+    """f_smoothed (mean of the K sample values at x_t) and f(y_t) against the iteration."""
+    fig = Figure(figsize=(8, 5), layout="constrained")
     ax = fig.add_subplot()
+    optimum = f_star(trace)
     iteration, smoothed, evaluated = (trace.columns[c] for c in ("iteration", "f_smoothed", "f_eval"))
-    ax.plot(iteration, smoothed, label="f_smoothed (mean of K samples)", color="#4c72b0")
+    smoothed, evaluated = smoothed - (optimum or 0.0), evaluated - (optimum or 0.0)
+    minus = "" if optimum is None else " - f^*"
+    ax.plot(iteration, smoothed, label=rf"mean over the K samples of $f(x_t + \gamma X_k){minus}$", color="#4c72b0")
     rows = np.isfinite(evaluated)
-    ax.plot(iteration[rows], evaluated[rows], "o", markersize=3, label="f_eval = f(y_t)", color="#c44e52")
-    _log_scale_if_wide(ax, np.concatenate([smoothed, evaluated[rows]]))
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("f")
-    ax.set_title(name + _simulated(trace))
+    ax.plot(iteration[rows], evaluated[rows], "o", markersize=3, color="#c44e52",
+            label=rf"$f(y_t){minus}$, {every_text(summary['eval_every'])} and at the end")
+    log = _log_scale_if_wide(ax, np.concatenate([smoothed, evaluated[rows]]))
+    _draw_f_star(ax, optimum, log)
+    ax.set_xlabel(X_LABELS["iteration"])
+    ax.set_ylabel(_with_f_star(f"objective $f{minus}$", optimum, log))
+    ax.set_title(f"{name}: {_title([summary], ALGORITHM_KEYS)}")
     ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.savefig(path, dpi=120)
-    return path
+    ax.legend(fontsize=8)
+    return fig
 
 
-def plot_gantt(trace: Trace, name: str, iteration: int, path: Path) -> Path:
-    """Per-rank Gantt chart of one iteration of the timeline: forward, backward and wait bars, microbatches labelled."""
+def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure:
+    """Gantt chart of one iteration, one row per stage (serial engine) or rank (MPI engine): forward,
+    backward and wait bars, microbatches labelled where they fit, every bar at least MIN_BAR wide."""
     records = pipeline_records(trace)
     records = records[records["iteration"] == iteration]
-    ranks = np.unique(records["rank"])
+    rows = np.unique(records["rank"])
     t0 = records["start"].min()
     span = records["end"].max() - t0
     unit, scale = _time_unit(span)
-    fig = Figure(figsize=(10, 1.2 + 0.55 * ranks.size), layout="constrained")
+    fig = Figure(figsize=(11, 1.4 + 0.55 * rows.size), layout="constrained")
     ax = fig.add_subplot()
     label_width = _label_width(fig, span)
-    for rank in ranks:
-        for phase in (FORWARD, BACKWARD, WAIT):
-            mine = records[(records["rank"] == rank) & (records["phase"] == phase)]
-            bars = np.column_stack([mine["start"] - t0, mine["end"] - mine["start"]]) / scale
-            ax.broken_barh(bars, (rank - 0.4, 0.8), facecolors=COLOURS[phase],
-                           edgecolors="white" if phase != WAIT else "none", linewidth=0.5)
+    widened = False
+    for phase in (WAIT, FORWARD, BACKWARD):  # actions drawn over the waits
+        for row in rows:
+            mine = records[(records["rank"] == row) & (records["phase"] == phase)]
+            durations = mine["end"] - mine["start"]
+            widened |= phase != WAIT and bool((durations < MIN_BAR * span).any())
+            drawn = np.maximum(durations, MIN_BAR * span) if phase != WAIT else durations
+            bars = np.column_stack([mine["start"] - t0, drawn]) / scale
+            ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=COLOURS[phase], edgecolors="none", linewidth=0)
+    numbered = False
     for record in records[records["phase"] != WAIT]:
         text = str(record["microbatch"])
         if record["end"] - record["start"] >= label_width * len(text):
+            numbered = True
             ax.text((record["start"] + record["end"] - 2 * t0) / (2 * scale), record["rank"], text,
                     ha="center", va="center", fontsize=8, color="white")
-    ax.set_yticks(ranks, [f"rank {r}" for r in ranks])
-    ax.set_ylim(ranks.max() + 0.6, ranks.min() - 0.6)  # rank 0 on top, as in the paper's Figure 2
+    word = "stage" if summary["engine"] == "serial" else "rank"
+    nodes = summary["stage_nodes"]
+    ax.set_yticks(rows, [f"{word} {r}" + (f" ({nodes[r]} node{'s' * (nodes[r] > 1)})" if r < len(nodes) else "")
+                         for r in rows])
+    ax.set_ylim(rows.max() + 0.6, rows.min() - 0.6)  # stage 0 on top, as in the paper's Figure 2
     ax.set_xlim(0, span / scale)
-    ax.set_xlabel(f"time since the iteration's first record ({unit})")
-    ax.set_title(f"{name}: iteration {iteration}, {setting(trace, 'schedule') or 'pipeline'}, "
-                 f"M={n_microbatches(trace)}, Δ={depth(trace)}{_simulated(trace)}")
-    ax.legend(handles=[Patch(color=COLOURS[p], label=LABELS[p]) for p in (FORWARD, BACKWARD, WAIT)],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
-    fig.savefig(path, dpi=120)
-    return path
+    shortest = f"; actions shorter than {MIN_BAR * span / scale:.2g} {unit} drawn that wide" if widened else ""
+    ax.set_xlabel(f"time since the iteration's first record ({unit}){shortest}")
+    ax.set_title(f"{name}: iteration {iteration}, {summary['schedule'] or 'pipeline'}, "
+                 f"M={short_number(summary['n_microbatches'])} microbatches{' (numbered on the bars)' * numbered}, "
+                 f"Δ={short_number(summary['depth'])}, {layout_text(summary)}{_simulated(summary)}")
+    handles = [Patch(facecolor=COLOURS[p], label=LABELS[p]) for p in (FORWARD, BACKWARD, WAIT)]
+    handles.append(Patch(facecolor="white", edgecolor="#999999", label="not recorded\n(messages, bookkeeping)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    return fig
+
+
+def _objective_label(source: str, optimum: float | None) -> str:
+    minus = "" if optimum is None else " - f^*"
+    return f"$f(y_t){minus}$" if source == "f_eval" else rf"mean of $f(x_t + \gamma X_k){minus}$ over K samples"
+
+
+def _draw_f_star(ax, optimum: float | None, log: bool) -> None:
+    """The f* reference on a linear axis: a dashed line at f − f* = 0 (a log axis cannot reach 0)."""
+    if optimum is not None and not log:
+        ax.axhline(0.0, color="black", linestyle="--", linewidth=1, label=f"$f^*$ = {short_number(optimum)}")
+
+
+def _with_f_star(label: str, optimum: float | None, log: bool) -> str:
+    """The y label, saying what f* is and that it lies at −∞ on a log axis."""
+    if optimum is None:
+        return label
+    return f"{label}   ($f^*$ = {short_number(optimum)}{', log scale' if log else ''})"
+
+
+def _common_f_star(traces: list[Trace]) -> float | None:
+    """f* when every run knows the same one (then all curves can show f − f*), else None."""
+    values = {f_star(trace) for trace in traces}
+    return values.pop() if len(values) == 1 else None
+
+
+def _title(summaries: list[dict], keys) -> str:
+    """The problem and the settings every run shares."""
+    problems = sorted({str(s["problem"]) for s in summaries})
+    shared = settings_text(summaries[0], keys)
+    return ", ".join(problems) + (f" — {shared}" if shared else "")
 
 
 def _label_width(fig: Figure, span: float) -> float:
@@ -134,16 +194,18 @@ def _time_unit(seconds: float) -> tuple[str, float]:
     return "µs", 1e-6
 
 
-def _log_scale_if_wide(ax, values: np.ndarray) -> None:
-    """Log y-axis when all values are positive and span more than a decade."""
+def _log_scale_if_wide(ax, values: np.ndarray) -> bool:
+    """Log y-axis when all values are positive and span more than a decade; True if it set one."""
     values = values[np.isfinite(values)]
     if values.size and values.min() > 0 and values.max() > 10 * values.min():
         ax.set_yscale("log")
+        return True
+    return False
 
 
-def _simulated(trace: Trace) -> str:
-    simulated = setting(trace, "simulated_depth")
-    return "" if simulated is None else f" (simulated Δ={simulated})"
+def _simulated(summary: dict) -> str:
+    simulated = summary["simulated_depth"]
+    return "" if simulated is None else f", simulated Δ={simulated}"
 
 
 def _unique_names(traces: list[Trace]) -> list[str]:

@@ -80,7 +80,7 @@ class Schedule:
         for s, nodes in enumerate(self.stages):
             if node in nodes:
                 return s
-        raise KeyError(f"node '{node}' is in no stage")
+        raise KeyError(f"node {node!r} is in no stage")
 
     def validate(self, parents: Mapping[str, Sequence[str]]) -> None:
         """Raise ScheduleError naming the first illegal action; return None if the schedule is legal."""
@@ -187,7 +187,7 @@ def build(name: str, stages: Sequence[Sequence[str]], parents: Mapping[str, Sequ
     its legality."""
     builders = {"gpipe": gpipe, "1f1b": one_f_one_b}
     if name not in builders:
-        raise ValueError(f"unknown schedule '{name}': choose one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
     schedule = builders[name](stages, parents, n_microbatches)
     schedule.validate(parents)
     return schedule
@@ -227,13 +227,13 @@ class _Dag:
                 raise ScheduleError(f"stage {s} has no nodes")
             for v in nodes:
                 if v not in parents:
-                    raise ScheduleError(f"stage {s}: node '{v}' is not a key of parents")
+                    raise ScheduleError(f"stage {s}: node {v!r} is not a key of parents")
                 if v in self.stage:
-                    raise ScheduleError(f"node '{v}' is in stages {self.stage[v]} and {s}")
+                    raise ScheduleError(f"node {v!r} is in stages {self.stage[v]} and {s}")
                 self.stage[v] = s
         for v in parents:
             if v not in self.stage:
-                raise ScheduleError(f"node '{v}' is in no stage")
+                raise ScheduleError(f"node {v!r} is in no stage")
         self.children: dict[str, list[str]] = {v: [] for v in parents}
         for v, ps in self.parents.items():
             for p in ps:
@@ -244,7 +244,7 @@ class _Dag:
     def _topological_order(self) -> tuple[str, ...]:
         order, stuck = topological_order(self.parents)
         if stuck:
-            raise ScheduleError(f"node '{stuck[0]}' lies on a cycle or depends on one")
+            raise ScheduleError(f"node {stuck[0]!r} lies on a cycle or depends on one")
         return order
 
     def dependencies(self, action: Forward | Backward) -> list[Forward | Backward]:

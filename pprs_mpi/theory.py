@@ -1,4 +1,5 @@
-"""The paper's complexity bounds and predicted times: `python -m pprs_mpi.theory --L 1 --R 1 --d 100 --eps 0.01 --depth 20`.
+"""The paper's complexity bounds and predicted times:
+`python -m pprs_mpi.theory --L 1 --R 1 --d 100 --eps 0.01 --depth 20`.
 
 Eqs. (9)-(12) and (14) are O(·)/Ω(·) statements; they are evaluated here with every hidden
 constant set to 1, and labelled so. Eq. (13) is an explicit bound and is evaluated exactly with the
@@ -165,7 +166,7 @@ def plot(args: argparse.Namespace, path: str) -> None:
     for ax, (title, curves) in zip(fig.subplots(1, 3), series):
         for label, group, key, style in curves:
             ax.loglog(depths, [row[group][key] for row in rows], style, label=label, linewidth=1.8)
-        ax.axvline(args.depth, color="grey", linewidth=0.8, alpha=0.6)
+        ax.axvline(args.depth, color="grey", linewidth=0.8, alpha=0.6, label=f"Δ = {args.depth} (--depth)")
         ax.set_title(title)
         ax.set_xlabel("depth Δ")
         ax.set_ylabel("time (units)")

@@ -54,8 +54,11 @@ class TraceWriter:
     'interrupted') and a normal exit without an explicit `close` marks it 'completed'.
     """
 
-    def __init__(self, path, config: dict, meta: dict, resume: bool = False, flush_every: int = 10):
+    def __init__(self, path, config: dict, meta: dict, resume: bool = False, flush_every: int = 10,
+                 overwrite: bool = False):
         self.path = os.fspath(path)
+        if not resume and not overwrite and os.path.lexists(self.path):
+            raise TraceError(f"{self.path} already exists: pass --overwrite to replace it, or --resume it")
         self.flush_every = max(1, int(flush_every))
         self.closed = False
         self._rows: list[tuple] = []

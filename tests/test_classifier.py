@@ -129,7 +129,8 @@ def test_cifar10_loader_reads_the_python_batches(tmp_path):
     assert list(split.test_labels) == test_labels
     image = split.test_images[1]  # row-major planes R, G, B of 32x32
     assert image[0, 0, 0] == test_data[1, 0] / 255 and image[1, 0, 0] == test_data[1, 1024] / 255
-    assert image[2, 31, 30] == test_data[1, 3070] / 255 and 0 <= split.train_images.min() <= split.train_images.max() <= 1
+    assert image[2, 31, 30] == test_data[1, 3070] / 255
+    assert 0 <= split.train_images.min() <= split.train_images.max() <= 1
 
 
 def test_cifar10_loader_errors_are_one_line(tmp_path):

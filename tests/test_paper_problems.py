@@ -54,12 +54,14 @@ def test_adversarial_value_at_the_clean_image_is_the_margin_loss_of_the_logits()
     expected = multi_margin(net.logits(split.test_images[11:12])[0], (label + 1) % 10)
     assert exact_engine(problem.graph).evaluate(problem.x0, 0) == pytest.approx(expected, rel=1e-12)
     point = problem.describe_point(problem.x0)
-    assert point == {"attack_success": False, "linf_distance": 0.0, "predicted_class": label, "target": (label + 1) % 10}
+    assert point == {"attack_success": False, "linf_distance": 0.0, "predicted_class": label,
+                     "target": (label + 1) % 10}
 
 
 def test_adversarial_gradient_matches_finite_differences_on_a_small_random_network(tmp_path):
     path = str(tmp_path / "small.h5")
-    classifier.save_network(classifier.alexnet((1, 8, 8), 10, np.random.default_rng(4), channels=(3, 4), hidden=6), path)
+    network = classifier.alexnet((1, 8, 8), 10, np.random.default_rng(4), channels=(3, 4), hidden=6)
+    classifier.save_network(network, path)
     problem = build("adversarial", **{**DEFAULTS, "network": path, "target": 2, "lam": 3.0})
     engine = exact_engine(problem.graph)
     theta = problem.x0 + 0.05 * np.random.default_rng(5).standard_normal(64)  # away from kinks, almost surely
@@ -75,7 +77,8 @@ def test_adversarial_gradient_matches_finite_differences_on_a_small_random_netwo
 def test_adversarial_on_cifar10_batches_with_a_user_network(tmp_path):
     write_cifar10(tmp_path, np.random.default_rng(1))
     path = str(tmp_path / "cifar.h5")
-    classifier.save_network(classifier.alexnet((3, 32, 32), 10, np.random.default_rng(2), channels=(2, 2), hidden=4), path)
+    network = classifier.alexnet((3, 32, 32), 10, np.random.default_rng(2), channels=(2, 2), hidden=4)
+    classifier.save_network(network, path)
     params = {**DEFAULTS, "dataset": "cifar10", "data_dir": str(tmp_path), "network": path, "image_index": 2}
     problem = build("adversarial", **params)
     assert problem.graph.dim == 3072 and problem.graph.depth == 13

@@ -1,4 +1,5 @@
-"""The report on real traces: a serial run, a 3-rank mpirun run and a run still in progress.
+"""The report on real traces: a serial run, a 3-rank mpirun run, a run still in progress (read once and
+followed), and a serial run compared with a bitwise-identical 3-rank run of another layout.
 
 Each summary number is checked against the trace's own data, computed here independently.
 """
@@ -9,11 +10,13 @@ import subprocess
 import sys
 import time
 
+import h5py
 import numpy as np
 import pytest
 
 from conftest import MPI_ENV, mpirun, run
-from pprs_mpi.report import summarize
+from pprs_mpi.analysis import summarize
+from pprs_mpi.problems import build
 from pprs_mpi.solve import main
 from pprs_mpi.trace import load
 
@@ -70,14 +73,7 @@ def test_report_on_a_run_still_in_progress(tmp_trace):
     process = subprocess.Popen([sys.executable, "-m", "pprs_mpi.solve", *RUN, "--iters", "200000", "--eval-every", "1",
                                 "--out", tmp_trace()], env={**os.environ, **MPI_ENV})
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if load(tmp_trace(), timeout=0.5).n_rows >= 30:
-                    break
-            except Exception:  # not created yet, or the writer holds the file for a flush
-                pass
-            time.sleep(0.05)
+        wait_for(lambda: load(tmp_trace(), timeout=0.5).n_rows >= 30)
         report = run([sys.executable, "-m", "pprs_mpi.report", tmp_trace(), "--json"], timeout=60)
         assert report.returncode == 0, report.stderr
         assert '"status": "running"' in report.stdout
@@ -88,3 +84,92 @@ def test_report_on_a_run_still_in_progress(tmp_trace):
         process.wait(timeout=30)
     killed = load(tmp_trace())  # a killed run leaves a readable trace that does not look complete
     assert killed.status == "running" and killed.n_rows >= 30
+
+
+def report(*args, timeout=60):
+    return run([sys.executable, "-m", "pprs_mpi.report", *map(str, args)], timeout=timeout)
+
+
+def test_f_minus_f_star_of_a_solver_run_whose_trace_knows_f_star(tmp_trace):
+    assert main([*RUN, "--iters", "30", "--eval-every", "3", "--out", tmp_trace()]) == 0
+    config = load(tmp_trace()).config
+    problem = build(config["problem"], **config["problem_params"])
+    with h5py.File(tmp_trace(), "a") as f:  # what the writer is to store: the problem's known optimum
+        f.attrs["f_star"] = problem.f_star
+    trace = load(tmp_trace())
+    summary = summarize(trace)
+    f = trace.columns["f_eval"][np.isfinite(trace.columns["f_eval"])]
+    assert summary["gap_final"] == f[-1] - problem.f_star and summary["gap_best"] == f.min() - problem.f_star
+    text = " ".join(report(tmp_trace()).stdout.split())
+    assert f"lad, f* = {problem.f_star:.4g}" in text and f"(f − f* = {f[-1] - problem.f_star:.4g})" in text
+
+
+@pytest.mark.mpi
+def test_comparison_of_a_serial_and_a_three_rank_run_shows_their_layouts(tmp_trace, tmp_path):
+    six = [*RUN, "--depth", "6", "--iters", "20", "--eval-every", "5"]  # 6 nodes: 6 stages serial, 3 × 2 on 3 ranks
+    assert main([*six, "--out", tmp_trace("serial.h5")]) == 0
+    result = mpirun(3, *six, "--out", tmp_trace("mpi3.h5"))
+    assert result.returncode == 0, result.stderr
+    serial, mpi3 = load(tmp_trace("serial.h5")), load(tmp_trace("mpi3.h5"))
+    M = 4
+    assert np.array_equal(serial.columns["f_eval"], mpi3.columns["f_eval"], equal_nan=True)  # the same iterates
+    assert serial.attrs["makespan"] == 2 * (M + 6 - 1)  # one node per stage
+    assert mpi3.attrs["makespan"] == 2 * 2 * (M + 3 - 1)  # two nodes per stage: each step takes 2 units
+    table = report(tmp_trace("serial.h5"), tmp_trace("mpi3.h5"))
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    header = lines[0].split()
+    rows = {line.split()[0]: line.split() for line in lines[1:3]}
+    for name, engine, stages, units in (("serial", "serial", "6", "18"), ("mpi3", "mpi", "3", "24")):
+        row = dict(zip(header, rows[name]))
+        assert (row["engine"], row["stages"], row["units/it"]) == (engine, stages, units)
+    assert "pipeline times of runs with different units/it differ for the same iterates" in " ".join(
+        table.stdout.split())
+    assert max(map(len, lines)) <= 100
+    pytest.importorskip("matplotlib")
+    from pprs_mpi import plots
+    summaries = [summarize(serial, []), summarize(mpi3, [])]
+    ax = plots.plot_objective([serial, mpi3], summaries, ["serial", "mpi3"], "pipeline_time").axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "serial (serial, 6 stages, 18 units/iteration)", "mpi3 (mpi, 3 stages, 24 units/iteration)"]
+
+
+def test_follow_reports_a_live_run_until_it_stops(tmp_trace, tmp_path):
+    solver = subprocess.Popen([sys.executable, "-m", "pprs_mpi.solve", *RUN, "--iters", "200000", "--eval-every", "1",
+                               "--out", tmp_trace()], env={**os.environ, **MPI_ENV})
+    out = tmp_path / "follow.txt"
+    try:
+        wait_for(lambda: load(tmp_trace(), timeout=0.5).n_rows >= 10)
+        with open(out, "w") as sink:
+            follower = subprocess.Popen([sys.executable, "-m", "pprs_mpi.report", tmp_trace(), "--follow",
+                                         "--interval", "0.5"], stdout=sink, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: out.read_text().count("[running]") >= 2)
+            solver.send_signal(signal.SIGUSR1)  # checkpoint and stop: status 'interrupted'
+            assert solver.wait(timeout=60) == 3
+            _, err = follower.communicate(timeout=60)
+        finally:
+            follower.kill()
+        assert follower.returncode == 0 and err == ""
+    finally:
+        solver.kill()
+        solver.wait(timeout=30)
+    first, *later = out.read_text().split("\n--- ")  # not a terminal: a time stamp line between reports
+    reports = [first] + [report.split("\n", 1)[1] for report in later]
+    assert len(reports) >= 3 and all(r.splitlines()[0].endswith("[running]") for r in reports[:2])
+    rows = [int(r.split("iterations")[1].split()[0]) for r in reports]
+    assert rows == sorted(rows) and rows[-1] > rows[0]  # each report read the trace anew
+    assert reports[-1].splitlines()[0].endswith("[interrupted]") and rows[-1] == load(tmp_trace()).n_rows
+
+
+def wait_for(condition, seconds=60):
+    """Polls `condition` (exceptions count as not yet) until it holds; fails the test after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # noqa: BLE001 — a file not there yet, or held by its writer for a flush
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"still not true after {seconds} s")

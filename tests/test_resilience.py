@@ -35,7 +35,7 @@ def start(command, out, env=None):
         try:
             if load(out, timeout=0.5).n_rows > 20:
                 return process
-        except Exception:  # not created yet, or momentarily locked by the writer
+        except Exception:  # noqa: BLE001 — not created yet, or momentarily locked by the writer
             pass
         time.sleep(0.05)
     process.kill()
@@ -107,8 +107,10 @@ def test_resume_refuses_foreign_corrupt_or_checkpointless_files(tmp_path, tmp_tr
         assert main(["--resume", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "cannot resume" in err and message in err
-    assert main(["--resume", tmp_trace(), "--lr", "0.5"]) == 2
-    assert "'lr' cannot be changed" in capsys.readouterr().err
+    assert main([*RUN, "--iters", "3", "--out", tmp_trace("good.h5")]) == 0
+    capsys.readouterr()
+    assert main(["--resume", tmp_trace("good.h5"), "--lr", "0.5"]) == 2
+    assert "'lr' cannot be changed (the run has 0.02, this command gives 0.5)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("damage, message", [

@@ -75,6 +75,13 @@ def test_theorem3_preset_meets_the_bound_of_eq_13_on_depth_8_lad(tmp_trace):
     (["--dim", "30000", "--rows", "30000"], "matrix entries (at most 200,000,000)"),
     (["--depth", "5000", "--engine", "serial"], "cells (at most 20,000,000)"),
     (["--preset", "theorem4", "--eps", "1e9", "--smoothing-radius", "1"], "eps=1e+09 is too large"),
+    # Found by the durability audit (issue 13, items 8-10): each used to hang, trace back or print 2 lines.
+    (["-K", "1000000000", "--microbatch-size", "1000000000"], "lower --microbatch-size"),
+    (["--config", "/dev/zero"], "is larger than 1024 KiB"),
+    (["--preset", "theorem4", "--eps", "1e-200", "--smoothing-radius", "0.1"], "ZeroDivisionError"),
+    (["--preset", "theorem4", "--eps", "1e-160", "--smoothing-radius", "1e-160"], "OverflowError"),
+    (["--inject-fault", "\n"], "got '\\n'"),
+    (["--simulated-depth", "100000000000000000000"], "simulated-depth must be between 1 and 10**9"),
 ])
 def test_bad_input_gets_one_line_and_exit_code_2(capsys, tmp_trace, args, message):
     if "--out" not in args:
@@ -88,6 +95,7 @@ def test_bad_input_gets_one_line_and_exit_code_2(capsys, tmp_trace, args, messag
     ("not = [valid", "is not valid TOML"),
     ("learning_rate = 1\n", "unknown key 'learning_rate'"),
     (b"lr = \xff\xfe\n", "is not UTF-8 text"),
+    ("a = " + "[" * 100_000 + "]" * 100_000 + "\n", "nests too deeply"),
 ])
 def test_bad_config_file_gets_one_line(capsys, tmp_path, content, message):
     config = tmp_path / "bad.toml"

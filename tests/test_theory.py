@@ -16,7 +16,8 @@ def test_bounds_by_hand():
     assert b["eq10_smooth_nonconvex_lower"] == pytest.approx(96)  # βD/ε²·Δ = 4·2/0.25·3
     assert b["eq11_nonsmooth_convex_lower"] == pytest.approx(28)  # 4² + 4·3
     assert b["eq12_pprs_convex_upper"] == pytest.approx(40)  # 4² + 4·3·2
-    assert b["eq14_pprs_nonconvex_upper"] == pytest.approx(32 * 19 * math.sqrt(16 + math.log(4)))  # DL/(rε²)=32, L²/ε²+Δ=19
+    # DL/(rε²) = 32, L²/ε² + Δ = 19
+    assert b["eq14_pprs_nonconvex_upper"] == pytest.approx(32 * 19 * math.sqrt(16 + math.log(4)))
     # Theorem 3 preset from ε: T = ⌈3.5·2·1·2/0.5⌉ − 1 = 27, K = ⌈28/√16⌉ = 7; eq. (13) = 12/28 + 1/14 = 0.5 = ε.
     assert b["eq13_pprs_error_bound"] == pytest.approx(0.5)
 
@@ -59,5 +60,6 @@ def test_bad_input_is_one_line_exit_2(capsys, argv):
 def test_plot_against_depth(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path = tmp_path / "theory.png"
-    assert theory.main(["--L", "1", "--R", "1", "--d", "100", "--eps", "0.01", "--depth", "20", "--plot", str(path)]) == 0
+    argv = ["--L", "1", "--R", "1", "--d", "100", "--eps", "0.01", "--depth", "20", "--plot", str(path)]
+    assert theory.main(argv) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -38,7 +38,7 @@ import numpy as np
 from pprs_mpi import optim, problems
 from pprs_mpi.experiments import curves
 from pprs_mpi.experiments.runner import (FINISHED, ExperimentError, OneLineParser, Run, cost, parse_shard,
-                                         read_protocol, run_all)
+                                         solve_options, read_protocol, run_all)
 from pprs_mpi.schedule import ideal_makespan
 from pprs_mpi.trace import TraceError, load
 
@@ -91,16 +91,16 @@ def configs(proto: dict) -> dict[str, dict]:
     return found
 
 
-def pair_args(problem: str) -> Callable[[int], list[str]]:
-    """Pair p → its problem flags: an image and the class after its label where the problem attacks images,
+def pair_args(problem: str) -> Callable[[int], dict]:
+    """Pair p → its problem parameters: an image and the class after its label where the problem attacks images,
     else a problem seed (see the module docstring)."""
     spec = problems.registry().get(problem)
     if spec is None:
         raise ExperimentError(f"unknown problem '{problem}': choose one of {', '.join(sorted(problems.registry()))}")
     if {"image_index", "target"} <= set(spec.parameters):
-        return lambda pair: ["--image-index", str(pair), "--target", "-1"]
+        return lambda pair: {"image_index": pair, "target": -1}
     if "problem_seed" in spec.parameters:
-        return lambda pair: ["--problem-seed", str(pair)]
+        return lambda pair: {"problem_seed": pair}
     raise ExperimentError(f"problem '{problem}' has neither --image-index nor --problem-seed to vary over pairs")
 
 
@@ -109,11 +109,10 @@ def runs(proto: dict) -> list[Run]:
     found, pair_flags = [], pair_args(proto["problem"])
     for name, c in configs(proto).items():
         for pair in range(proto["pairs"]):
-            argv = ["--problem", proto["problem"], "--algo", c["algo"], "-K", str(c["K"]), "--gamma", repr(c["gamma"]),
-                    "--lr", repr(c["lr"]), "--mu", repr(c["mu"]), "--iters", str(c["iters"]), "--seed", str(pair),
-                    "--eval-every", str(c["eval_every"]), "--microbatch-size", str(c["K"]),
-                    *pair_flags(pair), *proto["extra_args"]]
-            found.append(Run(f"{name}_pair{pair:03d}", tuple(argv), cost(c["iters"], c["K"])))
+            options = {**solve_options(proto["extra_args"]), "problem": proto["problem"], "algo": c["algo"], "K": c["K"],
+                       "gamma": c["gamma"], "lr": c["lr"], "mu": c["mu"], "iters": c["iters"], "seed": pair,
+                       "eval_every": c["eval_every"], "microbatch_size": c["K"], **pair_flags(pair)}
+            found.append(Run(f"{name}_pair{pair:03d}", options, cost(c["iters"], c["K"])))
     return found
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from pprs_mpi import optim, problems
 from pprs_mpi.experiments import curves
 from pprs_mpi.experiments.runner import (FINISHED, ExperimentError, OneLineParser, Run, cost, parse_shard,
-                                         read_protocol, run_all)
+                                         solve_options, read_protocol, run_all)
 from pprs_mpi.trace import TraceError, load
 
 DEFAULTS = {"problems": ["lad", "linf"], "dims": [4, 16, 64], "Ts": [10, 30, 100, 300], "K_rules": ["preset", "1"],
@@ -50,11 +50,11 @@ def runs(proto: dict) -> list[Run]:
     found = []
     for row in rows_of(proto):
         for seed in range(proto["seeds"]):
-            argv = ["--problem", row["problem"], "--dim", str(row["d"]), "--rows", str(2 * row["d"]),
-                    "--preset", "theorem3", "--iters", str(row["T"]), "--seed", str(seed), "--eval-every", str(row["T"]),
-                    "--microbatch-size", str(row["K"]), *([] if row["K_rule"] == "preset" else ["-K", str(row["K"])]),
-                    *proto["extra_args"]]
-            found.append(Run(f"{row['name']}_seed{seed}", tuple(argv), cost(row["T"], row["K"])))
+            options = {**solve_options(proto["extra_args"]), "problem": row["problem"], "dim": row["d"],
+                       "rows": 2 * row["d"], "preset": "theorem3", "iters": row["T"], "seed": seed,
+                       "eval_every": row["T"], "microbatch_size": row["K"],
+                       **({} if row["K_rule"] == "preset" else {"K": row["K"]})}
+            found.append(Run(f"{row['name']}_seed{seed}", options, cost(row["T"], row["K"])))
     return found
 
 

@@ -1,6 +1,6 @@
 """Runs an experiment's independent solves: sharding, spreading over MPI ranks, skipping done runs, ETA.
 
-Every run is one `pprs_mpi.solve.main` call in this process with the serial engine on MPI.COMM_SELF,
+Every run is one `pprs_mpi.minimize` call in this process with the serial engine on MPI.COMM_SELF,
 so `mpirun -n P` gives P independent workers and a Slurm array (`--shard I/N`) gives N more.
 Assignment is static and round-robin: shard I takes runs I, I+N, I+2N, ... and rank r of P takes
 every P-th of those, so every run is done by exactly one (shard, rank).
@@ -9,8 +9,6 @@ every P-th of those, so every run is done by exactly one (shard, rank).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import os
 import sys
@@ -18,7 +16,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pprs_mpi import solve
+from pprs_mpi import api, config
+from pprs_mpi.config import ConfigError
 from pprs_mpi.signals import StopOnSignal
 from pprs_mpi.trace import TraceError, load
 
@@ -39,11 +38,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 @dataclass(frozen=True)
 class Run:
-    """One solve: `name` is the trace's file stem under OUT/runs, `argv` the solve flags (no --out),
-    `cost` its relative price for the ETA (see `cost`)."""
+    """One solve: `name` is the trace's file stem under OUT/runs, `options` those of `pprs_mpi.minimize`
+    (the problem among them; no `out`), `cost` its relative price for the ETA (see `cost`)."""
 
     name: str
-    argv: tuple[str, ...]
+    options: dict
     cost: float
 
 
@@ -51,6 +50,14 @@ def cost(iters: int, K: int) -> float:
     """ETA weight of a run whose K copies travel as one microbatch: an iteration costs about 1 + K/5 passes of
     one copy (per-iteration overhead; measured on the digits CNN: 3.7, 8 and 71 ms for K = 1, 10, 100)."""
     return iters * (1 + K / 5)
+
+
+def solve_options(argv: list[str]) -> dict:
+    """The solve options an experiment's command line passes on to every run (e.g. --network FILE)."""
+    try:
+        return config.given_by(argv)
+    except ConfigError as err:
+        raise ExperimentError(f"solve options {' '.join(argv)!r}: {err}") from None
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -119,13 +126,7 @@ def execute(runs: list[Run], runs_dir: Path, label: str) -> tuple[dict[str, int]
         for i, run in enumerate(todo, 1):
             if stop.requested:
                 break
-            path = runs_dir / f"{run.name}.h5"
-            stderr = io.StringIO()
-            with contextlib.redirect_stderr(stderr):
-                code = solve.main([*run.argv, "--engine", "serial", "--quiet", "--out", str(path)], comm=_comm_self())
-            if code == solve.BAD_INPUT:
-                raise ExperimentError(f"run {run.name} rejected its arguments: {stderr.getvalue().strip()}")
-            outcome, note = _outcome(path, stderr.getvalue())
+            outcome, note = _solve(run, runs_dir / f"{run.name}.h5")
             counts[outcome] = counts.get(outcome, 0) + 1
             stop.requested |= outcome == "interrupted"
             done_cost += run.cost
@@ -136,16 +137,19 @@ def execute(runs: list[Run], runs_dir: Path, label: str) -> tuple[dict[str, int]
     return counts, stop.requested
 
 
-def _outcome(path: Path, stderr: str) -> tuple[str, str]:
-    """(status, note): where a diverged run stopped, or the solve's last error line for a failed one."""
+def _solve(run: Run, path: Path) -> tuple[str, str]:
+    """Does one run (over an unfinished trace of it); (status, note): where a diverged run stopped, or
+    why one failed. Options a solve rejects stop the experiment: its own arguments are wrong."""
+    options = {**run.options, "engine": "serial", "quiet": True, "out": str(path), "overwrite": True}
     try:
-        trace = load(path)
-    except TraceError as err:
-        return "unreadable", f" ({err})"
-    if trace.status == "diverged":
-        return "diverged", f" at iteration {int(trace.columns['iteration'][-1]) if trace.n_rows else 0}"
-    lines = stderr.strip().splitlines()
-    return trace.status, f" ({lines[-1]})" if trace.status != "completed" and lines else ""
+        result = api.minimize(options.pop("problem"), comm=_comm_self(), **options)
+    except ConfigError as err:
+        raise ExperimentError(f"run {run.name} rejected its arguments: {err}") from None
+    except api.RunFailed as err:
+        return "failed", f" ({err})"
+    if result.status == "diverged":
+        return "diverged", f" at iteration {int(result.iterations[-1]) if len(result.iterations) else 0}"
+    return result.status, f" ({result.message})" if result.message and result.status != "completed" else ""
 
 
 def run_all(runs: list[Run], out: Path, protocol: dict, shard: tuple[int, int], label: str, collect) -> int:

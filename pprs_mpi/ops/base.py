@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 
@@ -44,3 +46,35 @@ class Op:
     def describe(self) -> str:
         """Short human-readable label, stored in traces."""
         return type(self).__name__
+
+    def fingerprint(self) -> bytes:
+        """A digest of the op's type and every constant it holds (arrays by their bytes), equal on every
+        rank that built the same op: ranks compare graphs by it before a run. Override it for an op whose
+        constants are not plain attributes."""
+        digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}".encode())
+        _feed(digest, {k: v for k, v in vars(self).items() if k != "_const_cache"}, depth=0)
+        return digest.digest()
+
+
+def _feed(digest, value, depth: int) -> None:
+    """Adds `value` to `digest`: arrays by dtype, shape and bytes, containers element by element, other
+    objects by their attributes (a few levels deep), anything else by its type only, never by an address."""
+    if isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
+        array = np.ascontiguousarray(value if isinstance(value, np.ndarray) else value.get())
+        digest.update(f"array{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    elif isinstance(value, (bool, int, float, complex, str, bytes, type(None), np.generic)):
+        digest.update(repr(value).encode())
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__}{len(value)}".encode())
+        for item in value:
+            _feed(digest, item, depth + 1)
+    elif isinstance(value, dict):
+        digest.update(f"dict{len(value)}".encode())
+        for key in sorted(value, key=repr):
+            _feed(digest, key, depth + 1)
+            _feed(digest, value[key], depth + 1)
+    else:
+        digest.update(type(value).__qualname__.encode())
+        if depth < 4 and hasattr(value, "__dict__") and not callable(value):
+            _feed(digest, {k: v for k, v in vars(value).items() if k != "_const_cache"}, depth + 1)

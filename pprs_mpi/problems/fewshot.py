@@ -22,7 +22,8 @@ from pprs_mpi.problems.pretrained import PRETRAINED, images_for, pretrained
 
 PARAMETERS = {
     "shots": Parameter(int, 10, "fewshot: number m of training images, taken from each class in turn"),
-    "problem_seed": Parameter(int, 0, "seed of the problem's random data (planted: layers and θ*; fewshot: shots and start)"),
+    "problem_seed": Parameter(int, 0, "seed of the problem's random data (planted: layers and θ*; fewshot: shots "
+                                      "and start)"),
     "init_noise": Parameter(float, 1.0, "fewshot: std of the start's perturbation, relative to each layer's weights"),
     **PRETRAINED,
 }
@@ -57,7 +58,8 @@ def choose_shots(labels: np.ndarray, shots: int, classes: int, rng: np.random.Ge
     pools = [rng.permutation(np.flatnonzero(labels == c)) for c in range(classes)]
     most = classes * min(len(pool) for pool in pools)
     if not 1 <= shots <= most:
-        raise ValueError(f"shots must be in [1, {most}] (taken from each of the {classes} classes in turn), got {shots}")
+        raise ValueError(f"shots must be in [1, {most}] (taken from each of the {classes} classes in turn), "
+                         f"got {shots}")
     return np.array([pools[i % classes][i // classes] for i in range(shots)])
 
 

@@ -7,7 +7,8 @@ from pprs_mpi.problems import Parameter
 
 #: The parameters both problems take: which pretrained network, and its data.
 PRETRAINED = {
-    "network": Parameter(str, "", "classifier weights file (pprs_mpi.classifier format); '' = the shipped digits network"),
+    "network": Parameter(str, "", "classifier weights file (pprs_mpi.classifier format); '' = the shipped digits "
+                                  "network"),
     "dataset": Parameter(str, "digits", f"images the network takes: {' or '.join(datasets.DATASETS)}"),
     "data_dir": Parameter(str, "", "cifar10: folder holding the python batches data_batch_1..5 and test_batch"),
 }
