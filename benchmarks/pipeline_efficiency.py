@@ -176,7 +176,8 @@ def worker(args) -> None:
         computing = last[last["phase"] < 2]
         c_run = float(np.mean(computing["end"] - computing["start"]))  # the same unit, inside the pipeline
         busy = [float((computing["end"] - computing["start"])[computing["rank"] == r].sum()) /
-                float(last["end"][last["rank"] == r].max() - last["start"][last["rank"] == r].min()) for r in range(RANKS)]
+                float(last["end"][last["rank"] == r].max() - last["start"][last["rank"] == r].min())
+                for r in range(RANKS)]
         serial = mean_iteration(engines(graph, K, backend), backend, max(2, iterations // 2))
         ideal = 2 * (K + RANKS - 1) * c
         messages = 3 * K  # per microbatch: one activation, one cotangent, one leaf value to rank 0
@@ -254,7 +255,8 @@ def _small_round(comm, argv: list[str], seconds: float) -> dict:
 
 def print_table(table: dict) -> None:
     print(f"machine: {table['machine']}; {table['mpi']}; {table['ranks']} ranks on {', '.join(table['devices'])}")
-    print(f"unit cost c = {table['unit_cost_s'] * 1e3:.2f} ms, ping-pong latency = {table['ping_pong_latency_s'] * 1e6:.1f} us")
+    print(f"unit cost c = {table['unit_cost_s'] * 1e3:.2f} ms, "
+          f"ping-pong latency = {table['ping_pong_latency_s'] * 1e6:.1f} us")
     print("efficiency = 2(K+P-1)c / measured, c alone; eff(c_run): c_run = mean unit inside the run (both ranks")
     print("computing at once); busy = compute / span per rank; overhead/msg = (measured - 2(K+P-1)c_run) / 3K")
     print(f"{'K':>4} {'measured ms':>12} {'ideal ms':>9} {'efficiency':>10} {'c_run ms':>9} {'eff(c_run)':>10} "
@@ -271,7 +273,8 @@ def print_table(table: dict) -> None:
     if small:
         print(f"small problem ({small['command']}), median of interleaved rounds:")
         print(f"  {small['ranks']} ranks: {small['mpi_iteration_s'] * 1e3:.3f} ms per iteration, pipeline efficiency "
-              f"{small['mpi_efficiency']:.1%} ({small['mpi_makespan']:.0f} units of {small['mpi_mean_action_s'] * 1e6:.1f} us)")
+              f"{small['mpi_efficiency']:.1%} ({small['mpi_makespan']:.0f} units of "
+              f"{small['mpi_mean_action_s'] * 1e6:.1f} us)")
         print(f"  serial:  {small['serial_iteration_s'] * 1e3:.3f} ms per iteration, compute fraction "
               f"{small['serial_efficiency']:.1%} ({small['serial_mean_action_s'] * 1e6:.1f} us per action)")
 

@@ -41,7 +41,8 @@ class Rows:
         counter (0, 0, k, t); valid until the next draw."""
         _check("iteration", iteration)
         _check("sample", samples.stop - 1)
-        out, counter, bits, state, generator = self._rows[:len(samples)], self._counter, self._bits, self._state, self._generator
+        out, counter, bits, state = self._rows[:len(samples)], self._counter, self._bits, self._state
+        generator = self._generator
         for row, k in zip(out, samples):
             counter[2], counter[3] = k, iteration
             bits.state = state

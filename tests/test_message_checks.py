@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import mpirun, run, solve
 from pprs_mpi.trace import load
 
 HERE = Path(__file__).parent
-ARGS = ["--problem", "faulty", "--iters", "3", "-K", "3", "--quiet"]
+ARGS = ["--problem", f"{HERE / 'faulty_problem.py'}:faulty", "--iters", "3", "-K", "3", "--quiet"]
 EXPECTED = {
     "forward-long": "ShapeError: node 'mix' (Mix), the evaluation pass f(y): forward returned shape (1, 5), "
                     "expected (1, 4) (edge 'mix' -> 'abs')",
@@ -22,15 +22,17 @@ EXPECTED = {
 
 
 def solve_faulty(fault, ranks, out):
-    """The helper problem solved serially (ranks=None) or under mpirun; (exit code, pprs_mpi lines)."""
-    script = [sys.executable, str(HERE / "shape_fault_run.py"), *ARGS, "--out", out]
-    command = script + ["--engine", "serial", "--stages", "3"] if ranks is None else ["mpirun", "-n", str(ranks), *script]
-    result = run(command, env={"PPRS_SHAPE_FAULT": fault}, timeout=60)
+    """The user's problem solved serially (ranks=None) or under mpirun; (exit code, pprs_mpi lines)."""
+    args = [*ARGS, "--problem-arg", f"fault={fault}", "--out", out]
+    if ranks is None:
+        result = solve(*args, "--engine", "serial", "--stages", 3, timeout=60)
+    else:
+        result = mpirun(ranks, *args, timeout=60)
     return result.returncode, [line for line in result.stderr.splitlines() if line.startswith("pprs_mpi.solve")]
 
 
 @pytest.mark.parametrize("fault", sorted(EXPECTED))
-@pytest.mark.parametrize("ranks", [None, pytest.param(2, marks=pytest.mark.mpi), pytest.param(3, marks=pytest.mark.mpi)])
+@pytest.mark.parametrize("ranks", [None, *(pytest.param(n, marks=pytest.mark.mpi) for n in (2, 3))])
 def test_a_wrong_forward_or_cotangent_shape_is_one_line_naming_the_node_in_both_engines(tmp_trace, fault, ranks):
     code, lines = solve_faulty(fault, ranks, tmp_trace())
     assert code != 0

@@ -62,10 +62,12 @@ def test_plans_execute_the_schedules_actions_and_carry_exactly_the_pass_messages
 
     for s, plan in enumerate(plans):
         # the same actions, unit by unit
-        decoded = tuple(None if step is None else (Forward if isinstance(step, ForwardStep) else Backward)(step.name, step.mb)
+        decoded = tuple(None if step is None else
+                        (Forward if isinstance(step, ForwardStep) else Backward)(step.name, step.mb)
                         for step in plan.units)
         assert decoded == schedule.actions[s]
-        assert [(step.name, step.mb) for step in plan.evaluation] == [(n, M) for n in graph.order if wiring.stage_of[n] == s]
+        local = [n for n in graph.order if wiring.stage_of[n] == s]
+        assert [(step.name, step.mb) for step in plan.evaluation] == [(n, M) for n in local]
         written = set()  # output slots written so far on this stage
         for unit, step in enumerate(plan.units):
             if isinstance(step, ForwardStep):
@@ -109,7 +111,8 @@ def test_plans_execute_the_schedules_actions_and_carry_exactly_the_pass_messages
         # what the stage expects to receive, per channel in increasing microbatch order (the MPI transport's FIFO)
         for channel, mbs in plan.receives:
             assert by_id[channel].destination == s and list(mbs) == sorted(mbs) == list(range(M))
-        assert {(c, mb) for c, mbs in plan.receives for mb in mbs} == {k for k in needed if by_id[k[0]].destination == s}
+        mine = {key for key in needed if by_id[key[0]].destination == s}
+        assert {(c, mb) for c, mbs in plan.receives for mb in mbs} == mine
 
     labels = {(kind, *(edge or (graph.leaf, None)), mb) for (kind, edge, mb) in
               (label(by_id[c], mb) for c, mb in sent)}
@@ -141,5 +144,5 @@ def test_transport_posts_a_window_of_receives_and_reuses_their_buffers_in_order(
     assert staging.allocated_bytes == RECEIVE_WINDOW * 16  # the window's buffers were reused
     transport.expect([(0, (0, 1))])
     transport.send(0, 1, np.ones((1, 2)))
-    with pytest.raises(RuntimeError, match=r"needs the activation of edge 'a' -> 'b' \(microbatch 1.*out of its channel's order"):
+    with pytest.raises(RuntimeError, match=r"edge 'a' -> 'b' \(microbatch 1.*out of its channel's order"):
         transport.recv(0, 1)

@@ -50,7 +50,7 @@ class BackwardStep:
     name: str
     mb: int
     output: int  # local slot of the node's output (and of its stashed inputs)
-    cotangents: tuple[tuple[int, int], ...]  # per child in order: (RECV, channel) | (LOCAL, cotangent slot); () for the leaf
+    cotangents: tuple[tuple[int, int], ...]  # per child: (RECV, channel) | (LOCAL, cotangent slot); () for the leaf
     slots: tuple[int, ...] | None  # per input slot, the distinct parent it feeds; None: parents are distinct
     destinations: tuple[tuple[int, int], ...]  # per distinct parent: (SEND, channel) | (LOCAL, cotangent slot)
     shapes: tuple[tuple[int, ...], ...]  # per input slot, the cotangent's expected shape
@@ -67,7 +67,7 @@ class RootPlan:
     eval_slot: int  # where the evaluation point goes
     sends: tuple[int, ...]  # activation channels of the root's crossing edges
     keep: bool  # a child of the root is local: the copy goes to the root's slot too
-    folds: tuple[tuple[tuple[int, int], ...], ...]  # per microbatch, per child of the root: (RECV, channel) | (LOCAL, cotangent slot)
+    folds: tuple[tuple[tuple[int, int], ...], ...]  # per microbatch, per child of the root: as BackwardStep.cotangents
     value: int | None  # the value channel, or None when the leaf is on stage 0
 
 
@@ -118,8 +118,8 @@ class _Compiler:
         local = [n for n in graph.order if wiring.stage_of[n] == stage]
         self.local = ([graph.root] if stage == 0 else []) + local
         self.node_slot = {name: i for i, name in enumerate(self.local)}
-        self.local_edges = {edge: i for i, edge in enumerate(e for e in wiring.edges
-                                                             if not wiring.crosses(*e) and wiring.stage_of[e[1]] == stage)}
+        local_edges = [e for e in wiring.edges if not wiring.crosses(*e) and wiring.stage_of[e[1]] == stage]
+        self.local_edges = {edge: i for i, edge in enumerate(local_edges)}
         self.stride = self.M + 1  # microbatches 0..M-1 and the evaluation microbatch M
         self.eval_actions = [Forward(n, self.M) for n in local]
 
@@ -185,7 +185,7 @@ class _Compiler:
         """Per microbatch, the local child of the root that reads its noisy copy last: it frees the slot."""
         last = {}
         for action in actions:
-            if action is not None and isinstance(action, Forward) and self.graph.root in self.graph.parents(action.node):
+            if isinstance(action, Forward) and self.graph.root in self.graph.parents(action.node):
                 last[action.mb] = action.node
         return last
 
@@ -198,7 +198,8 @@ class _Compiler:
             tuple(self.channel(ACTIVATION, graph.root, c) for c in children if wiring.crosses(graph.root, c)),
             any(not wiring.crosses(graph.root, c) for c in children),
             tuple(tuple((RECV, self.channel(COTANGENT, graph.root, c)) if wiring.crosses(graph.root, c)
-                        else (LOCAL, self.cotangent_slot(graph.root, c, mb)) for c in children) for mb in range(self.M)),
+                        else (LOCAL, self.cotangent_slot(graph.root, c, mb)) for c in children)
+                  for mb in range(self.M)),
             None if wiring.stage_of[graph.leaf] == 0 else VALUE * self.n_edges)
 
     def _receives(self, actions, root: RootPlan | None, microbatches) -> tuple[tuple[int, tuple[int, ...]], ...]:

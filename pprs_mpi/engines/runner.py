@@ -14,7 +14,7 @@ import numpy as np
 
 from pprs_mpi import noise
 from pprs_mpi.backend import Backend
-from pprs_mpi.engines.plan import LOCAL, RECV, ROOT_TAKE, SEND, BackwardStep, ForwardStep, RootPlan, compile_stage
+from pprs_mpi.engines.plan import RECV, ROOT_TAKE, SEND, BackwardStep, ForwardStep, RootPlan, compile_stage
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.engines.timeline import BACKWARD_PHASE, FORWARD_PHASE, Timeline
 from pprs_mpi.engines.transport import Transport
@@ -43,8 +43,8 @@ class StageRunner:
         self._cotangents: list = [None] * self.plan.n_cotangent_slots
         self._live, self.peak_stash = 0, 0  # (node, microbatch) inputs kept for a backward: GPipe K, 1F1B ~depth
         self._unchecked, self._checking = {False, True}, True  # pass kinds whose shapes are still to be checked
-        self.root = (RootRole(self.plan.root, self.graph.dim, sampling, backend, transport, self._outputs, self._cotangents)
-                     if stage == 0 else None)
+        self.root = None if stage != 0 else RootRole(self.plan.root, self.graph.dim, sampling, backend, transport,
+                                                     self._outputs, self._cotangents)
 
     # -- one pass: begin, execute this stage's actions, end ----------------------------------------
 
@@ -221,7 +221,8 @@ class RootRole:
             _, mb, slot = draws[self._drawn]
             self._drawn += 1
             self._set(slot, mb, self._noisy_copies(mb))
-        if timeline is not None and timeline.active and self._drawn > drawn:  # the next recorded action is not charged for the noise
+        # the next recorded action is not charged for the noise
+        if timeline is not None and timeline.active and self._drawn > drawn:
             self.backend.synchronize()
 
     def _set(self, slot: int, mb: int, batch) -> None:

@@ -1,20 +1,16 @@
-"""Run by tests/test_message_checks.py, serially or under mpirun: a small chain whose middle op misbehaves
-as PPRS_SHAPE_FAULT says, solved through the command line's own path (trace, failure handling).
+"""A user's objective for tests/test_message_checks.py: a small chain whose middle op misbehaves as the
+builder argument `fault` says, solved with `--problem tests/faulty_problem.py:faulty --problem-arg fault=...`.
 
     forward-long  the op's forward returns one column more than its declared shape
     vjp-short     its VJP returns a cotangent one column short
     none          a well-behaved op (the control run)
 """
 
-import os
-import sys
-
 import numpy as np
 
-from pprs_mpi import solve
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops import Abs, L1Norm, Op, Scale
-from pprs_mpi.problems import Problem, ProblemSpec, planted
+from pprs_mpi.problems import Problem
 
 DIM = 4
 
@@ -37,13 +33,6 @@ class Mix(Op):
         return (grad[:, :-1] if self.fault == "vjp-short" else grad,)
 
 
-def faulty() -> Problem:
-    mix = Mix(os.environ.get("PPRS_SHAPE_FAULT", "none"))
-    graph = Graph.chain(DIM, [Scale(2.0), mix, Abs(), L1Norm()], names=["scale", "mix", "abs", "l1"])
+def faulty(fault: str = "none") -> Problem:
+    graph = Graph.chain(DIM, [Scale(2.0), Mix(fault), Abs(), L1Norm()], names=["scale", "mix", "abs", "l1"])
     return Problem("faulty", graph, np.linspace(-1.0, 1.0, DIM))
-
-
-planted.PROBLEMS["faulty"] = ProblemSpec(faulty, {}, "a chain with an injectable shape fault (tests only)")
-
-if __name__ == "__main__":
-    sys.exit(solve.main(sys.argv[1:]))
