@@ -7,9 +7,10 @@ unit inside the run, which shows contention between the ranks), the speedup over
 on the same problem, and the per-message overhead (measured − ideal) / messages against the
 ping-pong.
 
-A "small problem" row measures the README's default job (lad, depth 8, d = 16, K = 8) as the solver
-assembles it: iteration time and pipeline efficiency (makespan × mean action time / iteration
-time) on 4 ranks, and serially (sum of the action times / iteration time), in interleaved rounds.
+A "small problem" row runs the README's default job (lad, depth 8, d = 16, K = 8) through
+`pprs_mpi.minimize`: iteration time (the trace's per-iteration wall time) and pipeline efficiency
+(makespan × mean action time / iteration time) on 4 ranks, and serially (sum of one iteration's
+action times / iteration time), in interleaved rounds.
 The table is saved to benchmarks/results/pipeline_efficiency.json (pipeline_efficiency_gpu.json).
 
     python benchmarks/pipeline_efficiency.py            # launches itself under mpirun -n 2, then -n 4
@@ -25,6 +26,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,8 +45,9 @@ from pprs_mpi.schedule import build as build_schedule
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DIM = 256
 RANKS = 2
-SMALL_PROBLEM = ["--problem", "lad", "--depth", "8", "--quiet"]  # the README's first command
+SMALL_PROBLEM = ["--problem", "lad", "--depth", "8"]  # the README's first command
 SMALL_RANKS = 4
+SMALL_ITERATIONS = 400
 
 
 class Busy(Op):
@@ -207,50 +210,46 @@ def worker(args) -> None:
 
 
 def small_problem_worker(args) -> None:
-    """Runs under mpirun -n SMALL_RANKS: the README default on every rank and, on rank 0 alone, serially.
-    Rank 0 adds the row to the table the 2-rank run saved."""
+    """Runs under mpirun -n SMALL_RANKS: the README default through `pprs_mpi.minimize` on every rank and,
+    on rank 0 alone, serially, in interleaved rounds. Rank 0 adds the row to the table the 2-rank run saved."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
+    folder = comm.bcast(tempfile.mkdtemp() if comm.rank == 0 else None, root=0)
     rows = {"mpi": [], "serial": []}
-    for _ in range(args.rounds):  # interleaved, so that load from elsewhere hits both alike
-        rows["mpi"].append(_small_round(comm, SMALL_PROBLEM, args.seconds))
+    for r in range(args.rounds):  # interleaved, so that load from elsewhere hits both alike
+        rows["mpi"].append(_small_round(comm, f"{folder}/mpi{r}.h5"))
         if comm.rank == 0:
-            rows["serial"].append(_small_round(MPI.COMM_SELF, SMALL_PROBLEM + ["--engine", "serial"], args.seconds))
+            rows["serial"].append(_small_round(MPI.COMM_SELF, f"{folder}/serial{r}.h5", engine="serial"))
         sleep_until_all_arrive(comm)
     if comm.rank == 0:
         results = RESULTS_DIR / "pipeline_efficiency.json"
         table = json.loads(results.read_text())
         table["small_problem"] = {
-            "command": " ".join(["python -m pprs_mpi.solve", *SMALL_PROBLEM]), "ranks": SMALL_RANKS,
+            "command": "python -m pprs_mpi.solve " + " ".join(SMALL_PROBLEM), "ranks": SMALL_RANKS,
+            "iterations": SMALL_ITERATIONS,
             **{f"{engine}_{key}": float(np.median([r[key] for r in rounds]))
                for engine, rounds in rows.items() for key in rounds[0]}}
         results.write_text(json.dumps(table, indent=2))
         print_table(table)
 
 
-def _small_round(comm, argv: list[str], seconds: float) -> dict:
-    """Iteration time and efficiency of the solver's own engine for `argv`, on rank 0 of `comm`."""
-    from pprs_mpi import solve
-    setup = solve._prepare(argv, comm)
-    engine = solve._make_engine(setup, comm)
-    if comm.rank != 0:
-        engine.serve()
+def _small_round(comm, out: str, **options) -> dict:
+    """Iteration time (median of the trace's per-iteration wall times) and pipeline efficiency of one run
+    of the README default; {} on ranks other than 0."""
+    import pprs_mpi
+    from pprs_mpi.trace import load
+    result = pprs_mpi.minimize(SMALL_PROBLEM[1], comm=comm, problem_args={"depth": int(SMALL_PROBLEM[3])},
+                               iters=SMALL_ITERATIONS, eval_every=0, quiet=True, out=out, **options)
+    if result is None:
         return {}
-    x = np.asarray(setup.problem.x0, dtype=float)
-    for t in range(20):
-        engine.gradient(x, t)  # warm-up, and one recorded iteration (t = 0) for the action times
-    records, _ = engine.gather()
-    iterations, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        engine.gradient(x, 20 + iterations)
-        iterations += 1
-    measured = (time.perf_counter() - start) / iterations
-    engine.stop()
-    first = records[(records["iteration"] == 0) & (records["phase"] < 2)]
-    actions = first["end"] - first["start"]
-    ideal = setup.schedule.makespan * float(actions.mean()) if comm.size > 1 else float(actions.sum())
-    return {"iteration_s": measured, "efficiency": ideal / measured, "makespan": setup.schedule.makespan,
-            "mean_action_s": float(actions.mean())}
+    trace = load(result.trace)
+    per_iteration = float(np.median(np.diff(trace.columns["wall_time"])))
+    records = trace.timeline[trace.timeline["phase"] < 2]
+    actions = records["end"] - records["start"]
+    per_pass = len(records) / len(np.unique(records["iteration"]))  # actions of one recorded iteration
+    ideal = trace.attrs["makespan"] * float(actions.mean()) if comm.size > 1 else per_pass * float(actions.mean())
+    return {"iteration_s": per_iteration, "efficiency": ideal / per_iteration,
+            "makespan": float(trace.attrs["makespan"]), "mean_action_s": float(actions.mean())}
 
 
 def print_table(table: dict) -> None:
@@ -300,7 +299,7 @@ def main() -> None:
     code = subprocess.run(command, env=env, timeout=900).returncode
     if code == 0 and args.device == "cpu":
         small = ["mpirun", "-n", str(SMALL_RANKS), sys.executable, __file__, "--small-worker",
-                 "--rounds", str(args.rounds), "--seconds", str(min(args.seconds, 1.0))]
+                 "--rounds", str(args.rounds)]
         code = subprocess.run(small, env=env, timeout=900).returncode
     sys.exit(code)
 

@@ -75,8 +75,8 @@ class StageRunner:
         """Time unit `unit` of a gradient pass: stage 0 first sends out the noisy copies that any stage
         needs by then, then this stage executes its action (None: a bubble)."""
         root = self.root
-        if root is not None:
-            root.draw(until=unit, timeline=self.timeline)
+        if root is not None and root.next_draw <= unit:
+            root.draw(unit, self.timeline)
         step = self.plan.units[unit]
         if step is None:
             return
@@ -200,12 +200,14 @@ class RootRole:
         self._noise = noise.Rows(sampling.seed, sampling.microbatch_size, dim)
         self._samples = [sampling.samples(mb) for mb in range(sampling.n_microbatches)]
         self._drawn = self._folded = 0
+        self.next_draw = math.inf
 
     def begin(self, t: int, x, evaluation: bool) -> None:
         if evaluation:
             self._set(self.plan.eval_slot, self.sampling.n_microbatches, self.xp.reshape(x, (1, -1)))
             return
         self._x, self._t, self._drawn, self._folded = x, t, 0, 0
+        self.next_draw = self.plan.draws[0][0] if self.plan.draws else math.inf  # the unit of the next draw
         self._gradient_sum = self.xp.zeros(x.shape[0], dtype=self.backend.dtype)
         self._values: list = []
 
@@ -221,6 +223,7 @@ class RootRole:
             _, mb, slot = draws[self._drawn]
             self._drawn += 1
             self._set(slot, mb, self._noisy_copies(mb))
+        self.next_draw = draws[self._drawn][0] if self._drawn < len(draws) else math.inf
         # the next recorded action is not charged for the noise
         if timeline is not None and timeline.active and self._drawn > drawn:
             self.backend.synchronize()
