@@ -3,15 +3,20 @@
 Deadlock freedom. Every rank executes its own row of a *legal* schedule in time order, so each
 message it waits for is produced by an action of another rank at a strictly earlier time unit.
 Sends never block (`Isend`, completed only at the end of the pass) and every receive is posted
-(`Irecv`, tag unique to (kind, edge, microbatch)) at the latest when it is waited for. By
+(`Irecv`, tag unique to (channel, microbatch)) at the latest when it is waited for. By
 induction on the time unit, the earliest action not yet done always has its inputs delivered,
 so every rank finishes the pass, whatever the DAG and the placement.
 
-Memory. Receives are posted RECEIVE_WINDOW messages ahead per (kind, edge), in the order the rank
-needs them, into pooled buffers that are copied out and reused at once; completed sends (in any
-order) release their buffers as the pass goes, and rank 0 draws each noisy copy when it is first
-needed and adds in root cotangents as they arrive. So a rank's message buffers and pending sends do
-not grow with K, and under 1F1B the activations a rank keeps are bounded by the depth.
+Memory. Receives are posted RECEIVE_WINDOW messages ahead per channel, in the order the rank
+needs them (the stage's plan lists them), into pooled buffers that are copied out and reused at
+once; completed sends (in any order) release their buffers as the pass goes, and rank 0 draws each
+noisy copy when it is first needed and adds in root cotangents as they arrive. So a rank's message
+buffers and pending sends do not grow with K, and under 1F1B the activations a rank keeps are
+bounded by the depth.
+
+Shapes. On the first pass of each kind, every message's element count (from its MPI status) is
+checked against the shape the receiver's graph gives it, and a longer one's truncation error is
+named: a ShapeError naming the rank, the edge and the microbatch (the sender checked its arrays).
 
 Failures. Rank 0 drives the others with a small broadcast command per pass. A rank that fails
 tells rank 0 (tag FAILURE) and aborts the job if rank 0 has not done so within a grace period;
@@ -39,12 +44,12 @@ from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline
 from pprs_mpi.schedule import Schedule
 
-FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per (kind, edge, microbatch)
+FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per (channel, microbatch)
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
-TRACE_WRITE_SECONDS = 60.0  # how long rank 0 may spend writing its trace between passes (the trace's lock wait)
+TRACE_WRITE_SECONDS = 60.0  # how long rank 0 may wait for the trace between passes (trace.LOCK_WAIT_S)
 COMMAND_SLACK_SECONDS = 2 * TRACE_WRITE_SECONDS  # beyond --comm-timeout, for rank 0's trace writes between passes
-RECEIVE_WINDOW = 4  # receives posted ahead per (kind, edge): transfers overlap compute, memory stays bounded
+RECEIVE_WINDOW = 4  # receives posted ahead per channel: transfers overlap compute, memory stays bounded
 FIRST_REAP = 8  # pending sends before completed ones are first looked for; then twice those still pending
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
 _DONE = None  # in place of a request that `arrived` found complete
