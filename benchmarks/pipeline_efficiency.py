@@ -35,12 +35,11 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np
 
+from pprs_mpi.api import engine_for
 from pprs_mpi.backend import Backend, Staging, cuda_aware_mpi, select
-from pprs_mpi.engines.serial import SerialEngine
-from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops import Op
-from pprs_mpi.schedule import build as build_schedule
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DIM = 256
@@ -109,13 +108,8 @@ def unit_cost(graph: Graph, backend: Backend, repeats: int = 20) -> float:
 
 
 def engines(graph: Graph, K: int, backend: Backend, comm=None, cuda_aware: bool = False):
-    stages = graph.stages(RANKS)
     sampling = Sampling(K, gamma=0.1, seed=0, microbatch_size=1)
-    plan = build_schedule("gpipe", stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
-    if comm is None:
-        return SerialEngine(Wiring(graph, stages), plan, sampling, backend)
-    from pprs_mpi.engines.mpi import MpiEngine
-    return MpiEngine(comm, Wiring(graph, stages), plan, sampling, backend, cuda_aware=cuda_aware)
+    return engine_for(graph, graph.stages(RANKS), sampling, backend, comm=comm, cuda_aware=cuda_aware)
 
 
 def mean_iteration(engine, backend: Backend, iterations: int) -> float:

@@ -178,12 +178,10 @@ def _assemble(cfg: dict, comm, problem: Problem | None) -> Setup:
     if cfg["balance"] == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, cfg["microbatch_size"]) if comm.rank == 0 else None
         costs = comm.bcast(costs, root=0) if comm.size > 1 else costs
-    stages = graph.stages(n_stages, costs)
-    schedule = build_schedule(cfg["schedule"], stages, {n: graph.parents(n) for n in graph.order},
-                              sampling.n_microbatches)
+    wiring, schedule = _placed(graph, graph.stages(n_stages, costs), cfg["schedule"], sampling.n_microbatches)
     makespan = (ideal_makespan(sampling.n_microbatches, cfg["simulated_depth"]) if cfg["simulated_depth"]
                 else schedule.makespan)
-    return Setup(cfg, problem, Wiring(graph, stages), schedule, sampling, backend, engine_name, makespan,
+    return Setup(cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan,
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash)
 
 
@@ -381,14 +379,36 @@ def _jsonable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k != "given"}
 
 
-def _make_engine(setup: Setup, comm):
-    if setup.engine_name == "serial":
+def engine_for(graph: Graph, stages: list[tuple[str, ...]], sampling: Sampling, backend: Backend | None = None,
+               schedule: str = "gpipe", comm=None, **engine_options):
+    """An engine running `graph` placed on `stages` (lists of node names) with `schedule`: the serial
+    engine without `comm`, else the MPI engine, one stage per rank of `comm`. For tests and benchmarks
+    that place nodes by hand; a run's own engine comes from the same `make_engine`."""
+    wiring, plan = _placed(graph, stages, schedule, sampling.n_microbatches)
+    return make_engine(wiring, plan, sampling, backend or select(), comm, **engine_options)
+
+
+def _placed(graph: Graph, stages, schedule: str, n_microbatches: int) -> tuple[Wiring, Schedule]:
+    """The wiring of `graph` placed on `stages`, and its schedule of `n_microbatches` microbatches."""
+    wiring = Wiring(graph, stages)
+    return wiring, build_schedule(schedule, wiring.stages, {n: graph.parents(n) for n in graph.order}, n_microbatches)
+
+
+def make_engine(wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend, comm=None,
+                fault: Fault | None = None, timeline_every: int = 1, comm_timeout: float | None = None,
+                cuda_aware: bool = False):
+    """The serial engine (no `comm`) or the MPI engine over `comm` for a placement and its schedule."""
+    if comm is None:
         from pprs_mpi.engines.serial import SerialEngine
-        return SerialEngine(setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.fault,
-                            setup.cfg["timeline_every"])
+        return SerialEngine(wiring, schedule, sampling, backend, fault, timeline_every)
     from pprs_mpi.engines.mpi import MpiEngine
-    return MpiEngine(comm, setup.wiring, setup.schedule, setup.sampling, setup.backend, setup.cfg["comm_timeout"],
-                     setup.fault, setup.cfg["timeline_every"], setup.cuda_aware)
+    return MpiEngine(comm, wiring, schedule, sampling, backend, comm_timeout, fault, timeline_every, cuda_aware)
+
+
+def _make_engine(setup: Setup, comm):
+    return make_engine(setup.wiring, setup.schedule, setup.sampling, setup.backend,
+                       None if setup.engine_name == "serial" else comm, setup.fault, setup.cfg["timeline_every"],
+                       setup.cfg["comm_timeout"], setup.cuda_aware)
 
 
 def execute(setup: Setup, comm) -> Result | None:

@@ -7,11 +7,10 @@ import json
 import numpy as np
 from mpi4py import MPI
 
+from pprs_mpi.api import engine_for
 from pprs_mpi.backend import select
-from pprs_mpi.engines.mpi import MpiEngine
-from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.problems import build
-from pprs_mpi.schedule import build as build_schedule
 
 DIM = 1000  # one sample's message: 8 kB
 comm = MPI.COMM_WORLD
@@ -20,8 +19,7 @@ stages = [("left0",), ("right0", "left1", "linf"), ("l1", "total")]  # root -> r
 memory = {}
 for K in (16, 64):
     sampling = Sampling(K=K, gamma=0.3, seed=2, microbatch_size=2)
-    plan = build_schedule("1f1b", stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
-    engine = MpiEngine(comm, Wiring(graph, stages), plan, sampling, select("cpu"))
+    engine = engine_for(graph, stages, sampling, select("cpu"), "1f1b", comm=comm)
     if comm.rank != 0:
         engine.serve()
         continue

@@ -7,12 +7,12 @@ import os
 import numpy as np
 from mpi4py import MPI
 
+from pprs_mpi.api import engine_for
 from pprs_mpi.backend import select
-from pprs_mpi.engines.mpi import MpiEngine, RemoteFailure, report_failure_and_abort
-from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.engines.mpi import RemoteFailure, report_failure_and_abort
+from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops import Abs, L1Norm, Op, Scale
-from pprs_mpi.schedule import build as build_schedule
 
 DIM = 4
 
@@ -38,8 +38,7 @@ width = int(os.environ["PPRS_RANK0_WIDTH"]) if comm.rank == 0 else DIM
 graph = Graph.chain(DIM, [Scale(2.0), Spread(width), Abs(), L1Norm()], names=["scale", "spread", "abs", "l1"])
 stages = [("scale", "spread"), ("abs", "l1")]
 sampling = Sampling(K=4, gamma=0.1, seed=0, microbatch_size=1)
-schedule = build_schedule("gpipe", stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
-engine = MpiEngine(comm, Wiring(graph, stages), schedule, sampling, select("cpu"), comm_timeout=20.0)
+engine = engine_for(graph, stages, sampling, select("cpu"), comm=comm, comm_timeout=20.0)
 try:
     if comm.rank == 0:
         engine.gradient(np.ones(DIM), 0)

@@ -126,17 +126,14 @@ def test_device_noise_is_drawn_per_sample_so_microbatching_does_not_change_it():
 
 def test_gpu_ranks_draw_noise_on_the_device_unless_asked_for_host_noise():
     """With host noise a GPU rank perturbs exactly as a CPU rank does (what tests/test_gpu.py compares)."""
-    from pprs_mpi.engines.serial import SerialEngine
-    from pprs_mpi.engines.stage import Sampling, Wiring
+    from pprs_mpi.api import engine_for
+    from pprs_mpi.engines.stage import Sampling
     from pprs_mpi.problems import build
-    from pprs_mpi.schedule import build as build_schedule
     graph = build("lad", depth=3, dim=4, rows=5, radius=1.0, problem_seed=0).graph
-    stages = graph.stages(2)
-    plan = build_schedule("gpipe", stages, {n: graph.parents(n) for n in graph.order}, 3)
 
     def gradient(backend, on_device, timeline_every=1):
         sampling = Sampling(6, 0.3, 1, 2, noise_on_device=on_device)
-        engine = SerialEngine(Wiring(graph, stages), plan, sampling, backend, timeline_every=timeline_every)
+        engine = engine_for(graph, graph.stages(2), sampling, backend, timeline_every=timeline_every)
         return engine.gradient(np.ones(4), 5)[0]
 
     cpu = gradient(select("cpu"), on_device=True)

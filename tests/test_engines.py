@@ -8,20 +8,16 @@ from hypothesis import given, settings, strategies as st
 
 import test_schedule
 from pprs_mpi import noise
-from pprs_mpi.backend import select
-from pprs_mpi.engines.serial import SerialEngine
-from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.api import engine_for
+from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.graph import Graph, Node
 from pprs_mpi.ops import Abs, Add, L1Norm, SquaredNorm
 from pprs_mpi.problems import build
-from pprs_mpi.schedule import build as build_schedule
 from reference import backprop, evaluate
 
 
-def engine_for(graph, sampling, n_stages=None, schedule="gpipe"):
-    stages = graph.stages(n_stages or len(graph.order))
-    plan = build_schedule(schedule, stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
-    return SerialEngine(Wiring(graph, stages), plan, sampling, select())
+def serial_engine(graph, sampling, n_stages=None, schedule="gpipe"):
+    return engine_for(graph, graph.stages(n_stages or len(graph.order)), sampling, schedule=schedule)
 
 
 @pytest.mark.parametrize("problem", ["lad", "linf", "branch"])
@@ -30,7 +26,7 @@ def test_gradient_is_the_mean_of_per_sample_backprops(problem, n_stages, schedul
     graph = build(problem, depth=5, dim=6, rows=8, radius=1.0, problem_seed=2).graph
     sampling = Sampling(K=7, gamma=0.3, seed=11, microbatch_size=b)
     x, t = np.linspace(-1, 1, 6), 4
-    grad, values = engine_for(graph, sampling, n_stages, schedule).gradient(x, t)
+    grad, values = serial_engine(graph, sampling, n_stages, schedule).gradient(x, t)
     thetas = np.stack([x + 0.3 * noise.standard_normal(11, t, k, 6) for k in range(7)])
     per_sample = [backprop(graph, evaluate(graph, th[None])) for th in thetas]
     expected_values = evaluate(graph, thetas)[graph.leaf]
@@ -41,14 +37,14 @@ def test_gradient_is_the_mean_of_per_sample_backprops(problem, n_stages, schedul
 def test_evaluate_is_the_plain_forward_value():
     graph = build("branch", depth=4, dim=5, rows=6, radius=1.0, problem_seed=0).graph
     y = np.full(5, 0.2)
-    value = engine_for(graph, Sampling(3, 0.1, 0, 1), 2).evaluate(y, 0)
+    value = serial_engine(graph, Sampling(3, 0.1, 0, 1), 2).evaluate(y, 0)
     assert value == evaluate(graph, y[None])[graph.leaf][0]
 
 
 def test_abs_smoothed_gradient_matches_closed_form():
     """For f = |x|, E[f'(x + γX)] = 2Φ(x/γ) − 1 = erf(x / (γ√2)); K = 4000 gives a standard error below 0.016."""
     graph, gamma, K = Graph.chain(1, [L1Norm()]), 0.5, 4000
-    engine = engine_for(graph, Sampling(K, gamma, seed=5, microbatch_size=500))
+    engine = serial_engine(graph, Sampling(K, gamma, seed=5, microbatch_size=500))
     for x in (-0.7, -0.2, 0.1, 0.4, 1.5):
         grad, _ = engine.gradient(np.array([x]), t=0)
         assert grad[0] == pytest.approx(math.erf(x / (gamma * math.sqrt(2))), abs=0.06)
@@ -74,9 +70,9 @@ def test_noise_depends_only_on_seed_iteration_and_sample():
 def test_microbatch_size_and_schedule_do_not_change_the_iterates_beyond_rounding():
     graph = build("lad", depth=4, dim=5, rows=7, radius=1.0, problem_seed=1).graph
     x = np.ones(5)
-    g1, v1 = engine_for(graph, Sampling(6, 0.2, 9, 1), schedule="gpipe").gradient(x, 3)
-    g2, v2 = engine_for(graph, Sampling(6, 0.2, 9, 1), 2, schedule="1f1b").gradient(x, 3)
-    g3, _ = engine_for(graph, Sampling(6, 0.2, 9, 4)).gradient(x, 3)
+    g1, v1 = serial_engine(graph, Sampling(6, 0.2, 9, 1), schedule="gpipe").gradient(x, 3)
+    g2, v2 = serial_engine(graph, Sampling(6, 0.2, 9, 1), 2, schedule="1f1b").gradient(x, 3)
+    g3, _ = serial_engine(graph, Sampling(6, 0.2, 9, 4)).gradient(x, 3)
     assert np.array_equal(g1, g2) and np.array_equal(v1, v2)  # same math, other order of actions
     np.testing.assert_allclose(g1, g3, rtol=1e-12)
 
@@ -96,10 +92,9 @@ def test_any_dag_placement_and_schedule_give_the_mean_of_per_sample_gradients(da
     stages = [tuple(v for v in graph.order if stage[v] == s) for s in range(P)]
     K, b = data.draw(st.integers(1, 7), label="K"), data.draw(st.integers(1, 3), label="microbatch size")
     sampling = Sampling(K, gamma=0.3, seed=5, microbatch_size=b)
-    plan = build_schedule(data.draw(st.sampled_from(["gpipe", "1f1b"])), stages,
-                          {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
+    schedule = data.draw(st.sampled_from(["gpipe", "1f1b"]))
     x, t = np.array([0.4, -0.3, 0.2]), 2
-    grad, values = SerialEngine(Wiring(graph, stages), plan, sampling, select()).gradient(x, t)
+    grad, values = engine_for(graph, stages, sampling, schedule=schedule).gradient(x, t)
     thetas = np.stack([x + 0.3 * noise.standard_normal(5, t, k, 3) for k in range(K)])
     expected = np.mean([backprop(graph, evaluate(graph, th[None]))[0] for th in thetas], axis=0)
     np.testing.assert_allclose(grad, expected, rtol=1e-12, atol=1e-14)

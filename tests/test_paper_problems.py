@@ -6,11 +6,9 @@ import pytest
 from conftest import solve
 from test_classifier import write_cifar10
 from pprs_mpi import classifier, datasets
-from pprs_mpi.backend import select
-from pprs_mpi.engines.serial import SerialEngine
-from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.api import engine_for
+from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.problems import build, registry
-from pprs_mpi.schedule import build as build_schedule
 from pprs_mpi.solve import main
 from pprs_mpi.trace import load
 
@@ -21,9 +19,7 @@ FEWSHOT = {name: p.default for name, p in registry()["fewshot"].parameters.items
 def exact_engine(graph):
     """K = 1, γ = 0: the plain (sub)gradient, one stage per node."""
     sampling = Sampling(K=1, gamma=0.0, seed=0, microbatch_size=1)
-    stages = graph.stages(len(graph.order))
-    plan = build_schedule("gpipe", stages, {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
-    return SerialEngine(Wiring(graph, stages), plan, sampling, select())
+    return engine_for(graph, graph.stages(len(graph.order)), sampling)
 
 
 def multi_margin(logits, target):
