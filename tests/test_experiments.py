@@ -175,6 +175,20 @@ def test_selection_is_on_tuning_pairs_and_the_table_on_report_pairs_only(tmp_pat
         assert f["depth_20/GD/pair_loss"].shape[0] == 2
 
 
+def test_select_a_level_keeps_the_fastest_to_reach_it(tmp_path):
+    """AGD lr 1e-3 reaches 5 at once and stays there; lr 1e-4 reaches 1 at iteration 30. The lowest final loss
+    keeps lr 1e-4; the fastest to ≤ 5 keeps lr 1e-3; to ≤ 2 only lr 1e-4 gets there."""
+    curve = {"agd_mu0.99_lr0.001": lambda t: 5.0 if t else 10.0, "agd_mu0.99_lr0.0001": lambda t: 10.0 if t < 30 else 1.0}
+    verdicts = {p: {"verdict": "attackable"} for p in range(4)}
+    kept = {}
+    for rule in ("final", "5", "2"):
+        proto = fig3.protocol(lad_grid(select=rule, budgets=((20, 2_000),)), "lad", [])
+        out = tmp_path / rule
+        write_synthetic_runs(out, proto, lambda name, t, pair: curve.get(name, lambda t: 10.0)(t))
+        kept[rule] = fig3_results.selection(proto, verdicts, out / "runs")["20"]["AGD"]
+    assert kept == {"final": "agd_mu0.99_lr0.0001", "5": "agd_mu0.99_lr0.001", "2": "agd_mu0.99_lr0.0001"}
+
+
 def test_unfinished_tuning_stops_the_report_phase_and_collect(tmp_path):
     proto = fig3.protocol(lad_grid(), "lad", [])
     write_synthetic_runs(tmp_path, proto, lambda name, t, pair: None if name == "gd_lr0.001" and pair == 1 else 1.0)

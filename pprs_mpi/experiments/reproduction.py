@@ -306,7 +306,12 @@ def _cost(table: dict, sessions: list[dict]) -> list[str]:
         return lines + ["No session record (OUT/sessions.json) in the run folder."]
     total = sum(s["wall_s"] for s in sessions)
     last = sessions[-1]
-    return lines + [f"The sweep took {total / 60:.1f} minutes of wall time in {len(sessions)} session(s), on "
+    first_depth = table["rows"][0]["depth"]
+    tune = sum(r["tune_runs"] for r in table["rows"] if r["depth"] == first_depth)
+    kept = {r["selected"] for r in table["rows"] if r["selected"]}
+    report = len(kept) * table["pair_counts"]["report"]["attackable"]
+    return lines + [f"{tune:,} tuning runs and {report:,} report runs ({len(kept)} kept configurations). "
+                    f"The sweep took {total / 60:.1f} minutes of wall time in {len(sessions)} session(s), on "
                     f"{last['ranks']} MPI rank(s) of a machine with nproc = {last['nproc']} ({last['cpu']}), shared "
                     "with other jobs, so times are indicative. Finished " + last["finished"] + "."]
 
