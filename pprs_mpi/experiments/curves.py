@@ -52,10 +52,21 @@ def bootstrap_means(losses: np.ndarray, resamples: int = 1000, seed: int = 0) ->
     return means
 
 
-def first_times(time: np.ndarray, means: np.ndarray, level: float) -> np.ndarray:
-    """Per row of `means`, the first time its loss is ≤ level (+inf if never)."""
-    hits = means <= level
+def first_times(time: np.ndarray, means: np.ndarray, decrease: float) -> np.ndarray:
+    """Per row of `means`, the first time its loss is at least `decrease` below the row's own initial loss
+    (+inf if never): a resample's level moves with its initial loss, so the interval is about speed, not about
+    which pairs were drawn."""
+    hits = means <= means[:, :1] - decrease
     return np.where(hits.any(axis=1), time[hits.argmax(axis=1)], np.inf)
+
+
+def paired(a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
+    """a against b on the same pairs: the fraction of pairs where a is lower, the mean difference a − b and its
+    95% bootstrap interval over pairs."""
+    difference = np.asarray(a) - np.asarray(b)
+    means = bootstrap_means(difference[:, None], resamples, seed)[:, 0]
+    return {"fraction": float(np.mean(difference < 0)), "difference": float(np.mean(difference)),
+            "difference_ci": interval(means), "pairs": int(difference.size)}
 
 
 def interval(samples: np.ndarray, coverage: float = 0.95) -> tuple[float, float]:

@@ -158,14 +158,15 @@ def _table(proto, grid, tuning, results, verdicts, levels) -> dict:
                        final_loss=float(c["loss"][-1]), final_ci=curves.interval(c["bootstrap"][:, -1]),
                        points=int(c["time"].size),
                        times=[curves.time_to_reach(c["time"], c["loss"], level) for level in levels],
-                       times_ci=[curves.interval(curves.first_times(c["time"], c["bootstrap"], level)) for level in levels])
+                       times_ci=[curves.interval(curves.first_times(c["time"], c["bootstrap"], c["loss"][0] - level))
+                                 for level in levels], pair_finals=finals.tolist())
             rows.append(row)
         for method, c in result["selected"].items():
             for against in ("GD", "AGD"):
                 if c["algo"] == "pprs" and against in result["selected"]:
                     other = result["selected"][against]["losses"][:, -1]
                     wins.append({"depth": int(depth), "method": method, "against": against,
-                                 "fraction": float(np.mean(c["losses"][:, -1] < other)), "pairs": int(other.size)})
+                                 **curves.paired(c["losses"][:, -1], other)})
     counts = {kind: {v: sum(verdicts[p]["verdict"] == v for p in proto[f"{kind}_pairs"])
                      for v in ("attackable", "stationary", "target reached")} for kind in ("tune", "report")}
     return {"protocol": proto, "levels": list(levels), "initial_mean_loss": initial, "rows": rows, "wins": wins,
@@ -197,7 +198,8 @@ def render(table: dict) -> str:
              "selection: " + ("lowest mean final loss on the tuning pairs within the budget" if proto["select"] == "final"
                               else f"fastest mean tuning curve to reach loss {proto['select']}")
              + "; a diverged run counts as loss +inf. Time: pipeline units, 2(K+Δ−1) per iteration. "
-             f"Mean initial loss {table['initial_mean_loss']:.4g}; intervals: bootstrap over pairs ({RESAMPLES} resamples)"]
+             f"Mean initial loss {table['initial_mean_loss']:.4g}; intervals: bootstrap over pairs ({RESAMPLES} resamples; "
+             "for times, each resample's level is the same decrease from its own initial loss)"]
     for depth in dict.fromkeys(row["depth"] for row in table["rows"]):
         rows = [row for row in table["rows"] if row["depth"] == depth]
         body = []
@@ -215,11 +217,12 @@ def render(table: dict) -> str:
                   "  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)),
                   *["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in body]]
     if table["wins"]:
-        lines += ["", "fraction of report pairs where the PPRS row ends lower than the baseline (same pair, same budget):"]
+        lines += ["", "each PPRS row against GD and AGD on the same report pairs (final loss, same budget; "
+                      "difference PPRS − baseline with its 95% bootstrap interval):"]
         for depth in dict.fromkeys(w["depth"] for w in table["wins"]):
-            cells = [f"{w['method']} vs {w['against']} {100 * w['fraction']:.0f}%"
-                     for w in table["wins"] if w["depth"] == depth]
-            lines.append(f"  Δ = {depth}: " + "; ".join(cells))
+            lines += [f"  Δ = {depth}: {w['method']} vs {w['against']}: lower on {100 * w['fraction']:.0f}% of pairs, "
+                      f"mean difference {w['difference']:+.3g} [{w['difference_ci'][0]:+.3g}, {w['difference_ci'][1]:+.3g}]"
+                      for w in table["wins"] if w["depth"] == depth]
     return "\n".join(lines)
 
 
