@@ -267,7 +267,7 @@ def _pairs(table: dict, screening: dict) -> list[str]:
     if lam is None:
         return lines + ["This problem has no screen: every pair is attacked."]
     lines.append(f"At λ = {lam:g}, a pair is not run when the clean image x is already stationary (‖∇margin(x)‖₁ < λ: "
-                 "no direction lowers margin + λ‖x̃ − x‖∞) or the target is already reached (margin(x) = 0). Tuning: "
+                 "to first order no direction lowers margin + λ‖x̃ − x‖∞) or the target is already reached (margin(x) = 0). Tuning: "
                  f"{counts['tune']['stationary']} stationary, {counts['tune']['target reached']} reached of "
                  f"{sum(counts['tune'].values())}; report: {counts['report']['stationary']} stationary, "
                  f"{counts['report']['target reached']} reached of {sum(counts['report'].values())}. They are counted "
@@ -276,7 +276,7 @@ def _pairs(table: dict, screening: dict) -> list[str]:
     if norms.size:
         q5, q50 = np.quantile(norms, [0.05, 0.5])
         lines.append(f"Over the {norms.size} screened pairs ‖∇margin(x)‖₁ has median {q50:.4g} and 5% quantile "
-                     f"{q5:.4g}: λ = {lam:g} (the paper's value, chosen for its networks) is large for this 64-pixel "
+                     f"{q5:.4g}: λ = {lam:g} (the paper's value) is large for this 64-pixel "
                      f"network; `--lam {q5:.3g}` or less would leave at most about 5% of pairs stationary. This run "
                      "keeps the paper's λ so that its objective is the paper's.")
     return lines
