@@ -254,10 +254,12 @@ def grid_of(args, base: Grid) -> Grid:
         raise ExperimentError("momenta μ must be in [0, 1)")
     if min(grid.tune_pairs + grid.report_pairs) < 0:
         raise ExperimentError("pair indices must be >= 0")
-    if set(grid.tune_pairs) & set(grid.report_pairs):
-        raise ExperimentError(f"--tune-pairs and --report-pairs overlap (pairs {sorted(set(grid.tune_pairs) & set(grid.report_pairs))[:5]}): "
+    shared = sorted(set(grid.tune_pairs) & set(grid.report_pairs))
+    if shared:
+        raise ExperimentError(f"--tune-pairs and --report-pairs overlap (pairs {shared[:5]}): "
                               "the report must be on held-out pairs")
-    if any(depth < 1 or budget < 1 for depth, budget in grid.budgets) or len({d for d, _ in grid.budgets}) < len(grid.budgets):
+    depths = [depth for depth, _ in grid.budgets]
+    if min(depths) < 1 or min(budget for _, budget in grid.budgets) < 1 or len(set(depths)) < len(depths):
         raise ExperimentError("--budget needs distinct depths >= 1 and budgets >= 1")
     if grid.select != "final":
         try:

@@ -203,7 +203,8 @@ def _results(table: dict) -> list[str]:
     levels = table["levels"]
     lines = ["## Results (held-out report pairs)", "", "![Figure 3 reproduced](fig3.png)", "",
              "Mean loss over the report pairs against pipeline time, the kept configuration of each row (the paired "
-             "comparisons with intervals are in the verdict above). Full table: [fig3_table.txt](fig3_table.txt) (JSON: [fig3_table.json](fig3_table.json)).", ""]
+             "comparisons with intervals are in the verdict above). Full table: [fig3_table.txt](fig3_table.txt) "
+             "(JSON: [fig3_table.json](fig3_table.json)).", ""]
     head = ["Δ", "row", "lr", "γ", "μ", "final loss [95% CI]", *[f"time to ≤ {v:.4g}" for v in levels], "grid edge"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table["rows"]:
@@ -267,7 +268,8 @@ def _pairs(table: dict, screening: dict) -> list[str]:
     if lam is None:
         return lines + ["This problem has no screen: every pair is attacked."]
     lines.append(f"At λ = {lam:g}, a pair is not run when the clean image x is already stationary (‖∇margin(x)‖₁ < λ: "
-                 "to first order no direction lowers margin + λ‖x̃ − x‖∞) or the target is already reached (margin(x) = 0). Tuning: "
+                 "to first order no direction lowers margin + λ‖x̃ − x‖∞) or the target is already reached "
+                 "(margin(x) = 0). Tuning: "
                  f"{counts['tune']['stationary']} stationary, {counts['tune']['target reached']} reached of "
                  f"{sum(counts['tune'].values())}; report: {counts['report']['stationary']} stationary, "
                  f"{counts['report']['target reached']} reached of {sum(counts['report'].values())}. They are counted "
@@ -305,7 +307,8 @@ def _rates(result: dict | None) -> list[str]:
     command = (f"python -m pprs_mpi.experiments rates --problems {','.join(p['problems'])} --d {_csv(p['dims'])} "
                f"--T {_csv(p['Ts'])} --K {','.join(p['K_rules'])} --seeds {p['seeds']}")
     lines += [f"`{command}` (Theorem 3's parameters) on the planted problems "
-              f"{', '.join(p['problems'])} (lad: ‖Aθ − b‖₁, linf: ‖Aθ − b‖∞, A with orthonormal columns, m = 2d rows, a planted optimum with f* = 0), d ∈ {{{_list(p['dims'])}}}, "
+              f"{', '.join(p['problems'])} (lad: ‖Aθ − b‖₁, linf: ‖Aθ − b‖∞, A with orthonormal columns, m = 2d "
+              f"rows, a planted optimum with f* = 0), d ∈ {{{_list(p['dims'])}}}, "
               f"T ∈ {{{_list(p['Ts'])}}}, K rules {', '.join(p['K_rules'])}, {p['seeds']} seeds: the bound holds in "
               f"**{held} of {len(rows)}** rows; measured/bound at most {max(r['ratio'] for r in rows):.3f}.", "",
               "![eq. (13) against the measured error](rates.png)", "",

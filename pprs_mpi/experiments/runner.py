@@ -159,8 +159,9 @@ class NotReady(Exception):
 def run_all(phases: list, out: Path, protocol: dict, shard: tuple[int, int], label: str, collect,
             command: str = "") -> int:
     """Writes the protocol, does this process's share of each phase's runs in turn, then (one shard, rank 0)
-    calls `collect()`, recording `command` and the wall time in OUT/sessions.json. A phase is (name, a function returning its runs); it is called once every process has
-    finished the phase before, so its runs may depend on their results (e.g. report runs of tuned settings).
+    calls `collect()`, recording `command` and the wall time in OUT/sessions.json. A phase is (name, a function
+    returning its runs); it is called once every process has finished the phase before, so its runs may depend
+    on their results (e.g. report runs of tuned settings).
 
     Returns INTERRUPTED (3) when a signal stopped some process's share. A phase raising `NotReady` ends this
     command quietly (exit 0, to be run again). Under mpirun, any error ends the whole job, so that no rank
@@ -218,7 +219,8 @@ def record_session(out: Path, wall_s: float, ranks: int, command: str) -> None:
     path = out / "sessions.json"
     sessions = json.loads(path.read_text()) if path.exists() else []
     command = f"mpirun -n {ranks} {command}" if ranks > 1 and command else command
-    sessions.append({"command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "wall_s": round(wall_s, 1),
+    sessions.append({"command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                     "wall_s": round(wall_s, 1),
                      "ranks": ranks, "nproc": os.cpu_count(), "cpu": cpu_model()})
     path.write_text(json.dumps(sessions, indent=1))
 

@@ -3,7 +3,8 @@
 f(x̃) = margin(x̃) + λ‖x̃ − x‖∞ starts at the clean image x. Nothing can be gained there when
   - the target is already reached: margin(x) = 0, the least value f can take; or
   - x is stationary: ‖∇margin(x)‖₁ < λ. Near x the network is piecewise linear, so
-    f(x + δ) ≈ margin(x) + ⟨∇margin(x), δ⟩ + λ‖δ‖∞ ≥ f(x) + (λ − ‖∇margin(x)‖₁)‖δ‖∞: x is a local minimum.
+    f(x + δ) ≈ margin(x) + ⟨∇margin(x), δ⟩ + λ‖δ‖∞ ≥ f(x) + (λ − ‖∇margin(x)‖₁)‖δ‖∞:
+    x is a local minimum.
 Both numbers come from one plain gradient step of the problem with λ = 0 through `pprs_mpi.minimize`
 (lr 1: ∇margin(x) = x − y_1, and f(y_0) = margin(x)), so the check uses the solver's own gradient.
 """
