@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 
 import h5py
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from conftest import MPI_ENV, run as run_command
 from pprs_mpi import optim, problems
-from pprs_mpi.experiments import curves, fig3, rates, runner
+from pprs_mpi.experiments import curves, fig3, fig3_results, rates, reproduction, runner, screen
 from pprs_mpi.experiments.__main__ import main as experiments_main
 from pprs_mpi.trace import Trace, TraceWriter
 
@@ -34,28 +35,29 @@ def test_loss_curve_marks_what_a_diverged_run_never_reached_as_inf():
     assert values.tolist() == [5.0, 4.0, math.inf, math.inf, math.inf]
 
 
-def test_mean_retime_within_and_time_to_reach():
+def test_stack_retime_and_time_to_reach():
     grid = np.array([0, 2, 4])
-    iterations, mean = curves.mean_curve([(grid, np.array([4.0, 2.0, 1.0])), (grid, np.array([2.0, 2.0, math.inf]))])
+    iterations, losses = curves.curve_matrix([(grid, np.array([4.0, 2.0, 1.0])), (grid, np.array([2.0, 2.0, math.inf]))])
+    mean = losses.mean(axis=0)
     assert mean.tolist() == [3.0, 2.0, math.inf]
     time = curves.retime(iterations, K=10, depth=20)
     assert time.tolist() == [0, 2 * 58, 4 * 58]  # 2(K + Δ − 1) = 58 per iteration
-    assert [t.tolist() for t in curves.within(time, mean, 200)] == [[0, 116], [3.0, 2.0]]
     assert curves.time_to_reach(time, mean, 2.5) == 116 and curves.time_to_reach(time, mean, 1.0) is None
     with pytest.raises(ValueError):
-        curves.mean_curve([(grid, mean), (grid[:2], mean[:2])])
+        curves.curve_matrix([(grid, mean), (grid[:2], mean[:2])])
 
 
-def test_best_is_lowest_finite_first_on_ties_none_when_all_diverged():
-    assert curves.best({"a": 3.0, "b": 1.0, "c": math.inf, "d": 1.0}) == "b"
-    assert curves.best({"a": math.inf, "b": math.nan}) is None
+def lad_grid(**changes):
+    """A small grid on the planted `lad` problem (no screening: every pair is attacked)."""
+    return fig3.Grid(**{**asdict(fig3.QUICK), "tune_pairs": (0, 1), "report_pairs": (2, 3), **changes})
 
 
 def test_every_run_is_done_exactly_once_across_shards_and_ranks():
-    proto = fig3.protocol(fig3.PAPER, "adversarial", [])
-    runs = fig3.runs(proto)
+    proto = fig3.protocol(fig3.DEFAULT, "adversarial", [])
+    verdicts = {p: {"verdict": "attackable"} for p in range(40)}
+    runs = fig3.tune_runs(proto, verdicts)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 100 * (5 * 5 * 3 + 2 * 5)
+    assert len(names) == len(set(names)) == 10 * (3 * 3 * 7 * 3 + 7 + 2 * 7)
     for shards in (1, 3, 7):
         for ranks in (1, 2, 4):
             done = [r.name for i in range(shards) for rank in range(ranks)
@@ -69,107 +71,222 @@ def test_bad_shard_is_an_experiment_error(text):
         runner.parse_shard(text)
 
 
-def test_each_run_is_retimed_for_both_depths_from_one_run():
-    """One run per configuration, long enough for the larger budget in iterations (the smaller Δ)."""
-    proto = fig3.protocol(fig3.Grid(lrs=(1e-3,), gammas=(1e-3,), Ks=(2, 100), baseline_lrs=(1e-3,), pairs=1, iters=10),
-                          "lad", [])
-    assert proto["budgets"] == {"20": 10 * 2 * (100 + 19), "200": 10 * 2 * (100 + 199)}
-    iters = {name: c["iters"] for name, c in fig3.configs(proto).items()}
-    assert iters["gd_lr0.001"] == 2380 // 40 and iters["pprs_K100_lr0.001_g0.001"] == 10
-    assert iters["pprs_K2_lr0.001_g0.001"] == max(2380 // 42, 5980 // 402)
+def test_half_decades_and_pair_ranges():
+    assert fig3.half_decades(1e-3, 1e-6) == (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
+    assert fig3._pairs("0-3,7,9-10") == (0, 1, 2, 3, 7, 9, 10)
 
 
-def write_synthetic_runs(out, proto, curves_by_config, status_by_run=None):
-    """Traces whose f(y_t) follows `curves_by_config[name](iteration, pair)`; None = leave the run out."""
+def test_the_budget_is_given_per_depth_and_never_depends_on_the_Ks():
+    """The budget is --budget's, whatever the Ks; a method's iterations follow from its own cost per depth."""
+    budgets = ((20, 23_800), (200, 59_800))
+    one, three = (fig3.protocol(lad_grid(Ks=Ks, budgets=budgets), "lad", []) for Ks in ((10,), (2, 10, 100)))
+    assert one["budgets"] == three["budgets"] == {"20": 23_800, "200": 59_800}
+    a, b = fig3.configs(one), fig3.configs(three)
+    assert a["gd_lr0.001"] == b["gd_lr0.001"] and a["gd_lr0.001"]["iters"] == 23_800 // 40
+    assert a["pprs_K10_mu0_lr0.001_g0.001"] == b["pprs_K10_mu0_lr0.001_g0.001"]
+    assert b["pprs_K100_mu0_lr0.001_g0.001"]["iters"] == max(23_800 // 238, 59_800 // 598)
+
+
+def test_evaluation_points_are_spread_over_each_depths_own_budget():
+    """Every configuration is evaluated at least `eval_points` times within every depth's budget, GD at Δ = 200
+    included (it got ~14 points when the spacing followed the longest depth)."""
+    proto = fig3.protocol(fig3.DEFAULT, "adversarial", [])
+    for c in fig3.configs(proto).values():
+        evaluated = np.union1d(np.arange(0, c["iters"] + 1, c["eval_every"]), [c["iters"]])
+        for depth, budget in proto["budgets"].items():
+            time = curves.retime(evaluated, c["K"], int(depth))
+            gaps = np.diff([*time[time <= budget], budget])
+            assert gaps.max() <= budget / proto["eval_points"], (c, depth)
+
+
+def test_pprs_momentum_rows_are_tuned_alike_and_the_papers_mu0_row_stays():
+    grid = fig3.configs(fig3.protocol(fig3.DEFAULT, "adversarial", []))
+    methods = {}
+    for c in grid.values():
+        methods.setdefault(c["method"], set()).add((c["mu"], c["lr"]))
+    assert {mu for mu, _ in methods["PPRS K=10 μ=0"]} == {0.0}
+    assert {mu for mu, _ in methods["PPRS K=10 +momentum"]} == {0.9, 0.99}
+    assert {mu for mu, _ in methods["AGD"]} == {0.9, 0.99} and {mu for mu, _ in methods["GD"]} == {0.0}
+    lrs = {method: {lr for _, lr in pairs} for method, pairs in methods.items()}
+    assert all(found == set(fig3.half_decades(1e-3, 1e-6)) for found in lrs.values())
+
+
+def test_overlapping_pairs_and_bad_grids_are_refused(tmp_path):
+    for argv in (["--tune-pairs", "0-9", "--report-pairs", "9-20"], ["--pprs-mus", "1"], ["--budget", "20"],
+                 ["--select", "fastest"], ["--budget", "20=100,20=200"]):
+        assert experiments_main(["fig3", "--problem", "lad", "--out", str(tmp_path), *argv]) == 2
+
+
+def write_synthetic_runs(out, proto, curve_of):
+    """Traces for every configuration on every pair whose f(y_t) is `curve_of(name, iteration, pair)`
+    (None: leave the run out; a NaN: the run diverges there)."""
     runner.write_protocol(out, proto)
-    (out / "runs").mkdir()
+    (out / "runs").mkdir(exist_ok=True)
     for name, c in fig3.configs(proto).items():
-        for pair in range(proto["pairs"]):
-            stem = f"{name}_pair{pair:03d}"
-            status = (status_by_run or {}).get(stem, "completed")
-            if status is None:
+        for pair in (*proto["tune_pairs"], *proto["report_pairs"]):
+            if curve_of(name, 0, pair) is None:
                 continue
-            last = c["iters"] if status == "completed" else 3
-            with TraceWriter(out / "runs" / f"{stem}.h5", {"iters": c["iters"], "eval_every": c["eval_every"]}, {}) as w:
+            values = [curve_of(name, t, pair) for t in range(c["iters"] + 1)]
+            last = next((t for t, v in enumerate(values) if math.isnan(v)), c["iters"])
+            with TraceWriter(out / "runs" / f"{name}_pair{pair:03d}.h5", {"iters": c["iters"],
+                                                                          "eval_every": c["eval_every"]}, {}) as w:
                 for t in range(last + 1):
-                    w.append(iteration=t, f_eval=curves_by_config[name](t, pair) if t % c["eval_every"] == 0 else math.nan)
-                w.close(status)
+                    evaluated = t % c["eval_every"] == 0 or t == c["iters"]  # as the solver: every e and at the end
+                    w.append(iteration=t, f_eval=values[t] if evaluated else math.nan)
+                w.close("diverged" if last < c["iters"] else "completed")
 
 
-def test_selection_picks_what_the_data_says(tmp_path, capsys):
-    """K_max = 100 gives budgets of 59 GD iterations at Δ = 20 and 14 at Δ = 200. AGD's lr 1e-3 is fast then
-    stuck at 5, lr 1e-4 slow then best (1): the budget decides, per depth. GD's better lr 1e-3 diverges on one
-    pair, so 1e-4 is kept. PPRS: one pair is missing; the lowest final loss wins."""
-    proto = fig3.protocol(fig3.Grid(lrs=(1e-3, 1e-4), gammas=(1e-3,), Ks=(100,), baseline_lrs=(1e-3, 1e-4),
-                                    pairs=2, iters=10), "lad", [])
-    shapes = {
-        "agd_lr0.001": lambda t, p: 5.0 if t else 10.0,
-        "agd_lr0.0001": lambda t, p: 10.0 if t < 30 else 1.0,
-        "gd_lr0.001": lambda t, p: 10.0 - t / 10,
-        "gd_lr0.0001": lambda t, p: 10.0 - t / 20,
-        "pprs_K100_lr0.001_g0.001": lambda t, p: 10.0 - t / 4 - p,
-        "pprs_K100_lr0.0001_g0.001": lambda t, p: 10.0 - t / 5,
-    }
-    write_synthetic_runs(tmp_path, proto, shapes, {"gd_lr0.001_pair001": "diverged",
-                                                  "pprs_K100_lr0.0001_g0.001_pair001": None})
-    assert fig3.collect(tmp_path) == 0
+def test_selection_is_on_tuning_pairs_and_the_table_on_report_pairs_only(tmp_path):
+    """GD lr 1e-3 is the better one on the tuning pairs (0, 1) but the worse one on the report pairs (2, 3): it is
+    kept, and its reported loss is the mean over pairs 2 and 3 alone. The budget decides per depth (AGD); a
+    configuration that diverges on one tuning pair is never kept (PPRS K=2 μ=0 lr 1e-3)."""
+    proto = fig3.protocol(lad_grid(Ks=(2,), gammas=(1e-3,), budgets=((20, 2_000), (200, 8_000))), "lad", [])
+    tune = set(proto["tune_pairs"])
+
+    def curve(name, t, pair):
+        if name == "gd_lr0.001":
+            return 10 - t / 10 if pair in tune else 20 + pair
+        if name == "gd_lr0.0001":
+            return 10 - t / 20 if pair in tune else 1 + pair
+        if name == "agd_mu0.99_lr0.001":
+            return 5.0 if t else 10.0
+        if name == "agd_mu0.99_lr0.0001":
+            return 10.0 if t < 30 else 1.0
+        if name == "pprs_K2_mu0_lr0.001_g0.001":
+            return math.nan if (pair, t) == (1, 3) else 0.0 + (t == 0) * 10
+        return 10 - t / 100
+    write_synthetic_runs(tmp_path, proto, curve)
+    verdicts = {p: {"verdict": "attackable"} for p in range(4)}
+    kept = fig3_results.selection(proto, verdicts, tmp_path / "runs")
+    assert kept["20"]["GD"] == kept["200"]["GD"] == "gd_lr0.001"
+    assert kept["20"]["AGD"] == "agd_mu0.99_lr0.0001" and kept["200"]["AGD"] == "agd_mu0.99_lr0.001"  # 50 vs 20 iters
+    assert kept["20"]["PPRS K=2 μ=0"] == "pprs_K2_mu0_lr0.0001_g0.001"
+    report = fig3.report_runs(proto, verdicts, tmp_path)
+    assert {r.options["problem_seed"] for r in report} == {2, 3}
+    assert fig3_results.collect(tmp_path, levels=(1.5,)) == 0
     table = json.loads((tmp_path / "table.json").read_text())
-    chosen = {(r["depth"], r["method"]): r for r in table["rows"]}
-    assert chosen[20, "AGD"]["lr"] == 1e-4 and chosen[200, "AGD"]["lr"] == 1e-3
-    assert chosen[20, "AGD"]["final_loss"] == 1.0 and chosen[200, "AGD"]["final_loss"] == 5.0
-    assert chosen[20, "GD"]["lr"] == 1e-4 and chosen[20, "GD"]["grid_diverged"] == 1
-    assert chosen[20, "PPRS K=100"]["lr"] == 1e-3
-    assert chosen[20, "PPRS K=100"]["final_loss"] == pytest.approx(10 - 10 / 4 - 0.5)  # mean over pairs 0 and 1
-    assert table["left_out"]["missing"] == ["pprs_K100_lr0.0001_g0.001_pair001"]
-    # AGD lr 1e-4 reaches 1.0 at iteration 30, i.e. 30·2Δ time units at Δ = 20.
-    assert chosen[20, "AGD"]["times"][-1] == 30 * 40
+    rows = {(r["depth"], r["method"]): r for r in table["rows"]}
+    assert rows[20, "GD"]["final_loss"] == 20 + 2.5 and rows[20, "GD"]["pairs"] == 2
+    assert rows[20, "PPRS K=2 μ=0"]["tune_diverged"] == 1
+    assert rows[20, "AGD"]["times"] == [30 * 40]  # loss 1 from iteration 30 on, 2Δ = 40 units per iteration
+    wins = {(w["depth"], w["method"], w["against"]): w["fraction"] for w in table["wins"]}
+    assert wins[20, "PPRS K=2 μ=0", "GD"] == 1.0  # ends near 9.5 on both report pairs, GD at 22 and 23
     with h5py.File(tmp_path / "summary.h5") as f:
-        agd = f["depth_20/AGD"]
-        assert agd.attrs["lr"] == 1e-4 and agd["pipeline_time"][-1] <= proto["budgets"]["20"]
-        assert np.all(np.diff(f["depth_200/AGD/pipeline_time"][()]) == 400)
-    out = capsys.readouterr().out
-    assert "1/4 runs in 1/2 configs" in out and "1 missing" in out
+        assert f["depth_20/GD/pair_loss"].shape[0] == 2
 
 
-def test_quick_like_run_on_lad_writes_summary_png_table_and_skips_done_runs(tmp_path, capsys):
+def test_select_a_level_keeps_the_fastest_to_reach_it(tmp_path):
+    """AGD lr 1e-3 reaches 5 at once and stays there; lr 1e-4 reaches 1 at iteration 30. The lowest final loss
+    keeps lr 1e-4; the fastest to ≤ 5 keeps lr 1e-3; to ≤ 2 only lr 1e-4 gets there."""
+    curve = {"agd_mu0.99_lr0.001": lambda t: 5.0 if t else 10.0, "agd_mu0.99_lr0.0001": lambda t: 10.0 if t < 30 else 1.0}
+    verdicts = {p: {"verdict": "attackable"} for p in range(4)}
+    kept = {}
+    for rule in ("final", "5", "2"):
+        proto = fig3.protocol(lad_grid(select=rule, budgets=((20, 2_000),)), "lad", [])
+        out = tmp_path / rule
+        write_synthetic_runs(out, proto, lambda name, t, pair: curve.get(name, lambda t: 10.0)(t))
+        kept[rule] = fig3_results.selection(proto, verdicts, out / "runs")["20"]["AGD"]
+    assert kept == {"final": "agd_mu0.99_lr0.0001", "5": "agd_mu0.99_lr0.001", "2": "agd_mu0.99_lr0.0001"}
+
+
+def test_unfinished_tuning_stops_the_report_phase_and_collect(tmp_path):
+    proto = fig3.protocol(lad_grid(), "lad", [])
+    write_synthetic_runs(tmp_path, proto, lambda name, t, pair: None if name == "gd_lr0.001" and pair == 1 else 1.0)
+    verdicts = {p: {"verdict": "attackable"} for p in range(4)}
+    with pytest.raises(runner.NotReady, match="gd_lr0.001_pair001"):
+        fig3.report_runs(proto, verdicts, tmp_path)
+    with pytest.raises(runner.ExperimentError, match="tuning run"):
+        fig3_results.collect(tmp_path)
+
+
+def test_bootstrap_means_equal_explicit_resampling_and_keep_divergence():
+    losses = np.array([[3.0, 2.0, 1.0], [5.0, 4.0, np.inf], [4.0, 1.0, 0.0]])
+    means = curves.bootstrap_means(losses, resamples=200, seed=3)
+    counts = np.random.default_rng(3).multinomial(3, np.full(3, 1 / 3), size=200)
+    for row, count in zip(means, counts):
+        drawn = np.repeat(losses, count, axis=0)
+        np.testing.assert_allclose(row, drawn.mean(axis=0))
+    times = curves.first_times(np.array([0, 10, 20]), means, 2.5)
+    assert set(times) <= {10.0, 20.0, np.inf}
+    assert curves.interval(np.array([1.0, 2.0, np.inf, 3.0]), 0.5) == (1.0, np.inf)
+
+
+@pytest.mark.skipif("adversarial" not in problems.registry(), reason="problem 'adversarial' not available")
+def test_screen_finds_stationary_images_by_the_solvers_gradient():
+    """Pair 7 of the digits network has ‖∇margin(x)‖₁ ≈ 155 < λ = 300 (nothing to attack); pair 0 ≈ 563.
+    The solver's gradient is checked against central differences of the margin (λ = 0) at x, along every
+    pixel where the two one-sided slopes agree (not at a kink: ReLU or max-pool ties on blank pixels)."""
+    from reference import evaluate
+    found = screen.screen_pair("adversarial", {"image_index": 7, "target": -1}, 300.0)
+    assert found["verdict"] == "stationary" and found["grad_l1"] < 300 < screen.screen_pair(
+        "adversarial", {"image_index": 0, "target": -1}, 300.0)["grad_l1"]
+    assert screen.screen_pair("adversarial", {"image_index": 7, "target": -1}, 100.0)["verdict"] == "attackable"
+    lam0 = problems.build("adversarial", image_index=7, lam=0.0)
+    margin, gradient = screen.margin_gradient("adversarial", {"image_index": 7, "target": -1})
+    f = lambda theta: float(evaluate(lam0.graph, theta[None])[lam0.graph.leaf][0])
+    h, x = 1e-6, lam0.x0
+    right = np.array([(f(x + h * e) - f(x)) / h for e in np.eye(x.size)])
+    left = np.array([(f(x) - f(x - h * e)) / h for e in np.eye(x.size)])
+    smooth = np.abs(right - left) < 1e-4
+    assert smooth.sum() >= 32 and f(x) == pytest.approx(margin) == pytest.approx(found["margin"])
+    np.testing.assert_allclose(gradient[smooth], ((right + left) / 2)[smooth], rtol=1e-5, atol=1e-6)
+    assert np.abs(gradient).sum() == found["grad_l1"]
+
+
+@pytest.mark.skipif("adversarial" not in problems.registry(), reason="problem 'adversarial' not available")
+def test_quick_mode_runs_the_whole_path_and_writes_the_reproduction_document(tmp_path, capsys):
+    """--quick: screening, tuning, report runs, table, figure, summary; a second call skips everything; the
+    reproduction document is written from the folder. Unattackable pairs (7) are counted and never run."""
     pytest.importorskip("matplotlib")
-    argv = ["--problem", "lad", "--pairs", "2", "--iters", "5", "--Ks", "2,4", "--lrs", "1e-2,1e307", "--gammas", "1e-2",
-            "--baseline-lrs", "1e-2,1e-3", "--out", str(tmp_path), "--depth", "4"]
-    assert fig3.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "ETA" in out and "diverged at iteration" in out
-    for name in ("summary.h5", "table.txt", "table.json"):
-        assert (tmp_path / name).stat().st_size > 0
-    assert (tmp_path / "fig3.png").read_bytes()[:8] == PNG
-    assert len(list((tmp_path / "runs").glob("*.h5"))) == 2 * (2 * 2 + 2 + 2)
-    table = json.loads((tmp_path / "table.json").read_text())
-    for depth in (20, 200):
-        every = [c for c in table["all_configs"] if c["depth"] == depth]
-        for row in (r for r in table["rows"] if r["depth"] == depth):
-            finals = {c["name"]: c["final"] for c in every if c["method"] == row["method"]}
-            assert row["selected"] == min((n for n in finals if math.isfinite(finals[n])), key=finals.get)
-            assert "1e+307" not in row["selected"]
-    assert fig3.main(argv) == 0
-    assert "16 of 16 runs already finished, skipped" in capsys.readouterr().out
-    assert fig3.main(["--collect-only", "--out", str(tmp_path), "--levels", "3,2"]) == 0
-    assert json.loads((tmp_path / "table.json").read_text())["levels"] == [3.0, 2.0]
+    out, docs = tmp_path / "fig3", tmp_path / "docs"
+    argv = ["fig3", "--quick", "--report-pairs", "2,3,7", "--out", str(out)]
+    assert experiments_main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "fig3 tune: 1/" in printed and "ETA" in printed and "fig3 report:" in printed
+    table = json.loads((out / "table.json").read_text())
+    assert table["pair_counts"]["report"] == {"attackable": 2, "stationary": 1, "target reached": 0}
+    assert not list((out / "runs").glob("*_pair007.h5"))
+    run_pairs = {int(path.stem[-3:]) for path in (out / "runs").glob("*.h5")}
+    assert run_pairs == {0, 1, 2, 3}
+    methods = {r["method"] for r in table["rows"] if r["selected"]}
+    assert {"PPRS K=2 μ=0", "PPRS K=2 +momentum", "PPRS K=10 +momentum", "GD", "AGD"} <= methods
+    assert all(r["mu"] > 0 for r in table["rows"] if r["selected"] and r["method"].endswith("+momentum"))
+    for row in (r for r in table["rows"] if r["selected"]):  # the reported numbers are the report pairs' means
+        with h5py.File(out / "summary.h5") as f:
+            pair_loss = f[f"depth_{row['depth']}/{row['method'].replace(' ', '_').replace('=', '')}/pair_loss"][()]
+        assert pair_loss.shape[0] == 2 and row["final_loss"] == pytest.approx(pair_loss[:, -1].mean())
+    assert (out / "fig3.png").read_bytes()[:8] == PNG
+    assert experiments_main(argv) == 0
+    assert "already finished, skipped" in capsys.readouterr().out
+    assert experiments_main(["reproduction", "--run", str(out), "--docs", str(docs)]) == 0
+    document = (docs / "reproduction.md").read_text()
+    assert "held-out" in document and "fig3 --quick --report-pairs 2,3,7" in document and "nproc" in document
+    assert "1 stationary" in document and (docs / "fig3.png").exists() and (docs / "fig3_table.txt").exists()
+
+
+def test_closed_form_check_is_within_monte_carlo_error():
+    rows = reproduction.closed_form_checks(K=4000)
+    assert len(rows) == 8 and all(abs(r["z"]) < reproduction.Z_LIMIT for r in rows)
+    assert {round(r["closed_form"], 4) for r in rows if r["f"] == "max(0, x)" and r["x"] == 0.05} == {0.5398}
 
 
 def test_a_different_grid_into_the_same_folder_is_refused(tmp_path, capsys):
-    argv = ["fig3", "--problem", "lad", "--pairs", "1", "--Ks", "2", "--lrs", "1e-2", "--gammas", "1e-2",
-            "--baseline-lrs", "1e-2", "--out", str(tmp_path)]
-    assert experiments_main([*argv, "--iters", "2"]) == 0
+    argv = ["fig3", "--problem", "lad", "--tune-pairs", "0", "--report-pairs", "1", "--Ks", "2", "--lrs", "1e-2",
+            "--gammas", "1e-2", "--pprs-mus", "0", "--agd-mus", "0.9", "--out", str(tmp_path)]
+    assert experiments_main([*argv, "--budget", "20=200"]) == 0
     capsys.readouterr()
-    assert experiments_main([*argv, "--iters", "3"]) == 2
+    assert experiments_main([*argv, "--budget", "20=300"]) == 2
     assert "different experiment" in capsys.readouterr().err
     assert experiments_main(["fig3", "--collect-only", "--out", str(tmp_path / "nowhere")]) == 2
+    assert experiments_main(["reproduction", "--run", str(tmp_path / "nowhere")]) == 2
     assert experiments_main(["nothing"]) == 2
 
 
 def test_a_signal_stops_the_sweep_and_the_same_command_continues_it(tmp_path):
     """SIGUSR1 (Slurm's warning) or SIGTERM: exit 3, finished traces kept; running again does only the rest."""
-    argv = [sys.executable, "-m", "pprs_mpi.experiments", "fig3", "--problem", "lad", "--pairs", "12", "--iters", "20",
-            "--Ks", "2", "--lrs", "1e-2", "--gammas", "1e-2", "--baseline-lrs", "1e-2", "--out", str(tmp_path)]
+    argv = [sys.executable, "-m", "pprs_mpi.experiments", "fig3", "--problem", "lad", "--tune-pairs", "0-11",
+            "--report-pairs", "12-13", "--budget", "20=800", "--Ks", "2", "--lrs", "1e-2", "--gammas", "1e-2",
+            "--pprs-mus", "0", "--agd-mus", "0.9", "--out", str(tmp_path)]
     sweep = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**os.environ, **MPI_ENV})
     try:
         for line in sweep.stdout:
@@ -185,17 +302,9 @@ def test_a_signal_stops_the_sweep_and_the_same_command_continues_it(tmp_path):
     result = run_command(argv, timeout=120)
     assert result.returncode == 0 and (tmp_path / "summary.h5").exists()
     assert "runs already finished, skipped" in result.stdout
-    assert len(list((tmp_path / "runs").glob("*.h5"))) == 36
-
-
-@pytest.mark.skipif("adversarial" not in problems.registry(), reason="problem 'adversarial' not available")
-def test_fig3_on_the_adversarial_problem(tmp_path, capsys):
-    argv = ["--pairs", "1", "--iters", "3", "--Ks", "2", "--lrs", "1e-3", "--gammas", "1e-3", "--baseline-lrs", "1e-3",
-            "--out", str(tmp_path)]
-    assert fig3.main(argv) == 0
-    table = json.loads((tmp_path / "table.json").read_text())
-    assert {r["method"] for r in table["rows"]} == {"PPRS K=2", "GD", "AGD"}
-    assert table["initial_mean_loss"] > 0
+    assert len(list((tmp_path / "runs").glob("*.h5"))) == 36 + 2 * 3
+    assert json.loads((tmp_path / "sessions.json").read_text())[-1]["command"].startswith(
+        "python -m pprs_mpi.experiments fig3 --problem lad")
 
 
 def test_rates_tiny_grid_bound_holds(tmp_path, capsys):
@@ -213,10 +322,13 @@ def test_rates_tiny_grid_bound_holds(tmp_path, capsys):
 
 
 @pytest.mark.mpi
-def test_fig3_under_mpirun_spreads_runs_over_ranks(tmp_path):
+def test_fig3_under_mpirun_spreads_both_phases_over_ranks(tmp_path):
     result = run_command(["mpirun", "-n", "2", sys.executable, "-m", "pprs_mpi.experiments", "fig3", "--problem", "lad",
-                          "--pairs", "2", "--iters", "3", "--Ks", "2", "--lrs", "1e-2", "--gammas", "1e-2",
-                          "--baseline-lrs", "1e-2", "--out", str(tmp_path)], timeout=120)
+                          "--tune-pairs", "0-1", "--report-pairs", "2-3", "--budget", "20=200", "--Ks", "2",
+                          "--lrs", "1e-2", "--gammas", "1e-2", "--pprs-mus", "0", "--agd-mus", "0.9",
+                          "--out", str(tmp_path)], timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "rank 0/2: 3 of 6 runs" in result.stdout and "rank 1/2: 3 of 6 runs" in result.stdout
-    assert len(list((tmp_path / "runs").glob("*.h5"))) == 6 and (tmp_path / "summary.h5").exists()
+    assert "tune rank 0/2: 3 of 6 runs" in result.stdout and "tune rank 1/2: 3 of 6 runs" in result.stdout
+    assert "report rank 1/2: 3 of 6 runs" in result.stdout
+    assert len(list((tmp_path / "runs").glob("*.h5"))) == 12 and (tmp_path / "summary.h5").exists()
+    assert json.loads((tmp_path / "sessions.json").read_text())[0]["command"].startswith("mpirun -n 2 python -m")

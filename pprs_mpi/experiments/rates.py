@@ -158,4 +158,4 @@ def main(argv: list[str]) -> int:
         raise ExperimentError(f"rates needs a planted problem with known f*, L and R (lad, linf, branch), got '{unknown[0]}'")
     proto = {"experiment": "rates", **{k: getattr(args, k) for k in ("problems", "dims", "Ts", "K_rules", "seeds")},
              "extra_args": extra}
-    return run_all(runs(proto), out, proto, parse_shard(args.shard), "rates", lambda: collect(out))
+    return run_all([("runs", lambda: runs(proto))], out, proto, parse_shard(args.shard), "rates", lambda: collect(out))

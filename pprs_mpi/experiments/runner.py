@@ -152,38 +152,88 @@ def _solve(run: Run, path: Path) -> tuple[str, str]:
     return result.status, f" ({result.message})" if result.message and result.status != "completed" else ""
 
 
-def run_all(runs: list[Run], out: Path, protocol: dict, shard: tuple[int, int], label: str, collect) -> int:
-    """Writes the protocol, does this process's share of `runs`, then (one shard, rank 0) calls `collect()`.
+class NotReady(Exception):
+    """A phase cannot start yet: runs of an earlier phase (another shard's) are not finished."""
 
-    Returns INTERRUPTED (3) when a signal stopped some process's share. Under mpirun, any error ends the whole
-    job, so that no rank waits forever in the final reduction.
+
+def run_all(phases: list, out: Path, protocol: dict, shard: tuple[int, int], label: str, collect,
+            command: str = "") -> int:
+    """Writes the protocol, does this process's share of each phase's runs in turn, then (one shard, rank 0)
+    calls `collect()`, recording `command` and the wall time in OUT/sessions.json. A phase is (name, a function
+    returning its runs); it is called once every process has finished the phase before, so its runs may depend
+    on their results (e.g. report runs of tuned settings).
+
+    Returns INTERRUPTED (3) when a signal stopped some process's share. A phase raising `NotReady` ends this
+    command quietly (exit 0, to be run again). Under mpirun, any error ends the whole job, so that no rank
+    waits forever in a reduction.
     """
     from mpi4py import MPI
-    comm, stopped = MPI.COMM_WORLD, False
+    comm, stopped, ready = MPI.COMM_WORLD, False, True
+    started = time.perf_counter()
+    where = (f" rank {comm.rank}/{comm.size}" if comm.size > 1 else "") + (
+        f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else "")
     try:
         write_protocol(out, protocol)
-        mine = assign(runs, shard, comm.rank, comm.size)
-        where = f" rank {comm.rank}/{comm.size}" if comm.size > 1 else ""
-        where += f" shard {shard[0]}/{shard[1]}" if shard[1] > 1 else ""
-        print(f"{label}{where}: {len(mine)} of {len(runs)} runs, traces in {out / 'runs'}", flush=True)
-        counts, stopped = execute(mine, out / "runs", label + where)
-        print(f"{label}{where}: {'stopped by a signal' if stopped else 'finished'}: "
-              + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
+        for phase, make_runs in phases:
+            tag = f"{label} {phase}" if len(phases) > 1 else label
+            try:
+                runs = make_runs()
+            except NotReady as why:
+                ready = False
+                if comm.rank == 0:
+                    print(f"{tag}: {why}", flush=True)
+                break
+            mine = assign(runs, shard, comm.rank, comm.size)
+            print(f"{tag}{where}: {len(mine)} of {len(runs)} runs, traces in {out / 'runs'}", flush=True)
+            counts, stopped = execute(mine, out / "runs", tag + where)
+            print(f"{tag}{where}: {'stopped by a signal' if stopped else 'finished'}: "
+                  + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())), flush=True)
+            if comm.size > 1:
+                stopped = comm.allreduce(stopped, op=MPI.LOR)
+            if stopped:
+                break
     except Exception as err:  # noqa: BLE001 — under mpirun one rank's error must end every rank
         if comm.size == 1:
             raise
         print(f"{label} rank {comm.rank}: error: {err}", file=sys.stderr, flush=True)
         comm.Abort(1)
-    if comm.allreduce(stopped, op=MPI.LOR) if comm.size > 1 else stopped:
+    if stopped:
         if comm.rank == 0:
             print(f"{label}: stopped by a signal; run the same command again to continue (finished runs are kept, "
                   f"an interrupted one starts over)", flush=True)
         return INTERRUPTED
+    if not ready:
+        return 0
     if shard[1] > 1:
         if comm.rank == 0:
             print(f"{label}: shard done; when all shards are, run the same command with --collect-only", flush=True)
         return 0
+    if comm.rank == 0:
+        record_session(out, time.perf_counter() - started, comm.size, command)
     return collect() if comm.rank == 0 else 0
+
+
+def record_session(out: Path, wall_s: float, ranks: int, command: str) -> None:
+    """Appends this invocation's wall time, rank count and machine to OUT/sessions.json (a resumed sweep has
+    several), so that a report can say how long the experiment took and where."""
+    path = out / "sessions.json"
+    sessions = json.loads(path.read_text()) if path.exists() else []
+    command = f"mpirun -n {ranks} {command}" if ranks > 1 and command else command
+    sessions.append({"command": command, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                     "wall_s": round(wall_s, 1),
+                     "ranks": ranks, "nproc": os.cpu_count(), "cpu": cpu_model()})
+    path.write_text(json.dumps(sessions, indent=1))
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ('unknown' elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def _comm_self():
