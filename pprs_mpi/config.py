@@ -36,7 +36,7 @@ DEFAULTS = {
     "iters": 200, "seed": 0, "schedule": "gpipe", "microbatch_size": 1, "eval_every": 10,
     "out": "run.h5", "engine": "auto", "stages": None, "device": "cpu", "dtype": "float64", "noise_source": "device",
     "preset": "none", "balance": "declared", "eps": None, "smoothing_radius": None, "simulated_depth": None,
-    "comm_timeout": None, "inject_fault": None, "checkpoint_every": 0, "timeline_every": None, "expect_ranks": None, "resume": None, "quiet": False, "progress_every": None,
+    "comm_timeout": None, "inject_fault": None, "checkpoint_every": 0, "timeline_every": None, "expect_ranks": None, "resume": None, "overwrite": False, "quiet": False, "progress_every": None,
 }
 # What each algorithm means when the user leaves K, γ or μ unset (Algorithm 1 with other settings).
 ALGORITHM_DEFAULTS = {
@@ -99,6 +99,8 @@ def parser() -> argparse.ArgumentParser:
                    help="testing: make RANK raise, exit or hang at iteration ITER (also env PPRS_FAULT)")
     p.add_argument("--progress-every", dest="progress_every", type=int, help="iterations between progress lines")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (refused otherwise)")
     group = p.add_argument_group("problem parameters")
     for name, param in _problem_parameters().items():
         group.add_argument("--" + name.replace("_", "-"), dest=name, type=param.type, help=param.help)
@@ -113,7 +115,7 @@ def _problem_parameters() -> dict:
 
 
 # What a resumed run may change: nothing that alters the iterates, only how far and how it is run.
-RESUME_OVERRIDES = {"resume", "iters", "quiet", "progress_every", "comm_timeout", "checkpoint_every", "timeline_every",
+RESUME_OVERRIDES = {"resume", "iters", "quiet", "overwrite", "progress_every", "comm_timeout", "checkpoint_every", "timeline_every",
                     "expect_ranks",
                     "inject_fault", "engine", "stages", "balance", "eval_every"}
 
@@ -166,9 +168,9 @@ def _resumed(given: dict) -> dict:
     if not trace.has_checkpoint:
         raise ConfigError(f"cannot resume: {path} holds no checkpoint")
     stored = trace.config
-    if set(DEFAULTS) - set(stored) - {"resume"} or not isinstance(stored.get("problem_params"), dict):
+    if set(DEFAULTS) - set(stored) - {"resume", "overwrite"} or not isinstance(stored.get("problem_params"), dict):
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
-    cfg = {**stored, "inject_fault": None, **given, "out": path, "given": sorted(given)}  # a fault is not replayed
+    cfg = {**stored, "inject_fault": None, "overwrite": False, **given, "out": path, "given": sorted(given)}  # a fault is not replayed
     if cfg["problem"] not in registry():
         raise ConfigError(f"cannot resume: {path} names an unknown problem '{cfg['problem']}'")
     _check_problem_params(cfg["problem"], cfg["problem_params"])

@@ -210,7 +210,7 @@ def _open_trace(setup: Setup, comm) -> str | None:
             return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
                     "a resume can only go further")
     try:
-        setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]))
+        setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]), overwrite=cfg["overwrite"])
         if cfg["resume"]:
             setup.trace.rewind(setup.start.iteration)  # what came after the checkpoint is redone
     except Exception as err:  # noqa: BLE001 — any reason the file cannot be used is bad input
