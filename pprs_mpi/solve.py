@@ -47,13 +47,15 @@ def main(argv: list[str] | None = None, comm=None) -> int:
     try:
         return _run(setup, comm)
     except Exception as err:  # noqa: BLE001 — any failure must end every rank, reported once
-        from pprs_mpi.engines.mpi import RemoteFailure, report_failure_and_abort
+        from pprs_mpi.engines.mpi import JobAborted, RemoteFailure, report_failure_and_abort
         text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
         if comm.rank == 0:
             try:
                 setup.trace.close("failed")
             except Exception:  # noqa: BLE001 — the trace may be gone; ending every rank comes first
                 pass
+        if isinstance(err, JobAborted):  # the rank that aborts the job has reported the error
+            comm.Abort(1)
         if comm.size > 1:
             report_failure_and_abort(comm, text, prefix=PREFIX)
         print(PREFIX + text, file=sys.stderr, flush=True)
