@@ -10,7 +10,7 @@ import pytest
 
 import pprs_mpi
 from pprs_mpi import report
-from pprs_mpi.trace import TIMELINE_DTYPE, TraceWriter, load
+from pprs_mpi.trace import TIMELINE_DTYPE, TraceWriter, edited, load
 
 P, M = 3, 4  # ranks (a chain of 3 nodes, one per rank) and microbatches
 F, B, W = 0, 1, 2
@@ -172,10 +172,11 @@ def test_truncated_and_newer_traces_are_one_line_errors(tmp_path, capsys):
     truncated = write_trace(tmp_path / "truncated.h5")
     truncated.write_bytes(truncated.read_bytes()[:3000])
     newer = write_trace(tmp_path / "newer.h5")
-    with h5py.File(newer, "a") as f:
+    with edited(newer) as f:
         f.attrs["format_version"] = 99
+    good = write_trace(tmp_path / "good.h5")
     for path, words in ((truncated, "truncated"), (newer, "newer")):
-        assert report.main([str(write_trace(tmp_path / "good.h5")), str(path)]) == 2
+        assert report.main([str(good), str(path)]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and words in captured.err and captured.err.count("\n") == 1
 

@@ -73,7 +73,7 @@ def test_report_on_a_run_still_in_progress(tmp_trace):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if load(tmp_trace(), timeout=0.5).n_rows >= 30:
+                if load(tmp_trace()).n_rows >= 30:
                     break
             except Exception:  # not created yet, or the writer holds the file for a flush
                 pass

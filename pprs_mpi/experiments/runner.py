@@ -122,7 +122,8 @@ def execute(runs: list[Run], runs_dir: Path, label: str) -> tuple[dict[str, int]
             path = runs_dir / f"{run.name}.h5"
             stderr = io.StringIO()
             with contextlib.redirect_stderr(stderr):
-                code = solve.main([*run.argv, "--engine", "serial", "--quiet", "--out", str(path)], comm=_comm_self())
+                code = solve.main([*run.argv, "--engine", "serial", "--quiet", "--overwrite", "--out", str(path)],
+                                  comm=_comm_self())  # an unfinished trace is redone
             if code == solve.BAD_INPUT:
                 raise ExperimentError(f"run {run.name} rejected its arguments: {stderr.getvalue().strip()}")
             outcome, note = _outcome(path, stderr.getvalue())
