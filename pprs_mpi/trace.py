@@ -254,9 +254,11 @@ class TraceWriter:
         return self._state
 
     def _take_rows(self) -> None:
-        if self._rows:
-            self._state.add_rows(self._rows)
-            self._rows = []
+        """Move the buffered rows into the state; an exception from a signal handler midway (see
+        engines/mpi.py's JobAborted) may drop them, but never leaves columns of unequal length."""
+        rows, self._rows = self._rows, []
+        if rows:
+            self._state.add_rows(rows)
 
     def _commit(self) -> None:
         """Publish the whole state, built in memory, as the new version of the file."""
@@ -284,8 +286,8 @@ class _State:
         self.attrs.update({name: value for name, value in attrs.items() if value is not None})
 
     def add_rows(self, rows: list[tuple]) -> None:
-        for name, values in zip(COLUMNS, zip(*rows)):
-            self.columns[name] = np.concatenate([self.columns[name], np.asarray(values, dtype=_column_dtype(name))])
+        self.columns = {name: np.concatenate([self.columns[name], np.asarray(values, dtype=_column_dtype(name))])
+                        for name, values in zip(COLUMNS, zip(*rows))}
 
     def image(self) -> bytes:
         """The bytes of an HDF5 file holding the state, built in memory."""
