@@ -32,11 +32,13 @@ ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
        "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe", "OMP_NUM_THREADS": "1"}
 RUN = ["--problem", "branch", "--depth", "4", "--dim", "6", "--rows", "8", "-K", "4", "--gamma", "0.05",
        "--lr", "0.02", "--mu", "nesterov", "--eval-every", "5", "--seed", "3", "--quiet", "--checkpoint-every", "20"]
-H5PY_READER = """
-import json, os, sys, time, h5py
+PREAMBLE = """import json, os, sys
 os.nice(int(sys.argv[2]))
 if os.environ.get("READER_SCHED_IDLE"):
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+"""  # every reader: its niceness, or SCHED_IDLE
+H5PY_READER = PREAMBLE + """
+import h5py
 opens = errors = 0
 while not os.path.exists(sys.argv[3]):
     try:
@@ -51,22 +53,15 @@ while not os.path.exists(sys.argv[3]):
         errors += 1
 print(json.dumps({"opens": opens, "errors": errors}))
 """
-CPU_LOOP = """
-import json, os, sys
-os.nice(int(sys.argv[2]))
-if os.environ.get("READER_SCHED_IDLE"):
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+CPU_LOOP = PREAMBLE + """
 loops = 0
 while not os.path.exists(sys.argv[3]):
     sum(range(20000))
     loops += 1
 print(json.dumps({"opens": 0, "runs": 0, "loops": loops, "errors": 0}))
 """
-REPORT_LOOP = """
-import json, os, subprocess, sys
-os.nice(int(sys.argv[2]))
-if os.environ.get("READER_SCHED_IDLE"):
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+REPORT_LOOP = PREAMBLE + """
+import subprocess
 runs = errors = 0
 while not os.path.exists(sys.argv[3]):
     result = subprocess.run([sys.executable, "-m", "pprs_mpi.report", sys.argv[1], "--json"], capture_output=True)
