@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pprs_mpi.trace import PHASES, Trace, abandoned
+from pprs_mpi.engines.timeline import MEMORY_KEYS, PHASES
+from pprs_mpi.trace import Trace, abandoned
 
 FORWARD, BACKWARD, WAIT = (PHASES.index(p) for p in ("forward", "backward", "wait"))
 DEFAULT_GAP_FRACTIONS = (1e-1, 1e-2, 1e-3)
@@ -173,11 +174,10 @@ def rank_fractions(records: np.ndarray) -> list[dict]:
 def rank_memory(trace: Trace) -> list[dict]:
     """Per rank, the most (node, microbatch) inputs it kept at once for a backward, the bytes of its MPI
     message buffers and the most bytes of its pending sends (empty for traces without these figures)."""
-    keys = ("peak_stash", "buffer_bytes", "peak_send_bytes")
-    columns = [trace.attrs.get(f"rank_{key}") for key in keys]
+    columns = [trace.attrs.get(f"rank_{key}") for key in MEMORY_KEYS]
     if any(column is None for column in columns):
         return []
-    return [{"rank": rank, **{key: int(value) for key, value in zip(keys, values)}}
+    return [{"rank": rank, **{key: int(value) for key, value in zip(MEMORY_KEYS, values)}}
             for rank, values in enumerate(zip(*map(np.atleast_1d, columns)))]
 
 

@@ -90,13 +90,15 @@ def run(cfg: dict, comm, problem: Problem | None = None) -> Result | None:
 
 def _fail(setup: "Setup", comm, err: Exception):
     """Marks the trace failed and ends the job (MPI) or raises RunFailed (one process)."""
-    from pprs_mpi.engines.mpi import RemoteFailure, report_failure_and_abort
+    from pprs_mpi.engines.mpi import JobAborted, RemoteFailure, report_failure_and_abort
     text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
     if comm.rank == 0:
         try:
             setup.trace.close("failed")
         except Exception:  # noqa: BLE001 — the trace may be gone; ending every rank comes first
             pass
+    if isinstance(err, JobAborted):  # the rank that aborts the job has reported the error
+        comm.Abort(1)
     if comm.size > 1:
         report_failure_and_abort(comm, text, prefix=PREFIX)
     raise RunFailed(text) from err

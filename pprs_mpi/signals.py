@@ -1,5 +1,5 @@
-"""Stop requests by signal: SIGTERM, or SIGUSR1 (Slurm's warning before a time limit, which mpirun
-forwards), set a flag that the running loop checks at its next safe point."""
+"""Stop requests by signal: SIGTERM, SIGINT (Ctrl-C), or SIGUSR1 (Slurm's warning before a time limit,
+which mpirun forwards), set a flag that the running loop checks at its next safe point."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ import signal
 
 
 class StopOnSignal:
-    """While active, SIGTERM and SIGUSR1 set `requested` instead of ending the process; the previous
-    handlers come back on exit, for callers that run several solves in one process."""
+    """While active, SIGTERM, SIGINT and SIGUSR1 set `requested` instead of ending the process (so Ctrl-C
+    checkpoints and marks the trace 'interrupted' like SIGTERM); the previous handlers come back on exit,
+    for callers that run several solves in one process."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
     def __enter__(self) -> "StopOnSignal":
         self.requested = False

@@ -1,22 +1,87 @@
 """HDF5 trace of one run: configuration, per-iteration rows, graph, timeline, result, checkpoint.
 
-Rank 0 is the only writer. The writer keeps the file closed between operations: every flush,
-checkpoint or attribute update is one short open / write / close. A reader (`load`, the report, a
-plotting notebook) therefore always finds a complete, consistent file, even while the run goes
-on, and a killed run leaves the file as of its last flush. HDF5's own file lock (exclusive for
-the writer, shared for readers) keeps the two from overlapping; both sides retry while the other
-holds it. Free space is tracked persistently, so replacing the checkpoint reuses its old space
-instead of growing the file.
+Durability. The trace is the run's only record, so it must survive whatever ends the writer: kill -9,
+power loss, a full disk (ENOSPC), an I/O error (EIO), a second writer, readers that keep it open.
+The design is the one trusted checkpoint writers use (`torch.save` practice, Orbax and DeepSpeed
+checkpoint directories): a published file is never changed in place; a new version is written
+whole to a temporary file beside it, fsynced, and atomically renamed over the old one.
+
+Invariant: at every instant, `RUN.h5` is one complete version that a commit published, and it holds
+the last checkpoint `write_checkpoint` returned from, with the configuration and every row up to it.
+
+- Why it holds (copy-on-write commits). The writer keeps the whole trace in memory (rows, timeline,
+  graph, result, checkpoint, attributes). A *commit* builds the HDF5 file in memory (HDF5 never
+  writes to disk itself, so it can never leave half-flushed metadata: the old in-place writer's
+  failure under ENOSPC and kill -9), writes the bytes to `RUN.h5.tmp` with os.write, fsyncs them,
+  renames the file to `RUN.h5` (`os.replace`: atomic on POSIX) and fsyncs the directory. By cases
+  on where the writer stops: before the rename, `RUN.h5` is the previous version (the temporary
+  file is not looked at by anyone); after it, the new one. The fsync before the rename makes the
+  new name point only at data already on disk, the one after it makes the rename itself survive a
+  power loss. `write_checkpoint` commits before it returns, so a checkpoint is either wholly in
+  `RUN.h5` or not at all, and every earlier one was replaced only by a later complete one. A resume
+  from it redoes at most `--checkpoint-every` iterations.
+- A failed write never damages what was written. Every failure (ENOSPC, EIO, a kill) happens on
+  the temporary file, which is deleted on error (or truncated by the next writer after a kill); the
+  error is one TraceError line, and the in-memory state is kept, so a later commit can still
+  succeed. A version-1 trace being resumed is read, never written in place.
+- Readers never block or slow the writer and never see a torn file. A published version is never
+  modified again, so readers need no lock: `load` reads its bytes once and parses them in memory
+  (the same with HDF5_USE_FILE_LOCKING=FALSE), and the writer never opens `RUN.h5` at all, so a reader that
+  locks it (h5py's default, a Jupyter notebook holding it open) locks an inode the writer has
+  finished with. An open reader keeps seeing the version it opened (and keeps its disk blocks
+  until it closes); reopening shows the newest one. HDF5 SWMR, the other way to read a live file,
+  was not chosen: a SWMR writer can only append to existing datasets (a checkpoint replaces groups
+  and attributes), its files need HDF5 >= 1.10 (libver "latest"), every reader must opt into SWMR
+  mode (plain h5py or a notebook does not), it needs POSIX write() semantics (not NFS), and it
+  makes no promise for a writer killed in the middle of a write. (On NFS, a reader opening the file
+  at the instant of a rename may get ESTALE: one TraceError, and the next try succeeds.)
+- One writer per trace. A writer first takes an exclusive `flock` on `RUN.h5.lock` and writes its
+  host:pid:start into it; a second writer (the same --out twice, or --resume of a live run) is
+  refused naming that holder. The kernel drops the lock when its holder dies, so the lock of a
+  killed writer is taken over by the next one without any staleness guess. The lock file is
+  unlinked while still held on close; a writer that locked a just-unlinked inode sees the inode
+  at the path differ and retries, so two writers can never both hold it.
+- Nothing valuable is overwritten. A fresh run refuses any existing `RUN.h5` (a trace, a text file)
+  before writing anything, unless `overwrite=True`; even then the old file is replaced only by the
+  first complete commit, so input refused before that leaves it intact. A path that is not a
+  regular file (/dev/null, a directory) is refused always. A commit also checks that `RUN.h5` is
+  still the file it published last, so a trace deleted or replaced under a live run ends the run
+  instead of being silently recreated.
+
+Cost. A commit rewrites the whole file, so commits of rows are paced: buffered rows are committed
+once `flush_every` have accumulated and the last commit's duration, divided by COMMIT_SHARE, has
+passed, which bounds the writer's time spent on row commits to about COMMIT_SHARE of the run.
+Checkpoints, a resume's rewind and the final status commit at once.
+
+Damage is detected before it is parsed. Each version carries a CRC-32 and the length of its
+contents in the HDF5 user block (512 bytes before the superblock, which HDF5 leaves to applications,
+so any HDF5 reader still opens the file); `load` checks them and opens the very bytes it checked,
+so a damaged or truncated file is one TraceError, never a parse of damaged metadata (which can
+raise anything, or loop forever). That header is the one layout change, hence FORMAT_VERSION 2;
+version-1 traces (no header) are parsed as before, including one holding the old `/checkpoint_new`
+staging group of a kill between the two steps of the old in-place checkpoint, and a resume
+rewrites them as version 2.
+
+Limits. Atomic rename and fsync are as good as the file system: local file systems, NFS and the
+usual parallel file systems (Lustre, GPFS) give an atomic rename within a directory; the writer
+lock needs a file system whose `flock` covers every host that may write (NFS since Linux 2.6.12,
+Lustre mounted with `-o flock`); elsewhere two writers on different hosts are not detected.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import io
 import json
 import math
 import os
 import re
 import socket
+import struct
 import time
+import weakref
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -24,19 +89,18 @@ import h5py
 import numpy as np
 
 import pprs_mpi
+from pprs_mpi.engines.timeline import TIMELINE_DTYPE  # the one definition of the records
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a checksummed user block; the groups and datasets are those of version 1
+USER_BLOCK = 512  # bytes before the HDF5 superblock, which HDF5 leaves to us: our header
+_MAGIC, _HEADER = b"PPRSTRC2", struct.Struct("<8sIQ")  # magic, CRC-32 and length of what follows the block
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size")
-TIMELINE_DTYPE = np.dtype([("rank", "i4"), ("iteration", "i8"), ("microbatch", "i4"), ("phase", "u1"),
-                           ("node", "i4"), ("start", "f8"), ("end", "f8")])
-PHASES = ("forward", "backward", "wait")  # timeline phase codes 0, 1, 2
 
 RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes", "writer")
-LOCK_WAIT_S = 60.0  # how long the writer waits for a reader to release the file before giving up
-READ_WAIT_S = 5.0  # how long `load` waits for the writer to finish a flush
-_CHUNK = 256  # rows per chunk: small, so that short runs make small files
-_STAGING, _COMPLETE = "checkpoint_new", "_complete"
+COMMIT_SHARE = 0.05  # at most about this share of the writer's time goes to committing rows
+LOCK_SUFFIX, TEMP_SUFFIX = ".lock", ".tmp"
+_LEGACY_STAGING, _COMPLETE = "checkpoint_new", "_complete"  # version-1 in-place checkpoints
 
 
 class TraceError(ValueError):
@@ -44,47 +108,52 @@ class TraceError(ValueError):
 
 
 class TraceLocked(TraceError):
-    """Another process kept the trace open longer than we were willing to wait."""
+    """Another live process is writing this trace."""
 
 
 class TraceWriter:
-    """Writes one run's trace; rows are buffered and written every `flush_every` rows and on close.
+    """Writes one run's trace by copy-on-write commits (see the module docstring).
 
-    Used as a context manager, an exception marks the run 'failed' (KeyboardInterrupt:
-    'interrupted') and a normal exit without an explicit `close` marks it 'completed'.
+    Rows are buffered and committed every `flush_every` rows (paced by COMMIT_SHARE); graph,
+    timeline, result and attributes go with the next commit; checkpoints, `rewind`, `flush` and
+    `close` commit at once. Used as a context manager, an exception marks the run 'failed'
+    (KeyboardInterrupt: 'interrupted') and a normal exit without an explicit `close` marks it
+    'completed'.
     """
 
-    def __init__(self, path, config: dict, meta: dict, resume: bool = False, flush_every: int = 10,
-                 overwrite: bool = False):
+    def __init__(self, path, config: dict, meta: dict, resume: bool = False, overwrite: bool = False,
+                 flush_every: int = 10):
         self.path = os.fspath(path)
-        if not resume and not overwrite and os.path.lexists(self.path):
-            raise TraceError(f"{self.path} already exists: pass --overwrite to replace it, or --resume it")
         self.flush_every = max(1, int(flush_every))
         self.closed = False
-        self._rows: list[tuple] = []
         clash = sorted(set(meta) & set(RESERVED_ATTRS))
         if clash:
             raise ValueError(f"meta keys {clash} are reserved trace attributes")
+        _refuse_special_file(self.path)
         if resume and not os.path.exists(self.path):
             raise TraceError(f"{self.path}: cannot resume, no such file")
+        self._lock = _WriterLock(self.path)
+        self._release = weakref.finalize(self, self._lock.release)  # also if the writer is dropped unclosed
         try:
-            with _open(self.path, "a" if resume else "w", LOCK_WAIT_S) as f:
-                if resume:
-                    _check(self.path, f)
-                    f.attrs["resumes"] = int(f.attrs.get("resumes", 0)) + 1
-                else:
-                    f.attrs["format_version"] = FORMAT_VERSION
-                    f.attrs["resumes"] = 0
-                    group = f.create_group("trace")
-                    for name in COLUMNS:
-                        group.create_dataset(name, (0,), maxshape=(None,), chunks=(_CHUNK,), dtype=_column_dtype(name))
-                f.attrs["status"] = "running"
-                f.attrs["writer"] = _this_process()  # see `abandoned`
-                f.attrs["config"] = json.dumps(config, sort_keys=True, default=str)
-                f.attrs["pprs_mpi_version"] = pprs_mpi.__version__
-                _set_attrs(f, meta)
-        except OSError as err:
-            raise TraceError(f"{self.path}: cannot {'open' if resume else 'create'} trace ({_reason(err)})") from None
+            self._published = _identity(self.path)
+            if resume:
+                self._state = _read_state(self.path)
+                self._state.attrs["resumes"] = int(self._state.attrs.get("resumes", 0)) + 1
+            else:
+                if self._published and not overwrite:
+                    raise TraceError(f"{self.path} already exists: pass --overwrite to replace it, "
+                                     "or --resume to continue the trace in it")
+                self._state = _State(attrs={"resumes": 0})
+            self._state.attrs.update(format_version=FORMAT_VERSION, status="running", writer=_this_process(),
+                                     pprs_mpi_version=pprs_mpi.__version__,
+                                     config=json.dumps(config, sort_keys=True, default=str))
+            self._state.set_attrs(meta)
+            self._rows: list[tuple] = []
+            self._rows_due = 0.0  # time.monotonic() before which rows are not committed
+            self._commit()
+        except BaseException:
+            self._release()
+            raise
 
     def __enter__(self) -> "TraceWriter":
         return self
@@ -97,7 +166,7 @@ class TraceWriter:
             return False
         try:
             self.close("interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed")
-        except (OSError, TraceError):
+        except TraceError:
             pass  # the exception that ended the run is the one worth reporting
         return False
 
@@ -110,141 +179,181 @@ class TraceWriter:
             raise ValueError(f"parent '{unknown[0]}' is neither a node nor the root '{root}'")
         if not len(names) == len(op_types) == len(parents) == len(stage_of):
             raise ValueError("names, op_types, parents and stage_of must have one entry per node")
-        with self._file() as f:
-            if "graph" in f:
-                del f["graph"]
-            g = f.create_group("graph")
-            g.create_dataset("names", data=list(names), dtype=h5py.string_dtype())
-            g.create_dataset("op_types", data=list(op_types), dtype=h5py.string_dtype())
-            ragged = g.create_dataset("parents", (len(names),), dtype=h5py.vlen_dtype(np.int32))
-            for i, ps in enumerate(parents):
-                ragged[i] = np.array([index[p] for p in ps], dtype=np.int32)
-            g.create_dataset("stage", data=np.asarray(stage_of, dtype=np.int32))
-            g.attrs.update(dim=int(dim), depth=int(depth), root=root)
+        self._open_state().graph = {
+            "names": list(names), "op_types": list(op_types), "stage": np.asarray(stage_of, dtype=np.int32),
+            "parents": [np.array([index[p] for p in ps], dtype=np.int32) for ps in parents],
+            "attrs": {"dim": int(dim), "depth": int(depth), "root": root}}
 
     def append(self, **row) -> None:
-        """Buffer one row (missing columns are NaN); written every `flush_every` rows."""
+        """Buffer one row (missing columns are NaN); committed every `flush_every` rows, paced."""
         unknown = set(row) - set(COLUMNS)
         if unknown or "iteration" not in row:
             raise ValueError(f"a row needs 'iteration' and only columns of {COLUMNS}; got {sorted(row)}")
         self._rows.append(tuple(row.get(name, math.nan) for name in COLUMNS))
-        if len(self._rows) >= self.flush_every:
-            self.flush(wait=False)
+        if len(self._rows) >= self.flush_every and time.monotonic() >= self._rows_due:
+            started = time.monotonic()
+            self._commit()
+            self._rows_due = time.monotonic() + (time.monotonic() - started) / COMMIT_SHARE
 
-    def flush(self, wait: bool = True) -> None:
-        """Write the buffered rows. With wait=False, a file held by a reader just keeps them buffered."""
-        if not self._rows:
-            return
-        try:
-            with self._file(LOCK_WAIT_S if wait else 0.0) as f:
-                self._write_rows(f)
-        except TraceLocked:
-            if wait:
-                raise
+    def flush(self) -> None:
+        """Commit now whatever is buffered."""
+        self._commit()
 
     def rewind(self, iteration: int) -> None:
         """Forget what came after a checkpoint taken when `iteration` iterations were done, for a resume:
         rows of later iterations (a row's `iteration` counts iterations done) and timeline records of
         passes t >= iteration (a record's `iteration` is the 0-based pass t)."""
-        self.flush()
-        with self._file() as f:
-            keep = f["trace/iteration"][()] <= iteration
-            for name in COLUMNS:
-                _replace(f["trace"][name], f["trace"][name][()][keep])
-            if "timeline" in f:
-                records = f["timeline"][()]
-                _replace(f["timeline"], records[records["iteration"] < iteration])
+        state = self._open_state()
+        self._take_rows()
+        keep = state.columns["iteration"] <= iteration
+        state.columns = {name: values[keep] for name, values in state.columns.items()}
+        if state.timeline is not None:
+            state.timeline = state.timeline[state.timeline["iteration"] < iteration]
+        self._commit()
 
     def write_result(self, **arrays) -> None:
         """/result/<name> for each array (e.g. y, x), replacing earlier ones."""
-        with self._file() as f:
-            group = f.require_group("result")
-            for name, array in arrays.items():
-                if name in group:
-                    del group[name]
-                group[name] = np.asarray(array)
+        self._open_state().result.update({name: np.asarray(array) for name, array in arrays.items()})
 
     def write_timeline(self, records, append: bool = False) -> None:
         """/timeline (TIMELINE_DTYPE records): replaced, or extended with append=True."""
+        state = self._open_state()
         records = np.asarray(records, dtype=TIMELINE_DTYPE)
-        with self._file() as f:
-            if "timeline" in f and not append:
-                del f["timeline"]
-            if "timeline" not in f:
-                f.create_dataset("timeline", (0,), maxshape=(None,), chunks=(2 * _CHUNK,), dtype=TIMELINE_DTYPE)
-            dataset = f["timeline"]
-            n = dataset.shape[0]
-            dataset.resize((n + len(records),))
-            dataset[n:] = records
+        state.timeline = np.concatenate([state.timeline, records]) if append and state.timeline is not None else records
 
     def write_checkpoint(self, arrays: dict, attrs: dict) -> None:
-        """Replace /checkpoint atomically: a crash at any point leaves a complete checkpoint readable.
-
-        The buffered rows are written first, so a resume never finds a gap before its checkpoint.
-        """
-        self._stage_checkpoint(arrays, attrs)
-        self._commit_checkpoint()
-
-    def _stage_checkpoint(self, arrays: dict, attrs: dict) -> None:
-        """Step 1, one whole open/close: the new checkpoint goes to /checkpoint_new, marked complete last."""
-        with self._file() as f:
-            self._write_rows(f)
-            if _STAGING in f:
-                del f[_STAGING]
-            group = f.create_group(_STAGING)
-            for name, array in arrays.items():
-                group[name] = np.asarray(array)
-            _set_attrs(group, attrs)
-            group.attrs[_COMPLETE] = True
-
-    def _commit_checkpoint(self) -> None:
-        """Step 2: /checkpoint_new becomes /checkpoint (`read_checkpoint` accepts either, /checkpoint first)."""
-        with self._file() as f:
-            if "checkpoint" in f:
-                del f["checkpoint"]
-            f.move(_STAGING, "checkpoint")
+        """Replace /checkpoint, with the rows so far, and commit: once this returns it is durable, and
+        until then the previous checkpoint is."""
+        self._open_state().checkpoint = ({name: np.asarray(array) for name, array in arrays.items()}, dict(attrs))
+        self._commit()
 
     def set_attrs(self, **attrs) -> None:
         """Set root attributes (None values are skipped: HDF5 has no null)."""
         clash = sorted(set(attrs) & set(RESERVED_ATTRS))
         if clash:
             raise ValueError(f"{clash} are reserved trace attributes")
-        with self._file() as f:
-            _set_attrs(f, attrs)
+        self._open_state().set_attrs(attrs)
 
     def close(self, status: str) -> None:
-        """Write the buffered rows and the final status."""
+        """Commit the final status with everything buffered, and give up the writer lock."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
-        with self._file() as f:
-            self._write_rows(f)
-            f.attrs["status"] = status
-        self.closed = True
+        self._open_state().attrs["status"] = status
+        try:
+            self._commit()
+        finally:
+            self.closed = True
+            self._release()
 
-    @contextmanager
-    def _file(self, timeout: float = LOCK_WAIT_S):
+    def _open_state(self) -> "_State":
         if self.closed:
             raise TraceError(f"{self.path}: trace writer is closed")
-        try:
-            with _open(self.path, "a", timeout) as f:
-                yield f
-        except TraceError:
-            raise
-        except OSError as err:
-            raise TraceError(f"{self.path}: cannot write trace ({_reason(err)})") from None
+        return self._state
 
-    def _write_rows(self, f: h5py.File) -> None:
-        if not self._rows:
-            return
-        data = list(zip(*self._rows))
-        if "trace" not in f:
-            raise TraceError(f"{self.path}: the file no longer holds this run's trace (replaced or deleted?)")
-        for name, values in zip(COLUMNS, data):
-            dataset = f["trace"][name]
-            n = dataset.shape[0]
-            dataset.resize((n + len(values),))
-            dataset[n:] = np.asarray(values, dtype=_column_dtype(name))
-        self._rows = []
+    def _take_rows(self) -> None:
+        """Move the buffered rows into the state; an exception from a signal handler midway (see
+        engines/mpi.py's JobAborted) may drop them, but never leaves columns of unequal length."""
+        rows, self._rows = self._rows, []
+        if rows:
+            self._state.add_rows(rows)
+
+    def _commit(self) -> None:
+        """Publish the whole state, built in memory, as the new version of the file."""
+        self._open_state()
+        self._take_rows()
+        self._published = _publish(self.path, self._state.image(), self._published)
+
+
+@dataclass
+class _State:
+    """The writer's copy of everything in the trace; `image` turns it into the bytes of a file."""
+
+    attrs: dict
+    columns: dict = None
+    graph: dict | None = None
+    timeline: np.ndarray | None = None
+    result: dict = None
+    checkpoint: tuple[dict, dict] | None = None
+
+    def __post_init__(self):
+        self.columns = self.columns or {name: np.zeros(0, _column_dtype(name)) for name in COLUMNS}
+        self.result = self.result or {}
+
+    def set_attrs(self, attrs: dict) -> None:
+        self.attrs.update({name: value for name, value in attrs.items() if value is not None})
+
+    def add_rows(self, rows: list[tuple]) -> None:
+        self.columns = {name: np.concatenate([self.columns[name], np.asarray(values, dtype=_column_dtype(name))])
+                        for name, values in zip(COLUMNS, zip(*rows))}
+
+    def image(self) -> bytes:
+        """The bytes of an HDF5 file holding the state, built in memory."""
+        buffer = io.BytesIO()
+        with h5py.File(buffer, "w", userblock_size=USER_BLOCK) as f:
+            self._write(f)
+        return _with_header(buffer.getvalue())
+
+    def _write(self, f: h5py.File) -> None:
+        f.attrs.update(self.attrs)
+        rows = f.create_group("trace")
+        for name, values in self.columns.items():
+            rows.create_dataset(name, data=values, maxshape=(None,), chunks=(max(1, min(len(values), 4096)),))
+        if self.graph is not None:
+            _write_graph(f.create_group("graph"), self.graph)
+        if self.timeline is not None:
+            f.create_dataset("timeline", data=self.timeline)
+        if self.result:
+            group = f.create_group("result")
+            for name, array in self.result.items():
+                group[name] = array
+        if self.checkpoint is not None:
+            arrays, attrs = self.checkpoint
+            group = f.create_group("checkpoint")
+            for name, array in arrays.items():
+                group[name] = array
+            group.attrs.update({**{k: v for k, v in attrs.items() if v is not None}, _COMPLETE: True})
+
+
+def _publish(path: str, image: bytes, expected) -> tuple[int, int]:
+    """Make `image` the file at `path`: write it to a temporary file and fsync it, rename it over
+    `path` (which must still be the file `expected` identifies), fsync the directory. HDF5 never
+    writes here, so a full disk is a plain OSError; any failure leaves the previous version.
+    Returns the new file's identity."""
+    temp = path + TEMP_SUFFIX
+    try:
+        _write_durably(temp, image)
+        if _identity(path) != expected:
+            raise TraceError(f"{path}: the file is no longer this run's trace (deleted or replaced?)")
+        os.replace(temp, path)
+        published = _identity(path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        return published
+    except BaseException as err:
+        _remove(temp)
+        if isinstance(err, OSError):
+            raise TraceError(f"{path}: cannot write trace ({_reason(err)}); the last committed version is kept") from None
+        raise
+
+
+@contextmanager
+def edited(path):
+    """Change a trace that no run is writing, through h5py, as one commit: yields the h5py.File of a
+    copy in memory, which replaces the trace (checksum renewed) when the block ends without error.
+    Editing the file in place instead would make `load` find its checksum broken."""
+    path = os.fspath(path)
+    _refuse_special_file(path)
+    if not os.path.exists(path):
+        raise TraceError(f"{path}: no such file")
+    lock = _WriterLock(path)
+    try:
+        expected = _identity(path)
+        data, checked = _read_image(path)
+        buffer = io.BytesIO(data)
+        with h5py.File(buffer, "a") as f:
+            yield f
+        _publish(path, _with_header(buffer.getvalue()) if checked else buffer.getvalue(), expected)
+    finally:
+        lock.release()
 
 
 @dataclass
@@ -266,21 +375,31 @@ class Trace:
         return len(self.columns["iteration"])
 
 
-def load(path, timeout: float = READ_WAIT_S) -> Trace:
+def load(path) -> Trace:
     """Read a trace, finished or still being written; TraceError (one line) if it is not a readable trace."""
     path = os.fspath(path)
-    with _reading(path, timeout) as f:
+    with _reading(path) as f:
         attrs = {name: _python(value) for name, value in f.attrs.items()}
         try:
             config = json.loads(attrs["config"])
-            columns = {name: f["trace"][name][()] for name in COLUMNS}
-        except (KeyError, ValueError) as err:
-            raise TraceError(f"{path}: incomplete pprs_mpi trace ({err})") from None
-        return Trace(path=path, attrs=attrs, config=config, status=attrs.get("status", "?"), columns=columns,
-                     graph=_read_graph(f["graph"]) if "graph" in f else None,
+        except (KeyError, TypeError, ValueError) as err:
+            raise TraceError(f"{path}: incomplete pprs_mpi trace (no readable config: {err})") from None
+        graph = _read_graph_arrays(f["graph"]) if "graph" in f else None
+        return Trace(path=path, attrs=attrs, config=config, status=str(attrs.get("status", "?")),
+                     columns=_read_columns(path, f), graph=graph and _named_graph(graph),
                      result={name: d[()] for name, d in f["result"].items()} if "result" in f else {},
                      timeline=f["timeline"][()] if "timeline" in f else None,
-                     has_checkpoint=any(_complete(f.get(name)) for name in ("checkpoint", _STAGING)))
+                     has_checkpoint=_find_checkpoint(f) is not None)
+
+
+def read_checkpoint(path) -> tuple[dict, dict]:
+    """The last complete checkpoint as (arrays, attrs); TraceError if the trace has none."""
+    path = os.fspath(path)
+    with _reading(path) as f:
+        checkpoint = _find_checkpoint(f)
+        if checkpoint is None:
+            raise TraceError(f"{path}: the trace holds no checkpoint to resume from")
+        return _read_checkpoint_group(checkpoint)
 
 
 def abandoned(trace: Trace) -> bool:
@@ -291,6 +410,82 @@ def abandoned(trace: Trace) -> bool:
     if trace.status != "running" or host != socket.gethostname() or not pid.isdigit():
         return False
     return not _alive(int(pid), started)
+
+
+class _WriterLock:
+    """An exclusive flock on RUN.h5.lock holding the writer's host:pid:start; released by the kernel
+    when the holder dies, so a dead writer's lock is simply taken over."""
+
+    def __init__(self, trace_path: str):
+        self.path = trace_path + LOCK_SUFFIX
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                raise TraceError(f"{trace_path}: cannot create trace ({_reason(err)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                holder = os.read(fd, 200).decode(errors="replace").strip() or "a process that has not written its name yet"
+                os.close(fd)
+                if err.errno in (errno.EAGAIN, errno.EACCES):
+                    raise TraceLocked(f"{trace_path} is being written by another run ({holder}); wait for it to "
+                                      "end, or stop it (a killed writer's lock is taken over)") from None
+                raise TraceError(f"{trace_path}: cannot lock {self.path} ({_reason(err)}); "
+                                 "does this file system support flock?") from None
+            if _identity(self.path) == _identity(fd):
+                break
+            os.close(fd)  # we locked a lock file its holder unlinked on release: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, (_this_process() + "\n").encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        _remove(self.path)  # unlinked while still locked: see __init__ for a writer that raced us
+        os.close(self.fd)
+
+
+def _refuse_special_file(path: str) -> None:
+    """A trace is a regular file; replacing /dev/null or a directory by one would be a disaster."""
+    if os.path.lexists(path) and not os.path.isfile(path):
+        raise TraceError(f"{path} is not a regular file; a trace needs a path to a new or regular file")
+
+
+def _identity(target) -> tuple[int, int] | None:
+    """(device, inode) of a path or an open file descriptor; None for a missing path."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _write_durably(path: str, data: bytes) -> None:
+    """Write `data` as the file `path` and fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename in directory `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _this_process() -> str:
@@ -321,81 +516,137 @@ def _start_time(pid: int) -> str | None:
     return "zombie" if fields[0] == "Z" else fields[19]
 
 
-def read_checkpoint(path, timeout: float = READ_WAIT_S) -> tuple[dict, dict]:
-    """The last complete checkpoint as (arrays, attrs); TraceError if the trace has none."""
-    path = os.fspath(path)
-    with _reading(path, timeout) as f:
-        for name in ("checkpoint", _STAGING):
-            group = f.get(name)
-            if _complete(group):
-                arrays = {key: dataset[()] for key, dataset in group.items()}
-                attrs = {key: _python(value) for key, value in group.attrs.items() if key != _COMPLETE}
-                return arrays, attrs
-    raise TraceError(f"{path}: the trace holds no checkpoint to resume from")
+class _reading:
+    """Open a published trace for reading, turning every way it can be unreadable into one TraceError
+    line. The file is read once and opened from memory: no HDF5 lock (a published version is never
+    modified, and no reader may hold up the writer), and a version-2 file is parsed only after its
+    checksum matched, from the very bytes checked."""
 
+    def __init__(self, path: str):
+        self.path = path
 
-@contextmanager
-def _reading(path: str, timeout: float):
-    """Open a trace for reading, turning every way it can be unreadable into one TraceError line."""
-    if not os.path.exists(path):
-        raise TraceError(f"{path}: no such file")
-    if os.path.isdir(path) or not h5py.is_hdf5(path):
-        raise TraceError(f"{path}: not an HDF5 file")
-    try:
-        with _open(path, "r", timeout) as f:
-            _check(path, f)
-            yield f
-    except TraceError:
-        raise
-    except OSError as err:
-        raise TraceError(f"{path}: truncated or corrupted HDF5 file ({_reason(err)})") from None
-
-
-def _open(path: str, mode: str, timeout: float) -> h5py.File:
-    """h5py.File, retrying while another process holds HDF5's lock on it; TraceLocked after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def __enter__(self) -> h5py.File:
+        if not os.path.exists(self.path):
+            raise TraceError(f"{self.path}: no such file")
+        if os.path.isdir(self.path):
+            raise TraceError(f"{self.path}: not an HDF5 file")
+        data, checked = _read_image(self.path)
+        if not checked and not h5py.is_hdf5(self.path):
+            raise TraceError(f"{self.path}: not an HDF5 file")
         try:
-            if mode == "w":  # persistent free-space tracking: a replaced checkpoint's space is reused
-                return h5py.File(path, "w", fs_strategy="fsm", fs_persist=True)
-            return h5py.File(path, mode)
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                raise TraceLocked(f"{path}: another process kept the file open for more than {timeout:g} s") from None
-            time.sleep(0.01)
+            self.file = h5py.File(io.BytesIO(data), "r")
+        except OSError as err:
+            raise TraceError(f"{self.path}: truncated or corrupted HDF5 file ({_reason(err)})") from None
+        try:
+            _check(self.path, self.file, checked)
+        except BaseException:
+            self.file.close()
+            raise
+        return self.file
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.file.close()
+        if exc_type is not None and issubclass(exc_type, TraceError):
+            return False
+        if exc_type is not None and issubclass(exc_type, (OSError, KeyError, ValueError, TypeError, RuntimeError,
+                                                          AttributeError, IndexError)):
+            raise TraceError(f"{self.path}: truncated or corrupted HDF5 file ({_reason(exc)})") from None
+        return False
 
 
-def _check(path: str, f: h5py.File) -> None:
+def _with_header(image: bytes) -> bytes:
+    """An HDF5 image with a user block, its header filled in: magic, CRC-32 and length of the rest."""
+    body = memoryview(image)[USER_BLOCK:]
+    return _HEADER.pack(_MAGIC, zlib.crc32(body), len(body)) + bytes(image[_HEADER.size:])
+
+
+def _read_image(path: str) -> tuple[bytes, bool]:
+    """The file's bytes, and whether they carry a version-2 header, checked: TraceError for a damaged
+    or truncated file, before HDF5 parses it (which may raise anything, or hang, on damage)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(_MAGIC):
+        return data, False
+    _, crc, length = _HEADER.unpack_from(data)
+    body = memoryview(data)[USER_BLOCK:]
+    if len(body) < length:
+        raise TraceError(f"{path}: truncated trace ({len(data)} of {length + USER_BLOCK} bytes)")
+    if len(body) > length or zlib.crc32(body) != crc:
+        raise TraceError(f"{path}: damaged trace (its checksum does not match its contents; changed in place? "
+                         "use pprs_mpi.trace.edited to change a trace)")
+    return data, True
+
+
+def _read_state(path: str) -> _State:
+    """Everything a resumed writer carries on (TraceError for a damaged file, which is left as it is)."""
+    with _reading(path) as f:
+        checkpoint = _find_checkpoint(f)
+        return _State(attrs=dict(f.attrs.items()), columns=_read_columns(path, f),
+                      graph=_read_graph_arrays(f["graph"]) if "graph" in f else None,
+                      timeline=f["timeline"][()] if "timeline" in f else None,
+                      result={name: d[()] for name, d in f["result"].items()} if "result" in f else {},
+                      checkpoint=None if checkpoint is None else _read_checkpoint_group(checkpoint))
+
+
+def _check(path: str, f: h5py.File, checked: bool) -> None:
     version = f.attrs.get("format_version")
     if version is None or "trace" not in f:
         raise TraceError(f"{path}: an HDF5 file, but not a pprs_mpi trace (no format_version attribute or /trace)")
+    if int(version) >= 2 and not checked and int(version) <= FORMAT_VERSION:
+        raise TraceError(f"{path}: damaged trace (its checksum header is gone)")
     if int(version) > FORMAT_VERSION:
         raise TraceError(f"{path}: trace format version {int(version)} is newer than this pprs_mpi "
                          f"{pprs_mpi.__version__} reads (version {FORMAT_VERSION}); upgrade pprs_mpi")
 
 
-def _read_graph(group: h5py.Group) -> dict:
-    names = list(group["names"].asstr()[()])
-    root = _python(group.attrs["root"])
-    return {"names": names, "op_types": list(group["op_types"].asstr()[()]),
-            "parents": [[names[i] if i >= 0 else root for i in ps] for ps in group["parents"][()]],
-            "stage_of": [int(s) for s in group["stage"][()]],
-            "dim": int(group.attrs["dim"]), "depth": int(group.attrs["depth"]), "root": root}
+def _read_columns(path: str, f: h5py.File) -> dict:
+    try:
+        columns = {name: f["trace"][name][()] for name in COLUMNS}
+    except KeyError as err:
+        raise TraceError(f"{path}: incomplete pprs_mpi trace ({err})") from None
+    if len({len(values) for values in columns.values()}) != 1:
+        raise TraceError(f"{path}: incomplete pprs_mpi trace (columns of different lengths)")
+    return columns
 
 
-def _complete(group) -> bool:
-    return isinstance(group, h5py.Group) and bool(group.attrs.get(_COMPLETE, False))
+def _find_checkpoint(f: h5py.File):
+    """/checkpoint, or a version-1 trace's complete staging group left by a kill between its two steps."""
+    for name in ("checkpoint", _LEGACY_STAGING):
+        group = f.get(name)
+        if isinstance(group, h5py.Group) and bool(group.attrs.get(_COMPLETE, False)):
+            return group
+    return None
 
 
-def _set_attrs(target, attrs: dict) -> None:
-    for name, value in attrs.items():
-        if value is not None:
-            target.attrs[name] = value
+def _read_checkpoint_group(group: h5py.Group) -> tuple[dict, dict]:
+    arrays = {key: dataset[()] for key, dataset in group.items()}
+    return arrays, {key: _python(value) for key, value in group.attrs.items() if key != _COMPLETE}
 
 
-def _replace(dataset: h5py.Dataset, data: np.ndarray) -> None:
-    dataset.resize((len(data),))
-    dataset[:] = data
+def _read_graph_arrays(group: h5py.Group) -> dict:
+    """/graph as stored: parents as index arrays into names (-1 = the root)."""
+    return {"names": list(group["names"].asstr()[()]), "op_types": list(group["op_types"].asstr()[()]),
+            "parents": list(group["parents"][()]), "stage": group["stage"][()],
+            "attrs": {"dim": int(group.attrs["dim"]), "depth": int(group.attrs["depth"]),
+                      "root": _python(group.attrs["root"])}}
+
+
+def _write_graph(group: h5py.Group, graph: dict) -> None:
+    group.create_dataset("names", data=graph["names"], dtype=h5py.string_dtype())
+    group.create_dataset("op_types", data=graph["op_types"], dtype=h5py.string_dtype())
+    ragged = group.create_dataset("parents", (len(graph["names"]),), dtype=h5py.vlen_dtype(np.int32))
+    for i, parents in enumerate(graph["parents"]):
+        ragged[i] = parents
+    group.create_dataset("stage", data=graph["stage"])
+    group.attrs.update(graph["attrs"])
+
+
+def _named_graph(graph: dict) -> dict:
+    """The graph as `Trace.graph` gives it: parents by name, the root by its own name."""
+    names, root = graph["names"], graph["attrs"]["root"]
+    return {"names": names, "op_types": graph["op_types"],
+            "parents": [[names[i] if i >= 0 else root for i in ps] for ps in graph["parents"]],
+            "stage_of": [int(s) for s in graph["stage"]], **graph["attrs"]}
 
 
 def _column_dtype(name: str) -> str:
@@ -409,8 +660,8 @@ def _python(value):
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _reason(err: OSError) -> str:
-    """The useful part of an h5py error message."""
-    text = str(err) or type(err).__name__
+def _reason(err: BaseException) -> str:
+    """The useful part of an OS or h5py error message, on one line."""
+    text = (err.strerror if isinstance(err, OSError) and err.strerror else str(err)) or type(err).__name__
     match = re.search(r"error message = '([^']*)'", text) or re.search(r"\(([^()]*)\)\s*$", text)
     return match.group(1) if match else text.splitlines()[0]

@@ -11,7 +11,7 @@ import pytest
 
 import pprs_mpi
 from pprs_mpi import analysis, report
-from pprs_mpi.trace import TIMELINE_DTYPE, TraceWriter, load
+from pprs_mpi.trace import TIMELINE_DTYPE, TraceWriter, edited, load
 
 P, M = 3, 4  # ranks (a chain of 3 nodes, one per rank) and microbatches
 F, B, W = 0, 1, 2
@@ -176,7 +176,7 @@ def test_truncated_and_newer_traces_are_one_line_errors(tmp_path, capsys):
     truncated = write_trace(tmp_path / "truncated.h5")
     truncated.write_bytes(truncated.read_bytes()[:3000])
     newer = write_trace(tmp_path / "newer.h5")
-    with h5py.File(newer, "a") as f:
+    with edited(newer) as f:
         f.attrs["format_version"] = 99
     good = write_trace(tmp_path / "good.h5")
     for path, words in ((truncated, "truncated"), (newer, "newer")):
@@ -300,7 +300,7 @@ def test_gantt_bars_have_no_edges_a_minimum_width_and_name_stages_or_ranks(tmp_p
 
     from pprs_mpi import plots
     path = write_trace(tmp_path / "run.h5", meta={**META, "engine": engine})
-    with h5py.File(path, "a") as f:  # one forward action 1000 times shorter than the others
+    with edited(path) as f:  # one forward action 1000 times shorter than the others
         timeline = f["timeline"][()]
         tiny = np.flatnonzero((timeline["iteration"] == 2) & (timeline["phase"] == F))[0]
         timeline["end"][tiny] = timeline["start"][tiny] + 1e-6

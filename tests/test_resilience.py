@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from conftest import MPI_ENV, mpirun, solve
 from pprs_mpi.solve import main
-from pprs_mpi.trace import load
+from pprs_mpi.trace import edited, load
 
 RUN = ["--problem", "branch", "--depth", "4", "--dim", "6", "--rows", "8", "-K", "4", "--gamma", "0.05",
        "--lr", "0.02", "--mu", "nesterov", "--eval-every", "5", "--seed", "3", "--quiet"]
@@ -33,7 +33,7 @@ def start(command, out, env=None):
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if load(out, timeout=0.5).n_rows > 20:
+            if load(out).n_rows > 20:
                 return process
         except Exception:  # noqa: BLE001 — not created yet, or momentarily locked by the writer
             pass
@@ -99,7 +99,7 @@ def test_resume_refuses_foreign_corrupt_or_checkpointless_files(tmp_path, tmp_tr
     text = tmp_path / "notes.h5"
     text.write_text("not a trace")
     assert main([*RUN, "--iters", "3", "--timeline-every", "1", "--out", tmp_trace()]) == 0
-    with h5py.File(tmp_trace(), "a") as f:
+    with edited(tmp_trace()) as f:
         del f["checkpoint"]
     capsys.readouterr()
     for path, message in ((foreign, "not a pprs_mpi trace"), (text, "not an HDF5 file"),
@@ -124,7 +124,7 @@ def test_resume_refuses_foreign_corrupt_or_checkpointless_files(tmp_path, tmp_tr
 ])
 def test_resume_refuses_a_damaged_trace_and_leaves_it_as_it_was(tmp_trace, capsys, damage, message):
     assert main([*RUN, "--iters", "6", "--out", tmp_trace()]) == 0
-    with h5py.File(tmp_trace(), "a") as f:
+    with edited(tmp_trace()) as f:
         damage(f)
     capsys.readouterr()
     assert main(["--resume", tmp_trace(), "--iters", "8"]) == 2

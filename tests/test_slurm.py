@@ -125,7 +125,7 @@ def wait_for_rows(trace: Path, rows=20, timeout=60.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if trace.exists() and load(trace, timeout=0.5).n_rows >= rows:
+            if trace.exists() and load(trace).n_rows >= rows:
                 return
         except TraceError:
             pass  # being created, or locked by the writer for a moment

@@ -1,10 +1,12 @@
 """The HDF5 trace: round trip, live reading by another process, failure paths, atomic checkpoints."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -82,7 +84,8 @@ def test_round_trip(tmp_path):
 @given(n_rows=st.integers(0, 30), flush_every=st.integers(1, 12), values=st.floats(allow_nan=False))
 def test_rows_round_trip_whatever_the_flush_interval(tmp_path_factory, n_rows, flush_every, values):
     path = tmp_path_factory.mktemp("rows") / "run.h5"
-    with T.TraceWriter(path, {}, {}, flush_every=flush_every) as writer:
+    with pytest.MonkeyPatch.context() as unpaced, T.TraceWriter(path, {}, {}, flush_every=flush_every) as writer:
+        unpaced.setattr(T, "COMMIT_SHARE", math.inf)  # commit every flush_every rows, however fast they come
         for t in range(n_rows):
             writer.append(iteration=t, f_eval=values)
         assert T.load(path).n_rows == n_rows // flush_every * flush_every  # whole batches only, before close
@@ -103,8 +106,9 @@ def test_bad_rows_and_statuses_are_refused(tmp_path):
         T.TraceWriter(tmp_path / "other.h5", {}, {"status": "completed"})
 
 
-def test_a_second_process_reads_the_trace_live(tmp_path):
-    """Between flushes the file is closed, so another process sees status 'running' and the rows so far."""
+def test_a_second_process_reads_the_trace_live(tmp_path, monkeypatch):
+    """Another process sees status 'running' and the rows committed so far."""
+    monkeypatch.setattr(T, "COMMIT_SHARE", math.inf)
     path = tmp_path / "run.h5"
     reader = """
         import json, sys
@@ -135,10 +139,10 @@ def test_a_killed_writer_leaves_running_which_reads_as_abandoned_only_once_it_is
     assert run_python(killed, path).returncode == 9
     trace = T.load(path)
     assert trace.status == "running" and T.abandoned(trace)
-    with h5py.File(tmp_path / "live.h5", "a") as f:  # as if this pid had been given to a new process
-        host, pid, started = f.attrs["writer"].split(":")
-        f.attrs["writer"] = f"{host}:{pid}:{int(started) - 1}"
-    assert T.abandoned(T.load(tmp_path / "live.h5"))
+    seen = T.load(tmp_path / "live.h5")  # as if this pid had been given to a new process:
+    host, pid, started = seen.attrs["writer"].split(":")
+    seen.attrs["writer"] = f"{host}:{pid}:{int(started) - 1}"
+    assert T.abandoned(seen)
     live.close("completed")
     assert not T.abandoned(T.load(tmp_path / "live.h5"))
 
@@ -166,21 +170,28 @@ def test_reader_and_writer_overlapping_never_see_a_broken_file(tmp_path):
     assert counts == sorted(counts) and counts[-1] == 300
 
 
-def test_rows_stay_buffered_while_a_reader_holds_the_file(tmp_path):
+def test_a_reader_holding_the_file_neither_blocks_the_writer_nor_sees_it_change(tmp_path):
+    """A reader with HDF5's own lock (h5py's default) keeps reading the version it opened; the writer
+    commits meanwhile without waiting for it, and a new open shows the new version."""
     path = tmp_path / "run.h5"
-    writer = T.TraceWriter(path, {}, {}, flush_every=2)
+    writer = T.TraceWriter(path, CONFIG, META, flush_every=1)
+    write_rows(writer, range(3))
+    writer.flush()
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
-        import sys, time, h5py
-        with h5py.File(sys.argv[1], "r"):
-            print("open", flush=True)
-            time.sleep(1.0)
-    """), str(path)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "open"
-    write_rows(writer, range(4))  # two flush attempts, both deferred instead of blocking the run
-    assert holder.poll() is None, "the writer should not have waited for the reader"
-    holder.wait(timeout=30)
-    writer.close("completed")  # waits for the lock, then writes everything
-    np.testing.assert_array_equal(T.load(path).columns["iteration"], np.arange(4))
+        import sys, h5py
+        with h5py.File(sys.argv[1], "r", locking=True) as f:
+            print(len(f["trace/iteration"]), flush=True)
+            sys.stdin.readline()
+            print(len(f["trace/iteration"]), dict(f.attrs)["status"], flush=True)
+        with h5py.File(sys.argv[1], "r", locking=True) as f:
+            print(len(f["trace/iteration"]), dict(f.attrs)["status"], flush=True)
+    """), str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().split() == ["3"]
+    write_rows(writer, range(3, 50))
+    writer.write_checkpoint({"x": np.zeros(3)}, {"iteration": 49})
+    writer.close("completed")
+    out, _ = holder.communicate("go\n", timeout=30)
+    assert out.splitlines() == ["3 running", "50 completed"]
 
 
 @pytest.mark.parametrize("error, status", [(RuntimeError, "failed"), (KeyboardInterrupt, "interrupted")])
@@ -228,51 +239,58 @@ def test_checkpoint_flushes_the_rows_before_it(tmp_path):
     assert T.load(path).n_rows == 5
 
 
-def test_a_crash_between_the_checkpoint_steps_leaves_the_old_checkpoint(tmp_path):
+@pytest.mark.parametrize("dies, iteration", [("before", 1), ("after", 2)])
+def test_a_kill_around_the_rename_leaves_the_old_or_the_new_checkpoint(tmp_path, dies, iteration):
     path = tmp_path / "run.h5"
     with T.TraceWriter(path, CONFIG, META) as writer:
         writer.write_checkpoint({"x": np.full(4, 1.0)}, {"iteration": 1})
     crash = """
-        import os, sys
+        import os, signal, sys
         import numpy as np
-        from pprs_mpi.trace import TraceWriter
-        writer = TraceWriter(sys.argv[1], {}, {}, resume=True)
-        writer._stage_checkpoint({"x": np.full(4, 2.0)}, {"iteration": 2})
-        os._exit(9)  # killed before the commit step
+        from pprs_mpi import trace
+        rename = os.replace
+        def dying(source, target):
+            if sys.argv[2] == "after":
+                rename(source, target)
+            os.kill(os.getpid(), signal.SIGKILL)
+        writer = trace.TraceWriter(sys.argv[1], {}, {}, resume=True)
+        trace.os.replace = dying
+        writer.write_checkpoint({"x": np.full(4, 2.0)}, {"iteration": 2})
     """
-    assert run_python(crash, path).returncode == 9
+    assert run_python(crash, path, dies).returncode == -9
     arrays, attrs = T.read_checkpoint(path)
-    assert attrs == {"iteration": 1} and (arrays["x"] == 1.0).all()
+    assert attrs == {"iteration": iteration} and (arrays["x"] == iteration).all()
     assert T.load(path).status == "running"
-    # the next checkpoint replaces both the old one and the leftover staging group
-    writer = T.TraceWriter(path, CONFIG, META, resume=True)
+    assert os.path.exists(str(path) + T.LOCK_SUFFIX) and os.path.exists(str(path) + T.TEMP_SUFFIX) == (dies == "before")
+    writer = T.TraceWriter(path, CONFIG, META, resume=True)  # takes over the dead writer's lock
     writer.write_checkpoint({"x": np.full(4, 3.0)}, {"iteration": 3})
+    writer.close("completed")
+    assert T.read_checkpoint(path)[1] == {"iteration": 3} and os.listdir(tmp_path) == ["run.h5"]
+
+
+def test_a_version_1_staging_group_left_by_a_kill_still_resumes(tmp_path):
+    """Version 1 replaced /checkpoint in place in two steps; a kill between them left only a complete
+    /checkpoint_new, which is still read, and the next commit writes it back as /checkpoint."""
+    path = tmp_path / "old.h5"
+    path.write_bytes((Path(__file__).parent / "data" / "trace_v1.h5").read_bytes())
+    with T.edited(path) as f:
+        f.move("checkpoint", "checkpoint_new")
     arrays, attrs = T.read_checkpoint(path)
-    assert attrs == {"iteration": 3} and (arrays["x"] == 3.0).all()
+    assert attrs["iteration"] == 12 and arrays["x"].shape == (6,)
+    T.TraceWriter(path, CONFIG, META, resume=True).close("interrupted")
     with h5py.File(path, "r") as f:
-        assert "checkpoint_new" not in f
+        assert "checkpoint_new" not in f and f["checkpoint"].attrs["iteration"] == 12
 
 
-def test_a_crash_after_deleting_the_old_checkpoint_leaves_the_new_one(tmp_path):
-    path = tmp_path / "run.h5"
-    writer = T.TraceWriter(path, CONFIG, META)
-    writer.write_checkpoint({"x": np.full(4, 1.0)}, {"iteration": 1})
-    writer._stage_checkpoint({"x": np.full(4, 2.0)}, {"iteration": 2})
-    with h5py.File(path, "a") as f:  # the commit's first half
+def test_an_incomplete_version_1_staged_checkpoint_is_ignored(tmp_path):
+    path = tmp_path / "old.h5"
+    path.write_bytes((Path(__file__).parent / "data" / "trace_v1.h5").read_bytes())
+    with T.edited(path) as f:  # what a kill in the middle of version 1's first step left
         del f["checkpoint"]
-    arrays, attrs = T.read_checkpoint(path)
-    assert attrs == {"iteration": 2} and (arrays["x"] == 2.0).all()
-
-
-def test_an_incomplete_staged_checkpoint_is_ignored(tmp_path):
-    path = tmp_path / "run.h5"
-    writer = T.TraceWriter(path, CONFIG, META)
-    with h5py.File(path, "a") as f:  # what a crash in the middle of step 1 leaves
         f.create_group("checkpoint_new")["x"] = np.zeros(2)
     assert not T.load(path).has_checkpoint
     with pytest.raises(T.TraceError, match="no checkpoint"):
         T.read_checkpoint(path)
-    writer.close("failed")
 
 
 def test_repeated_checkpoints_do_not_grow_the_file(tmp_path):
@@ -315,7 +333,7 @@ def test_truncated_trace(tmp_path):
 def test_newer_format_is_refused(tmp_path):
     path = tmp_path / "run.h5"
     T.TraceWriter(path, CONFIG, META).close("completed")
-    with h5py.File(path, "a") as f:
+    with T.edited(path) as f:
         f.attrs["format_version"] = T.FORMAT_VERSION + 1
     assert "newer" in one_line_error(path)
     with pytest.raises(T.TraceError, match="newer"):
@@ -327,3 +345,56 @@ def test_writer_errors_are_trace_errors(tmp_path):
         T.TraceWriter(tmp_path / "no" / "such" / "dir" / "run.h5", CONFIG, META)
     with pytest.raises(T.TraceError, match="cannot resume"):
         T.TraceWriter(tmp_path / "missing.h5", CONFIG, META, resume=True)
+
+
+def test_an_existing_file_is_replaced_only_with_overwrite_and_a_complete_first_version(tmp_path):
+    path = tmp_path / "run.h5"
+    path.write_text("my notes")
+    with pytest.raises(T.TraceError, match="already exists: pass --overwrite to replace it, or --resume"):
+        T.TraceWriter(path, CONFIG, META)
+    with pytest.raises((OverflowError, TypeError)):  # a value HDF5 cannot hold: refused before the file is touched
+        T.TraceWriter(path, CONFIG, {"makespan": 10 ** 30}, overwrite=True)
+    assert path.read_text() == "my notes" and os.listdir(tmp_path) == ["run.h5"]
+    T.TraceWriter(path, CONFIG, META, overwrite=True).close("completed")
+    assert T.load(path).status == "completed"
+    for special in (os.devnull, tmp_path):
+        with pytest.raises(T.TraceError, match="not a regular file"):
+            T.TraceWriter(special, CONFIG, META, overwrite=True)
+
+
+def test_a_trace_deleted_or_replaced_under_the_writer_ends_it(tmp_path):
+    path = tmp_path / "run.h5"
+    writer = T.TraceWriter(path, CONFIG, META)
+    path.unlink()
+    with pytest.raises(T.TraceError, match="no longer this run's trace"):
+        writer.write_checkpoint({"x": np.zeros(2)}, {"iteration": 0})
+    assert not path.exists()
+
+
+def test_damage_is_caught_by_the_checksum_and_edits_go_through_edited(tmp_path):
+    """A flipped bit anywhere, or a cut, is one TraceError before HDF5 parses the file; an in-place
+    h5py edit breaks the checksum too, while `edited` commits the change as a new version."""
+    path = tmp_path / "run.h5"
+    with T.TraceWriter(path, CONFIG, META) as writer:
+        write_rows(writer, range(20))
+    data = path.read_bytes()
+    assert data.startswith(b"PPRSTRC2") and h5py.is_hdf5(path)  # any HDF5 reader still opens it
+    for i in [*range(0, 20, 3), *range(T.USER_BLOCK, len(data), 97)]:  # the header, then what it covers
+        path.write_bytes(data[:i] + bytes([data[i] ^ 4]) + data[i + 1:])
+        message = one_line_error(path)
+        assert "damaged" in message or "truncated" in message
+    path.write_bytes(data[:-1])
+    assert "truncated" in one_line_error(path)
+    path.write_bytes(data)
+    with h5py.File(path, "a") as f:
+        f.attrs["note"] = "added in place"
+    assert "damaged" in one_line_error(path)
+    path.write_bytes(data)
+    with T.edited(path) as f:
+        f.attrs["note"] = "added by edited"
+    assert T.load(path).attrs["note"] == "added by edited" and os.listdir(tmp_path) == ["run.h5"]
+    live = T.TraceWriter(tmp_path / "live.h5", CONFIG, META)
+    with pytest.raises(T.TraceLocked):
+        with T.edited(tmp_path / "live.h5"):
+            pass
+    live.close("completed")

@@ -22,13 +22,19 @@ Failures. Rank 0 drives the others with a small broadcast command per pass. A ra
 tells rank 0 (tag FAILURE) and aborts the job if rank 0 has not done so within a grace period;
 rank 0 watches for such notices while it waits, marks its trace failed, reports the error once
 and aborts. A `comm_timeout` turns any wait longer than that into an error naming the peer and
-the message.
+the message. A rank 0 that does not take the notice (hung itself) is blamed in the one report,
+which the lowest failing rank prints (the others wait a little longer and are ended by its abort);
+that rank then sends a SIGTERM to rank 0 (on the same host), whose handler finds the pending notice
+and marks the trace failed, if rank 0 still runs Python code.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import sys
+import threading
 import time
 from collections import deque
 
@@ -47,8 +53,12 @@ from pprs_mpi.schedule import Schedule
 FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per (channel, microbatch)
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
-TRACE_WRITE_SECONDS = 60.0  # how long rank 0 may wait for the trace between passes (trace.LOCK_WAIT_S)
+TRACE_WRITE_SECONDS = 60.0  # how long one commit of rank 0's trace may take between passes
 COMMAND_SLACK_SECONDS = 2 * TRACE_WRITE_SECONDS  # beyond --comm-timeout, for rank 0's trace writes between passes
+STAGGER_SECONDS, MAX_STAGGERED_RANKS = 0.5, 8  # see report_failure_and_abort
+SIGTERM_PROBE_SECONDS = 0.05  # how long rank 0 looks for a failure notice when a SIGTERM comes
+WAKE_SECONDS = 3.0  # how long a stuck rank 0 is given to mark its trace failed and abort the job
+_rank0_process: tuple[str, int] | None = None  # rank 0's (host, pid), set by the Poller
 RECEIVE_WINDOW = 4  # receives posted ahead per channel: transfers overlap compute, memory stays bounded
 FIRST_REAP = 8  # pending sends before completed ones are first looked for; then twice those still pending
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
@@ -57,6 +67,10 @@ _DONE = None  # in place of a request that `arrived` found complete
 
 class RemoteFailure(RuntimeError):
     """Another rank reported an error; the message already names that rank."""
+
+
+class JobAborted(RemoteFailure):
+    """Raised on rank 0 by the SIGTERM of a job that another rank is aborting after reporting its error."""
 
 
 class CommTimeout(RuntimeError):
@@ -70,6 +84,11 @@ class Poller:
     def __init__(self, comm, timeout: float | None):
         self.comm, self.timeout = comm, timeout
         self._status = MPI.Status()
+        if comm.size > 1:  # where rank 0 runs, for report_failure_and_abort to wake a stuck rank 0
+            global _rank0_process
+            _rank0_process = comm.bcast((socket.gethostname(), os.getpid()), root=0)
+        if comm.rank == 0 and comm.size > 1 and threading.current_thread() is threading.main_thread():
+            self._on_sigterm = signal.signal(signal.SIGTERM, self._sigterm)
 
     def wait(self, request, describe, slack: float = 0.0, status=None) -> None:
         """Waits for `request`, at most the poller's timeout plus `slack` seconds; `status`, if given,
@@ -88,9 +107,22 @@ class Poller:
                 pause = min(1e-3, pause + 5e-5)
                 time.sleep(pause)
 
-    def check_failures(self) -> None:
+    def check_failures(self, error=RemoteFailure) -> None:
         if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAILURE_TAG, status=self._status):
-            raise RemoteFailure(self.comm.recv(source=self._status.Get_source(), tag=FAILURE_TAG))
+            raise error(self.comm.recv(source=self._status.Get_source(), tag=FAILURE_TAG))
+
+    def _sigterm(self, signum, frame) -> None:
+        """Rank 0: a SIGTERM while another rank's failure notice is pending is that rank aborting the
+        job (rank 0 did not take the notice in time): end the run here, so the trace is marked failed.
+        Any other SIGTERM goes to the handler that was there before."""
+        deadline = time.monotonic() + SIGTERM_PROBE_SECONDS  # one probe may not yet see a notice sent long ago
+        while time.monotonic() < deadline:
+            self.check_failures(JobAborted)
+        if callable(self._on_sigterm):
+            self._on_sigterm(signum, frame)
+        elif self._on_sigterm == signal.SIG_DFL:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
 
 
 class _Inbox:
@@ -333,14 +365,32 @@ def report_failure_and_abort(comm, text: str, prefix: str = "", exit_code: int =
     """Ends the whole job because of an error on this rank, reporting `prefix + text` once.
 
     Rank 0 prints and aborts at once. Another rank hands `text` to rank 0, which prints it, marks its
-    trace and aborts the job; if rank 0 does not within the grace period (it may itself be stuck),
-    this rank prints the message and aborts.
+    trace and aborts the job. If rank 0 does not within the grace period, rank 0 is stuck and is the
+    one to blame: this rank reports that, after a further STAGGER_SECONDS per rank below it, so that
+    of several failing ranks (all waiting on rank 0) the lowest reports and its abort ends the rest.
+    A stuck rank 0 on this host is sent SIGTERM first, so that it can still mark its trace failed.
     """
     if comm.rank != 0 and comm.size > 1:
         request = comm.isend(text, dest=0, tag=FAILURE_TAG)
-        deadline = time.monotonic() + FAILURE_GRACE_SECONDS
-        while time.monotonic() < deadline and not request.Test():
-            time.sleep(0.01)
-        time.sleep(max(0.0, deadline - time.monotonic()))
-    print(prefix + text, file=sys.stderr, flush=True)
+        time.sleep(FAILURE_GRACE_SECONDS + STAGGER_SECONDS * min(comm.rank - 1, MAX_STAGGERED_RANKS))
+        request.Test()
+        text = (f"rank 0 did not end the job within {FAILURE_GRACE_SECONDS:g} s of this report (is it hung?); "
+                f"the report: {text}")
+        print(prefix + text, file=sys.stderr, flush=True)
+        _wake_rank0()
+    else:
+        print(prefix + text, file=sys.stderr, flush=True)
     comm.Abort(exit_code)
+
+
+def _wake_rank0() -> None:
+    """SIGTERM to a stuck rank 0 on this host, which then marks its trace failed and aborts the job
+    (see Poller._sigterm); returns after WAKE_SECONDS if that did not end this process."""
+    host, pid = _rank0_process or ("", 0)
+    if host != socket.gethostname():
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except OSError:
+        return
+    time.sleep(WAKE_SECONDS)
