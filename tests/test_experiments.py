@@ -1,4 +1,5 @@
-"""The experiments: curve algebra, best-lr selection on traces with a known answer, sharding, and tiny end-to-end runs."""
+"""The experiments: curve algebra, best-lr selection on traces with a known answer, sharding,
+and tiny end-to-end runs."""
 
 import json
 import math
@@ -37,7 +38,8 @@ def test_loss_curve_marks_what_a_diverged_run_never_reached_as_inf():
 
 def test_stack_retime_and_time_to_reach():
     grid = np.array([0, 2, 4])
-    iterations, losses = curves.curve_matrix([(grid, np.array([4.0, 2.0, 1.0])), (grid, np.array([2.0, 2.0, math.inf]))])
+    iterations, losses = curves.curve_matrix([(grid, np.array([4.0, 2.0, 1.0])),
+                                              (grid, np.array([2.0, 2.0, math.inf]))])
     mean = losses.mean(axis=0)
     assert mean.tolist() == [3.0, 2.0, math.inf]
     time = curves.retime(iterations, K=10, depth=20)
@@ -178,7 +180,8 @@ def test_selection_is_on_tuning_pairs_and_the_table_on_report_pairs_only(tmp_pat
 def test_select_a_level_keeps_the_fastest_to_reach_it(tmp_path):
     """AGD lr 1e-3 reaches 5 at once and stays there; lr 1e-4 reaches 1 at iteration 30. The lowest final loss
     keeps lr 1e-4; the fastest to ≤ 5 keeps lr 1e-3; to ≤ 2 only lr 1e-4 gets there."""
-    curve = {"agd_mu0.99_lr0.001": lambda t: 5.0 if t else 10.0, "agd_mu0.99_lr0.0001": lambda t: 10.0 if t < 30 else 1.0}
+    curve = {"agd_mu0.99_lr0.001": lambda t: 5.0 if t else 10.0,
+             "agd_mu0.99_lr0.0001": lambda t: 10.0 if t < 30 else 1.0}
     verdicts = {p: {"verdict": "attackable"} for p in range(4)}
     kept = {}
     for rule in ("final", "5", "2"):
@@ -223,7 +226,8 @@ def test_screen_finds_stationary_images_by_the_solvers_gradient():
     assert screen.screen_pair("adversarial", {"image_index": 7, "target": -1}, 100.0)["verdict"] == "attackable"
     lam0 = problems.build("adversarial", image_index=7, lam=0.0)
     margin, gradient = screen.margin_gradient("adversarial", {"image_index": 7, "target": -1})
-    f = lambda theta: float(evaluate(lam0.graph, theta[None])[lam0.graph.leaf][0])
+    def f(theta):
+        return float(evaluate(lam0.graph, theta[None])[lam0.graph.leaf][0])
     h, x = 1e-6, lam0.x0
     right = np.array([(f(x + h * e) - f(x)) / h for e in np.eye(x.size)])
     left = np.array([(f(x) - f(x - h * e)) / h for e in np.eye(x.size)])

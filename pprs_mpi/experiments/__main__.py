@@ -1,4 +1,5 @@
-"""`python -m pprs_mpi.experiments {fig3,rates,reproduction} ...` (also under `mpirun -n P`); bad input: one line, exit 2."""
+"""`python -m pprs_mpi.experiments {fig3,rates,reproduction} ...` (also under `mpirun -n P`);
+bad input: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import sys
 
 from pprs_mpi.experiments.runner import ExperimentError
 
-USAGE = "usage: python -m pprs_mpi.experiments {fig3,rates,reproduction} [options]   (--help after the name for its options)"
+USAGE = ("usage: python -m pprs_mpi.experiments {fig3,rates,reproduction} [options]"
+         "   (--help after the name for its options)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     elif name == "reproduction":
         from pprs_mpi.experiments.reproduction import main as run
     else:
-        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, rates or reproduction", file=sys.stderr)
+        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, rates or reproduction",
+              file=sys.stderr)
         return 2
     try:
         return run(rest)

@@ -177,7 +177,8 @@ def report_runs(proto: dict, verdicts: dict, out: Path) -> list[Run]:
 
 def parser() -> argparse.ArgumentParser:
     d = DEFAULT
-    p = OneLineParser(prog="python -m pprs_mpi.experiments fig3", description=__doc__.splitlines()[0], allow_abbrev=False,
+    p = OneLineParser(prog="python -m pprs_mpi.experiments fig3", description=__doc__.splitlines()[0],
+                      allow_abbrev=False,
                       epilog="Other flags (e.g. --lam 300, --network PATH) go to every solve unchanged.")
     p.add_argument("--quick", action="store_true", help="tiny grid on 2+2 pairs: the whole path in seconds (CI)")
     p.add_argument("--tune-pairs", type=_pairs, help=f"pairs the configurations are chosen on, e.g. 0-9 (default "
@@ -235,9 +236,11 @@ def span(pairs) -> str:
 def _budgets(text: str) -> tuple[tuple[int, int], ...]:
     """'20=23800,200=59800' → ((20, 23800), (200, 59800))."""
     try:
-        found = tuple((int(depth), int(float(budget))) for depth, budget in (part.split("=") for part in text.split(",")))
+        found = tuple((int(depth), int(float(budget)))
+                      for depth, budget in (part.split("=") for part in text.split(",")))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--budget is DEPTH=UNITS,... (e.g. 20=23800,200=59800), got '{text}'") from None
+        raise argparse.ArgumentTypeError("--budget is DEPTH=UNITS,... (e.g. 20=23800,200=59800), "
+                                         f"got '{text}'") from None
     return found
 
 

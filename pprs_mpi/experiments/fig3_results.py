@@ -116,7 +116,8 @@ def _verdicts(out: Path, proto: dict) -> dict[int, dict]:
         known = {int(p): v for p, v in json.loads((out / "pairs.json").read_text()).items()}
         return {pair: known[pair] for pair in pairs}
     except (OSError, ValueError, KeyError) as err:
-        raise ExperimentError(f"{out / 'pairs.json'} is missing or incomplete ({err}): run the experiment first") from None
+        raise ExperimentError(f"{out / 'pairs.json'} is missing or incomplete ({err}): "
+                              "run the experiment first") from None
 
 
 def _report(proto: dict, grid: dict, tuning: dict, depth: str, runs_dir: Path, pairs: list[int]) -> dict:
@@ -125,8 +126,8 @@ def _report(proto: dict, grid: dict, tuning: dict, depth: str, runs_dir: Path, p
     for method, name in tuning["kept"].get(depth, {}).items():
         iterations, losses, diverged, unfinished = read_curves(runs_dir, name, pairs)
         if unfinished:
-            raise ExperimentError(f"cannot collect: {len(unfinished)} report run(s) not finished (e.g. {unfinished[0]}): "
-                                  "run the same command again")
+            raise ExperimentError(f"cannot collect: {len(unfinished)} report run(s) not finished "
+                                  f"(e.g. {unfinished[0]}): run the same command again")
         time, losses = within_budget(grid[name], iterations, losses, int(depth), budget)
         shown[method] = {**grid[name], "name": name, "time": time, "losses": losses, "loss": losses.mean(axis=0),
                          "iteration": iterations[:time.size], "diverged": diverged,
@@ -147,7 +148,8 @@ def _table(proto, grid, tuning, results, verdicts, levels) -> dict:
         for method in dict.fromkeys(c["method"] for c in grid.values()):
             mine = [n for n, c in grid.items() if c["method"] == method]
             row = {"depth": int(depth), "budget": result["budget"], "method": method, "configs": len(mine),
-                   "tune_diverged": sum(scored[n]["diverged"] for n in mine), "tune_runs": len(mine) * len(tuning["pairs"])}
+                   "tune_diverged": sum(scored[n]["diverged"] for n in mine),
+                   "tune_runs": len(mine) * len(tuning["pairs"])}
             c = result["selected"].get(method)
             if c is None:
                 rows.append({**row, "selected": None})
@@ -194,11 +196,14 @@ def render(table: dict) -> str:
              + f": mean over the {counts['report']['attackable']} attackable REPORT pairs "
              f"{span(proto['report_pairs'])} of f(y_t); configurations chosen on the tuning pairs "
              f"{span(proto['tune_pairs'])} ({counts['tune']['attackable']} attackable)",
-             f"unattackable pairs (not run): tuning {_unattackable(counts['tune'])}; report {_unattackable(counts['report'])}",
-             "selection: " + ("lowest mean final loss on the tuning pairs within the budget" if proto["select"] == "final"
+             f"unattackable pairs (not run): tuning {_unattackable(counts['tune'])}; "
+             f"report {_unattackable(counts['report'])}",
+             "selection: " + ("lowest mean final loss on the tuning pairs within the budget"
+                              if proto["select"] == "final"
                               else f"fastest mean tuning curve to reach loss {proto['select']}")
              + "; a diverged run counts as loss +inf. Time: pipeline units, 2(K+Δ−1) per iteration. "
-             f"Mean initial loss {table['initial_mean_loss']:.4g}; intervals: bootstrap over pairs ({RESAMPLES} resamples; "
+             f"Mean initial loss {table['initial_mean_loss']:.4g}; "
+             f"intervals: bootstrap over pairs ({RESAMPLES} resamples; "
              "for times, each resample's level is the same decrease from its own initial loss)"]
     for depth in dict.fromkeys(row["depth"] for row in table["rows"]):
         rows = [row for row in table["rows"] if row["depth"] == depth]
@@ -208,7 +213,8 @@ def render(table: dict) -> str:
                 body.append([row["method"], "-", "-", "-", "every configuration diverged", *["-"] * len(levels),
                              f"{row['tune_diverged']}/{row['tune_runs']}", ""])
                 continue
-            body.append([row["method"], f"{row['lr']:.0e}", f"{row['gamma']:.0e}" if row["gamma"] else "-", f"{row['mu']:g}",
+            body.append([row["method"], f"{row['lr']:.0e}", f"{row['gamma']:.0e}" if row["gamma"] else "-",
+                         f"{row['mu']:g}",
                          f"{row['final_loss']:.4g} [{row['final_ci'][0]:.4g}, {row['final_ci'][1]:.4g}]",
                          *[_time_cell(t, ci) for t, ci in zip(row["times"], row["times_ci"])],
                          f"{row['tune_diverged']}/{row['tune_runs']}", ", ".join(row["edge"])])
@@ -221,7 +227,8 @@ def render(table: dict) -> str:
                       "difference PPRS − baseline with its 95% bootstrap interval):"]
         for depth in dict.fromkeys(w["depth"] for w in table["wins"]):
             lines += [f"  Δ = {depth}: {w['method']} vs {w['against']}: lower on {100 * w['fraction']:.0f}% of pairs, "
-                      f"mean difference {w['difference']:+.3g} [{w['difference_ci'][0]:+.3g}, {w['difference_ci'][1]:+.3g}]"
+                      f"mean difference {w['difference']:+.3g} "
+                      f"[{w['difference_ci'][0]:+.3g}, {w['difference_ci'][1]:+.3g}]"
                       for w in table["wins"] if w["depth"] == depth]
     return "\n".join(lines)
 

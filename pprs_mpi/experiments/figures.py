@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from matplotlib.figure import Figure
 
 BASELINE_STYLE = {"GD": ("#c44e52", ":"), "AGD": ("#dd8452", "-.")}
@@ -26,7 +25,8 @@ def fig3_png(results: dict, proto: dict, table: dict, path: Path) -> Path:
                 colour, style = BASELINE_STYLE[method]
             gamma = f", γ={c['gamma']:.0e}" if c["algo"] == "pprs" else ""
             mu = f", μ={c['mu']:g}" if c["mu"] else ""
-            ax.plot(c["time"], c["loss"], style, color=colour, linewidth=2, label=f"{method}: lr={c['lr']:.0e}{gamma}{mu}")
+            ax.plot(c["time"], c["loss"], style, color=colour, linewidth=2,
+                    label=f"{method}: lr={c['lr']:.0e}{gamma}{mu}")
         ax.set_xlim(0, result["budget"])
         ax.set_title(f"Δ = {depth} (budget {result['budget']:,} units)")
         ax.set_xlabel("pipeline time (units; an iteration costs 2(K+Δ−1))")

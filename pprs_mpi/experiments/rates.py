@@ -39,7 +39,8 @@ def rows_of(proto: dict) -> list[dict]:
             planted = build(problem, d)
             for T in proto["Ts"]:
                 for rule in proto["K_rules"]:
-                    K = optim.theorem3(planted.lipschitz, planted.radius, d, iters=T).K if rule == "preset" else int(rule)
+                    K = (optim.theorem3(planted.lipschitz, planted.radius, d, iters=T).K if rule == "preset"
+                         else int(rule))
                     found.append({"problem": problem, "d": d, "T": T, "K_rule": rule, "K": K, "L": planted.lipschitz,
                                   "R": planted.radius, "f_star": planted.f_star,
                                   "name": f"{problem}_d{d}_T{T}_K{rule}"})
@@ -100,8 +101,8 @@ def collect(out: Path) -> int:
 
 def render(rows: list[dict], left_out: list[str]) -> str:
     head = ["problem", "d", "T", "K", "L", "seeds", "mean f(y_T)−f*", "± s.e.", "max", "bound (13)", "ratio", "holds"]
-    body = [[r["problem"], r["d"], r["T"], f"{r['K']} ({r['K_rule']})", f"{r['L']:.3g}", r["seeds"], f"{r['measured']:.4g}",
-             f"{r['stderr']:.2g}", f"{r['max']:.4g}", f"{r['bound']:.4g}", f"{r['ratio']:.3f}",
+    body = [[r["problem"], r["d"], r["T"], f"{r['K']} ({r['K_rule']})", f"{r['L']:.3g}", r["seeds"],
+             f"{r['measured']:.4g}", f"{r['stderr']:.2g}", f"{r['max']:.4g}", f"{r['bound']:.4g}", f"{r['ratio']:.3f}",
              "yes" if r["holds"] else "NO"] for r in rows]
     widths = [max(len(str(line[i])) for line in [head, *body]) for i in range(len(head))]
     held = sum(r["holds"] for r in rows)
@@ -129,10 +130,11 @@ def _k_rules(text: str) -> list[str]:
 
 
 def parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m pprs_mpi.experiments rates", description=__doc__.splitlines()[0], allow_abbrev=False,
-                      epilog="Other flags (e.g. --depth 8) go to every solve unchanged.")
+    p = OneLineParser(prog="python -m pprs_mpi.experiments rates", description=__doc__.splitlines()[0],
+                      allow_abbrev=False, epilog="Other flags (e.g. --depth 8) go to every solve unchanged.")
     p.add_argument("--out", default="rates", help="output folder (default ./rates)")
-    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"], help=f"noise seeds per row (default {DEFAULTS['seeds']})")
+    p.add_argument("--seeds", type=int, default=DEFAULTS["seeds"],
+                   help=f"noise seeds per row (default {DEFAULTS['seeds']})")
     p.add_argument("--problems", type=lambda text: text.split(","), default=DEFAULTS["problems"],
                    help="comma-separated (default lad,linf)")
     p.add_argument("--d", dest="dims", type=_ints, default=DEFAULTS["dims"],
@@ -155,7 +157,8 @@ def main(argv: list[str]) -> int:
         raise ExperimentError("--seeds, --d and --T must be >= 1")
     unknown = sorted(set(args.problems) - {"lad", "linf", "branch"})
     if unknown:
-        raise ExperimentError(f"rates needs a planted problem with known f*, L and R (lad, linf, branch), got '{unknown[0]}'")
+        raise ExperimentError("rates needs a planted problem with known f*, L and R (lad, linf, branch), "
+                              f"got '{unknown[0]}'")
     proto = {"experiment": "rates", **{k: getattr(args, k) for k in ("problems", "dims", "Ts", "K_rules", "seeds")},
              "extra_args": extra}
     return run_all([("runs", lambda: runs(proto))], out, proto, parse_shard(args.shard), "rates", lambda: collect(out))
