@@ -331,7 +331,8 @@ def _publish(path: str, image: bytes, expected) -> tuple[int, int]:
     except BaseException as err:
         _remove(temp)
         if isinstance(err, OSError):
-            raise TraceError(f"{path}: cannot write trace ({_reason(err)}); the last committed version is kept") from None
+            raise TraceError(f"{path}: cannot write trace ({_reason(err)}); the last committed version is "
+                             "kept") from None
         raise
 
 
@@ -426,7 +427,8 @@ class _WriterLock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
-                holder = os.read(fd, 200).decode(errors="replace").strip() or "a process that has not written its name yet"
+                holder = (os.read(fd, 200).decode(errors="replace").strip()
+                          or "a process that has not written its name yet")
                 os.close(fd)
                 if err.errno in (errno.EAGAIN, errno.EACCES):
                     raise TraceLocked(f"{trace_path} is being written by another run ({holder}); wait for it to "

@@ -280,8 +280,10 @@ def _kill_at_step(T, progress, iteration: int, step: str) -> None:
 def mount_tmpfs(where) -> bool:
     """Mounts a small tmpfs at `where` (root only); False where that is not permitted."""
     os.makedirs(where, exist_ok=True)
-    return shutil.which("mount") is not None and subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)], capture_output=True, timeout=30).returncode == 0
+    if shutil.which("mount") is None:
+        return False
+    command = ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(where)]
+    return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
 
 
 def unmount(where) -> None:

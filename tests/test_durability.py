@@ -264,7 +264,8 @@ def test_a_version_1_trace_still_loads_and_resumes(tmp_path):
     assert solve(*SMALL, "--iters", "16", "--checkpoint-every", "4", "--timeline-every", "1",
                  "--out", tmp_path / "new.h5").returncode == 0
     resumed, fresh = T.load(old), T.load(tmp_path / "new.h5")  # f_eval differs at 12, the old run's last iteration
-    assert np.array_equal(resumed.result["y"], fresh.result["y"]) and np.array_equal(resumed.result["x"], fresh.result["x"])
+    assert np.array_equal(resumed.result["y"], fresh.result["y"])
+    assert np.array_equal(resumed.result["x"], fresh.result["x"])
     assert np.array_equal(resumed.columns["f_smoothed"], fresh.columns["f_smoothed"], equal_nan=True)
 
 
