@@ -38,10 +38,12 @@ class Op:
     def const(self, xp, name: str, dtype):
         """The constant attribute `name` as an `xp` array of `dtype`, converted once and cached."""
         cache = self.__dict__.setdefault("_const_cache", {})
-        key = (xp.__name__, name, np.dtype(dtype).str)
-        if key not in cache:
+        key = (xp, name, dtype)  # hashable as given: called once per action, so no normalising here
+        try:
+            return cache[key]
+        except KeyError:
             cache[key] = xp.asarray(getattr(self, name), dtype=dtype)
-        return cache[key]
+            return cache[key]
 
     def describe(self) -> str:
         """Short human-readable label, stored in traces."""
