@@ -24,9 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from pprs_mpi.trace import load
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from crash_cases import same_run  # noqa: E402  (the harness's bitwise comparison of two runs)
 
 ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
        "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe", "OMP_NUM_THREADS": "1"}
@@ -97,11 +99,6 @@ def timed_run(out: Path, iters: int, nice: int | None, control: bool = False) ->
     if process.returncode != 0:
         raise SystemExit(f"the solve failed: {err.strip()}")
     return wall, seen
-
-
-def same_run(a, b) -> bool:
-    return (np.array_equal(a.result["y"], b.result["y"]) and np.array_equal(a.result["x"], b.result["x"])
-            and np.array_equal(a.columns["f_smoothed"], b.columns["f_smoothed"], equal_nan=True))
 
 
 def main() -> None:
