@@ -13,6 +13,7 @@ ends the whole job (no rank may be left waiting), or raises `RunFailed` in a sin
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.faults import Fault
 from pprs_mpi.graph import Graph, GraphError
 from pprs_mpi.placement import measure_costs
-from pprs_mpi.problems import Problem, spec_for
+from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
 from pprs_mpi.schedule import Schedule, build as build_schedule, ideal_makespan
 from pprs_mpi.signals import StopOnSignal
@@ -195,21 +196,15 @@ def build_problem(cfg: dict) -> Problem:
     except GraphError as err:
         raise ConfigError(str(err)) from None
     except Exception as err:  # noqa: BLE001 — a builder's own error, in one line naming it
-        if spec.reference in _builtin_names():
+        if spec.reference in registry():
             raise ConfigError(f"problem {spec.reference!r}: {err}") from None
         raise ConfigError(f"problem {spec.reference!r}: the builder raised "
                           f"{describe_error(err, spec.reference.rpartition(':')[0])}") from None
 
 
-def _builtin_names() -> set[str]:
-    from pprs_mpi.problems import registry
-    return set(registry())
-
-
 def _same_graph_everywhere(graph: Graph, comm) -> str:
     """The graph's hash, after checking that every rank built the same graph (structure, op types and
     constants); a mismatch names the first node that differs and the ranks that disagree with rank 0."""
-    import hashlib
     digests = graph.fingerprints()
     whole = hashlib.sha256("".join(f"{name}={d};" for name, d in digests.items()).encode()).hexdigest()
     if comm.size == 1:
