@@ -113,6 +113,7 @@ def test_plans_execute_the_schedules_actions_and_carry_exactly_the_pass_messages
             assert by_id[channel].destination == s and list(mbs) == sorted(mbs) == list(range(M))
         mine = {key for key in needed if by_id[key[0]].destination == s}
         assert {(c, mb) for c, mbs in plan.receives for mb in mbs} == mine
+        check_segments(plan)
 
     labels = {(kind, *(edge or (graph.leaf, None)), mb) for (kind, edge, mb) in
               (label(by_id[c], mb) for c, mb in sent)}
@@ -121,6 +122,40 @@ def test_plans_execute_the_schedules_actions_and_carry_exactly_the_pass_messages
     for channel in {c for c, _ in sent}:  # a channel's messages are sent in increasing microbatch order
         times = [sent[channel, mb] for mb in range(M)]
         assert times == sorted(times)
+
+
+def check_segments(plan):
+    """The segments regroup the plan's steps, each once and in order, and only where nothing from another
+    stage can be needed in between: every step after a segment's first takes its one input (or cotangent)
+    from the step before it, on the same microbatch."""
+    for units, segments in ((plan.units, plan.segments), (plan.evaluation, plan.eval_segments)):
+        grouped = [s for s in segments if s is not None]
+        assert [step for segment in grouped for step in segment.steps] == [step for step in units if step is not None]
+    for unit, segment in enumerate(plan.segments):
+        if segment is not None:
+            assert plan.units[unit] is segment.steps[0] and plan.units[segment.last_unit] is segment.steps[-1]
+    for segment in [s for s in plan.segments if s is not None] + list(plan.eval_segments):
+        for before, step in zip(segment.steps, segment.steps[1:]):
+            assert step.mb == before.mb and isinstance(step, ForwardStep) == segment.forward
+            if segment.forward:
+                assert step.sources == ((LOCAL, before.output),) and not before.sends
+            else:
+                assert before.destinations == step.cotangents and step.cotangents[0][0] == LOCAL
+
+
+def test_a_chain_of_two_nodes_per_stage_runs_as_one_segment_per_microbatch_and_direction():
+    """The README default (lad, depth 8, on 4 ranks): each stage's two layers go forward as one segment and
+    backward as another, so a rank handles 2M segments per pass instead of 4M actions."""
+    from pprs_mpi.problems import build
+    graph = build("lad", depth=8).graph
+    wiring, sampling = Wiring(graph, graph.stages(4)), Sampling(8, 0.01, 0, 1)
+    schedule = build_schedule("gpipe", wiring.stages, {n: graph.parents(n) for n in graph.order}, 8)
+    for stage in range(4):
+        plan = compile_stage(wiring, schedule, sampling, stage)
+        segments = [s for s in plan.segments if s is not None]
+        assert len(segments) == 2 * 8 and all(len(s.steps) == 2 for s in segments)
+        assert [len(s.steps) for s in plan.eval_segments] == [2]
+        check_segments(plan)
 
 
 def test_transport_posts_a_window_of_receives_and_reuses_their_buffers_in_order():

@@ -60,6 +60,17 @@ Step = ForwardStep | BackwardStep
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Consecutive actions of one stage on one microbatch down (or, backward, up) a chain of its own nodes,
+    each the only child of the one before: nothing another stage does can come between them, so a runner
+    executes them as one, in the same order, without the bookkeeping of separate actions."""
+
+    steps: tuple[Step, ...]
+    forward: bool
+    last_unit: int  # the time unit of the last step (gradient pass)
+
+
+@dataclass(frozen=True)
 class RootPlan:
     """Stage 0's extra role: the noisy copies it draws and sends, and the cotangents and values it folds."""
 
@@ -76,6 +87,8 @@ class StagePlan:
     stage: int
     units: tuple[Step | None, ...]  # the gradient pass, one entry per time unit (None: a bubble)
     evaluation: tuple[ForwardStep, ...]  # a forward pass of one point, microbatch `eval_mb`
+    segments: tuple[Segment | None, ...]  # per time unit, the segment that starts there (else None)
+    eval_segments: tuple[Segment, ...]  # the evaluation's steps, grouped the same way
     receives: tuple[tuple[int, tuple[int, ...]], ...]  # gradient pass: (channel, microbatches in order needed)
     eval_receives: tuple[tuple[int, tuple[int, ...]], ...]
     incoming: tuple[Channel, ...]
@@ -129,8 +142,11 @@ class _Compiler:
         units = tuple(None if a is None else self._step(a, readers=self._last_root_readers(timed)) for a in timed)
         evaluation = tuple(self._step(a, readers=self._last_root_readers(self.eval_actions)) for a in self.eval_actions)
         root = self._root_plan() if self.stage == 0 else None
+        segments: list[Segment | None] = [None] * len(units)
+        for first, segment in _segments(units):
+            segments[first] = segment
         return StagePlan(
-            self.stage, units, evaluation,
+            self.stage, units, evaluation, tuple(segments), tuple(segment for _, segment in _segments(evaluation)),
             self._receives([a for a in timed if a is not None], root, range(self.M)),
             self._receives(self.eval_actions, root, [self.M]),
             tuple(c for c in every if c.destination == self.stage),
@@ -220,6 +236,33 @@ class _Compiler:
                 if root.value is not None:
                     order.setdefault(root.value, []).append(mb)
         return tuple((channel, tuple(mbs)) for channel, mbs in order.items())
+
+
+def _segments(steps) -> list[tuple[int, Segment]]:
+    """(first unit, segment) for one stage's steps in time order (None: a bubble); every step is in one segment."""
+    found: list[tuple[int, list, int]] = []  # (first unit, steps, last unit)
+    for unit, step in enumerate(steps):
+        if step is None:
+            continue
+        if found and _continues(found[-1][1][-1], step):
+            found[-1][1].append(step)
+            found[-1] = (found[-1][0], found[-1][1], unit)
+        else:
+            found.append((unit, [step], unit))
+    return [(first, Segment(tuple(chain), chain[0].__class__ is ForwardStep, last)) for first, chain, last in found]
+
+
+def _continues(previous: Step, step: Step) -> bool:
+    """Whether `step` can follow `previous` in one segment: the same microbatch and direction, and the edge
+    between them the step's only way in: forward, its one input is the previous output (which the previous
+    step sends nowhere); backward, its one cotangent is the one the previous step keeps for it."""
+    if step.mb != previous.mb or step.__class__ is not previous.__class__:
+        return False
+    if step.__class__ is ForwardStep:
+        return (step.sources == ((LOCAL, previous.output),) and step.slots is None and not previous.sends
+                and not previous.leaf_value)
+    return (len(previous.destinations) == 1 and previous.destinations[0][0] == LOCAL and previous.slots is None
+            and step.cotangents == previous.destinations)
 
 
 def _roots_by_first_use(schedule: Schedule, graph) -> tuple[tuple[int, int], ...]:

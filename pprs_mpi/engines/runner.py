@@ -38,6 +38,9 @@ class StageRunner:
         self.transport, self.timeline, self.fault = transport, timeline, fault
         self.plan = compile_stage(wiring, schedule, sampling, stage)
         self.eval_mb = sampling.n_microbatches
+        # The units where a segment starts: alone, a rank need not visit the others, since stage 0 draws
+        # before a segment every copy needed up to its end (see RootRole.draw).
+        self._heads = tuple(unit for unit, segment in enumerate(self.plan.segments) if segment is not None)
         self._ops = {step.node: self.graph.op(step.name) for step in self.plan.evaluation}
         self._outputs: list = [None] * self.plan.n_slots
         self._stash: list = [None] * self.plan.n_slots
@@ -55,7 +58,7 @@ class StageRunner:
         if evaluation:
             self.execute_evaluation()
         else:
-            for unit in range(len(self.plan.units)):
+            for unit in self._heads:
                 self.step(unit)
         return self.end(evaluation)
 
@@ -73,25 +76,26 @@ class StageRunner:
             self.root.begin(t, x, evaluation)
 
     def step(self, unit: int) -> None:
-        """Time unit `unit` of a gradient pass: stage 0 first sends out the noisy copies that any stage
-        needs by then, then this stage executes its action (None: a bubble)."""
-        root = self.root
-        if root is not None and root.next_draw <= unit:
-            root.draw(unit, self.timeline)
-        step = self.plan.units[unit]
-        if step is None:
+        """Time unit `unit` of a gradient pass: stage 0 first sends out the noisy copies that any stage needs
+        by the end of the segment starting here, then this stage executes that segment; at the other units
+        of a segment, and in a bubble, it does nothing more."""
+        segment, root = self.plan.segments[unit], self.root
+        until = unit if segment is None else segment.last_unit
+        if root is not None and root.next_draw <= until:
+            root.draw(until, self.timeline)
+        if segment is None:
             return
-        if step.__class__ is ForwardStep:
-            self._forward(step, keep_inputs=True)
+        if segment.forward:
+            self._forward(segment.steps, keep_inputs=True)
         else:
-            self._backward(step)
+            self._backward(segment.steps)
         if root is not None:
             root.fold_arrived()
 
     def execute_evaluation(self) -> None:
         """This stage's forwards of the evaluation point."""
-        for step in self.plan.evaluation:
-            self._forward(step, keep_inputs=False)
+        for segment in self.plan.eval_segments:
+            self._forward(segment.steps, keep_inputs=False)
 
     def end(self, evaluation: bool = False):
         """Completes the pass; stage 0 returns f(x) for an evaluation, else (G_t, the K values f(x_t + γX_k))."""
@@ -106,62 +110,77 @@ class StageRunner:
 
     # -- actions -------------------------------------------------------------------------------
 
-    def _forward(self, step: ForwardStep, keep_inputs: bool) -> None:
-        mb, outputs = step.mb, self._outputs
+    def _forward(self, steps: tuple[ForwardStep, ...], keep_inputs: bool) -> None:
+        """A forward segment: the first step's inputs fetched, then each op applied to the output before it;
+        the last output is sent on."""
+        head, outputs, ops, xp, active = steps[0], self._outputs, self._ops, self.xp, self.timeline.active
+        mb = head.mb
         fetched = []
-        for how, where in step.sources:
+        for how, where in head.sources:
             if how == RECV:
                 fetched.append(self.transport.recv(where, mb))
             else:
                 fetched.append(outputs[where])
                 if how == ROOT_TAKE:  # the last local reader of this noisy copy
                     outputs[where] = None
-        inputs = fetched if step.slots is None else [fetched[i] for i in step.slots]
-        start = time.perf_counter()
-        output = self._ops[step.node].forward(self.xp, *inputs)
-        self._record(mb, FORWARD_PHASE, step.node, start)
-        if self._checking:
-            self._check(output, step.shape, step, "forward returned shape {actual}, expected {expected} "
-                        f"({self._destinations(step.name)})")
-        outputs[step.output] = output
+        inputs = fetched if head.slots is None else [fetched[i] for i in head.slots]
+        for step in steps:
+            start = time.perf_counter()
+            output = ops[step.node].forward(xp, *inputs)
+            if active:
+                self._record(mb, FORWARD_PHASE, step.node, start)
+            if self._checking:
+                self._check(output, step.shape, step, "forward returned shape {actual}, expected {expected} "
+                            f"({self._destinations(step.name)})")
+            outputs[step.output] = output
+            if keep_inputs:
+                self._stash[step.output] = inputs
+            inputs = [output]
         if keep_inputs:
-            self._stash[step.output] = inputs
-            self._live += 1
+            self._live += len(steps)
             if self._live > self.peak_stash:
                 self.peak_stash = self._live
         if step.sends:
-            contiguous = self.xp.ascontiguousarray(output)
+            contiguous = xp.ascontiguousarray(output)
             for channel in step.sends:
                 self.transport.send(channel, mb, contiguous)
         if step.leaf_value:
             self.root.values[mb] = output
 
-    def _backward(self, step: BackwardStep) -> None:
-        mb, slot = step.mb, step.output
-        output, self._outputs[slot] = self._outputs[slot], None
-        cotangent = (_sum_arrived(step.cotangents, mb, self.transport, self._cotangents) if step.cotangents
-                     else self.xp.ones_like(output))
-        inputs, self._stash[slot] = self._stash[slot], None
-        self._live -= 1
-        start = time.perf_counter()
-        grads = self._ops[step.node].vjp(self.xp, inputs, output, cotangent)
-        self._record(mb, BACKWARD_PHASE, step.node, start)
-        if self._checking:
-            self._check_cotangents(step, grads)
+    def _backward(self, steps: tuple[BackwardStep, ...]) -> None:
+        """A backward segment: the first step's cotangent summed from its children, each VJP's cotangent
+        handed straight to the next step, the last step's sent or kept for their parents."""
+        head, outputs, stash, ops, xp, active = steps[0], self._outputs, self._stash, self._ops, self.xp, \
+            self.timeline.active
+        mb = head.mb
+        cotangent = _sum_arrived(head.cotangents, mb, self.transport, self._cotangents) if head.cotangents else None
+        for step in steps:
+            slot = step.output
+            output, outputs[slot] = outputs[slot], None
+            if cotangent is None:  # the leaf
+                cotangent = xp.ones_like(output)
+            inputs, stash[slot] = stash[slot], None
+            start = time.perf_counter()
+            grads = ops[step.node].vjp(xp, inputs, output, cotangent)
+            if active:
+                self._record(mb, BACKWARD_PHASE, step.node, start)
+            if self._checking:
+                self._check_cotangents(step, grads)
+            cotangent = grads[0]
+        self._live -= len(steps)
         per_parent = grads if step.slots is None else _sum_by_parent(step.slots, len(step.destinations), grads)
         for (how, where), grad in zip(step.destinations, per_parent):
             if how == SEND:
-                self.transport.send(where, mb, self.xp.ascontiguousarray(grad))
+                self.transport.send(where, mb, xp.ascontiguousarray(grad))
             else:
                 self._cotangents[where] = grad
 
     def _record(self, mb: int, phase: int, node: int, start: float) -> None:
-        """Records an action that began at `start`; on a GPU its kernels are waited for first, since
-        they run asynchronously and the launch alone would look nearly free (only in recorded iterations)."""
-        if self.timeline.active:
-            if self._on_gpu:
-                self.backend.synchronize()
-            self.timeline.record(mb, phase, node, start, time.perf_counter())
+        """Records an action that began at `start` (in a recorded iteration); on a GPU its kernels are waited
+        for first, since they run asynchronously and the launch alone would look nearly free."""
+        if self._on_gpu:
+            self.backend.synchronize()
+        self.timeline.record(mb, phase, node, start, time.perf_counter())
 
     # -- shape checks (first pass of each kind) ---------------------------------------------------
 
@@ -217,7 +236,8 @@ class RootRole:
 
         Drawn when first needed rather than all at the start of the pass, so that stage 0 keeps only
         the copies in use (1F1B: ~depth of them) and the first forward starts at once. Deadlock-free:
-        a copy is sent before stage 0 executes any action of its first-use time unit or later.
+        a copy is sent before stage 0 executes any action of its first-use time unit or later (stage 0
+        draws up to the end of each segment before executing it, and the rest when the pass ends).
         """
         draws, drawn = self.plan.draws, self._drawn
         while self._drawn < len(draws) and draws[self._drawn][0] <= until:

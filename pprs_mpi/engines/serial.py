@@ -26,9 +26,9 @@ class SerialEngine:
         self.runners = [StageRunner(wiring, schedule, s, sampling, backend, transport, self.timelines[s], fault)
                         for s in range(len(wiring.stages))]
         # Unit after unit, stage after stage: stage 0 at every unit (it draws noisy copies), the others
-        # where they have an action.
+        # where a segment of their actions starts.
         self._steps = [(runner.step, unit) for unit in range(schedule.makespan) for runner in self.runners
-                       if runner.stage == 0 or runner.plan.units[unit] is not None]
+                       if runner.stage == 0 or runner.plan.segments[unit] is not None]
 
     def gradient(self, x, t: int):
         """(G_t, sample values) for iterate x_t at iteration t."""
