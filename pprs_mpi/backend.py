@@ -112,8 +112,10 @@ class Staging:
     synchronised) or a `PinnedStaging` (through pinned host buffers), as pathlib's `Path` gives a
     `PosixPath`.
 
-    Message buffers come from a pool and go back to it as soon as MPI is done with them, so a rank
-    holds as many buffers as it has messages in flight, not one per message of a pass.
+    Receive buffers are allocated once per channel by the transport, which reuses them message after
+    message; the pinned buffers of outgoing messages come from a pool and go back to it as soon as MPI
+    is done with them. So a rank holds as many buffers as it has messages in flight, not one per
+    message of a pass.
     """
 
     path = ""  # the path's name, shown in the banner and the trace
@@ -125,16 +127,16 @@ class Staging:
 
     def __init__(self, backend: Backend, cuda_aware: bool = False):
         self.backend, self.cuda_aware = backend, cuda_aware
-        self._free: dict = {}  # shape -> buffers ready for reuse
+        self._free: dict = {}  # shape -> outgoing buffers ready for reuse
         self.allocated_bytes = 0
 
     def receive_buffer(self, shape):
-        """A buffer for an Irecv to write into (host memory, but on the direct path)."""
-        return self._take(shape, lambda: self.backend.host_empty(shape))
+        """A new buffer for receives to write into (host memory, but on the direct path)."""
+        return self._counted(self.backend.host_empty(shape))
 
     def incoming(self, buffer):
-        """The received data as an array of this backend that owns its memory; `buffer` goes back to
-        the pool, after the device has finished copying out of it (MPI may write there next)."""
+        """The received data as an array of this backend that owns its memory, copied out of `buffer`
+        (where MPI writes the next message) once the device has finished copying."""
         raise NotImplementedError
 
     def outgoing(self, array):
@@ -144,27 +146,18 @@ class Staging:
     def sent(self, buffer) -> None:
         """MPI has finished sending `buffer` (what `outgoing` returned)."""
 
-    def _give(self, buffer) -> None:
-        self._free.setdefault(buffer.shape, []).append(buffer)
-
-    def _take(self, shape, allocate):
-        free = self._free.get(tuple(shape))
-        if free:
-            return free.pop()
-        buffer = allocate()
+    def _counted(self, buffer):
         self.allocated_bytes += buffer.nbytes
         return buffer
 
 
 class HostStaging(Staging):
-    """NumPy ranks: arrays are sent as they are; a received buffer is copied out and reused."""
+    """NumPy ranks: arrays are sent as they are; a received buffer is copied out."""
 
     path = "host"
 
     def incoming(self, buffer):
-        array = buffer.copy()
-        self._give(buffer)
-        return array
+        return buffer.copy()
 
     def outgoing(self, array):
         return array
@@ -176,19 +169,15 @@ class DirectStaging(Staging):
     path = "direct"
 
     def receive_buffer(self, shape):
-        return self._take(shape, lambda: self._device_buffer(shape))
-
-    def _device_buffer(self, shape):
         """A new device buffer for MPI to write into. CuPy's pool may hand out memory that a queued
         kernel still reads (safe within one stream, but MPI writes outside it), so wait for the stream."""
         buffer = self.backend.xp.empty(shape, dtype=self.backend.dtype)
         self.backend.synchronize()
-        return buffer
+        return self._counted(buffer)
 
     def incoming(self, buffer):
         array = buffer.copy()
         self.backend.synchronize()
-        self._give(buffer)
         return array
 
     def outgoing(self, array):
@@ -197,22 +186,24 @@ class DirectStaging(Staging):
 
 
 class PinnedStaging(Staging):
-    """GPU ranks with an MPI that reads host memory only: through pinned host buffers, pooled."""
+    """GPU ranks with an MPI that reads host memory only: through pinned host buffers, those of
+    outgoing messages pooled."""
 
     path = "staged"
 
     def incoming(self, buffer):
         array = self.backend.asarray(buffer)
         self.backend.synchronize()
-        self._give(buffer)
         return array
 
     def outgoing(self, array):
         self.backend.synchronize()
-        return self.backend.to_host(array, out=self._take(array.shape, lambda: self.backend.host_empty(array.shape)))
+        free = self._free.get(array.shape)
+        buffer = free.pop() if free else self._counted(self.backend.host_empty(array.shape))
+        return self.backend.to_host(array, out=buffer)
 
     def sent(self, buffer) -> None:
-        self._give(buffer)
+        self._free.setdefault(buffer.shape, []).append(buffer)
 
 
 def _cupy_devices():

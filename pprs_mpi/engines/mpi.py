@@ -3,13 +3,14 @@
 Deadlock freedom. Every rank executes its own row of a *legal* schedule in time order, so each
 message it waits for is produced by an action of another rank at a strictly earlier time unit.
 Sends never block (`Isend`, completed only at the end of the pass) and every receive is posted
-(`Irecv`, tag unique to (channel, microbatch)) at the latest when it is waited for. By
+(a persistent receive started, tag unique to the channel, matched in order) at the latest when it is
+waited for. By
 induction on the time unit, the earliest action not yet done always has its inputs delivered,
 so every rank finishes the pass, whatever the DAG and the placement.
 
 Memory. Receives are posted RECEIVE_WINDOW messages ahead per channel, in the order the rank
-needs them (the stage's plan lists them), into pooled buffers that are copied out and reused at
-once; completed sends (in any order) release their buffers as the pass goes, and rank 0 draws each
+needs them (the stage's plan lists them), into the channel's own ring of buffers, allocated once,
+copied out and reused at once; completed sends (in any order) release their buffers as the pass goes, and rank 0 draws each
 noisy copy when it is first needed and adds in root cotangents as they arrive. So a rank's message
 buffers and pending sends do not grow with K, and under 1F1B the activations a rank keeps are
 bounded by the depth.
@@ -30,6 +31,7 @@ and marks the trace failed, if rank 0 still runs Python code.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -50,7 +52,7 @@ from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline
 from pprs_mpi.schedule import Schedule
 
-FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per (channel, microbatch)
+FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per channel
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
 TRACE_WRITE_SECONDS = 60.0  # how long one commit of rank 0's trace may take between passes
@@ -62,7 +64,6 @@ _rank0_process: tuple[str, int] | None = None  # rank 0's (host, pid), set by th
 RECEIVE_WINDOW = 4  # receives posted ahead per channel: transfers overlap compute, memory stays bounded
 FIRST_REAP = 8  # pending sends before completed ones are first looked for; then twice those still pending
 YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
-_DONE = None  # in place of a request that `arrived` found complete
 
 
 class RemoteFailure(RuntimeError):
@@ -126,21 +127,25 @@ class Poller:
 
 
 class _Inbox:
-    """One incoming channel's receives for the pass: the microbatches expected, in the order needed, and
-    those posted (at most RECEIVE_WINDOW), oldest first."""
+    """One incoming channel: its ring of persistent receives (at most RECEIVE_WINDOW buffers, allocated once),
+    and for the pass the microbatches expected, in the order needed, and those posted, oldest first."""
 
-    __slots__ = ("channel", "tag", "queue", "next", "posted")
+    __slots__ = ("channel", "queue", "next", "posted", "free", "head_done")
 
-    def __init__(self, channel: Channel, tag: int):
-        self.channel, self.tag, self.queue, self.next, self.posted = channel, tag, (), 0, deque()
+    def __init__(self, channel: Channel, ring: list):
+        self.channel, self.queue, self.next, self.posted = channel, (), 0, deque()
+        self.free = deque(ring)  # (persistent request, buffer) pairs not posted
+        self.head_done = False  # the oldest posted receive was found complete by `arrived`
 
 
 class MpiTransport:
-    """Point-to-point messages of one rank: receives posted a window ahead per channel into pooled buffers,
-    sends non-blocking, their buffers released as they complete and all completed by the end of the pass.
+    """Point-to-point messages of one rank: each incoming channel receives through a ring of persistent
+    requests and buffers made once (Recv_init, then Start per message), a window ahead; sends are non-blocking,
+    their buffers released as they complete and all completed by the end of the pass.
 
-    A message's tag is its channel's base tag plus its microbatch, so ranks agree on tags without talking;
-    each channel's messages are received in increasing microbatch order (the plan's tests check it).
+    A message's tag is its channel's: MPI delivers the messages of one sender and tag in the order they were
+    sent, into the receives in the order they were posted, and each channel's messages are sent and received
+    in increasing microbatch order (the plan's tests check it).
     """
 
     def __init__(self, comm, channels: list[Channel], sampling: Sampling, staging: Staging, timeline: Timeline,
@@ -148,22 +153,28 @@ class MpiTransport:
         self.comm, self.staging, self.timeline, self.poller = comm, staging, timeline, poller
         M = sampling.n_microbatches
         self._rows = [len(sampling.samples(mb)) for mb in range(M)] + [1]  # the evaluation microbatch: one point
-        slots, size = M + 1, 1 + max((c.id for c in channels), default=0)
-        largest = FIRST_DATA_TAG + size * slots
-        if largest > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only, valid for all
-            raise ValueError(f"too many messages per pass ({largest}) for this MPI's tag range")
+        size = 1 + max((c.id for c in channels), default=0)
+        if FIRST_DATA_TAG + size > MPI.COMM_WORLD.Get_attr(MPI.TAG_UB):  # an attribute of COMM_WORLD only
+            raise ValueError(f"too many channels ({size}) for this MPI's tag range")
         self._inboxes: list = [None] * size
-        self._outboxes: list = [None] * size  # channel -> (destination, base tag)
+        self._outboxes: list = [None] * size  # channel -> (destination, tag)
         for c in channels:
             if c.destination == comm.rank:
-                self._inboxes[c.id] = _Inbox(c, FIRST_DATA_TAG + c.id * slots)
+                ring = [self._persistent_receive(c, max(self._rows)) for _ in range(min(RECEIVE_WINDOW, M))]
+                self._inboxes[c.id] = _Inbox(c, ring)
             if c.source == comm.rank:
-                self._outboxes[c.id] = (c.destination, FIRST_DATA_TAG + c.id * slots)
+                self._outboxes[c.id] = (c.destination, FIRST_DATA_TAG + c.id)
         self._send_requests: list = []
         self._send_buffers: list = []
         self._send_bytes, self.peak_send_bytes, self._reap_at = 0, 0, FIRST_REAP
         self.checking = True  # whether this pass's receives are checked against their shapes
         self._status, self._datatype = MPI.Status(), from_numpy_dtype(staging.backend.dtype)
+
+    def _persistent_receive(self, channel: Channel, rows: int) -> tuple:
+        """A buffer for `rows` samples of the channel and a persistent receive into it (a message may fill
+        fewer rows: the evaluation point's, or a last microbatch's)."""
+        buffer = self.staging.receive_buffer((rows, *channel.shape))
+        return self.comm.Recv_init(buffer, source=channel.source, tag=FIRST_DATA_TAG + channel.id), buffer
 
     def expect(self, receives, check_shapes: bool = True) -> None:
         """This pass's receives, (channel, microbatches in the order needed) pairs: the first of each
@@ -172,7 +183,7 @@ class MpiTransport:
         for channel, mbs in receives:
             inbox = self._inboxes[channel]
             inbox.queue, inbox.next = mbs, 0
-            for _ in range(min(RECEIVE_WINDOW, len(mbs))):
+            for _ in range(min(len(inbox.free), len(mbs))):
                 self._post(inbox)
 
     def send(self, channel: int, mb: int, array) -> None:
@@ -180,7 +191,7 @@ class MpiTransport:
             self._release_completed_sends()
         destination, tag = self._outboxes[channel]
         buffer = self.staging.outgoing(array)
-        self._send_requests.append(self.comm.Isend(buffer, dest=destination, tag=tag + mb))
+        self._send_requests.append(self.comm.Isend(buffer, dest=destination, tag=tag))
         self._send_buffers.append(buffer)
         self._send_bytes += buffer.nbytes
         if self._send_bytes > self.peak_send_bytes:
@@ -189,17 +200,17 @@ class MpiTransport:
     def arrived(self, channel: int, mb: int) -> bool:
         """Whether `recv(channel, mb)` would return without waiting."""
         inbox = self._inboxes[channel]
-        _, request, buffer = self._head(inbox, mb)
-        if request is _DONE:
+        request = self._head(inbox, mb)[1]
+        if inbox.head_done:
             return True
         try:
             if not request.Test(self._status):
                 return False
         except MPI.Exception as err:
-            raise self._named(err, inbox, mb, buffer) from None
+            raise self._named(err, inbox, mb) from None
         if self.checking:  # the completed request keeps no status: checked now, while it is at hand
-            self._check_count(inbox, mb, buffer)
-        inbox.posted[0] = (mb, _DONE, buffer)
+            self._check_count(inbox, mb)
+        inbox.head_done = True
         return True
 
     def recv(self, channel: int, mb: int):
@@ -207,17 +218,21 @@ class MpiTransport:
         _, request, buffer = self._head(inbox, mb)
         inbox.posted.popleft()
         start = time.perf_counter()
-        if request is not _DONE:
+        if inbox.head_done:
+            inbox.head_done = False
+        else:
             try:
                 if not request.Test(self._status):
                     self.poller.wait(request, lambda: self.describe(inbox, mb), status=self._status)
             except MPI.Exception as err:
-                raise self._named(err, inbox, mb, buffer) from None
+                raise self._named(err, inbox, mb) from None
             if self.checking:
-                self._check_count(inbox, mb, buffer)
+                self._check_count(inbox, mb)
         if self.timeline.active:
             self.timeline.record(mb, WAIT_PHASE, -1, start, time.perf_counter())
-        array = self.staging.incoming(buffer)
+        rows = self._rows[mb]
+        array = self.staging.incoming(buffer if rows == buffer.shape[0] else buffer[:rows])
+        inbox.free.append((request, buffer))
         if inbox.next < len(inbox.queue):
             self._post(inbox)
         return array
@@ -253,26 +268,29 @@ class MpiTransport:
     def _post(self, inbox: _Inbox) -> None:
         mb = inbox.queue[inbox.next]
         inbox.next += 1
-        buffer = self.staging.receive_buffer((self._rows[mb], *inbox.channel.shape))
-        request = self.comm.Irecv(buffer, source=inbox.channel.source, tag=inbox.tag + mb)
+        request, buffer = inbox.free.popleft()
+        request.Start()
         inbox.posted.append((mb, request, buffer))
 
-    def _check_count(self, inbox: _Inbox, mb: int, buffer) -> None:
-        """Raises ShapeError unless the message just completed (its status at hand) filled `buffer`
-        exactly: a shorter message would otherwise go unnoticed."""
-        count = self._status.Get_count(self._datatype)
-        if count != buffer.size:
-            raise self._shape_error(inbox, mb, buffer, f"{count} elements")
+    def _check_count(self, inbox: _Inbox, mb: int) -> None:
+        """Raises ShapeError unless the message just completed (its status at hand) has exactly microbatch
+        mb's elements: a shorter message would otherwise go unnoticed."""
+        if self._status.Get_count(self._datatype) != self._expected_size(inbox, mb):
+            raise self._shape_error(inbox, mb, f"{self._status.Get_count(self._datatype)} elements")
 
-    def _named(self, err, inbox: _Inbox, mb: int, buffer) -> Exception:
+    def _named(self, err, inbox: _Inbox, mb: int) -> Exception:
         """MPI's truncation error (a message longer than its buffer) as a ShapeError naming the message."""
         if err.Get_error_class() != MPI.ERR_TRUNCATE:
             return err
-        return self._shape_error(inbox, mb, buffer, "more elements")
+        return self._shape_error(inbox, mb, "more elements")
 
-    def _shape_error(self, inbox: _Inbox, mb: int, buffer, received: str) -> ShapeError:
+    def _expected_size(self, inbox: _Inbox, mb: int) -> int:
+        return self._rows[mb] * math.prod(inbox.channel.shape)
+
+    def _shape_error(self, inbox: _Inbox, mb: int, received: str) -> ShapeError:
+        shape = (self._rows[mb], *inbox.channel.shape)
         return ShapeError(f"rank {self.comm.rank} received {received} as {self.describe(inbox, mb)}, "
-                          f"expected shape {tuple(buffer.shape)} ({buffer.size} elements)")
+                          f"expected shape {shape} ({self._expected_size(inbox, mb)} elements)")
 
 
 class MpiEngine:

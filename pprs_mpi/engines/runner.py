@@ -216,15 +216,16 @@ class RootRole:
                  outputs: list, cotangents: list):
         self.plan, self.sampling, self.backend, self.xp, self.transport = plan, sampling, backend, backend.xp, transport
         self._outputs, self._cotangents = outputs, cotangents
-        self.values: list = [None] * (sampling.n_microbatches + 1)  # the leaf's outputs, when it is on stage 0
+        self._M = sampling.n_microbatches  # the evaluation point's microbatch is M
+        self.values: list = [None] * (self._M + 1)  # the leaf's outputs, when it is on stage 0
         self._noise = noise.Rows(sampling.seed, sampling.microbatch_size, dim)
-        self._samples = [sampling.samples(mb) for mb in range(sampling.n_microbatches)]
+        self._samples = [sampling.samples(mb) for mb in range(self._M)]
         self._drawn = self._folded = 0
         self.next_draw = math.inf
 
     def begin(self, t: int, x, evaluation: bool) -> None:
         if evaluation:
-            self._set(self.plan.eval_slot, self.sampling.n_microbatches, self.xp.reshape(x, (1, -1)))
+            self._set(self.plan.eval_slot, self._M, self.xp.reshape(x, (1, -1)))
             return
         self._x, self._t, self._drawn, self._folded = x, t, 0, 0
         self.next_draw = self.plan.draws[0][0] if self.plan.draws else math.inf  # the unit of the next draw
@@ -266,23 +267,25 @@ class RootRole:
             perturbation = noise.device_perturbations(self.backend, self.sampling.seed, self._t, samples, x.shape[0])
         else:
             perturbation = self.backend.asarray(self._noise.draw(self._t, samples))
-        return x + self.sampling.gamma * perturbation  # x broadcast along the batch axis
+        batch = self.sampling.gamma * perturbation
+        batch += x  # x + γX, broadcast along the batch axis, in one new array (addition commutes bitwise)
+        return batch
 
     def fold_arrived(self) -> None:
         """Adds in, in microbatch order, the root cotangents and sample values already here: consumed as
         they come, they free their senders' and this rank's buffers instead of piling up until the end."""
-        while self._folded < self.sampling.n_microbatches and self._all_arrived(self._folded):
+        while self._folded < self._M and self._all_arrived(self._folded):
             self._fold()
 
     def mean_gradient(self):
         """G_t = (1/K) Σ_k ∇f(x_t + γX_k), summed microbatch by microbatch, and the K sample values."""
         self.draw(until=math.inf)
-        while self._folded < self.sampling.n_microbatches:
+        while self._folded < self._M:
             self._fold()
         return self._gradient_sum / self.sampling.K, np.concatenate(self._values)
 
     def evaluation_value(self) -> float:
-        return float(self.backend.to_host(self._value(self.sampling.n_microbatches))[0])
+        return float(self.backend.to_host(self._value(self._M))[0])
 
     def _fold(self) -> None:
         mb, self._folded = self._folded, self._folded + 1
