@@ -3,17 +3,16 @@
 Deadlock freedom. Every rank executes its own row of a *legal* schedule in time order, so each
 message it waits for is produced by an action of another rank at a strictly earlier time unit.
 Sends never block (`Isend`, completed only at the end of the pass) and every receive is posted
-(a persistent receive started, tag unique to the channel, matched in order) at the latest when it is
-waited for. By
-induction on the time unit, the earliest action not yet done always has its inputs delivered,
-so every rank finishes the pass, whatever the DAG and the placement.
+(a persistent receive started; one tag per channel, matched in order) at the latest when it is
+waited for. By induction on the time unit, the earliest action not yet done always has its inputs
+delivered, so every rank finishes the pass, whatever the DAG and the placement.
 
 Memory. Receives are posted RECEIVE_WINDOW messages ahead per channel, in the order the rank
 needs them (the stage's plan lists them), into the channel's own ring of buffers, allocated once,
-copied out and reused at once; completed sends (in any order) release their buffers as the pass goes, and rank 0 draws each
-noisy copy when it is first needed and adds in root cotangents as they arrive. So a rank's message
-buffers and pending sends do not grow with K, and under 1F1B the activations a rank keeps are
-bounded by the depth.
+copied out and reused at once; completed sends (in any order) release their buffers as the pass
+goes, and rank 0 draws each noisy copy when it is first needed and adds in root cotangents as they
+arrive. So a rank's message buffers and pending sends do not grow with K, and under 1F1B the
+activations a rank keeps are bounded by the depth.
 
 Shapes. On the first pass of each kind, every message's element count (from its MPI status) is
 checked against the shape the receiver's graph gives it, and a longer one's truncation error is
