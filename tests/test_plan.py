@@ -158,17 +158,23 @@ def test_a_chain_of_two_nodes_per_stage_runs_as_one_segment_per_microbatch_and_d
         check_segments(plan)
 
 
-def test_transport_posts_a_window_of_receives_and_reuses_their_buffers_in_order():
-    """Ported from tests/test_backend.py when messages became (channel, microbatch) pairs: a channel whose
-    both ends are this rank, on COMM_SELF."""
+def self_transport(K: int):
+    """An MPI transport with one channel whose both ends are this rank, on its own copy of COMM_SELF (no
+    receive left posted by another test can match its messages), and its staging."""
     from mpi4py import MPI
-    from pprs_mpi.engines.mpi import RECEIVE_WINDOW, MpiTransport, Poller
+    from pprs_mpi.engines.mpi import MpiTransport, Poller
     from pprs_mpi.engines.plan import Channel
     from pprs_mpi.engines.timeline import Timeline
     staging = Staging(select("cpu"), cuda_aware=False)
     channel = Channel(0, 0, 0, (2,), "the activation of edge 'a' -> 'b'")
-    transport = MpiTransport(MPI.COMM_SELF, [channel], Sampling(6, 0.1, 0, 1), staging, Timeline(0),
-                             Poller(MPI.COMM_SELF, 10.0))
+    comm = MPI.COMM_SELF.Dup()
+    return MpiTransport(comm, [channel], Sampling(K, 0.1, 0, 1), staging, Timeline(0), Poller(comm, 10.0)), staging
+
+
+def test_transport_posts_a_window_of_receives_and_reuses_their_buffers_in_order():
+    """Ported from tests/test_backend.py when messages became (channel, microbatch) pairs."""
+    from pprs_mpi.engines.mpi import RECEIVE_WINDOW
+    transport, staging = self_transport(6)
     transport.expect([(0, tuple(range(6)))])
     assert staging.allocated_bytes == RECEIVE_WINDOW * 16  # 4 receives of 2 doubles posted, not 6
     for mb in range(6):
@@ -181,3 +187,17 @@ def test_transport_posts_a_window_of_receives_and_reuses_their_buffers_in_order(
     transport.send(0, 1, np.ones((1, 2)))
     with pytest.raises(RuntimeError, match=r"edge 'a' -> 'b' \(microbatch 1.*out of its channel's order"):
         transport.recv(0, 1)
+
+
+def test_transport_frees_its_persistent_receives_when_closed():
+    from mpi4py import MPI
+    transport, _ = self_transport(3)
+    requests = [request for request, _ in transport._inboxes[0].free]
+    transport.expect([(0, (0, 1, 2))])
+    for mb in range(3):
+        transport.send(0, mb, np.full((1, 2), float(mb)))
+    assert [transport.recv(0, mb)[0, 0] for mb in range(3)] == [0.0, 1.0, 2.0]
+    transport.complete_sends()
+    assert len(requests) == 3 and all(request != MPI.REQUEST_NULL for request in requests)
+    transport.close()
+    assert all(request == MPI.REQUEST_NULL for request in requests)

@@ -236,6 +236,13 @@ class MpiTransport:
             self._post(inbox)
         return array
 
+    def close(self) -> None:
+        """Frees the persistent receives (all inactive between passes): the engine has stopped."""
+        for inbox in filter(None, self._inboxes):
+            for request, _ in inbox.free:
+                request.Free()
+            inbox.free.clear()
+
     def complete_sends(self) -> None:
         for request in self._send_requests:
             self.poller.wait(request, lambda: "its own sends to complete")
@@ -327,12 +334,14 @@ class MpiEngine:
 
     def stop(self) -> None:
         self._command(STOP, 0)
+        self.transport.close()
 
     def serve(self) -> None:
         """The loop of a rank other than 0: execute rank 0's commands until it says stop."""
         while True:
             command, t = self._command()
             if command == STOP:
+                self.transport.close()
                 return
             if command == GATHER:
                 self.comm.gather(self._report(), root=0)
