@@ -127,7 +127,6 @@ class Staging:
 
     def __init__(self, backend: Backend, cuda_aware: bool = False):
         self.backend, self.cuda_aware = backend, cuda_aware
-        self._free: dict = {}  # shape -> outgoing buffers ready for reuse
         self.allocated_bytes = 0
 
     def receive_buffer(self, shape):
@@ -190,6 +189,10 @@ class PinnedStaging(Staging):
     outgoing messages pooled."""
 
     path = "staged"
+
+    def __init__(self, backend: Backend, cuda_aware: bool = False):
+        super().__init__(backend, cuda_aware)
+        self._free: dict = {}  # shape -> outgoing buffers ready for reuse
 
     def incoming(self, buffer):
         array = self.backend.asarray(buffer)

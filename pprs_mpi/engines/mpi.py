@@ -281,8 +281,9 @@ class MpiTransport:
     def _check_count(self, inbox: _Inbox, mb: int) -> None:
         """Raises ShapeError unless the message just completed (its status at hand) has exactly microbatch
         mb's elements: a shorter message would otherwise go unnoticed."""
-        if self._status.Get_count(self._datatype) != self._expected_size(inbox, mb):
-            raise self._shape_error(inbox, mb, f"{self._status.Get_count(self._datatype)} elements")
+        count = self._status.Get_count(self._datatype)
+        if count != self._expected_size(inbox, mb):
+            raise self._shape_error(inbox, mb, f"{count} elements")
 
     def _named(self, err, inbox: _Inbox, mb: int) -> Exception:
         """MPI's truncation error (a message longer than its buffer) as a ShapeError naming the message."""

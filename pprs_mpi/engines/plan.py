@@ -240,15 +240,15 @@ class _Compiler:
 
 def _segments(steps) -> list[tuple[int, Segment]]:
     """(first unit, segment) for one stage's steps in time order (None: a bubble); every step is in one segment."""
-    found: list[tuple[int, list, int]] = []  # (first unit, steps, last unit)
+    found: list[list] = []  # [first unit, steps, last unit]
     for unit, step in enumerate(steps):
         if step is None:
             continue
         if found and _continues(found[-1][1][-1], step):
             found[-1][1].append(step)
-            found[-1] = (found[-1][0], found[-1][1], unit)
+            found[-1][2] = unit
         else:
-            found.append((unit, [step], unit))
+            found.append([unit, [step], unit])
     return [(first, Segment(tuple(chain), chain[0].__class__ is ForwardStep, last)) for first, chain, last in found]
 
 

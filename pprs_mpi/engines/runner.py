@@ -150,9 +150,8 @@ class StageRunner:
     def _backward(self, steps: tuple[BackwardStep, ...]) -> None:
         """A backward segment: the first step's cotangent summed from its children, each VJP's cotangent
         handed straight to the next step, the last step's sent or kept for their parents."""
-        head, outputs, stash, ops, xp, active = steps[0], self._outputs, self._stash, self._ops, self.xp, \
-            self.timeline.active
-        mb = head.mb
+        head, outputs, stash, ops, xp = steps[0], self._outputs, self._stash, self._ops, self.xp
+        mb, active = head.mb, self.timeline.active
         cotangent = _sum_arrived(head.cotangents, mb, self.transport, self._cotangents) if head.cotangents else None
         for step in steps:
             slot = step.output
