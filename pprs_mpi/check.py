@@ -3,9 +3,10 @@
     python -m pprs_mpi.check my_graph.py:build [--problem-arg NAME=VALUE ...]   # or a built-in name
     pprs_mpi.check_gradients(graph_or_problem_or_op, ...)
 
-Each node is checked where the engines call it: `op.forward(numpy, *inputs)` and `op.vjp(numpy, inputs,
-output, cotangent)` on a batch of inputs, here the values its parents take when random points
-θ = x0 + scale·N(0, I) flow through the graph. The VJP must agree with central differences of
+Each node is checked as the engines call it: `op.forward_with_residuals(numpy, *inputs)` and
+`op.vjp_with_residuals(numpy, residuals, output, cotangent)` (by default `forward` and `vjp`) on a
+batch of inputs, here the values its parents take when random points θ = x0 + scale·N(0, I) flow
+through the graph; `op.forward` (the evaluation passes') must give the same output. The VJP must agree with central differences of
 ⟨cotangent, forward⟩ (along every input entry for small inputs, along random directions otherwise),
 and the op must keep its contract: an output of the declared shape and of its inputs' dtype (float64
 and float32), one cotangent per input of that input's shape, no input changed. A node fails when the
@@ -115,15 +116,17 @@ def check_op(op: Op, inputs: list[np.ndarray], cotangent=None, rng=None, declare
     inputs = [np.asarray(x, dtype=np.float64) for x in inputs]
     before = [x.copy() for x in inputs]
     declared = tuple(op.output_shape(*(x.shape[1:] for x in inputs))) if declared is None else tuple(declared)
-    output = op.forward(np, *inputs)
+    output, residuals = op.forward_with_residuals(np, *inputs)  # the gradient passes' pair, as the engines call it
     broken = _contract(op, inputs, output, declared)
     if broken:
         return [], broken
     if not np.all(np.isfinite(output)):
         return [], "forward gave non-finite values at the test point"
+    if not np.array_equal(op.forward(np, *inputs), output):
+        return [], "forward and forward_with_residuals give different outputs (evaluation and gradient passes differ)"
     cotangent = rng.standard_normal(output.shape) if cotangent is None else cotangent
     kept = (output.copy(), np.array(cotangent, copy=True))
-    grads = op.vjp(np, inputs, output, cotangent)
+    grads = op.vjp_with_residuals(np, residuals, output, cotangent)
     broken = _vjp_contract(inputs, grads, "float64")
     if not broken and not all(np.array_equal(a, b, equal_nan=True) for a, b in zip(before, inputs)):
         broken = "changed one of its inputs in place (ops must be pure)"
@@ -161,11 +164,11 @@ def _vjp_contract(inputs, grads, dtype: str) -> str:
 def _float32_contract(op: Op, inputs, declared) -> str:
     """The same contract in float32 (the engines' --dtype float32)."""
     single = [x.astype(np.float32) for x in inputs]
-    output = op.forward(np, *single)
+    output, residuals = op.forward_with_residuals(np, *single)
     broken = _contract(op, single, output, declared)
     if broken:
         return "in float32: " + broken
-    broken = _vjp_contract(single, op.vjp(np, single, output, np.ones_like(output)), "float32")
+    broken = _vjp_contract(single, op.vjp_with_residuals(np, residuals, output, np.ones_like(output)), "float32")
     return "in float32: " + broken if broken else ""
 
 

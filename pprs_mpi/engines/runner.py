@@ -45,7 +45,7 @@ class StageRunner:
         self._outputs: list = [None] * self.plan.n_slots
         self._stash: list = [None] * self.plan.n_slots
         self._cotangents: list = [None] * self.plan.n_cotangent_slots
-        self._live, self.peak_stash = 0, 0  # (node, microbatch) inputs kept for a backward: GPipe K, 1F1B ~depth
+        self._live, self.peak_stash = 0, 0  # (node, microbatch) residuals kept for a backward: GPipe K, 1F1B ~depth
         self._unchecked, self._checking = {False, True}, True  # pass kinds whose shapes are still to be checked
         self.root = None if stage != 0 else RootRole(self.plan.root, self.graph.dim, sampling, backend, transport,
                                                      self._outputs, self._cotangents)
@@ -86,7 +86,7 @@ class StageRunner:
         if segment is None:
             return
         if segment.forward:
-            self._forward(segment.steps, keep_inputs=True)
+            self._forward(segment.steps, keep_residuals=True)
         else:
             self._backward(segment.steps)
         if root is not None:
@@ -95,7 +95,7 @@ class StageRunner:
     def execute_evaluation(self) -> None:
         """This stage's forwards of the evaluation point."""
         for segment in self.plan.eval_segments:
-            self._forward(segment.steps, keep_inputs=False)
+            self._forward(segment.steps, keep_residuals=False)
 
     def end(self, evaluation: bool = False):
         """Completes the pass; stage 0 returns f(x) for an evaluation, else (G_t, the K values f(x_t + γX_k))."""
@@ -110,7 +110,7 @@ class StageRunner:
 
     # -- actions -------------------------------------------------------------------------------
 
-    def _forward(self, steps: tuple[ForwardStep, ...], keep_inputs: bool) -> None:
+    def _forward(self, steps: tuple[ForwardStep, ...], keep_residuals: bool) -> None:
         """A forward segment: the first step's inputs fetched, then each op applied to the output before it;
         the last output is sent on."""
         head, outputs, ops, xp, active = steps[0], self._outputs, self._ops, self.xp, self.timeline.active
@@ -126,17 +126,18 @@ class StageRunner:
         inputs = fetched if head.slots is None else [fetched[i] for i in head.slots]
         for step in steps:
             start = time.perf_counter()
-            output = ops[step.node].forward(xp, *inputs)
+            if keep_residuals:  # a gradient pass: what the VJP will need (by default the inputs) is kept
+                output, self._stash[step.output] = ops[step.node].forward_with_residuals(xp, *inputs)
+            else:
+                output = ops[step.node].forward(xp, *inputs)
             if active:
                 self._record(mb, FORWARD_PHASE, step.node, start)
             if self._checking:
                 self._check(output, step.shape, step, "forward returned shape {actual}, expected {expected} "
                             f"({self._destinations(step.name)})")
             outputs[step.output] = output
-            if keep_inputs:
-                self._stash[step.output] = inputs
             inputs = [output]
-        if keep_inputs:
+        if keep_residuals:
             self._live += len(steps)
             if self._live > self.peak_stash:
                 self.peak_stash = self._live
@@ -158,9 +159,9 @@ class StageRunner:
             output, outputs[slot] = outputs[slot], None
             if cotangent is None:  # the leaf
                 cotangent = xp.ones_like(output)
-            inputs, stash[slot] = stash[slot], None
+            residuals, stash[slot] = stash[slot], None
             start = time.perf_counter()
-            grads = ops[step.node].vjp(xp, inputs, output, cotangent)
+            grads = ops[step.node].vjp_with_residuals(xp, residuals, output, cotangent)
             if active:
                 self._record(mb, BACKWARD_PHASE, step.node, start)
             if self._checking:

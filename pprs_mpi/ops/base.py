@@ -15,6 +15,11 @@ class Op:
     input, for the cotangent of the output. `xp` is the array module (numpy or cupy), so one code
     path serves both. Constants (weights, anchors, labels) live in the op as NumPy arrays and are
     moved to `xp` once through `const`.
+
+    The gradient passes call the pair `forward_with_residuals` / `vjp_with_residuals`: the engine keeps
+    whatever the first returns (by default the inputs) with the microbatch until its backward. An op whose
+    VJP needs its forward's intermediate values (an autodiff tape) overrides both, so that it never runs
+    its forward twice; `forward` alone serves the evaluation passes, which keep nothing.
     """
 
     #: Relative cost of one forward or backward on one microbatch, used to balance stages.
@@ -29,6 +34,14 @@ class Op:
 
     def vjp(self, xp, inputs, output, cotangent):
         raise NotImplementedError
+
+    def forward_with_residuals(self, xp, *inputs):
+        """(output, residuals): the forward, and what `vjp_with_residuals` will need; by default the inputs."""
+        return self.forward(xp, *inputs), inputs
+
+    def vjp_with_residuals(self, xp, residuals, output, cotangent):
+        """The VJP from what `forward_with_residuals` kept; by default `vjp` on the kept inputs."""
+        return self.vjp(xp, residuals, output, cotangent)
 
     @property
     def arity(self) -> int | None:
