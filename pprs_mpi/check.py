@@ -6,8 +6,9 @@
 Each node is checked as the engines call it: `op.forward_with_residuals(numpy, *inputs)` and
 `op.vjp_with_residuals(numpy, residuals, output, cotangent)` (by default `forward` and `vjp`) on a
 batch of inputs, here the values its parents take when random points θ = x0 + scale·N(0, I) flow
-through the graph; `op.forward` (the evaluation passes') must give the same output. The VJP must agree with central differences of
-⟨cotangent, forward⟩ (along every input entry for small inputs, along random directions otherwise),
+through the graph; `op.forward` (the evaluation passes') must give the same output. The VJP must
+agree with central differences of ⟨cotangent, forward⟩ (along every input entry for small inputs,
+along random directions otherwise),
 and the op must keep its contract: an output of the declared shape and of its inputs' dtype (float64
 and float32), one cotangent per input of that input's shape, no input changed. A node fails when the
 median error over the points exceeds `rtol`, so that one point landing on a kink does not fail it.
@@ -123,7 +124,7 @@ def check_op(op: Op, inputs: list[np.ndarray], cotangent=None, rng=None, declare
     if not np.all(np.isfinite(output)):
         return [], "forward gave non-finite values at the test point"
     if not np.array_equal(op.forward(np, *inputs), output):
-        return [], "forward and forward_with_residuals give different outputs (evaluation and gradient passes differ)"
+        return [], "forward and forward_with_residuals give different outputs (the evaluation pass would differ)"
     cotangent = rng.standard_normal(output.shape) if cotangent is None else cotangent
     kept = (output.copy(), np.array(cotangent, copy=True))
     grads = op.vjp_with_residuals(np, residuals, output, cotangent)
