@@ -97,6 +97,27 @@ class Network:
     def ops(self) -> list[Op]:
         return [layer.op() for layer in self.layers]
 
+    def to_torch(self):
+        """The same network as a `torch.nn.Sequential` (float64, eval mode) holding these weights, one child per
+        layer: what a PyTorch user would have written (needs torch)."""
+        import torch
+        layers = []
+        for layer in self.layers:
+            a, k = layer.arrays, layer.attrs
+            if layer.kind == "conv2d":
+                module = torch.nn.Conv2d(a["weight"].shape[1], a["weight"].shape[0], a["weight"].shape[2:],
+                                         stride=k["stride"], padding=k["padding"])
+            elif layer.kind == "affine":
+                module = torch.nn.Linear(a["weight"].shape[1], a["weight"].shape[0])
+            elif layer.kind == "maxpool2d":
+                module = torch.nn.MaxPool2d(k["kernel"], k["stride"])
+            else:
+                module = {"relu": torch.nn.ReLU, "flatten": torch.nn.Flatten}[layer.kind]()
+            for name, array in a.items():
+                setattr(module, name, torch.nn.Parameter(torch.as_tensor(array, dtype=torch.float64)))
+            layers.append(module)
+        return torch.nn.Sequential(*layers).double().eval()
+
     def logits(self, images: np.ndarray) -> np.ndarray:
         return apply(self.ops(), images)
 

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from pprs_mpi.ops.base import Op
+from pprs_mpi.ops.base import Op, OpContractError
 
 
 class GraphError(ValueError):
@@ -136,6 +136,8 @@ class Graph:
             inputs = [self.shape(p) if p == self.root else shapes[p] for p in node.parents]
             try:
                 shapes[name] = tuple(int(s) for s in node.op.output_shape(*inputs))
+            except OpContractError as err:
+                raise GraphError(f"node {name!r}: {node.op.describe()}: {err}") from None
             except ValueError as err:
                 raise GraphError(f"node {name!r}: {node.op.describe()} does not fit inputs {inputs}: {err}") from None
         return shapes

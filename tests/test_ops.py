@@ -260,7 +260,7 @@ def test_float32_in_float32_out(name, data):
 @given(data=st.data())
 def test_every_exported_op_has_a_case(data):
     covered = {type(draw_case(name, data)[0]).__name__ for name in CASES}
-    assert covered == set(ops.__all__) - {"Op"}
+    assert covered == set(ops.__all__) - {"Op", "TorchOp", "JaxOp"}  # framework ops: tests/test_frameworks.py
 
 
 # ---------------------------------------------------------------- documented subgradients at kinks

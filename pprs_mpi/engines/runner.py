@@ -28,6 +28,10 @@ class ShapeError(RuntimeError):
     the node, the edge, the microbatch and both shapes."""
 
 
+class OpError(RuntimeError):
+    """An op's forward or VJP raised; the message names the node, the microbatch and the op's own error."""
+
+
 class StageRunner:
     """Executes one stage's plan for a pass; on stage 0 a `RootRole` adds the noisy copies and G_t."""
 
@@ -126,10 +130,13 @@ class StageRunner:
         inputs = fetched if head.slots is None else [fetched[i] for i in head.slots]
         for step in steps:
             start = time.perf_counter()
-            if keep_residuals:  # a gradient pass: what the VJP will need (by default the inputs) is kept
-                output, self._stash[step.output] = ops[step.node].forward_with_residuals(xp, *inputs)
-            else:
-                output = ops[step.node].forward(xp, *inputs)
+            try:
+                if keep_residuals:  # a gradient pass: what the VJP will need (by default the inputs) is kept
+                    output, self._stash[step.output] = ops[step.node].forward_with_residuals(xp, *inputs)
+                else:
+                    output = ops[step.node].forward(xp, *inputs)
+            except Exception as err:  # noqa: BLE001 — a user's op may raise anything: named, then re-raised
+                raise self._op_error(step, "forward", err) from err
             if active:
                 self._record(mb, FORWARD_PHASE, step.node, start)
             if self._checking:
@@ -161,7 +168,10 @@ class StageRunner:
                 cotangent = xp.ones_like(output)
             residuals, stash[slot] = stash[slot], None
             start = time.perf_counter()
-            grads = ops[step.node].vjp_with_residuals(xp, residuals, output, cotangent)
+            try:
+                grads = ops[step.node].vjp_with_residuals(xp, residuals, output, cotangent)
+            except Exception as err:  # noqa: BLE001 — as in _forward
+                raise self._op_error(step, "VJP", err) from err
             if active:
                 self._record(mb, BACKWARD_PHASE, step.node, start)
             if self._checking:
@@ -204,8 +214,15 @@ class StageRunner:
         return "edge " + ", ".join(f"'{node}' -> '{c}'" for c in children) if children else "the leaf's value"
 
     def _fail(self, step, text: str) -> None:
+        raise ShapeError(f"{self._where(step)}: {text}")
+
+    def _op_error(self, step, what: str, err: Exception) -> OpError:
+        text = " ".join(str(err).split())
+        return OpError(f"{self._where(step)}: {what} raised {type(err).__name__}: {text}")
+
+    def _where(self, step) -> str:
         which = "the evaluation pass f(y)" if step.mb == self.eval_mb else f"microbatch {step.mb}"
-        raise ShapeError(f"node '{step.name}' ({self._ops[step.node].describe()}), {which}: {text}")
+        return f"node '{step.name}' ({self._ops[step.node].describe()}), {which}"
 
 
 class RootRole:

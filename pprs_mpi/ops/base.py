@@ -7,6 +7,11 @@ import hashlib
 import numpy as np
 
 
+class OpContractError(ValueError):
+    """Raised by `output_shape` for an op that breaks the contract whatever its inputs' shapes (not
+    batch-separable, state changed in forward, ...); the graph names the node."""
+
+
 class Op:
     """A node's function f_i, applied to a leading batch axis of noisy copies.
 

@@ -1,0 +1,102 @@
+"""`TorchOp`: a PyTorch module or function as a node, its VJP by torch's autograd (optional extra `[torch]`).
+
+    TorchOp(torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh()))
+
+The callable maps tensors shaped (B, *input_shape) to one tensor (B, *output_shape), B being the batch of
+noisy copies, as a module maps a batch. Arrays cross by DLPack without copies (NumPy on the CPU, CuPy on
+the GPU). A module computes through a copy of itself in the run's dtype and device (`--dtype`), made on
+first use with its parameters frozen, so the user's module is never changed. A gradient pass runs the
+forward once with autograd recording and keeps the tape as the node's residuals until its backward.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from pprs_mpi.ops._util import flop_cost
+from pprs_mpi.ops.autodiff import AutodiffOp
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(f"TorchOp needs PyTorch ({err}): pip install 'pprs_mpi[torch]'") from None
+    return torch
+
+
+class TorchOp(AutodiffOp):
+    """A PyTorch callable on the batch of noisy copies; see the module docstring. `arity`: its number of
+    tensor arguments (None: any); `cost`: its relative cost for balancing stages; `stash=False` recomputes
+    the forward in the backward instead of keeping autograd's tape."""
+
+    framework = "torch"
+
+    def __init__(self, fn, *, arity: int | None = 1, name: str | None = None, cost: float | None = None,
+                 stash: bool = True):
+        self._torch = _torch()
+        super().__init__(fn, arity=arity, name=name, cost=cost, stash=stash)
+        self._working: dict = {}  # (dtype, device) -> the callable computing in them
+
+    def _measure(self, row) -> None:
+        """The cost from the floating-point operations torch counts in one row's forward (the same on every
+        rank, so that every rank places the nodes alike), unless one was given."""
+        if "cost" not in vars(self):
+            from torch.utils.flop_counter import FlopCounterMode
+            with FlopCounterMode(display=False) as counter:
+                self._evaluate(self._crossed(row))
+            self.cost = flop_cost(counter.get_total_flops() // 2)
+
+    def _fn_for(self, tensor):
+        key = (tensor.dtype, tensor.device)
+        fn = self._working.get(key)
+        if fn is None:
+            fn = self._working[key] = self._converted(tensor.dtype, tensor.device)
+        return fn
+
+    def _converted(self, dtype, device):
+        """A module's copy in `dtype` on `device`, parameters frozen; a plain function as it is."""
+        if isinstance(self.fn, self._torch.nn.Module):
+            return copy.deepcopy(self.fn).to(device=device, dtype=dtype).requires_grad_(False)
+        return self.fn
+
+    def _to_framework(self, array):
+        return self._torch.from_dlpack(array)
+
+    def _from_framework(self, xp, tensor):
+        return xp.from_dlpack(tensor.detach())
+
+    def _evaluate(self, inputs):
+        with self._torch.no_grad():
+            return self._fn_for(inputs[0])(*inputs)
+
+    def _record(self, inputs):
+        leaves = [tensor.requires_grad_() for tensor in inputs]
+        with self._torch.enable_grad():
+            output = self._fn_for(leaves[0])(*leaves)
+        return output, (leaves, output)
+
+    def _pull_back(self, tape, cotangent) -> list:
+        leaves, output = tape
+        if not output.requires_grad:  # the output does not depend on the inputs
+            return [self._torch.zeros_like(leaf) for leaf in leaves]
+        grads = self._torch.autograd.grad(output, leaves, cotangent, allow_unused=True)
+        return [self._torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
+
+    def _state(self, working: bool = False) -> list[tuple[str, np.ndarray]]:
+        holders = [("", self.fn)]
+        if working:
+            holders += [(f"{str(dtype).removeprefix('torch.')} copy on {device}: ", fn)
+                        for (dtype, device), fn in self._working.items()]
+        state = []
+        for prefix, holder in holders:
+            if isinstance(holder, self._torch.nn.Module):
+                items = holder.state_dict().items()
+            else:  # tensors a plain function closes over
+                cells = getattr(holder, "__closure__", None) or ()
+                items = [(f"closure {i}", cell.cell_contents) for i, cell in enumerate(cells)
+                         if isinstance(cell.cell_contents, self._torch.Tensor)]
+            state += [(prefix + key, tensor.detach().cpu().numpy().copy()) for key, tensor in items]
+        return state

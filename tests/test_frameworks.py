@@ -1,0 +1,181 @@
+"""PyTorch modules as nodes (TorchOp, from_torch): VJPs against finite differences, one forward per
+microbatch, the contract's refusals, the shipped CNN in torch.nn equal to the NumPy graph, and serial ≡ MPI
+bitwise. Skipped, with the reason, where torch is not installed. Every launch has a timeout."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'pprs_mpi[torch]')")
+
+import pprs_mpi  # noqa: E402
+from conftest import mpirun, solve  # noqa: E402
+from pprs_mpi import Graph, GraphError, Node, check_gradients  # noqa: E402
+from pprs_mpi.ops import L1Norm, TorchOp  # noqa: E402
+from pprs_mpi.problems import build  # noqa: E402
+from pprs_mpi.trace import load  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+RUN = dict(K=6, gamma=0.05, lr=0.01, mu=0.5, iters=4, eval_every=2, seed=3, quiet=True, microbatch_size=2)
+
+
+def mlp(width=6):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(width, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+
+
+def chain(*ops, dim=6):
+    return Graph(dim, [Node(f"n{i}", op, ("theta",) if i == 0 else (f"n{i - 1}",)) for i, op in enumerate(ops)])
+
+
+def test_torch_nodes_pass_the_gradient_check_in_both_dtypes():
+    graph = Graph(6, [Node("net", TorchOp(mlp()), ("theta",)), Node("act", TorchOp(torch.sin), ("net",)),
+                      Node("dot", TorchOp(lambda a, b: (a * b).sum(1), arity=2, name="dot"), ("net", "act"))])
+    checks = check_gradients(graph)
+    assert [c.node for c in checks] == ["net", "act", "dot"]
+    assert all(c.ok and c.error < 1e-7 for c in checks), [c.describe() for c in checks]
+
+
+def test_the_vjp_is_torch_autograds_and_the_module_is_left_untouched():
+    module = mlp()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    op = TorchOp(module)
+    assert op.output_shape((6,)) == (3,)
+    x = np.random.default_rng(1).standard_normal((4, 6))
+    cot = np.random.default_rng(2).standard_normal((4, 3))
+    out, residuals = op.forward_with_residuals(np, x)
+    grad = op.vjp_with_residuals(np, residuals, out, cot)[0]
+    reference = torch.from_numpy(x).requires_grad_()
+    expected = torch.autograd.grad(module.double()(reference), reference, torch.from_numpy(cot))[0]
+    np.testing.assert_allclose(grad, expected.numpy(), rtol=1e-12)
+    assert grad.dtype == np.float64 and out.dtype == np.float64
+    for key, value in TorchOp(mlp()).fn.state_dict().items():  # the op computes on copies: a fresh mlp is float32
+        assert value.dtype == torch.float32 and torch.equal(before[key], value), key
+
+
+class Counting(torch.nn.Module):
+    """A module that counts its forward calls and the rows they saw."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = [0]
+
+    def forward(self, x):
+        self.calls[0] += 1
+        return torch.tanh(x)
+
+
+@pytest.mark.parametrize("stash", [True, False])
+def test_a_gradient_pass_runs_each_forward_once_unless_recomputing(stash, tmp_path):
+    counting = Counting()
+    op = TorchOp(counting, stash=stash)
+    graph = chain(op, L1Norm())
+    counting_copy = op._working[(torch.float64, torch.device("cpu"))]  # the copy the op computes with
+    calls_after_build = counting_copy.calls[0]
+    options = {**RUN, "eval_every": 0, "iters": 3, "K": 6, "microbatch_size": 2}
+    result = pprs_mpi.minimize(graph, out=str(tmp_path / "run.h5"), **options)
+    assert result.status == "completed"
+    microbatches = 3 * (6 // 2)
+    forwards = counting_copy.calls[0] - calls_after_build - 1  # the last f(y_T) evaluation: one forward
+    assert forwards == (microbatches if stash else 2 * microbatches)
+
+
+def test_stashing_and_recomputing_give_bitwise_the_same_run(tmp_path):
+    runs = []
+    for stash in (True, False):
+        graph = chain(TorchOp(mlp(), stash=stash), TorchOp(torch.abs, name="abs"), L1Norm())
+        runs.append(pprs_mpi.minimize(graph, out=str(tmp_path / f"{stash}.h5"), **RUN))
+    assert np.array_equal(runs[0].y, runs[1].y)
+    assert np.array_equal(runs[0].f_smoothed, runs[1].f_smoothed, equal_nan=True)  # row 0: x0, before any sample
+
+
+@pytest.mark.parametrize("module, says", [
+    (lambda: torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.BatchNorm1d(4)),
+     "copy on cpu: 1.running_mean' (a BatchNorm"),
+    (lambda: (lambda x: x - x.mean(0)), "not batch-separable"),
+    (lambda: torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Dropout(0.5)), "not batch-separable"),
+])
+def test_an_impure_or_batch_mixing_function_is_one_line_naming_the_node(module, says):
+    with pytest.raises(GraphError) as refused:
+        chain(TorchOp(module(), name="mine"), L1Norm())
+    message = str(refused.value)
+    assert message.startswith("node 'n0': TorchOp(mine): ") and says in message and "\n" not in message
+
+
+def test_a_function_fixed_to_float32_is_named_by_node_in_both_engines(tmp_path):
+    """A closure over a float32 tensor builds (it works in float32) and fails at once in a float64 run with
+    the same line, serially and on 2 ranks; under --dtype float32 it runs."""
+    builder = tmp_path / "fixed.py"
+    builder.write_text("import torch\nfrom pprs_mpi import Graph, Node\nfrom pprs_mpi.ops import TorchOp, L1Norm\n"
+                       "W = torch.ones(4, 3)\n"
+                       "def build() -> Graph:\n"
+                       "    return Graph(4, [Node('mine', TorchOp(lambda x: x @ W, name='matmul'), ('theta',)),\n"
+                       "                     Node('l1', L1Norm(), ('mine',))])\n")
+    flags = ["--problem", f"{builder}:build", "--iters", "2", "--quiet"]
+    serial = solve(*flags, "--out", tmp_path / "s.h5")
+    parallel = mpirun(2, *flags, "--out", tmp_path / "m.h5")
+    line = "node 'mine' (TorchOp(matmul)), the evaluation pass f(y): forward raised RuntimeError"
+    for result in (serial, parallel):
+        assert result.returncode != 0 and line in result.stderr, result.stderr
+    assert load(tmp_path / "s.h5").status == "failed" and load(tmp_path / "m.h5").status == "failed"
+    assert solve(*flags, "--dtype", "float32", "--out", tmp_path / "f32.h5").returncode == 0
+
+
+def test_without_torch_a_builder_using_it_is_one_line(tmp_path):
+    hide = "import sys; sys.modules['torch'] = None; from pprs_mpi.solve import main; sys.exit(main())"
+    result = subprocess.run([sys.executable, "-c", hide, "--problem", f"{EXAMPLES / 'torch_quickstart.py'}:build",
+                             "--out", str(tmp_path / "r.h5")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "torch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# -- the shipped digits CNN written with torch.nn, against the NumPy graph ------------------------------
+
+
+def test_the_torch_attack_matches_the_numpy_graph_to_rounding(tmp_path):
+    """Same f, sample values (the gradient estimates' losses) and iterates as the built-in adversarial problem."""
+    from importlib import util
+    spec = util.spec_from_file_location("torch_attack", EXAMPLES / "torch_attack.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mine, builtin = module.build(), build("adversarial")
+    assert np.array_equal(mine.x0, builtin.x0)
+    options = {**RUN, "gamma": 0.02, "lr": 1e-3}
+    a = pprs_mpi.minimize(mine, out=str(tmp_path / "torch.h5"), **options)
+    b = pprs_mpi.minimize(builtin, out=str(tmp_path / "numpy.h5"), **options)
+    np.testing.assert_allclose(a.f_smoothed, b.f_smoothed, rtol=1e-12)
+    np.testing.assert_allclose(a.f_eval, b.f_eval, rtol=1e-12)
+    np.testing.assert_allclose(a.y, b.y, rtol=1e-12, atol=1e-12)
+    assert not np.array_equal(a.y, mine.x0)  # it moved
+
+
+def test_the_torch_finetune_matches_the_numpy_fewshot_graph_to_rounding(tmp_path):
+    """θ = weights: vmap over copies of functional_call gives the NumPy ParamAffine graph's values and iterates."""
+    from importlib import util
+    spec = util.spec_from_file_location("torch_finetune", EXAMPLES / "torch_finetune.py")
+    module = util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mine, builtin = module.build(), build("fewshot")
+    assert np.array_equal(mine.x0, builtin.x0)
+    a = pprs_mpi.minimize(mine, out=str(tmp_path / "torch.h5"), **RUN)
+    b = pprs_mpi.minimize(builtin, out=str(tmp_path / "numpy.h5"), **RUN)
+    np.testing.assert_allclose(a.f_smoothed, b.f_smoothed, rtol=1e-12)
+    np.testing.assert_allclose(a.y, b.y, rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("example, ranks", [("torch_attack.py", 3), ("torch_finetune.py", 2),
+                                            ("torch_quickstart.py", 2)])
+def test_torch_examples_are_bitwise_equal_serially_and_under_mpirun(example, ranks, tmp_path):
+    flags = ["--problem", f"{EXAMPLES / example}:build", "-K", "6", "--microbatch-size", "2", "--iters", "3",
+             "--eval-every", "1", "--gamma", "0.02", "--lr", "0.001", "--quiet"]
+    serial = solve(*flags, "--out", tmp_path / "serial.h5", timeout=120)
+    parallel = mpirun(ranks, *flags, "--out", tmp_path / "mpi.h5", timeout=120)
+    assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr + parallel.stderr
+    a, b = load(tmp_path / "serial.h5"), load(tmp_path / "mpi.h5")
+    assert b.attrs["ranks"] == ranks
+    for column in ("f_smoothed", "f_eval"):
+        assert np.array_equal(a.columns[column], b.columns[column], equal_nan=True), column
+    assert np.array_equal(a.result["y"], b.result["y"])
