@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'pprs_mpi[torch]')")
 
 import pprs_mpi  # noqa: E402
-from conftest import mpirun, solve  # noqa: E402
+from conftest import mpirun  # noqa: E402
 from pprs_mpi import Graph, GraphError, Node, check_gradients  # noqa: E402
 from pprs_mpi.ops import L1Norm, TorchOp  # noqa: E402
 from pprs_mpi.problems import build  # noqa: E402
@@ -114,14 +114,14 @@ def test_a_function_fixed_to_float32_is_named_by_node_in_both_engines(tmp_path):
                        "def build() -> Graph:\n"
                        "    return Graph(4, [Node('mine', TorchOp(lambda x: x @ W, name='matmul'), ('theta',)),\n"
                        "                     Node('l1', L1Norm(), ('mine',))])\n")
-    flags = ["--problem", f"{builder}:build", "--iters", "2", "--quiet"]
-    serial = solve(*flags, "--out", tmp_path / "s.h5")
-    parallel = mpirun(2, *flags, "--out", tmp_path / "m.h5")
     line = "node 'mine' (TorchOp(matmul)), the evaluation pass f(y): forward raised RuntimeError"
-    for result in (serial, parallel):
-        assert result.returncode != 0 and line in result.stderr, result.stderr
+    with pytest.raises(pprs_mpi.RunFailed, match=line.replace("(", r"\(").replace(")", r"\)")):
+        pprs_mpi.minimize(f"{builder}:build", iters=2, quiet=True, out=str(tmp_path / "s.h5"))
+    parallel = mpirun(2, "--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "m.h5")
+    assert parallel.returncode != 0 and line in parallel.stderr, parallel.stderr
     assert load(tmp_path / "s.h5").status == "failed" and load(tmp_path / "m.h5").status == "failed"
-    assert solve(*flags, "--dtype", "float32", "--out", tmp_path / "f32.h5").returncode == 0
+    single = pprs_mpi.minimize(f"{builder}:build", iters=2, quiet=True, dtype="float32", out=str(tmp_path / "f.h5"))
+    assert single.status == "completed"
 
 
 def test_without_torch_a_builder_using_it_is_one_line(tmp_path):
@@ -166,16 +166,17 @@ def test_the_torch_finetune_matches_the_numpy_fewshot_graph_to_rounding(tmp_path
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("example, ranks", [("torch_attack.py", 3), ("torch_finetune.py", 2),
-                                            ("torch_quickstart.py", 2)])
+@pytest.mark.parametrize("example, ranks", [("torch_attack.py", 3), ("torch_quickstart.py", 2)])
 def test_torch_examples_are_bitwise_equal_serially_and_under_mpirun(example, ranks, tmp_path):
-    flags = ["--problem", f"{EXAMPLES / example}:build", "-K", "6", "--microbatch-size", "2", "--iters", "3",
-             "--eval-every", "1", "--gamma", "0.02", "--lr", "0.001", "--quiet"]
-    serial = solve(*flags, "--out", tmp_path / "serial.h5", timeout=120)
-    parallel = mpirun(ranks, *flags, "--out", tmp_path / "mpi.h5", timeout=120)
-    assert serial.returncode == 0 and parallel.returncode == 0, serial.stderr + parallel.stderr
+    """The serial run in this process, the MPI run under mpirun: the same iterates, bit for bit."""
+    options = {"K": 6, "microbatch_size": 2, "iters": 3, "eval_every": 1, "gamma": 0.02, "lr": 0.001}
+    pprs_mpi.minimize(f"{EXAMPLES / example}:build", quiet=True, out=str(tmp_path / "serial.h5"), **options)
+    flags = [f"--{key.replace('_', '-')}" if len(key) > 1 else f"-{key}" for key in options]
+    parallel = mpirun(ranks, "--problem", f"{EXAMPLES / example}:build", "--quiet", "--out", tmp_path / "mpi.h5",
+                      *[item for flag, value in zip(flags, options.values()) for item in (flag, value)], timeout=120)
+    assert parallel.returncode == 0, parallel.stderr
     a, b = load(tmp_path / "serial.h5"), load(tmp_path / "mpi.h5")
-    assert b.attrs["ranks"] == ranks
+    assert b.attrs["ranks"] == ranks and b.attrs["engine"] == "mpi"
     for column in ("f_smoothed", "f_eval"):
         assert np.array_equal(a.columns[column], b.columns[column], equal_nan=True), column
     assert np.array_equal(a.result["y"], b.result["y"])
