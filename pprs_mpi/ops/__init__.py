@@ -8,6 +8,7 @@ from pprs_mpi.ops.linear import Affine, MaxAffine, ParamAffine, ParamAffineInput
 from pprs_mpi.ops.losses import Hinge, MultiMargin, MultiMarginMean
 from pprs_mpi.ops.reductions import L1Norm, LInfDistance, SquaredNorm, Sum
 from pprs_mpi.ops.shape import Flatten, Reshape, Slice
+from pprs_mpi.ops.jax_op import JaxOp
 from pprs_mpi.ops.torch_op import TorchOp
 
 __all__ = [
@@ -18,5 +19,5 @@ __all__ = [
     "Affine", "MaxAffine", "ParamAffine", "ParamAffineInput",
     "Conv2d", "MaxPool2d",
     "Hinge", "MultiMargin", "MultiMarginMean",
-    "TorchOp",
+    "TorchOp", "JaxOp",
 ]

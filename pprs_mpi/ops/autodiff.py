@@ -25,6 +25,7 @@ class AutodiffOp(Op):
     """
 
     framework = ""
+    mixing_hint = ""  # the usual cause of impure or batch-mixing functions in this framework, ending in "; "
 
     def __init__(self, fn, *, arity: int | None = 1, name: str | None = None, cost: float | None = None,
                  stash: bool = True):
@@ -103,8 +104,7 @@ class AutodiffOp(Op):
         after = dict(self._state(working=True))
         changed = next((key for key in before if not np.array_equal(before[key], after.get(key))), None)
         if changed is not None:
-            raise OpContractError(f"forward changes its state {changed!r} (a BatchNorm in train mode? call "
-                                  "model.eval(); ops must be pure)")
+            raise OpContractError(f"forward changes its state {changed!r} ({self.mixing_hint}ops must be pure)")
         if not hasattr(both, "shape") or both.shape[:1] != (2,):
             raise OpContractError(f"forward of a batch of 2 rows returned shape {getattr(both, 'shape', None)}: "
                                   "axis 0 must stay the batch of noisy copies")
@@ -116,8 +116,7 @@ class AutodiffOp(Op):
         if not all(np.allclose(both[i:i + 1], alone[i], rtol=SEPARABLE_RTOL, atol=SEPARABLE_RTOL * scale,
                                equal_nan=True) for i in range(2)):
             raise OpContractError("not batch-separable: an output row changes with the other rows of the batch "
-                                  "(a BatchNorm in train mode, or Dropout? call model.eval(); row b of the "
-                                  "output must depend only on row b of the inputs)")
+                                  f"({self.mixing_hint}row b of the output must depend only on row b of the inputs)")
         return tuple(both.shape[1:])
 
     def _crossed(self, inputs) -> list:

@@ -33,6 +33,7 @@ class TorchOp(AutodiffOp):
     the forward in the backward instead of keeping autograd's tape."""
 
     framework = "torch"
+    mixing_hint = "a BatchNorm in train mode, or Dropout? call model.eval(); "
 
     def __init__(self, fn, *, arity: int | None = 1, name: str | None = None, cost: float | None = None,
                  stash: bool = True):

@@ -1,0 +1,76 @@
+"""JAX functions as nodes (JaxOp): VJPs against finite differences, one forward per microbatch, the same run as
+pprs_mpi's own ops to rounding, and serial ≡ MPI bitwise. Skipped, with the reason, where JAX is not installed."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+jnp = pytest.importorskip("jax.numpy", reason="JAX is not installed (pip install 'pprs_mpi[jax]')")
+
+import pprs_mpi  # noqa: E402
+from conftest import mpirun  # noqa: E402
+from pprs_mpi import Graph, GraphError, Node, check_gradients  # noqa: E402
+from pprs_mpi.ops import Affine, JaxOp, L1Norm, ReLU  # noqa: E402
+from pprs_mpi.problems import build  # noqa: E402
+from pprs_mpi.trace import load  # noqa: E402
+
+EXAMPLE = f"{Path(__file__).resolve().parent.parent / 'examples' / 'jax_chain.py'}:build"
+RUN = dict(K=6, gamma=0.05, lr=0.01, mu=0.5, iters=4, eval_every=2, seed=3, quiet=True, microbatch_size=2)
+A = np.random.default_rng(0).standard_normal((5, 4))
+B = np.random.default_rng(1).standard_normal(5)
+
+
+def test_jax_nodes_pass_the_gradient_check_in_both_dtypes():
+    checks = check_gradients(build(EXAMPLE))
+    assert len(checks) == 3 and all(c.ok and c.error < 1e-7 for c in checks), [c.describe() for c in checks]
+    two = Graph(4, [Node("sin", JaxOp(jnp.sin), ("theta",)),
+                    Node("dot", JaxOp(lambda a, b: (a * b).sum(1), arity=2, name="dot"), ("theta", "sin"))])
+    assert all(c.ok for c in check_gradients(two))
+
+
+def test_a_jax_graph_gives_the_runs_of_the_same_graph_in_pprs_mpis_ops(tmp_path):
+    """Affine → ReLU → L1 written twice: JAX functions and the node library, the same iterates to rounding."""
+    jax_graph = Graph(4, [Node("affine", JaxOp(lambda x: x @ A.T.astype(x.dtype) + B.astype(x.dtype)), ("theta",)),
+                          Node("relu", JaxOp(lambda x: jnp.maximum(x, 0)), ("affine",)),
+                          Node("l1", JaxOp(lambda x: jnp.abs(x).sum(1)), ("relu",))])
+    own = Graph.chain(4, [Affine(A, B), ReLU(), L1Norm()])
+    a = pprs_mpi.minimize(jax_graph, out=str(tmp_path / "jax.h5"), **RUN)
+    b = pprs_mpi.minimize(own, out=str(tmp_path / "own.h5"), **RUN)
+    np.testing.assert_allclose(a.f_smoothed, b.f_smoothed, rtol=1e-12)
+    np.testing.assert_allclose(a.y, b.y, rtol=1e-12, atol=1e-14)
+    assert not np.array_equal(a.y, np.zeros(4))
+
+
+@pytest.mark.parametrize("stash", [True, False])
+def test_a_gradient_pass_runs_each_forward_once_unless_recomputing(stash, tmp_path):
+    calls = [0]
+
+    def counted(x):
+        calls[0] += 1
+        return jnp.tanh(x)
+
+    graph = Graph.chain(4, [JaxOp(counted, stash=stash), L1Norm()])
+    built = calls[0]
+    result = pprs_mpi.minimize(graph, out=str(tmp_path / "run.h5"), **{**RUN, "eval_every": 0, "iters": 3})
+    assert result.status == "completed"
+    microbatches = 3 * (6 // 2)
+    assert calls[0] - built - 1 == (microbatches if stash else 2 * microbatches)  # - 1: f(y_T)
+
+
+def test_a_batch_mixing_function_is_one_line_naming_the_node():
+    with pytest.raises(GraphError, match=r"^node 'centre': JaxOp\(centre\): not batch-separable"):
+        Graph(4, [Node("centre", JaxOp(lambda x: x - x.mean(0), name="centre"), ("theta",)),
+                  Node("l1", L1Norm(), ("centre",))])
+
+
+@pytest.mark.mpi
+def test_the_jax_example_is_bitwise_equal_serially_and_on_2_ranks(tmp_path):
+    serial = pprs_mpi.minimize(EXAMPLE, out=str(tmp_path / "serial.h5"), **RUN)
+    parallel = mpirun(2, "--problem", EXAMPLE, "-K", 6, "--gamma", 0.05, "--lr", 0.01, "--mu", 0.5, "--iters", 4,
+                      "--eval-every", 2, "--seed", 3, "--microbatch-size", 2, "--quiet", "--out", tmp_path / "mpi.h5",
+                      timeout=120)
+    assert parallel.returncode == 0, parallel.stderr
+    trace = load(tmp_path / "mpi.h5")
+    assert trace.attrs["ranks"] == 2 and np.array_equal(trace.result["y"], serial.y)
+    assert np.array_equal(trace.columns["f_smoothed"], serial.f_smoothed, equal_nan=True)
