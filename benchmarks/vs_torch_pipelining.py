@@ -2,7 +2,8 @@
 an MPI ping-pong, on one reference pipeline, in one job and interleaved rounds.
 
 The pipeline: 2 ranks, each a stage of 4 × (Linear(width) + ReLU), K microbatches of one row, loss
-Σ|out|, float32, γ = 0, the gradient taken with respect to the input θ (what PPRS needs; the weights
+Σ|out|, float32, run by pprs_mpi twice (its own Affine/ReLU/L1Norm ops, and the torch modules as TorchOp
+nodes through `from_torch`), γ = 0, the gradient taken with respect to the input θ (what PPRS needs; the weights
 are constants, frozen in torch, so that the three systems do the same arithmetic). Cases: width 512
 with K = 16, and width 1024 with K = 64. All three gradients are checked to agree before timing.
 pprs_mpi runs through `pprs_mpi.minimize`, as a user runs it (its time: the trace's per-iteration
@@ -91,6 +92,18 @@ class Pprs:
                                  out=f"{self.folder}/run{self.runs}.h5")
 
 
+class PprsTorch(Pprs):
+    """pprs_mpi running the same pipeline as PyTorch modules, one TorchOp node per Linear and ReLU
+    (`pprs_mpi.from_torch`), with the loss Σ|out| as a torch function too."""
+
+    name = "pprs_mpi TorchOp"
+
+    def __init__(self, comm, width: int, K: int):
+        super().__init__(comm, width, K)
+        self.problem = pprs_mpi.from_torch(torch_layers(width), lambda out: out.abs().sum(), input_shape=(width,),
+                                           x0=np.ones(width))
+
+
 class Timed:
     """A system timed by its own loop: one warm-up pass, then `iterations` passes between barriers."""
 
@@ -154,6 +167,19 @@ class NumpyGPipe(Timed):
         return gradient / K if first else None
 
 
+def torch_layers(width: int):
+    """The pipeline's layers as torch modules (Linear + ReLU, weights frozen), as every torch system uses them."""
+    import torch
+    modules = []
+    for W, b in layers(width):
+        linear = torch.nn.Linear(width, width)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(W))
+            linear.bias.copy_(torch.from_numpy(b))
+        modules += [linear.requires_grad_(False), torch.nn.ReLU()]
+    return torch.nn.Sequential(*modules)
+
+
 class TorchGPipe(Timed):
     """torch.distributed.pipelining's ScheduleGPipe over gloo, θ a parameter added to zero inputs."""
 
@@ -167,14 +193,8 @@ class TorchGPipe(Timed):
         if comm.rank == 0:
             self.theta = torch.nn.Parameter(torch.ones(1, width))
             modules.append(_add_theta(self.theta))
-        stage = comm.rank * LAYERS_PER_STAGE
-        for W, b in layers(width)[stage:stage + LAYERS_PER_STAGE]:
-            linear = torch.nn.Linear(width, width)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(W))
-                linear.bias.copy_(torch.from_numpy(b))
-            linear.requires_grad_(False)
-            modules += [linear, torch.nn.ReLU()]
+        stage = 2 * comm.rank * LAYERS_PER_STAGE
+        modules += list(torch_layers(width))[stage:stage + 2 * LAYERS_PER_STAGE]
         stage_module = PipelineStage(torch.nn.Sequential(*modules), comm.rank, RANKS, torch.device("cpu"))
         self.schedule = ScheduleGPipe(stage_module, n_microbatches=K, loss_fn=lambda out, target: out.abs().sum(),
                                       scale_grads=True)  # the mean over microbatches, as PPRS's G_t
@@ -228,7 +248,7 @@ def worker(args) -> None:
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     why_no_torch = torch_available(comm)
-    systems = [Pprs, NumpyGPipe] + ([TorchGPipe] if not why_no_torch else [])
+    systems = [Pprs, NumpyGPipe] + ([PprsTorch, TorchGPipe] if not why_no_torch else [])
     table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
              "mpi": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(),
              "torch": why_no_torch or __import__("torch").__version__, "rounds": args.rounds, "cases": []}
@@ -255,6 +275,8 @@ def worker(args) -> None:
                     "pprs_vs_numpy": median[NumpyGPipe.name] / median[Pprs.name]}
             if TorchGPipe.name in median:
                 case["pprs_vs_torch"] = median[TorchGPipe.name] / median[Pprs.name]
+                case["torchop_vs_torch"] = median[TorchGPipe.name] / median[PprsTorch.name]
+                case["torchop_vs_pprs"] = median[Pprs.name] / median[PprsTorch.name]
             table["cases"].append(case)
     if comm.rank == 0:
         RESULTS.parent.mkdir(exist_ok=True)
@@ -276,6 +298,9 @@ def print_table(table: dict) -> None:
         if "pprs_vs_torch" in case:
             ratios += f", {case['pprs_vs_torch']:.2f}x torch's"
         print("  " + ratios)
+        if "torchop_vs_torch" in case:
+            print(f"  pprs_mpi with TorchOp nodes is {case['torchop_vs_torch']:.2f}x torch's speed and "
+                  f"{case['torchop_vs_pprs']:.2f}x pprs_mpi's own ops'")
 
 
 def main() -> None:
