@@ -28,7 +28,7 @@ def build(shots: int = 10, problem_seed: int = 0, init_noise: float = 1.0) -> Pr
     labels = torch.as_tensor(split.train_labels[chosen])[:, None]
 
     def loss(logits):  # mean over the shots of Σ_{i≠y} max(0, 1 − x_y + x_i), as the built-in fewshot's
-        return ((1 - logits.gather(1, labels) + logits).clamp(min=0).sum(1) - 1).mean()
+        return ((1 - logits.gather(1, labels.to(logits.device)) + logits).clamp(min=0).sum(1) - 1).mean()
 
     head = pprs_mpi.from_torch(net.to_torch(), loss, params=HEAD, inputs=split.train_images[chosen])
     # the start: the pretrained head, each layer perturbed by init_noise × the std of its weights

@@ -6,10 +6,13 @@ The function maps arrays shaped (B, *input_shape) to one array (B, *output_shape
 noisy copies (write it for a batch, or wrap a per-sample function in `jax.vmap`). Arrays cross by DLPack
 (NumPy on the CPU, CuPy on the GPU). A gradient pass keeps `jax.vjp`'s pullback as the node's residuals, so
 the forward runs once. Constructing one turns on `jax_enable_x64`, since pprs_mpi runs in float64 unless
-`--dtype float32`; arrays the function closes over keep their dtype (make them follow the input's).
+`--dtype float32`; arrays the function closes over keep their dtype (make them follow the input's). It also
+sets XLA_PYTHON_CLIENT_PREALLOCATE=false unless set, so that JAX shares a GPU with CuPy.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -17,6 +20,8 @@ from pprs_mpi.ops.autodiff import AutodiffOp
 
 
 def _jax():
+    # JAX would take 75 % of a GPU's memory when first used, leaving little to CuPy on the same device
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     try:
         import jax
     except ImportError as err:
@@ -41,7 +46,7 @@ class JaxOp(AutodiffOp):
         try:
             return self._jax.dlpack.from_dlpack(array)
         except BufferError:  # a read-only NumPy array (another JaxOp's output): DLPack 0.x cannot say so
-            return self._jax.numpy.asarray(array)
+            return self._jax.device_put(array, self._jax.devices("cpu")[0])  # on the host, as NumPy's arrays
 
     def _from_framework(self, xp, array):
         return xp.from_dlpack(array)
