@@ -17,6 +17,7 @@ times them instead).
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Sequence
 
@@ -158,7 +159,6 @@ def _owners(children, params: list[str]) -> dict[int, list[str]]:
 
 
 def _converted(module):
-    import copy
     return copy.deepcopy(module).double().requires_grad_(False)
 
 

@@ -180,3 +180,19 @@ def test_torch_examples_are_bitwise_equal_serially_and_under_mpirun(example, ran
     for column in ("f_smoothed", "f_eval"):
         assert np.array_equal(a.columns[column], b.columns[column], equal_nan=True), column
     assert np.array_equal(a.result["y"], b.result["y"])
+
+
+def test_the_graph_hash_sees_a_torch_modules_layers_and_weights():
+    """Ranks compare graphs by hash: another activation or another weight is another graph."""
+    def digest(model):
+        return chain(TorchOp(model), L1Norm()).fingerprints()["n0"]
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh())
+    torch.manual_seed(0)
+    same = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh())
+    torch.manual_seed(0)
+    other_layer = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU())
+    other_weight = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh())
+    assert digest(base) == digest(same)
+    assert digest(base) != digest(other_layer) and digest(base) != digest(other_weight)
