@@ -5,7 +5,9 @@ A gradient pass of a TorchOp keeps autograd's tape (its residuals) with each mic
 (`stash=False`). The model: `from_torch` of an MLP of `--layers` × (Linear(width) + GELU) grouped into nodes
 of `--block` layers (a node's tape holds its intermediate activations; its input alone does not), θ its input,
 K noisy copies in microbatches, serial engine, float64, one process per variant (peak RSS is per process),
-interleaved rounds; the time is the median of the trace's per-iteration wall times.
+interleaved rounds; the time is the median of the trace's per-iteration wall times. Memory: the bytes kept for
+one microbatch until its backward (autograd's saved tensors, counted by storage, or the inputs), which GPipe
+keeps for every microbatch of a pass and 1F1B for about the depth's; and the process's peak RSS.
 
     python benchmarks/torch_residuals.py [--rounds 3] [--width 1024] [--K 64]
 
@@ -50,7 +52,38 @@ def one_run(args) -> dict:
         wall = load(result.trace).columns["wall_time"]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"ms_per_iteration": float(np.median(np.diff(wall)[1:]) * 1e3), "peak_rss_mib": peak_mib,
+            "kept_mib_per_microbatch": kept_bytes(problem.graph, args.microbatch_size) / 2**20,
             "y_checksum": float(np.sum(result.y))}
+
+
+def kept_bytes(graph, rows: int) -> int:
+    """Bytes a gradient pass keeps for one microbatch of `rows` copies until its backward, over all nodes: the
+    tensors autograd saves (a kept tape) or the inputs (recompute), whichever each node keeps."""
+    import numpy as np
+    import torch
+    saved = []
+
+    def pack(tensor):
+        saved.append(tensor)
+        return tensor
+
+    values = {graph.root: np.random.default_rng(0).standard_normal((rows, graph.dim))}
+    # the weights a tape refers to (Linear saves its weight) are the module's, shared by every microbatch
+    weights = {tensor.untyped_storage().data_ptr() for name in graph.order
+               for module in getattr(graph.op(name), "_working", {}).values() if isinstance(module, torch.nn.Module)
+               for tensor in module.state_dict().values()}
+    total = 0
+    for name in graph.order:
+        op, inputs = graph.op(name), [values[p] for p in graph.parents(name)]
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            values[name], kept = op.forward_with_residuals(np, *inputs)
+        if getattr(op, "stash", False):  # each storage once: a tape saves views of the same memory
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved}
+            total += sum(size for pointer, size in storages.items() if pointer not in weights)
+        else:
+            total += sum(x.nbytes for x in kept)
+        saved.clear()
+    return total
 
 
 def main() -> None:
@@ -76,8 +109,8 @@ def main() -> None:
                        "--microbatch-size", str(args.microbatch_size), "--iters", str(args.iters)]
             out = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, check=True)
             runs[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    median = {variant: {key: sorted(r[key] for r in rs)[len(rs) // 2] for key in ("ms_per_iteration", "peak_rss_mib")}
-              for variant, rs in runs.items()}
+    keys = ("ms_per_iteration", "peak_rss_mib", "kept_mib_per_microbatch")
+    median = {variant: {key: sorted(r[key] for r in rs)[len(rs) // 2] for key in keys} for variant, rs in runs.items()}
     same = len({r["y_checksum"] for rs in runs.values() for r in rs}) == 1
     table = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)",
              "torch": __import__("torch").__version__, "settings": {k: v for k, v in vars(args).items() if v},
@@ -90,10 +123,12 @@ def main() -> None:
           f"{args.block} layers per node, "
           f"K = {args.K} in microbatches of {args.microbatch_size}, serial engine, float64, {args.rounds} rounds")
     for variant, figures in median.items():
-        print(f"  {variant:<10} {figures['ms_per_iteration']:8.2f} ms/iteration   peak RSS "
-              f"{figures['peak_rss_mib']:7.1f} MiB")
-    print(f"  recompute takes {table['recompute_time_ratio']:.2f}x the time of stash; stash holds "
-          f"{table['stash_extra_mib']:.1f} MiB more at its peak; iterates identical: {same}")
+        print(f"  {variant:<10} {figures['ms_per_iteration']:8.2f} ms/iteration   kept per microbatch "
+              f"{figures['kept_mib_per_microbatch']:6.2f} MiB   peak RSS {figures['peak_rss_mib']:7.1f} MiB")
+    kept = {variant: figures["kept_mib_per_microbatch"] for variant, figures in median.items()}
+    print(f"  recompute takes {table['recompute_time_ratio']:.2f}x the time of stash and keeps "
+          f"{kept['recompute'] / kept['stash']:.2f}x its bytes per microbatch; iterates identical: {same}")
+    print(f"  (peak RSS differs by {table['stash_extra_mib']:+.1f} MiB: start-up, not the pass, sets it at this size)")
     print(f"saved {RESULTS}")
 
 

@@ -14,6 +14,8 @@ torch = pytest.importorskip("torch", reason="torch is not installed (pip install
 import pprs_mpi  # noqa: E402
 from conftest import mpirun  # noqa: E402
 from pprs_mpi import Graph, GraphError, Node, check_gradients  # noqa: E402
+from pprs_mpi.api import engine_for  # noqa: E402
+from pprs_mpi.engines.stage import Sampling  # noqa: E402
 from pprs_mpi.ops import L1Norm, TorchOp  # noqa: E402
 from pprs_mpi.problems import build  # noqa: E402
 from pprs_mpi.trace import load  # noqa: E402
@@ -149,6 +151,12 @@ def test_the_torch_attack_matches_the_numpy_graph_to_rounding(tmp_path):
     np.testing.assert_allclose(a.f_eval, b.f_eval, rtol=1e-12)
     np.testing.assert_allclose(a.y, b.y, rtol=1e-12, atol=1e-12)
     assert not np.array_equal(a.y, mine.x0)  # it moved
+    sampling = Sampling(K=8, gamma=0.02, seed=4, microbatch_size=4)
+    for t in (0, 5):  # the gradient estimates G_t and their K sample values, at the start and elsewhere
+        G_mine, values_mine = engine_for(mine.graph, [tuple(mine.graph.order)], sampling).gradient(mine.x0, t)
+        G_own, values_own = engine_for(builtin.graph, [tuple(builtin.graph.order)], sampling).gradient(mine.x0, t)
+        np.testing.assert_allclose(G_mine, G_own, rtol=1e-10, atol=1e-12 * np.abs(G_own).max())
+        np.testing.assert_allclose(values_mine, values_own, rtol=1e-12)
 
 
 def test_the_torch_finetune_matches_the_numpy_fewshot_graph_to_rounding(tmp_path):
