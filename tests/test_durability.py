@@ -260,13 +260,17 @@ def test_a_version_1_trace_still_loads_and_resumes(tmp_path):
     trace = T.load(old)
     assert trace.attrs["format_version"] == 1 and trace.status == "completed" and trace.n_rows == 13
     assert T.read_checkpoint(old)[1]["iteration"] == 12
+    stored = trace.columns["f_smoothed"].copy()
     assert solve("--resume", old, "--iters", "16").returncode == 0
     assert solve(*SMALL, "--iters", "16", "--checkpoint-every", "4", "--timeline-every", "1",
                  "--out", tmp_path / "new.h5").returncode == 0
     resumed, fresh = T.load(old), T.load(tmp_path / "new.h5")  # f_eval differs at 12, the old run's last iteration
-    assert np.array_equal(resumed.result["y"], fresh.result["y"])
-    assert np.array_equal(resumed.result["x"], fresh.result["x"])
-    assert np.array_equal(resumed.columns["f_smoothed"], fresh.columns["f_smoothed"], equal_nan=True)
+    assert resumed.n_rows == 17 and np.array_equal(resumed.columns["f_smoothed"][:13], stored, equal_nan=True)
+    # The stored trace was written on another machine, whose NumPy kernels may round the last bit differently
+    # (seen: 1 ulp from iteration 1): the continuation agrees with a fresh run to rounding, not bit for bit.
+    np.testing.assert_allclose(resumed.result["y"], fresh.result["y"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(resumed.result["x"], fresh.result["x"], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(resumed.columns["f_smoothed"], fresh.columns["f_smoothed"], rtol=1e-12)
 
 
 def test_damaged_files_raise_only_trace_error(tmp_path):
