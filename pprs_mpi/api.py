@@ -347,9 +347,8 @@ def open_trace(setup: Setup, comm) -> str | None:
                     "a resume can only go further")
     try:
         setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]),
-                                  overwrite=cfg["overwrite"])
-        if cfg["resume"]:
-            setup.trace.rewind(setup.start.iteration)  # what came after the checkpoint is redone
+                                  overwrite=cfg["overwrite"],  # what came after the checkpoint is redone:
+                                  rewind=setup.start.iteration if cfg["resume"] else None)
     except Exception as err:  # noqa: BLE001 — any reason the file cannot be used is bad input
         return f"cannot write trace {cfg['out']!r}: {err}"
     names = list(graph.order)

@@ -57,7 +57,10 @@ Damage is detected before it is parsed. Each version carries a CRC-32 and the le
 contents in the HDF5 user block (512 bytes before the superblock, which HDF5 leaves to applications,
 so any HDF5 reader still opens the file); `load` checks them and opens the very bytes it checked,
 so a damaged or truncated file is one TraceError, never a parse of damaged metadata (which can
-raise anything, or loop forever). That header is the one layout change, hence FORMAT_VERSION 2;
+raise anything, or loop forever). A whole file may still be crafted: its contents are then checked
+against what the writer writes (`trace_schema`: types, shapes, sizes, no external or virtual storage)
+before anything in it is used, and a resume commits nothing before all its checks have passed.
+That header is the one layout change, hence FORMAT_VERSION 2;
 version-1 traces (no header) are parsed as before, including one holding the old `/checkpoint_new`
 staging group of a kill between the two steps of the old in-place checkpoint, and a resume
 rewrites them as version 2.
@@ -90,6 +93,7 @@ import h5py
 import numpy as np
 
 import pprs_mpi
+from pprs_mpi import trace_schema
 from pprs_mpi.engines.timeline import TIMELINE_DTYPE  # the one definition of the records
 
 FORMAT_VERSION = 2  # 2: a checksummed user block; the groups and datasets are those of version 1
@@ -123,7 +127,7 @@ class TraceWriter:
     """
 
     def __init__(self, path, config: dict, meta: dict, resume: bool = False, overwrite: bool = False,
-                 flush_every: int = 10):
+                 flush_every: int = 10, rewind: int | None = None):
         self.path = os.fspath(path)
         self._file = os.path.realpath(self.path)  # the lock and the commits follow links once, here
         self.flush_every = max(1, int(flush_every))
@@ -152,6 +156,8 @@ class TraceWriter:
             self._state.set_attrs(meta)
             self._rows: list[tuple] = []
             self._rows_due = 0.0  # time.monotonic() before which rows are not committed
+            if rewind is not None:  # before the first commit: a resume that cannot rewind changes nothing
+                self._state.rewind(rewind)
             self._commit()
         except BaseException:
             self._release()
@@ -207,10 +213,7 @@ class TraceWriter:
         passes t >= iteration (a record's `iteration` is the 0-based pass t)."""
         state = self._open_state()
         self._take_rows()
-        keep = state.columns["iteration"] <= iteration
-        state.columns = {name: values[keep] for name, values in state.columns.items()}
-        if state.timeline is not None:
-            state.timeline = state.timeline[state.timeline["iteration"] < iteration]
+        state.rewind(iteration)
         self._commit()
 
     def write_result(self, **arrays) -> None:
@@ -283,6 +286,13 @@ class _State:
 
     def set_attrs(self, attrs: dict) -> None:
         self.attrs.update({name: value for name, value in attrs.items() if value is not None})
+
+    def rewind(self, iteration: int) -> None:
+        """Drops rows after `iteration` iterations done and timeline records of passes t >= iteration."""
+        keep = self.columns["iteration"] <= iteration
+        self.columns = {name: values[keep] for name, values in self.columns.items()}
+        if self.timeline is not None:
+            self.timeline = self.timeline[self.timeline["iteration"] < iteration]
 
     def add_rows(self, rows: list[tuple]) -> None:
         self.columns = {name: np.concatenate([self.columns[name], np.asarray(values, dtype=_column_dtype(name))])
@@ -568,7 +578,7 @@ class _reading:
         except OSError as err:
             raise TraceError(f"{self.path}: truncated or corrupted HDF5 file ({_reason(err)})") from None
         try:
-            _check(self.path, self.file, checked)
+            _check(self.path, self.file, checked, len(data))
         except BaseException:
             self.file.close()
             raise
@@ -650,10 +660,14 @@ def _read_state(path: str) -> _State:
                       checkpoint=None if checkpoint is None else _read_checkpoint_group(checkpoint))
 
 
-def _check(path: str, f: h5py.File, checked: bool) -> None:
+def _check(path: str, f: h5py.File, checked: bool, size: int) -> None:
     version = f.attrs.get("format_version")
     if version is None or "trace" not in f:
         raise TraceError(f"{path}: an HDF5 file, but not a pprs_mpi trace (no format_version attribute or /trace)")
+    try:
+        trace_schema.validate(f, size, STATUSES, COLUMNS, TIMELINE_DTYPE)
+    except ValueError as err:
+        raise TraceError(f"{path}: malformed pprs_mpi trace ({err})") from None
     if int(version) >= 2 and not checked and int(version) <= FORMAT_VERSION:
         raise TraceError(f"{path}: damaged trace (its checksum header is gone)")
     if int(version) > FORMAT_VERSION:
