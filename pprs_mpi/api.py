@@ -445,7 +445,7 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     """Rank 0: Algorithm 1 around the engine, then the result and the closing lines."""
     cfg, trace = setup.cfg, setup.trace
     if not cfg["quiet"]:
-        print(_banner(setup), flush=True)
+        driver.say(_banner(setup))
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported by the driver
         outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace,
                                   driver.progress_for(cfg, setup.start.iteration), setup.start,
@@ -459,7 +459,7 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
     if outcome.status == "completed" and not cfg["quiet"]:
-        print(_summary(setup, outcome), flush=True)
+        driver.say(_summary(setup, outcome))
     return _result(setup, outcome)
 
 
