@@ -60,3 +60,20 @@ def test_a_builder_that_exits_or_is_interrupted_is_one_line_and_exit_2(builder, 
     assert err.count("\n") == 1 and cause in err and not Path(tmp_trace()).exists()
     check = run([sys.executable, "-m", "pprs_mpi.check", builder, "--problem-arg", f"how={how}"], timeout=60)
     assert check.returncode == 2 and check.stderr.count("\n") == 1 and cause in check.stderr
+
+
+@pytest.mark.mpi
+def test_a_resume_that_one_rank_cannot_see_ends_the_job_in_one_line_naming_it(tmp_path):
+    """Rank 1 runs in another directory, where the relative path of the trace names no file."""
+    seen, unseen = tmp_path / "seen", tmp_path / "unseen"
+    seen.mkdir(), unseen.mkdir()
+    assert main(["--problem", "lad", "--depth", "3", "--dim", "4", "--rows", "6", "--iters", "2", "--quiet",
+                 "--checkpoint-every", "1", "--out", str(seen / "run.h5")]) == 0
+    before = (seen / "run.h5").read_bytes()
+    solver = [sys.executable, "-m", "pprs_mpi.solve", "--resume", "run.h5", "--iters", "4", "--comm-timeout", "5"]
+    result = run(["mpirun", "-n", "1", "--wdir", str(seen), *solver, ":", "-n", "1", "--wdir", str(unseen), *solver],
+                 timeout=40)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pprs_mpi.solve")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "rank 1: cannot resume: run.h5: no such file" in lines[0]
+    assert (seen / "run.h5").read_bytes() == before
