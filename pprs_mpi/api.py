@@ -14,6 +14,7 @@ ends the whole job (no rank may be left waiting), or raises `RunFailed` in a sin
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -345,6 +346,7 @@ def open_trace(setup: Setup, comm) -> str | None:
         if cfg["iters"] < setup.start.iteration:
             return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
                     "a resume can only go further")
+    meta["layout_segments"] = json.dumps(_layout_segments(setup, meta))
     try:
         setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]),
                                   overwrite=cfg["overwrite"],  # what came after the checkpoint is redone:
@@ -355,6 +357,27 @@ def open_trace(setup: Setup, comm) -> str | None:
     setup.trace.write_graph(names, [graph.op(n).describe() for n in names], [list(graph.parents(n)) for n in names],
                             [setup.wiring.stage_of[n] for n in names], graph.dim, graph.depth, graph.root)
     return None
+
+
+LAYOUT_KEYS = ("ranks", "engine", "stages", "makespan", "n_microbatches")
+
+
+def _layout_segments(setup: Setup, meta: dict) -> list[dict]:
+    """The trace's `layout_segments`: from which iteration on each layout ran (ranks, engine, stages and the
+    makespan that pipeline_time counts per iteration). A resume on another layout appends a segment, so
+    that a trace whose pipeline_time mixes two makespans says where it changes."""
+    here = {"from_iteration": setup.start.iteration, **{key: meta[key] for key in LAYOUT_KEYS},
+            "simulated_depth": setup.cfg["simulated_depth"]}
+    if not setup.cfg["resume"]:
+        return [here]
+    from pprs_mpi.trace import load
+    attrs = load(setup.cfg["out"]).attrs
+    try:
+        before = json.loads(attrs["layout_segments"])
+        assert isinstance(before, list) and all(isinstance(s, dict) for s in before)
+    except (KeyError, ValueError, AssertionError):  # a trace from before segments: its last layout from 0 on
+        before = [{"from_iteration": 0, **{key: attrs.get(key) for key in LAYOUT_KEYS}}]
+    return [s for s in before if s.get("from_iteration", 0) < setup.start.iteration] + [here]
 
 
 def _checkpointed_state(path: str, dim: int, graph_hash: str) -> driver.LoopState:

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 _INTEGER_ATTRS = ("format_version", "resumes", "ranks", "depth", "makespan", "n_microbatches", "stages")
-_STRING_ATTRS = ("status", "config", "writer", "graph_hash", "pprs_mpi_version")
+_STRING_ATTRS = ("status", "config", "writer", "graph_hash", "pprs_mpi_version", "layout_segments")
 
 
 def validate(f: h5py.File, file_size: int, statuses: tuple, columns: tuple, timeline_dtype: np.dtype) -> None:

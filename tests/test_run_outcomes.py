@@ -1,5 +1,7 @@
-"""How a run ends when stdout closes or only f(y_t) is not finite (issue 25)."""
+"""How a run ends when stdout closes or only f(y_t) is not finite, and what a resume on another layout
+records (issue 25)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ import pprs_mpi
 from conftest import MPI_ENV
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops import Op, SquaredNorm
+from pprs_mpi.solve import main
 from pprs_mpi.trace import load
 
 
@@ -49,3 +52,15 @@ def test_a_closed_stdout_does_not_stop_a_serial_run(tmp_path):
     assert process.returncode == 0, err
     assert b"Traceback" not in err and b"Broken" not in err
     assert load(out).status == "completed" and load(out).columns["iteration"][-1] == 400
+
+
+def test_a_resume_on_another_layout_records_where_pipeline_time_changes_units(tmp_path):
+    out = str(tmp_path / "run.h5")
+    flags = ["--problem", "lad", "--depth", "3", "--dim", "4", "--rows", "6", "--quiet"]
+    assert main([*flags, "--stages", "3", "--iters", "4", "--checkpoint-every", "2", "--out", out]) == 0
+    assert main(["--resume", out, "--stages", "1", "--iters", "6"]) == 0
+    segments = json.loads(load(out).attrs["layout_segments"])
+    assert [(s["from_iteration"], s["stages"]) for s in segments] == [(0, 3), (4, 1)]
+    assert segments[0]["makespan"] != segments[1]["makespan"]
+    steps = np.diff(load(out).columns["pipeline_time"][1:])
+    assert set(steps[:3]) == {segments[0]["makespan"]} and set(steps[3:]) == {segments[1]["makespan"]}
