@@ -9,7 +9,8 @@ collective goes through `SetupSync`:
 
 - A *round* is an allgather done by hand: each rank sends rank 0 its value (or its error), rank 0
   collects one message per rank, polling with probes (never blocking inside MPI), and answers every
-  rank with all the values, or with the first error it saw ("rank R: cause").
+  rank with all the values, or with the first error it saw ("rank R: cause"; without the rank when
+  every rank reports the same error, as a mistake in the configuration is found alike everywhere).
 - A rank that fails, wherever it is in the setup, sends its error as its message of the round it is
   in. Messages of one sender arrive in order and no rank passes a round before rank 0 answered it,
   so rank 0 finds the error in the round it waits in, and every rank gets the same one line.
@@ -30,6 +31,7 @@ from pprs_mpi.config import ConfigError
 
 ANSWER_SLACK_SECONDS = 5.0  # beyond the timeout, so that rank 0 (which waits first) is the one to report
 FAILED_RANK_WAIT_SECONDS = 30.0  # how long a rank that failed waits for rank 0 to share its error
+SAME_ERROR_WAIT_SECONDS = 2.0  # how long rank 0, failing, waits to learn whether every rank failed alike
 MAX_ERROR_CHARS = 2000  # an error line is kept short: its message then never waits for a receiver
 _STEP_TAG, _ANSWER_TAG = 1, 2
 _SETUP_TIMEOUT = 2  # the exit code of a job aborted here: bad input, as for every setup error
@@ -83,7 +85,7 @@ class SetupSync:
     def _collect(self, mine: tuple) -> tuple:
         """Rank 0: every rank's message of this round, or the first error (its own first)."""
         if mine[0] == "error":
-            return "error", f"rank 0: {mine[1]}"
+            return "error", self._own_error(mine[1])
         values, start, pause = {0: mine[1]}, time.monotonic(), 0.0
         while len(values) < self.size:
             for rank in range(1, self.size):
@@ -100,6 +102,20 @@ class SetupSync:
             pause = min(0.01, pause + 0.0005)
             time.sleep(pause)
         return "ok", [values[rank] for rank in range(self.size)]
+
+    def _own_error(self, message: str) -> str:
+        """Rank 0's error, named 'rank 0: ...' unless every rank reports the same (a mistake in the
+        configuration, found alike everywhere), which SAME_ERROR_WAIT_SECONDS at most tells."""
+        heard, deadline, pause = set(), time.monotonic() + SAME_ERROR_WAIT_SECONDS, 0.0
+        while len(heard) < self.size - 1 and time.monotonic() < deadline:
+            for rank in range(1, self.size):
+                if rank not in heard and self.comm.iprobe(source=rank, tag=_STEP_TAG):
+                    if self.comm.recv(source=rank, tag=_STEP_TAG) != ("error", message):
+                        return f"rank 0: {message}"
+                    heard.add(rank)
+            pause = min(0.01, pause + 0.0005)
+            time.sleep(pause)
+        return message if len(heard) == self.size - 1 else f"rank 0: {message}"
 
     def _answer(self, mine: tuple) -> tuple:
         """Another rank: rank 0's answer to this round, waiting a bounded time when there is a bound."""
