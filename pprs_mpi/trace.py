@@ -441,9 +441,11 @@ class _WriterLock:
                 if err.errno == errno.ELOOP:
                     raise TraceError(f"{self.path} is a symbolic link: refusing to follow it (remove it)") from None
                 raise TraceError(f"{trace_path}: cannot create trace ({_reason(err)})") from None
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a hard link: its other name would be truncated
                 os.close(fd)
-                raise TraceError(f"{self.path} is not a regular file: refusing to use it as the lock (remove it)")
+                raise TraceError(f"{self.path} is not a regular file of its own (a FIFO, a device, a hard link?): "
+                                 "refusing to use it as the lock (remove it)")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:

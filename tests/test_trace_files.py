@@ -39,15 +39,15 @@ def test_a_fifo_or_a_device_as_the_trace_is_one_line_not_a_hang_or_a_memory_erro
         assert one_error_line(result) and "not a regular file" in result.stderr, result.stderr
 
 
-@pytest.mark.parametrize("suffix", [".tmp", ".lock"])
-def test_a_link_planted_beside_the_trace_is_refused_and_its_target_untouched(tmp_path, suffix):
+@pytest.mark.parametrize("suffix, link", [(".tmp", os.symlink), (".lock", os.symlink), (".lock", os.link)])
+def test_a_link_planted_beside_the_trace_is_refused_and_its_target_untouched(tmp_path, suffix, link):
     target = tmp_path / "precious.txt"
     target.write_text("keep me")
     out = tmp_path / "run.h5"
-    os.symlink(target, f"{out}{suffix}")
+    link(target, f"{out}{suffix}")
     with pytest.raises(T.TraceError, match=f"run.h5{suffix}"):
         T.TraceWriter(out, {"problem": "x"}, {})
-    assert target.read_text() == "keep me" and os.path.islink(f"{out}{suffix}")
+    assert target.read_text() == "keep me" and os.path.lexists(f"{out}{suffix}") and not out.exists()
 
 
 def test_resuming_a_link_to_a_live_runs_trace_is_refused_as_that_run(tmp_path):
