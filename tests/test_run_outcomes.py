@@ -36,6 +36,10 @@ def test_nan_only_in_f_of_y_ends_the_run_diverged(tmp_path):
     assert result.status == "diverged" and result.exit_code == 1
     assert "f(y_0) is not finite" in result.message and np.isfinite(result.y).all()
     assert load(tmp_path / "run.h5").status == "diverged"
+    at_the_end = pprs_mpi.minimize(graph, K=4, microbatch_size=4, iters=10, eval_every=0, quiet=True,
+                                   out=str(tmp_path / "end.h5"))  # f(y_t) evaluated only after the last iteration
+    assert at_the_end.status == "diverged" and "f(y_10) is not finite" in at_the_end.message
+    assert load(tmp_path / "end.h5").status == "diverged"
 
 
 def test_a_closed_stdout_does_not_stop_a_serial_run(tmp_path):
