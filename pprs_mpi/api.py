@@ -14,8 +14,10 @@ ends the whole job (no rank may be left waiting), or raises `RunFailed` in a sin
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from pprs_mpi.placement import measure_costs
 from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
 from pprs_mpi.schedule import Schedule, build as build_schedule, ideal_makespan
+from pprs_mpi.setup_sync import SetupFailed, SetupSync
 from pprs_mpi.signals import StopOnSignal
 
 EXIT_CODES = {"completed": 0, "diverged": 1, "interrupted": 3}  # interrupted: a checkpoint was written
@@ -69,20 +72,18 @@ def minimize(problem: Problem | Graph | str, comm=None, **options) -> Result | N
     comm = MPI.COMM_WORLD if comm is None else comm
     if isinstance(problem, (Problem, Graph)):
         built = problem if isinstance(problem, Problem) else Problem("graph", problem)
-        cfg = config.resolve({**options, "problem": config.OBJECT_PREFIX + built.name}, problem_object=True)
-        return run(cfg, comm, built)
+        options = {**options, "problem": config.OBJECT_PREFIX + built.name}
+        return run(lambda: config.resolve(options, problem_object=True), comm, built)
     if not isinstance(problem, str):
         raise ConfigError(f"problem must be a Problem, a Graph or a reference string, got {type(problem).__name__}")
-    return run(config.resolve({**options, "problem": problem}), comm)
+    return run(lambda: config.resolve({**options, "problem": problem}), comm)
 
 
-def run(cfg: dict, comm, problem: Problem | None = None) -> Result | None:
-    """Assembles and executes the run of a resolved configuration; the Result on rank 0, None elsewhere."""
-    setup = assemble(cfg, comm, problem)
-    trace_error = open_trace(setup, comm) if comm.rank == 0 else None
-    trace_error = comm.bcast(trace_error, root=0) if comm.size > 1 else trace_error
-    if trace_error:
-        raise ConfigError(trace_error)
+def run(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None) -> Result | None:
+    """Sets up and executes a run; the Result on rank 0, None elsewhere. `cfg` is a resolved configuration
+    or a function resolving it: called on every rank within the setup's error sharing, so that a rank that
+    cannot resolve it (a trace to resume it cannot see) is reported instead of leaving the others waiting."""
+    setup = set_up(cfg, comm, problem)
     try:
         return execute(setup, comm)
     except Exception as err:  # noqa: BLE001 — any failure must end every rank, reported once
@@ -103,6 +104,27 @@ def _fail(setup: "Setup", comm, err: Exception):
     if comm.size > 1:
         report_failure_and_abort(comm, text, prefix=PREFIX)
     raise RunFailed(text) from err
+
+
+def set_up(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None) -> "Setup":
+    """Resolves, builds and places the run on every rank and opens its trace on rank 0. Every error on any
+    rank, at any step, ends the setup on every rank with the same one-line ConfigError naming the rank
+    (see setup_sync); rank 0 commits nothing to the trace before every other step has passed."""
+    sync = SetupSync(comm, prefix=PREFIX)
+    try:
+        cfg = cfg() if callable(cfg) else cfg
+        sync.timeout = cfg["comm_timeout"]
+        setup = assemble(cfg, comm, problem, sync)
+        trace_error = open_trace(setup, comm) if comm.rank == 0 else None
+        if trace_error:
+            raise ConfigError(trace_error)
+        sync.gather(None)
+    except SetupFailed:
+        raise
+    except Exception as err:  # noqa: BLE001 — any error of one rank must reach every rank, in one line
+        sync.fail(str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}")
+    sync.close()
+    return setup
 
 
 @dataclass
@@ -129,21 +151,20 @@ class Setup:
         self.fault = Fault.parse(self.cfg["inject_fault"]) if self.cfg["inject_fault"] else faults.from_environment()
 
 
-def assemble(cfg: dict, comm, problem: Problem | None = None) -> Setup:
-    """Builds the run on every rank. Errors of the configuration are the same on every rank; errors of
-    one rank (its device, its graph) are shared with all ranks before any other collective call, so
-    that no rank waits forever. Every error is a ConfigError."""
+def assemble(cfg: dict, comm, problem: Problem | None = None, sync: SetupSync | None = None) -> Setup:
+    """Builds the run on every rank; its collectives go through `sync` (see setup_sync), so that an error
+    on one rank reaches all and no rank waits forever. Every error is a ConfigError."""
     try:
-        return _assemble(cfg, comm, problem)
+        return _assemble(cfg, comm, problem, sync or SetupSync(comm, prefix=PREFIX))
     except (GraphError, BackendError, ValueError, OSError) as err:  # all of them bad input
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
 
 
-def _assemble(cfg: dict, comm, problem: Problem | None) -> Setup:
+def _assemble(cfg: dict, comm, problem: Problem | None, sync: SetupSync) -> Setup:
     from mpi4py import MPI
     problem = problem or build_problem(cfg)
     graph = problem.graph
-    graph_hash = _same_graph_everywhere(graph, comm)
+    graph_hash = _same_graph_everywhere(graph, sync)
     _apply_preset(cfg, problem)
     if cfg["expect_ranks"] not in (None, comm.size):
         raise ConfigError(f"expected {cfg['expect_ranks']} MPI ranks but this job has {comm.size}: "
@@ -168,7 +189,7 @@ def _assemble(cfg: dict, comm, problem: Problem | None) -> Setup:
         local = {"devices": [backend.device], "transport": [Staging(backend, cuda_aware).path], "error": []}
     except BackendError as err:
         local = {"devices": [], "transport": [], "error": [f"rank {comm.rank}: {err}"]}
-    gathered = comm.allgather(local) if comm.size > 1 else [local]
+    gathered = sync.gather(local)
     placement = {key: [item for rank in gathered for item in rank[key]] for key in local}
     if placement.pop("error"):
         raise BackendError(_placement_errors(gathered))
@@ -176,11 +197,11 @@ def _assemble(cfg: dict, comm, problem: Problem | None) -> Setup:
                         noise_on_device=cfg["noise_source"] == "device")
     _check_sizes(cfg, graph, sampling.n_microbatches, n_stages)
     if cfg["check_gradients"]:
-        _check_gradients(problem, comm)
+        _check_gradients(problem, comm, sync)
     costs = None
     if cfg["balance"] == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, cfg["microbatch_size"]) if comm.rank == 0 else None
-        costs = comm.bcast(costs, root=0) if comm.size > 1 else costs
+        costs = sync.bcast(costs)
     wiring, schedule = _placed(graph, graph.stages(n_stages, costs), cfg["schedule"], sampling.n_microbatches)
     makespan = (ideal_makespan(sampling.n_microbatches, cfg["simulated_depth"]) if cfg["simulated_depth"]
                 else schedule.makespan)
@@ -195,6 +216,10 @@ def build_problem(cfg: dict) -> Problem:
         return spec.make(cfg["problem_params"])
     except GraphError as err:
         raise ConfigError(str(err)) from None
+    except (SystemExit, KeyboardInterrupt) as err:  # not a way to end a job from inside a builder
+        what = (f"called sys.exit({err.code!r})" if isinstance(err, SystemExit)
+                else "was interrupted (KeyboardInterrupt)")
+        raise ConfigError(f"problem {spec.reference!r}: the builder {what}") from None
     except Exception as err:  # noqa: BLE001 — a builder's own error, in one line naming it
         if spec.reference in registry():
             raise ConfigError(f"problem {spec.reference!r}: {err}") from None
@@ -202,16 +227,14 @@ def build_problem(cfg: dict) -> Problem:
                           f"{describe_error(err, spec.reference.rpartition(':')[0])}") from None
 
 
-def _same_graph_everywhere(graph: Graph, comm) -> str:
+def _same_graph_everywhere(graph: Graph, sync: SetupSync) -> str:
     """The graph's hash, after checking that every rank built the same graph (structure, op types and
     constants); a mismatch names the first node that differs and the ranks that disagree with rank 0."""
     digests = graph.fingerprints()
     whole = hashlib.sha256("".join(f"{name}={d};" for name, d in digests.items()).encode()).hexdigest()
-    if comm.size == 1:
+    if len(set(sync.gather(whole))) == 1:
         return whole
-    if len(set(comm.allgather(whole))) == 1:
-        return whole
-    every = comm.allgather(list(digests.items()))
+    every = sync.gather(list(digests.items()))
     mine = every[0]
     for position in range(max(len(d) for d in every)):
         differ = [rank for rank, d in enumerate(every) if d[position:position + 1] != mine[position:position + 1]]
@@ -223,14 +246,14 @@ def _same_graph_everywhere(graph: Graph, comm) -> str:
     raise ConfigError("the ranks built different graphs")
 
 
-def _check_gradients(problem: Problem, comm) -> None:
+def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
     """--check-gradients: rank 0 checks every node against finite differences; a failure is bad input."""
     from pprs_mpi.check import check_graph
     failure = None
     if comm.rank == 0:
         failures = [line for line in check_graph(problem.graph, x0=problem.x0) if not line.ok]
         failure = failures[0].describe() if failures else None
-    failure = comm.bcast(failure, root=0) if comm.size > 1 else failure
+    failure = sync.bcast(failure)
     if failure:
         raise ConfigError(f"--check-gradients: {failure}")
 
@@ -323,17 +346,38 @@ def open_trace(setup: Setup, comm) -> str | None:
         if cfg["iters"] < setup.start.iteration:
             return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
                     "a resume can only go further")
+    meta["layout_segments"] = json.dumps(_layout_segments(setup, meta))
     try:
         setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]),
-                                  overwrite=cfg["overwrite"])
-        if cfg["resume"]:
-            setup.trace.rewind(setup.start.iteration)  # what came after the checkpoint is redone
+                                  overwrite=cfg["overwrite"],  # what came after the checkpoint is redone:
+                                  rewind=setup.start.iteration if cfg["resume"] else None)
     except Exception as err:  # noqa: BLE001 — any reason the file cannot be used is bad input
         return f"cannot write trace {cfg['out']!r}: {err}"
     names = list(graph.order)
     setup.trace.write_graph(names, [graph.op(n).describe() for n in names], [list(graph.parents(n)) for n in names],
                             [setup.wiring.stage_of[n] for n in names], graph.dim, graph.depth, graph.root)
     return None
+
+
+LAYOUT_KEYS = ("ranks", "engine", "stages", "makespan", "n_microbatches")
+
+
+def _layout_segments(setup: Setup, meta: dict) -> list[dict]:
+    """The trace's `layout_segments`: from which iteration on each layout ran (ranks, engine, stages and the
+    makespan that pipeline_time counts per iteration). A resume on another layout appends a segment, so
+    that a trace whose pipeline_time mixes two makespans says where it changes."""
+    here = {"from_iteration": setup.start.iteration, **{key: meta[key] for key in LAYOUT_KEYS},
+            "simulated_depth": setup.cfg["simulated_depth"]}
+    if not setup.cfg["resume"]:
+        return [here]
+    from pprs_mpi.trace import load
+    attrs = load(setup.cfg["out"]).attrs
+    try:
+        before = json.loads(attrs["layout_segments"])
+        assert isinstance(before, list) and all(isinstance(s, dict) for s in before)
+    except (KeyError, ValueError, AssertionError):  # a trace from before segments: its last layout from 0 on
+        before = [{"from_iteration": 0, **{key: attrs.get(key) for key in LAYOUT_KEYS}}]
+    return [s for s in before if s.get("from_iteration", 0) < setup.start.iteration] + [here]
 
 
 def _checkpointed_state(path: str, dim: int, graph_hash: str) -> driver.LoopState:
@@ -424,7 +468,7 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     """Rank 0: Algorithm 1 around the engine, then the result and the closing lines."""
     cfg, trace = setup.cfg, setup.trace
     if not cfg["quiet"]:
-        print(_banner(setup), flush=True)
+        driver.say(_banner(setup))
     with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported by the driver
         outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace,
                                   driver.progress_for(cfg, setup.start.iteration), setup.start,
@@ -438,7 +482,7 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
     if outcome.status == "completed" and not cfg["quiet"]:
-        print(_summary(setup, outcome), flush=True)
+        driver.say(_summary(setup, outcome))
     return _result(setup, outcome)
 
 

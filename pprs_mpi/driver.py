@@ -8,6 +8,8 @@ It is engine-agnostic: everything that differs between one process and many rank
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -61,8 +63,17 @@ class Progress:
             return
         rate = (iteration - self.first) / max(time.perf_counter() - self._start, 1e-9)
         f_y = "" if math.isnan(f_eval) else f"  f(y) {f_eval:.6g}"
-        print(f"iter {iteration:>{len(str(self.total))}}/{self.total}  pipeline time {pipeline_time:,.0f}  "
-              f"f {f_smoothed:.6g}{f_y}  {rate:.1f} it/s", flush=True)
+        say(f"iter {iteration:>{len(str(self.total))}}/{self.total}  pipeline time {pipeline_time:,.0f}  "
+            f"f {f_smoothed:.6g}{f_y}  {rate:.1f} it/s")
+
+
+def say(text: str) -> None:
+    """Prints a line for the user. A closed stdout (`solve ... | head -2`) ends the printing, never the
+    run: stdout is pointed at /dev/null, so that later lines and the exit flush go nowhere quietly."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def progress_for(cfg: dict, first: int = 0) -> Progress:
@@ -84,7 +95,10 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
     momentum, lr, every = optim.Momentum(cfg["mu"]), float(cfg["lr"]), cfg["eval_every"]
     pipeline_time, wall_time = start.pipeline_time, start.wall_time
     if start.iteration == 0 and every:
-        trace.append(iteration=0, pipeline_time=0.0, wall_time=0.0, f_eval=engine.evaluate(y, 0), step_size=lr)
+        f_eval = engine.evaluate(y, 0)
+        trace.append(iteration=0, pipeline_time=0.0, wall_time=0.0, f_eval=f_eval, step_size=lr)
+        if not math.isfinite(f_eval):
+            return _diverged(backend, 0, x, y, pipeline_time, wall_time, f_eval, "f(y_0) is not finite")
     f_eval = math.nan
     for t in range(start.iteration, cfg["iters"]):
         tick = time.perf_counter()
@@ -104,6 +118,9 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
         if not bool(backend.xp.isfinite(y_next).all()):
             return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed,
                              "the iterate is not finite")
+        if evaluate and not math.isfinite(f_eval):  # finite samples, yet f at the iterate itself is not
+            return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed,
+                             f"f(y_{done}) is not finite")
         x, y = x_next, y_next
         if done == cfg["iters"]:
             break
@@ -115,6 +132,9 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
                            f"stopped by a signal after iteration {done}; resume with --resume")
     if math.isnan(f_eval):  # no iteration ran (a resume at its last iteration): evaluate where it stands
         f_eval = engine.evaluate(y, cfg["iters"])
+        if not math.isfinite(f_eval):
+            return _diverged(backend, cfg["iters"], x, y, pipeline_time, wall_time, f_eval,
+                             f"f(y_{cfg['iters']}) is not finite")
     return Outcome("completed", _state(backend, cfg["iters"], x, y, pipeline_time, wall_time), f_eval)
 
 

@@ -66,7 +66,7 @@ def plot_objective(traces: list[Trace], summaries: list[dict], names: list[str],
     for trace, summary, name in zip(traces, summaries, names):
         source, rows = objective(trace)
         values = trace.columns[source][rows] - (optimum or 0.0)
-        label = f"{name}: {settings_text(summary, differ)}" if differ else name
+        label = f"{_plain(name)}: {settings_text(summary, differ)}" if differ else _plain(name)
         if column == "pipeline_time":
             label += f" ({layout_text(summary)}{_simulated(summary)})"
         ax.plot(trace.columns[column][rows], values, marker="." if rows.size < 50 else None, label=label)
@@ -98,7 +98,7 @@ def plot_smoothed_vs_eval(trace: Trace, summary: dict, name: str) -> Figure:
     _draw_f_star(ax, optimum, log)
     ax.set_xlabel(X_LABELS["iteration"])
     ax.set_ylabel(_with_f_star(f"objective $f{minus}$", optimum, log))
-    ax.set_title(f"{name}: {_title([summary], ALGORITHM_KEYS)}")
+    ax.set_title(f"{_plain(name)}: {_title([summary], ALGORITHM_KEYS)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return fig
@@ -140,7 +140,7 @@ def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure
     ax.set_xlim(0, span / scale)
     shortest = f"; actions shorter than {MIN_BAR * span / scale:.2g} {unit} drawn that wide" if widened else ""
     ax.set_xlabel(f"time since the iteration's first record ({unit}){shortest}")
-    ax.set_title(f"{name}: iteration {iteration}, {summary['schedule'] or 'pipeline'}, "
+    ax.set_title(f"{_plain(name)}: iteration {iteration}, {summary['schedule'] or 'pipeline'}, "
                  f"M={short_number(summary['n_microbatches'])} microbatches{' (numbered on the bars)' * numbered}, "
                  f"Δ={short_number(summary['depth'])}, {layout_text(summary)}{_simulated(summary)}")
     handles = [Patch(facecolor=COLOURS[p], label=LABELS[p]) for p in (FORWARD, BACKWARD, WAIT)]
@@ -175,9 +175,15 @@ def _common_f_star(traces: list[Trace]) -> float | None:
 
 def _title(summaries: list[dict], keys) -> str:
     """The problem and the settings every run shares."""
-    problems = sorted({str(s["problem"]) for s in summaries})
+    problems = sorted({_plain(str(s["problem"])) for s in summaries})
     shared = settings_text(summaries[0], keys)
     return ", ".join(problems) + (f" — {shared}" if shared else "")
+
+
+def _plain(text: str) -> str:
+    """Text from a trace (a problem's name, a file's stem) shown as it is: a `$` would start matplotlib's
+    mathtext, and an unbalanced or unparsable one makes drawing fail."""
+    return text.replace("$", r"\$")
 
 
 def _label_width(fig: Figure, span: float) -> float:

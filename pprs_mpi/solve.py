@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None, comm=None) -> int:
     from mpi4py import MPI
     comm = MPI.COMM_WORLD if comm is None else comm
     try:
-        result = api.run(config.load(argv), comm)
+        result = api.run(lambda: config.load(argv), comm)
     except ConfigError as err:
         if comm.rank == 0:
             print(f"{PREFIX}error: {err}", file=sys.stderr, flush=True)

@@ -57,7 +57,10 @@ Damage is detected before it is parsed. Each version carries a CRC-32 and the le
 contents in the HDF5 user block (512 bytes before the superblock, which HDF5 leaves to applications,
 so any HDF5 reader still opens the file); `load` checks them and opens the very bytes it checked,
 so a damaged or truncated file is one TraceError, never a parse of damaged metadata (which can
-raise anything, or loop forever). That header is the one layout change, hence FORMAT_VERSION 2;
+raise anything, or loop forever). A whole file may still be crafted: its contents are then checked
+against what the writer writes (`trace_schema`: types, shapes, sizes, no external or virtual storage)
+before anything in it is used, and a resume commits nothing before all its checks have passed.
+That header is the one layout change, hence FORMAT_VERSION 2;
 version-1 traces (no header) are parsed as before, including one holding the old `/checkpoint_new`
 staging group of a kill between the two steps of the old in-place checkpoint, and a resume
 rewrites them as version 2.
@@ -78,6 +81,7 @@ import math
 import os
 import re
 import socket
+import stat
 import struct
 import time
 import weakref
@@ -89,6 +93,7 @@ import h5py
 import numpy as np
 
 import pprs_mpi
+from pprs_mpi import trace_schema
 from pprs_mpi.engines.timeline import TIMELINE_DTYPE  # the one definition of the records
 
 FORMAT_VERSION = 2  # 2: a checksummed user block; the groups and datasets are those of version 1
@@ -122,22 +127,23 @@ class TraceWriter:
     """
 
     def __init__(self, path, config: dict, meta: dict, resume: bool = False, overwrite: bool = False,
-                 flush_every: int = 10):
+                 flush_every: int = 10, rewind: int | None = None):
         self.path = os.fspath(path)
+        self._file = os.path.realpath(self.path)  # the lock and the commits follow links once, here
         self.flush_every = max(1, int(flush_every))
         self.closed = False
         clash = sorted(set(meta) & set(RESERVED_ATTRS))
         if clash:
             raise ValueError(f"meta keys {clash} are reserved trace attributes")
         _refuse_special_file(self.path)
-        if resume and not os.path.exists(self.path):
+        if resume and not os.path.exists(self._file):
             raise TraceError(f"{self.path}: cannot resume, no such file")
-        self._lock = _WriterLock(self.path)
+        self._lock = _WriterLock(self._file)
         self._release = weakref.finalize(self, self._lock.release)  # also if the writer is dropped unclosed
         try:
-            self._published = _identity(self.path)
+            self._published = _identity(self._file)
             if resume:
-                self._state = _read_state(self.path)
+                self._state = _read_state(self._file)
                 self._state.attrs["resumes"] = int(self._state.attrs.get("resumes", 0)) + 1
             else:
                 if self._published and not overwrite:
@@ -150,6 +156,8 @@ class TraceWriter:
             self._state.set_attrs(meta)
             self._rows: list[tuple] = []
             self._rows_due = 0.0  # time.monotonic() before which rows are not committed
+            if rewind is not None:  # before the first commit: a resume that cannot rewind changes nothing
+                self._state.rewind(rewind)
             self._commit()
         except BaseException:
             self._release()
@@ -205,10 +213,7 @@ class TraceWriter:
         passes t >= iteration (a record's `iteration` is the 0-based pass t)."""
         state = self._open_state()
         self._take_rows()
-        keep = state.columns["iteration"] <= iteration
-        state.columns = {name: values[keep] for name, values in state.columns.items()}
-        if state.timeline is not None:
-            state.timeline = state.timeline[state.timeline["iteration"] < iteration]
+        state.rewind(iteration)
         self._commit()
 
     def write_result(self, **arrays) -> None:
@@ -261,7 +266,7 @@ class TraceWriter:
         """Publish the whole state, built in memory, as the new version of the file."""
         self._open_state()
         self._take_rows()
-        self._published = _publish(self.path, self._state.image(), self._published)
+        self._published = _publish(self._file, self._state.image(), self._published)
 
 
 @dataclass
@@ -281,6 +286,13 @@ class _State:
 
     def set_attrs(self, attrs: dict) -> None:
         self.attrs.update({name: value for name, value in attrs.items() if value is not None})
+
+    def rewind(self, iteration: int) -> None:
+        """Drops rows after `iteration` iterations done and timeline records of passes t >= iteration."""
+        keep = self.columns["iteration"] <= iteration
+        self.columns = {name: values[keep] for name, values in self.columns.items()}
+        if self.timeline is not None:
+            self.timeline = self.timeline[self.timeline["iteration"] < iteration]
 
     def add_rows(self, rows: list[tuple]) -> None:
         self.columns = {name: np.concatenate([self.columns[name], np.asarray(values, dtype=_column_dtype(name))])
@@ -319,9 +331,11 @@ def _publish(path: str, image: bytes, expected) -> tuple[int, int]:
     `path` (which must still be the file `expected` identifies), fsync the directory. HDF5 never
     writes here, so a full disk is a plain OSError; any failure leaves the previous version.
     Returns the new file's identity."""
-    temp = path + TEMP_SUFFIX
+    temp, created = path + TEMP_SUFFIX, False
     try:
-        _write_durably(temp, image)
+        fd = _create_temporary(temp)
+        created = True
+        _write_durably(fd, image)
         if _identity(path) != expected:
             raise TraceError(f"{path}: the file is no longer this run's trace (deleted or replaced?)")
         os.replace(temp, path)
@@ -329,7 +343,8 @@ def _publish(path: str, image: bytes, expected) -> tuple[int, int]:
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
         return published
     except BaseException as err:
-        _remove(temp)
+        if created:
+            _remove(temp)
         if isinstance(err, OSError):
             raise TraceError(f"{path}: cannot write trace ({_reason(err)}); the last committed version is "
                              "kept") from None
@@ -341,8 +356,8 @@ def edited(path):
     """Change a trace that no run is writing, through h5py, as one commit: yields the h5py.File of a
     copy in memory, which replaces the trace (checksum renewed) when the block ends without error.
     Editing the file in place instead would make `load` find its checksum broken."""
-    path = os.fspath(path)
-    _refuse_special_file(path)
+    _refuse_special_file(os.fspath(path))
+    path = os.path.realpath(path)  # the lock is named after the file, not after a link to it
     if not os.path.exists(path):
         raise TraceError(f"{path}: no such file")
     lock = _WriterLock(path)
@@ -420,10 +435,17 @@ class _WriterLock:
     def __init__(self, trace_path: str):
         self.path = trace_path + LOCK_SUFFIX
         while True:
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link, nor blocking on a FIFO planted there
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
             except OSError as err:
+                if err.errno == errno.ELOOP:
+                    raise TraceError(f"{self.path} is a symbolic link: refusing to follow it (remove it)") from None
                 raise TraceError(f"{trace_path}: cannot create trace ({_reason(err)})") from None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:  # a hard link: its other name would be truncated
+                os.close(fd)
+                raise TraceError(f"{self.path} is not a regular file of its own (a FIFO, a device, a hard link?): "
+                                 "refusing to use it as the lock (remove it)")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as err:
@@ -462,9 +484,27 @@ def _identity(target) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _write_durably(path: str, data: bytes) -> None:
-    """Write `data` as the file `path` and fsync it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def _create_temporary(temp: str) -> int:
+    """A new file at `temp`, open for writing: a stale regular file left by a killed writer is removed
+    first; anything else found there (a symbolic link, a FIFO, a directory) is refused, never written
+    through. O_EXCL | O_NOFOLLOW: the file opened is the one created here."""
+    try:
+        mode = os.lstat(temp).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        raise TraceError(f"{temp} is not a regular file (a symbolic link, FIFO or directory): refusing to write "
+                         "through it (remove it)")
+    if mode is not None:
+        os.unlink(temp)
+    try:
+        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        raise TraceError(f"{temp} was created by someone else while this run was writing it") from None
+
+
+def _write_durably(fd: int, data: bytes) -> None:
+    """Write `data` to the new file `fd`, fsync it and close it."""
     try:
         view = memoryview(data)
         while view:
@@ -533,14 +573,14 @@ class _reading:
         if os.path.isdir(self.path):
             raise TraceError(f"{self.path}: not an HDF5 file")
         data, checked = _read_image(self.path)
-        if not checked and not h5py.is_hdf5(self.path):
+        if not checked and not _looks_like_hdf5(data):
             raise TraceError(f"{self.path}: not an HDF5 file")
         try:
             self.file = h5py.File(io.BytesIO(data), "r")
         except OSError as err:
             raise TraceError(f"{self.path}: truncated or corrupted HDF5 file ({_reason(err)})") from None
         try:
-            _check(self.path, self.file, checked)
+            _check(self.path, self.file, checked, len(data))
         except BaseException:
             self.file.close()
             raise
@@ -565,8 +605,7 @@ def _with_header(image: bytes) -> bytes:
 def _read_image(path: str) -> tuple[bytes, bool]:
     """The file's bytes, and whether they carry a version-2 header, checked: TraceError for a damaged
     or truncated file, before HDF5 parses it (which may raise anything, or hang, on damage)."""
-    with open(path, "rb") as f:
-        data = f.read()
+    data = _read_regular_file(path)
     if not data.startswith(_MAGIC):
         return data, False
     _, crc, length = _HEADER.unpack_from(data)
@@ -577,6 +616,39 @@ def _read_image(path: str) -> tuple[bytes, bool]:
         raise TraceError(f"{path}: damaged trace (its checksum does not match its contents; changed in place? "
                          "use pprs_mpi.trace.edited to change a trace)")
     return data, True
+
+
+def _read_regular_file(path: str) -> bytes:
+    """The bytes of the regular file at `path`; TraceError for anything else (a FIFO would block, /dev/zero
+    never ends), checked on the open file before reading it, and reading only the size it had then."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        raise TraceError(f"{path}: cannot read ({_reason(err)})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise TraceError(f"{path} is not a regular file, so not a trace")
+        chunks, left = [], info.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _looks_like_hdf5(data: bytes) -> bool:
+    """Whether `data` has an HDF5 superblock signature where HDF5 looks for one (0, 512, 1024, ...)."""
+    offset = 0
+    while offset + 8 <= len(data):
+        if data[offset:offset + 8] == b"\x89HDF\r\n\x1a\n":
+            return True
+        offset = 512 if offset == 0 else offset * 2
+    return False
 
 
 def _read_state(path: str) -> _State:
@@ -590,10 +662,14 @@ def _read_state(path: str) -> _State:
                       checkpoint=None if checkpoint is None else _read_checkpoint_group(checkpoint))
 
 
-def _check(path: str, f: h5py.File, checked: bool) -> None:
+def _check(path: str, f: h5py.File, checked: bool, size: int) -> None:
     version = f.attrs.get("format_version")
     if version is None or "trace" not in f:
         raise TraceError(f"{path}: an HDF5 file, but not a pprs_mpi trace (no format_version attribute or /trace)")
+    try:
+        trace_schema.validate(f, size, STATUSES, COLUMNS, TIMELINE_DTYPE)
+    except ValueError as err:
+        raise TraceError(f"{path}: malformed pprs_mpi trace ({err})") from None
     if int(version) >= 2 and not checked and int(version) <= FORMAT_VERSION:
         raise TraceError(f"{path}: damaged trace (its checksum header is gone)")
     if int(version) > FORMAT_VERSION:

@@ -350,3 +350,11 @@ def test_f_star_line_on_a_linear_axis(tmp_path):
     star = [line for line in ax.lines if line.get_label() == "$f^*$ = 0.2"]
     assert len(star) == 1 and set(star[0].get_ydata()) == {0.0}
     assert ax.lines[0].get_ydata()[0] == pytest.approx(0.75)
+
+
+def test_dollar_signs_in_names_are_drawn_as_text_not_mathtext(tmp_path):
+    """A problem named '$\\frac{' (or a file stem with a $) once crashed --plot in matplotlib's mathtext."""
+    pytest.importorskip("matplotlib")
+    run = write_trace(tmp_path / "cost$.h5", config={**CONFIG, "problem": "price_$\\frac{x"})
+    assert report.main([str(run), "--plot", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "cost$_f_smoothed_vs_f_eval.png").read_bytes().startswith(b"\x89PNG")

@@ -4,6 +4,17 @@ The builder returns a `Problem` or a `Graph`; its keyword arguments become the p
 typed from their annotations, else from their defaults (else text). Every MPI rank loads and calls
 the builder itself, so it must be deterministic (seed any random numbers it draws).
 Every mistake is a ValueError with a one-line message naming the file and the function.
+
+Which functions are builders. A reference may come from a command line, but also from a TOML file
+or a trace being resumed, which someone else may have written: `problem = "os:system"` or
+`"shutil:rmtree"` with chosen `[problem_args]` must not be called. So a reference is refused, before
+the function is called, unless its function is
+- in `FILE.py:FUNCTION`: defined in that file (a `def` there, not a name it imports), or annotated to
+  return a Problem or a Graph; and the file is not part of the Python installation (the standard
+  library, site-packages: name those as modules);
+- in `package.module:FUNCTION`: annotated to return a Problem or a Graph (`-> Problem`, `-> Graph`).
+This keeps library functions out; it is no sandbox: loading a reference imports its file or module
+and runs its code, as `torch.load` runs a pickle's. Resume traces and use configs you trust.
 """
 
 from __future__ import annotations
@@ -13,10 +24,12 @@ import importlib.util
 import inspect
 import os
 import sys
+import sysconfig
 import traceback
 import typing
 
-from pprs_mpi.problems import REQUIRED, Parameter, ProblemSpec
+from pprs_mpi.graph import Graph
+from pprs_mpi.problems import REQUIRED, Parameter, Problem, ProblemSpec
 
 _SIMPLE_TYPES = (int, float, bool, str)
 _loaded: dict[tuple, object] = {}  # modules loaded from files, by (path, mtime, size): each version runs once
@@ -27,8 +40,10 @@ def load_builder(reference: str) -> ProblemSpec:
     where, _, function = reference.rpartition(":")
     if not where or not function.isidentifier():
         raise ValueError(f"problem {reference!r}: expected FILE.py:FUNCTION or package.module:FUNCTION")
-    if where.endswith(".py") or os.sep in where:
+    from_file = where.endswith(".py") or os.sep in where
+    if from_file:
         path = os.path.abspath(where)
+        _refuse_installed_file(path, reference)
         module, reference = _module_from_file(path, reference), f"{path}:{function}"
     else:
         module = _module_by_name(where, reference)
@@ -38,8 +53,38 @@ def load_builder(reference: str) -> ProblemSpec:
     if not callable(builder):
         raise ValueError(f"problem {reference!r}: {function!r} in {where} is a {type(builder).__name__}, "
                          "not a function")
+    if not _returns_a_problem(builder) and not (from_file and getattr(builder, "__module__", None) == module.__name__):
+        raise ValueError(f"problem {reference!r}: {function!r} is not a builder: " + (
+            f"it is not defined in {where} (only imported there) and not annotated -> Problem or -> Graph"
+            if from_file else "a module's builder must be annotated to return a Problem or a Graph (-> Problem)"))
     doc = (inspect.getdoc(builder) or "").strip().splitlines()
     return ProblemSpec(builder, _parameters(builder, reference), doc[0] if doc else reference, reference)
+
+
+def _refuse_installed_file(path: str, reference: str) -> None:
+    """Files of the Python installation hold library functions, not builders: name their modules instead."""
+    paths = sysconfig.get_paths()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        root = os.path.realpath(paths.get(key) or "")
+        if root and os.path.commonpath([os.path.realpath(path), root]) == root:
+            raise ValueError(f"problem {reference!r}: {path} belongs to the Python installation ({key}); name an "
+                             "installed builder as package.module:FUNCTION")
+
+
+def _returns_a_problem(builder) -> bool:
+    """Whether `builder` is annotated to return a Problem or a Graph (or an Optional/Union of them)."""
+    try:
+        annotation = typing.get_type_hints(builder).get("return")
+    except Exception:  # noqa: BLE001 — unresolvable names: read the annotation's text
+        annotation = getattr(builder, "__annotations__", {}).get("return") if callable(builder) else None
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, _union_type()) else (
+        annotation,)
+    for option in options:
+        if isinstance(option, type) and issubclass(option, (Problem, Graph)):
+            return True
+        if isinstance(option, str) and option.replace(" ", "").split("|")[0].rpartition(".")[2] in ("Problem", "Graph"):
+            return True
+    return False
 
 
 def _module_from_file(path: str, reference: str):
