@@ -2,8 +2,9 @@
 autodiff, and whose contract (shapes, batch separability, purity, dtype) is checked once when the graph is built.
 
 Arrays cross between the engine's array module (NumPy, or CuPy on a GPU) and the framework without copies
-(DLPack; TorchOp takes NumPy arrays through `torch.from_numpy`, which shares memory at half the cost). In a gradient pass the forward records the framework's tape and the engine keeps it as the
-node's residuals until the backward, so the forward runs once (`stash=False` recomputes it instead).
+(DLPack; TorchOp takes NumPy arrays through `torch.from_numpy`, which shares memory at half the cost).
+In a gradient pass the forward records the framework's tape and the engine keeps it as the node's
+residuals until the backward, so the forward runs once (`stash=False` recomputes it instead).
 """
 
 from __future__ import annotations
