@@ -138,11 +138,7 @@ def test_without_torch_a_builder_using_it_is_one_line(tmp_path):
 
 def test_the_torch_attack_matches_the_numpy_graph_to_rounding(tmp_path):
     """Same f, sample values (the gradient estimates' losses) and iterates as the built-in adversarial problem."""
-    from importlib import util
-    spec = util.spec_from_file_location("torch_attack", EXAMPLES / "torch_attack.py")
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    mine, builtin = module.build(), build("adversarial")
+    mine, builtin = build(f"{EXAMPLES / 'torch_attack.py'}:build"), build("adversarial")
     assert np.array_equal(mine.x0, builtin.x0)
     options = {**RUN, "gamma": 0.02, "lr": 1e-3}
     a = pprs_mpi.minimize(mine, out=str(tmp_path / "torch.h5"), **options)
@@ -161,11 +157,7 @@ def test_the_torch_attack_matches_the_numpy_graph_to_rounding(tmp_path):
 
 def test_the_torch_finetune_matches_the_numpy_fewshot_graph_to_rounding(tmp_path):
     """θ = weights: vmap over copies of functional_call gives the NumPy ParamAffine graph's values and iterates."""
-    from importlib import util
-    spec = util.spec_from_file_location("torch_finetune", EXAMPLES / "torch_finetune.py")
-    module = util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    mine, builtin = module.build(), build("fewshot")
+    mine, builtin = build(f"{EXAMPLES / 'torch_finetune.py'}:build"), build("fewshot")
     assert np.array_equal(mine.x0, builtin.x0)
     a = pprs_mpi.minimize(mine, out=str(tmp_path / "torch.h5"), **RUN)
     b = pprs_mpi.minimize(builtin, out=str(tmp_path / "numpy.h5"), **RUN)
