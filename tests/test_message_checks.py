@@ -18,12 +18,17 @@ EXPECTED = {
                     "expected (1, 4) (edge 'mix' -> 'abs')",
     "vjp-short": "ShapeError: node 'mix' (Mix), microbatch 0: VJP returned a cotangent of shape (1, 3) for edge "
                  "'scale' -> 'mix', expected (1, 4)",
+    "forward-dtype": "DtypeError: node 'mix' (Mix), the evaluation pass f(y): forward returned dtype float64, "
+                     "expected float32 (edge 'mix' -> 'abs')",
+    "vjp-dtype": "DtypeError: node 'mix' (Mix), microbatch 0: VJP returned a cotangent of dtype float64 for edge "
+                 "'scale' -> 'mix', expected float32",
 }
 
 
 def solve_faulty(fault, ranks, out):
-    """The user's problem solved serially (ranks=None) or under mpirun; (exit code, pprs_mpi lines)."""
-    args = [*ARGS, "--problem-arg", f"fault={fault}", "--out", out]
+    """The user's problem solved serially (ranks=None) or under mpirun; (exit code, pprs_mpi lines).
+    The dtype faults run under --dtype float32, where a float64 array is the op's mistake."""
+    args = [*ARGS, "--problem-arg", f"fault={fault}", "--out", out, *(["--dtype", "float32"] * ("dtype" in fault))]
     if ranks is None:
         result = solve(*args, "--engine", "serial", "--stages", 3, timeout=60)
     else:

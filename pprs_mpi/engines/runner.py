@@ -28,6 +28,11 @@ class ShapeError(RuntimeError):
     the node, the edge, the microbatch and both shapes."""
 
 
+class DtypeError(ShapeError):
+    """An op's output or a VJP's cotangent is not in the run's dtype (float64 under --dtype float32, say):
+    named at the op that leaked it, before a receiver would see a message of the wrong size."""
+
+
 class StageRunner:
     """Executes one stage's plan for a pass; on stage 0 a `RootRole` adds the noisy copies and G_t."""
 
@@ -130,7 +135,7 @@ class StageRunner:
             if active:
                 self._record(mb, FORWARD_PHASE, step.node, start)
             if self._checking:
-                self._check(output, step.shape, step, "forward returned shape {actual}, expected {expected} "
+                self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
                             f"({self._destinations(step.name)})")
             outputs[step.output] = output
             if keep_inputs:
@@ -184,10 +189,14 @@ class StageRunner:
     # -- shape checks (first pass of each kind) ---------------------------------------------------
 
     def _check(self, array, expected: tuple, step, text: str) -> None:
-        """Raises ShapeError (`text` after the node and microbatch) unless `array` has shape `expected`."""
+        """Raises ShapeError (`text` after the node and microbatch) unless `array` has shape `expected`, and
+        DtypeError unless it has the run's dtype (a leaked float64 would otherwise pass unnoticed serially and
+        under MPI surface as a wrong-size message at a downstream edge)."""
         actual = _shape(array)
         if actual != expected:
-            self._fail(step, text.format(actual=actual, expected=expected))
+            self._fail(step, text.format(kind="shape", actual=actual, expected=expected))
+        if array.dtype != self.backend.dtype:
+            self._fail(step, text.format(kind="dtype", actual=array.dtype, expected=self.backend.dtype), DtypeError)
 
     def _check_cotangents(self, step: BackwardStep, grads) -> None:
         """One cotangent per parent slot, each of its parent's shape."""
@@ -195,16 +204,16 @@ class StageRunner:
         if len(grads) != len(parents):
             self._fail(step, f"VJP returned {len(grads)} cotangent(s) for {len(parents)} parent(s)")
         for parent, grad, expected in zip(parents, grads, step.shapes):
-            self._check(grad, expected, step, "VJP returned a cotangent of shape {actual} for edge "
+            self._check(grad, expected, step, "VJP returned a cotangent of {kind} {actual} for edge "
                         f"'{parent}' -> '{step.name}', expected {{expected}}")
 
     def _destinations(self, node: str) -> str:
         children = self.graph.children[node]
         return "edge " + ", ".join(f"'{node}' -> '{c}'" for c in children) if children else "the leaf's value"
 
-    def _fail(self, step, text: str) -> None:
+    def _fail(self, step, text: str, error: type = ShapeError) -> None:
         which = "the evaluation pass f(y)" if step.mb == self.eval_mb else f"microbatch {step.mb}"
-        raise ShapeError(f"node '{step.name}' ({self._ops[step.node].describe()}), {which}: {text}")
+        raise error(f"node '{step.name}' ({self._ops[step.node].describe()}), {which}: {text}")
 
 
 class RootRole:
