@@ -7,8 +7,8 @@ the benchmarks and the tests all go through it.
 
 Under `mpirun`, every rank calls `minimize` with the same arguments; rank 0 gets the `Result`, the
 others None. Bad input raises `ConfigError` (one line, the same the command line prints) on every
-rank, before any file is touched; a failure during the run marks the trace `failed` and, under MPI,
-ends the whole job (no rank may be left waiting), or raises `RunFailed` in a single process.
+rank, before any file is touched; a failure during the run marks the trace `failed` and raises
+`RunFailed` with the same line on every rank (from the command line, under MPI, it ends the whole job).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 Gi
 
 
 class RunFailed(RuntimeError):
-    """A run that failed after it started (in a single process); the trace says `failed`."""
+    """A run that failed after it started (in one process, or on every rank under `minimize`); the trace
+    says `failed`."""
 
 
 @dataclass
@@ -70,27 +71,35 @@ def minimize(problem: Problem | Graph | str, comm=None, **options) -> Result | N
     if isinstance(problem, (Problem, Graph)):
         built = problem if isinstance(problem, Problem) else Problem("graph", problem)
         cfg = config.resolve({**options, "problem": config.OBJECT_PREFIX + built.name}, problem_object=True)
-        return run(cfg, comm, built)
+        return run(cfg, comm, built, recover=True)
     if not isinstance(problem, str):
         raise ConfigError(f"problem must be a Problem, a Graph or a reference string, got {type(problem).__name__}")
-    return run(config.resolve({**options, "problem": problem}), comm)
+    return run(config.resolve({**options, "problem": problem}), comm, recover=True)
 
 
-def run(cfg: dict, comm, problem: Problem | None = None) -> Result | None:
-    """Assembles and executes the run of a resolved configuration; the Result on rank 0, None elsewhere."""
+def run(cfg: dict, comm, problem: Problem | None = None, recover: bool = False) -> Result | None:
+    """Assembles and executes the run of a resolved configuration; the Result on rank 0, None elsewhere.
+    A failure raises RunFailed on every rank with `recover` (the Python API), else under MPI ends the job."""
     setup = assemble(cfg, comm, problem)
     trace_error = open_trace(setup, comm) if comm.rank == 0 else None
     trace_error = comm.bcast(trace_error, root=0) if comm.size > 1 else trace_error
     if trace_error:
         raise ConfigError(trace_error)
+    engine = None
     try:
-        return execute(setup, comm)
+        with StopOnSignal() as stop:  # before the engine, whose rank 0 hooks SIGTERM in front of it
+            engine = _make_engine(setup, comm, recover)
+            return execute(setup, comm, engine, stop)
     except Exception as err:  # noqa: BLE001 — any failure must end every rank, reported once
-        _fail(setup, comm, err)
+        _fail(setup, comm, err, getattr(engine, "settle_failure", None) if recover else None,
+              getattr(engine, "comm", comm))
 
 
-def _fail(setup: "Setup", comm, err: Exception):
-    """Marks the trace failed and ends the job (MPI) or raises RunFailed (one process)."""
+def _fail(setup: "Setup", comm, err: Exception, settle=None, engine_comm=None):
+    """Marks the trace failed, then raises RunFailed on this rank: in one process at once; under MPI after
+    `settle` (the MPI engine's settle_failure, in recover mode) has agreed with every rank on one error
+    line, or else ends the job, reporting the error once over `engine_comm` (the engine's, where rank 0
+    listens for failure notices)."""
     from pprs_mpi.engines.mpi import JobAborted, RemoteFailure, report_failure_and_abort
     text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
     if comm.rank == 0:
@@ -101,7 +110,9 @@ def _fail(setup: "Setup", comm, err: Exception):
     if isinstance(err, JobAborted):  # the rank that aborts the job has reported the error
         comm.Abort(1)
     if comm.size > 1:
-        report_failure_and_abort(comm, text, prefix=PREFIX)
+        if settle is None:
+            report_failure_and_abort(engine_comm or comm, text, prefix=PREFIX)
+        text = settle(text, isinstance(err, RemoteFailure), PREFIX)
     raise RunFailed(text) from err
 
 
@@ -393,31 +404,31 @@ def _placed(graph: Graph, stages, schedule: str, n_microbatches: int) -> tuple[W
 
 def make_engine(wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend, comm=None,
                 fault: Fault | None = None, timeline_every: int = 1, comm_timeout: float | None = None,
-                cuda_aware: bool = False):
-    """The serial engine (no `comm`) or the MPI engine over `comm` for a placement and its schedule."""
+                cuda_aware: bool = False, recover: bool = False):
+    """The serial engine (no `comm`) or the MPI engine over `comm` for a placement and its schedule
+    (`recover`: a failure is settled among the ranks instead of aborting the job)."""
     if comm is None:
         from pprs_mpi.engines.serial import SerialEngine
         return SerialEngine(wiring, schedule, sampling, backend, fault, timeline_every)
     from pprs_mpi.engines.mpi import MpiEngine
-    return MpiEngine(comm, wiring, schedule, sampling, backend, comm_timeout, fault, timeline_every, cuda_aware)
+    return MpiEngine(comm, wiring, schedule, sampling, backend, comm_timeout, fault, timeline_every, cuda_aware,
+                     recover)
 
 
-def _make_engine(setup: Setup, comm):
+def _make_engine(setup: Setup, comm, recover: bool = False):
     return make_engine(setup.wiring, setup.schedule, setup.sampling, setup.backend,
                        None if setup.engine_name == "serial" else comm, setup.fault, setup.cfg["timeline_every"],
-                       setup.cfg["comm_timeout"], setup.cuda_aware)
+                       setup.cfg["comm_timeout"], setup.cuda_aware, recover)
 
 
-def execute(setup: Setup, comm) -> Result | None:
-    """Runs the assembled run to its end. Every rank catches the stop signals, so that none dies of one;
-    rank 0 alone acts on them (a checkpoint and a stop at the next iteration boundary) and the others
+def execute(setup: Setup, comm, engine, stop: StopOnSignal) -> Result | None:
+    """Runs the assembled run to its end. Every rank catches the stop signals (`stop`), so that none dies of
+    one; rank 0 alone acts on them (a checkpoint and a stop at the next iteration boundary) and the others
     stop when it tells them to."""
-    with StopOnSignal() as stop:
-        engine = _make_engine(setup, comm)
-        if comm.rank != 0:
-            engine.serve()
-            return None
-        return _drive(setup, engine, stop)
+    if comm.rank != 0:
+        engine.serve()
+        return None
+    return _drive(setup, engine, stop)
 
 
 def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
@@ -433,13 +444,14 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
         _write_checkpoint(setup, engine, outcome.state)
     _write_gathered(trace, engine)
-    engine.stop()
     trace.write_result(y=outcome.state.y, x=outcome.state.x)
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
+    result = _result(setup, outcome)
+    engine.stop()  # last: until then the other ranks wait for a command, so they would hear of a failure here
     if outcome.status == "completed" and not cfg["quiet"]:
         print(_summary(setup, outcome), flush=True)
-    return _result(setup, outcome)
+    return result
 
 
 def _result(setup: Setup, outcome) -> Result:
