@@ -55,7 +55,7 @@ class Result:
     f_smoothed: np.ndarray  # mean of the K sample values per iteration
     f_eval: np.ndarray  # f(y_t) where evaluated, NaN elsewhere
     trace: str  # path of the HDF5 trace
-    message: str = ""  # why a run that did not complete stopped
+    message: str = ""  # why a run that did not complete stopped, or that a resume had nothing to do
 
     @property
     def exit_code(self) -> int:
@@ -82,9 +82,12 @@ def run(cfg: dict, comm, problem: Problem | None = None, recover: bool = False) 
     A failure raises RunFailed on every rank with `recover` (the Python API), else under MPI ends the job."""
     setup = assemble(cfg, comm, problem)
     trace_error = open_trace(setup, comm) if comm.rank == 0 else None
-    trace_error = comm.bcast(trace_error, root=0) if comm.size > 1 else trace_error
+    trace_error, complete = comm.bcast((trace_error, setup.complete), root=0) if comm.size > 1 else (
+        trace_error, setup.complete)
     if trace_error:
         raise ConfigError(trace_error)
+    if complete:  # --resume of a finished run at its own --iters: the trace is left as it is
+        return _completed_result(setup) if comm.rank == 0 else None
     engine = None
     try:
         with StopOnSignal() as stop:  # before the engine, whose rank 0 hooks SIGTERM in front of it
@@ -133,6 +136,7 @@ class Setup:
     graph_hash: str
     trace: object = None  # the TraceWriter, on rank 0
     start: driver.LoopState | None = None
+    complete: bool = False  # a resume of a completed run with nothing left to do
     fault: Fault | None = field(init=False)
 
     def __post_init__(self):
@@ -334,6 +338,9 @@ def open_trace(setup: Setup, comm) -> str | None:
         if cfg["iters"] < setup.start.iteration:
             return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
                     "a resume can only go further")
+        setup.complete = cfg["iters"] == setup.start.iteration and _stored_status(cfg["out"]) == "completed"
+        if setup.complete:
+            return None
     try:
         setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]),
                                   overwrite=cfg["overwrite"])
@@ -345,6 +352,25 @@ def open_trace(setup: Setup, comm) -> str | None:
     setup.trace.write_graph(names, [graph.op(n).describe() for n in names], [list(graph.parents(n)) for n in names],
                             [setup.wiring.stage_of[n] for n in names], graph.dim, graph.depth, graph.root)
     return None
+
+
+def _stored_status(path: str) -> str:
+    from pprs_mpi.trace import load
+    return load(path).status
+
+
+def _completed_result(setup: Setup) -> Result:
+    """The Result a completed trace holds, saying that there is nothing to do and how to extend the run."""
+    from pprs_mpi.trace import load
+    out, done = setup.cfg["out"], setup.start.iteration
+    trace = load(out)
+    f_eval = trace.columns["f_eval"]
+    finite = f_eval[np.isfinite(f_eval)]
+    message = (f"{out} is already complete at iteration {done}: nothing to do (to extend the run: "
+               f"--resume {out} --iters N, with N > {done})")
+    return Result("completed", trace.result.get("y", setup.start.y), trace.result.get("x", setup.start.x),
+                  float(finite[-1]) if finite.size else math.nan, trace.columns["iteration"],
+                  trace.columns["f_smoothed"], f_eval, out, message)
 
 
 def _checkpointed_state(path: str, dim: int, graph_hash: str) -> driver.LoopState:
