@@ -25,6 +25,7 @@ from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.faults import Fault
 from pprs_mpi.graph import Graph, GraphError
+from pprs_mpi.nonfinite import first_nonfinite
 from pprs_mpi.placement import measure_costs
 from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
@@ -36,6 +37,8 @@ PREFIX = "pprs_mpi.solve: "
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
+QUIET_FLOATS = dict(over="ignore", invalid="ignore", divide="ignore")  # divergence is the driver's to detect and
+# report, once, on rank 0: no NumPy warning on any rank
 
 
 class RunFailed(RuntimeError):
@@ -452,7 +455,8 @@ def execute(setup: Setup, comm, engine, stop: StopOnSignal) -> Result | None:
     one; rank 0 alone acts on them (a checkpoint and a stop at the next iteration boundary) and the others
     stop when it tells them to."""
     if comm.rank != 0:
-        engine.serve()
+        with np.errstate(**QUIET_FLOATS):
+            engine.serve()
         return None
     return _drive(setup, engine, stop)
 
@@ -462,11 +466,13 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     cfg, trace = setup.cfg, setup.trace
     if not cfg["quiet"]:
         print(_banner(setup), flush=True)
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported by the driver
+    with np.errstate(**QUIET_FLOATS):
         outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace,
                                   driver.progress_for(cfg, setup.start.iteration), setup.start,
                                   checkpoint=lambda state: _write_checkpoint(setup, engine, state),
-                                  stop_requested=lambda: stop.requested)
+                                  stop_requested=lambda: stop.requested,
+                                  locate=lambda x, t: first_nonfinite(setup.problem.graph, setup.sampling,
+                                                                      setup.backend, x, t))
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
         _write_checkpoint(setup, engine, outcome.state)
     _write_gathered(trace, engine)

@@ -46,6 +46,27 @@ def test_a_wrong_forward_or_cotangent_shape_is_one_line_naming_the_node_in_both_
     assert load(tmp_trace()).status == "failed"
 
 
+NONFINITE = {
+    "nan-forward": "the forward output of node 'mix' (Mix), microbatch 0",
+    "nan-vjp": "the cotangent node 'mix' (Mix) returned for edge 'scale' -> 'mix', microbatch 0",
+}
+
+
+@pytest.mark.parametrize("fault", ["nan-forward", "nan-vjp"])
+@pytest.mark.parametrize("ranks", [None, pytest.param(3, marks=pytest.mark.mpi)])
+def test_divergence_names_the_node_and_microbatch_of_the_first_nan_in_both_engines(tmp_trace, fault, ranks):
+    """Found after the run has diverged (the failing pass redone with checks on rank 0), the same line in
+    both engines; no NumPy warning on any rank."""
+    args = [*ARGS, "--problem-arg", f"fault={fault}", "--out", tmp_trace()]
+    result = solve(*args, "--engine", "serial", "--stages", 3, timeout=60) if ranks is None else mpirun(
+        ranks, *args, timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pprs_mpi.solve")]
+    assert result.returncode == 1 and "Warning" not in result.stderr, result.stderr
+    assert lines == [f"pprs_mpi.solve: diverged at iteration 0: f or its gradient is not finite; the first non-finite "
+                     f"value: {NONFINITE[fault]}; trace {tmp_trace()} marked diverged"]
+    assert load(tmp_trace()).status == "diverged"
+
+
 @pytest.mark.mpi
 def test_the_helper_problem_runs_when_its_op_behaves(tmp_trace):
     """The control: without a fault both engines complete, bitwise equal (so the failures above are the checks')."""

@@ -268,16 +268,7 @@ class RootRole:
 
     def _noisy_copies(self, mb: int):
         """θ_mb = x_t + γ X_k for the samples k of microbatch mb, stacked along the batch axis."""
-        samples, x = self._samples[mb], self._x
-        if self.sampling.gamma == 0.0:
-            return self.xp.array(self.xp.broadcast_to(x, (len(samples), x.shape[0])))
-        if self.sampling.noise_on_device and self.backend.on_gpu:
-            perturbation = noise.device_perturbations(self.backend, self.sampling.seed, self._t, samples, x.shape[0])
-        else:
-            perturbation = self.backend.asarray(self._noise.draw(self._t, samples))
-        batch = self.sampling.gamma * perturbation
-        batch += x  # x + γX, broadcast along the batch axis, in one new array (addition commutes bitwise)
-        return batch
+        return noise.noisy_copies(self.backend, self.sampling, self._noise, self._x, self._t, self._samples[mb])
 
     def fold_arrived(self) -> None:
         """Adds in, in microbatch order, the root cotangents and sample values already here: consumed as
