@@ -487,9 +487,12 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
 
 
 def _result(setup: Setup, outcome) -> Result:
-    from pprs_mpi.trace import load
-    columns = load(setup.cfg["out"]).columns
-    message = f"{outcome.message}; trace {setup.cfg['out']} marked {outcome.status}" if outcome.message else ""
+    columns, out = setup.trace.columns, setup.cfg["out"]
+    message = ""
+    if outcome.message:
+        message = f"{outcome.message}; " + (f"trace {out} marked {outcome.status}" if setup.trace.replaced else
+                                            f"{out} not replaced (--overwrite keeps the old file until the new run "
+                                            "has a checkpoint or ends completed or interrupted)")
     return Result(outcome.status, outcome.state.y, outcome.state.x, outcome.f_final, columns["iteration"],
                   columns["f_smoothed"], columns["f_eval"], setup.cfg["out"], message)
 

@@ -42,8 +42,10 @@ the last checkpoint `write_checkpoint` returned from, with the configuration and
   unlinked while still held on close; a writer that locked a just-unlinked inode sees the inode
   at the path differ and retries, so two writers can never both hold it.
 - Nothing valuable is overwritten. A fresh run refuses any existing `RUN.h5` (a trace, a text file)
-  before writing anything, unless `overwrite=True`; even then the old file is replaced only by the
-  first complete commit, so input refused before that leaves it intact. A path that is not a
+  before writing anything, unless `overwrite=True`; even then the old file is replaced only once the
+  new run has something worth more: its first checkpoint, or its end as completed or interrupted.
+  Until then its commits stay in memory, so input refused at once, a wrong op or a NaN in the first
+  iterations leave the old file intact (`replaced` says whether it was). A path that is not a
   regular file (/dev/null, a directory) is refused always. A commit also checks that `RUN.h5` is
   still the file it published last, so a trace deleted or replaced under a live run ends the run
   instead of being silently recreated.
@@ -119,6 +121,9 @@ class TraceWriter:
     `close` commit at once. Used as a context manager, an exception marks the run 'failed'
     (KeyboardInterrupt: 'interrupted') and a normal exit without an explicit `close` marks it
     'completed'.
+
+    With `overwrite` of an existing file, nothing is published until the first checkpoint or a close
+    as completed or interrupted (see the module docstring); `replaced` is False while the old file stays.
     """
 
     def __init__(self, path, config: dict, meta: dict, resume: bool = False, overwrite: bool = False,
@@ -150,7 +155,11 @@ class TraceWriter:
             self._state.set_attrs(meta)
             self._rows: list[tuple] = []
             self._rows_due = 0.0  # time.monotonic() before which rows are not committed
-            self._commit()
+            self._holding = bool(self._published) and not resume  # an old file to keep until this run is worth more
+            if self._holding:
+                self._state.image()  # what HDF5 cannot hold is refused now, as a first commit would
+            else:
+                self._commit()
         except BaseException:
             self._release()
             raise
@@ -221,10 +230,23 @@ class TraceWriter:
         records = np.asarray(records, dtype=TIMELINE_DTYPE)
         state.timeline = np.concatenate([state.timeline, records]) if append and state.timeline is not None else records
 
+    @property
+    def replaced(self) -> bool:
+        """Whether this run's trace is on disk (with `overwrite`, False while the old file is kept)."""
+        return not self._holding
+
+    @property
+    def columns(self) -> dict:
+        """The rows written so far, as the columns `load` would read (whether published or not)."""
+        if not self.closed:
+            self._take_rows()
+        return self._state.columns
+
     def write_checkpoint(self, arrays: dict, attrs: dict) -> None:
         """Replace /checkpoint, with the rows so far, and commit: once this returns it is durable, and
-        until then the previous checkpoint is."""
+        until then the previous checkpoint is (with `overwrite`, the first one replaces the old file)."""
         self._open_state().checkpoint = ({name: np.asarray(array) for name, array in arrays.items()}, dict(attrs))
+        self._holding = False
         self._commit()
 
     def set_attrs(self, **attrs) -> None:
@@ -239,6 +261,8 @@ class TraceWriter:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         self._open_state().attrs["status"] = status
+        if status in ("completed", "interrupted"):
+            self._holding = False
         try:
             self._commit()
         finally:
@@ -261,7 +285,8 @@ class TraceWriter:
         """Publish the whole state, built in memory, as the new version of the file."""
         self._open_state()
         self._take_rows()
-        self._published = _publish(self.path, self._state.image(), self._published)
+        if not self._holding:
+            self._published = _publish(self.path, self._state.image(), self._published)
 
 
 @dataclass
