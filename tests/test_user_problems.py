@@ -186,6 +186,50 @@ def test_the_checker_exits_1_on_a_wrong_vjp_naming_the_node_and_0_on_the_example
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
 
 
+def test_the_checker_names_the_node_of_an_unseeded_builder(tmp_path, capsys):
+    """Two builds that differ: serial runs of such a builder are silently not reproducible."""
+    from pprs_mpi.check import main as check
+    user = write(tmp_path, """
+        import numpy as np
+        from pprs_mpi import Graph, Node
+        from pprs_mpi.ops import Affine, L1Norm, ReLU
+
+        def build(dim: int = 3):
+            A = np.random.default_rng().standard_normal((4, dim))  # no seed
+            return Graph(dim, [Node("relu", ReLU(), ("theta",)), Node("mix", Affine(A, np.zeros(4)), ("relu",)),
+                               Node("l1", L1Norm(), ("mix",))])
+    """)
+    assert check([f"{user}:build"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "FAIL  the builder is not deterministic: two builds differ at node 'mix' (seed its random numbers: serial "
+        "runs would not be reproducible, and the ranks of an MPI run would build different graphs)"]
+    seeded = write(tmp_path, user.read_text().replace("default_rng()", "default_rng(0)"), "seeded.py")
+    assert check([f"{seeded}:build"]) == 0
+
+
+def test_the_checker_counts_every_node_of_the_graph(tmp_path, capsys):
+    """A node whose op raises stops the values flowing: the nodes after it are counted as not checked."""
+    from pprs_mpi.check import main as check
+    user = write(tmp_path, """
+        from pprs_mpi import Graph, Op
+        from pprs_mpi.ops import Abs, L1Norm, Scale
+
+        class Broken(Op):
+            def output_shape(self, shape):
+                return shape
+            def forward(self, xp, x):
+                raise RuntimeError("no")
+            def vjp(self, xp, inputs, output, cotangent):
+                return [cotangent]
+
+        def build():
+            return Graph.chain(3, [Scale(2.0), Broken(), Abs(), Scale(1.0), L1Norm()])
+    """)
+    assert check([f"{user}:build"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "1 of 5 node(s) fail (3 not checked: their inputs come from a failing node); first: node ")
+
+
 @pytest.mark.parametrize("name", sorted(registry()))
 def test_every_built_in_problem_passes_the_checker(name):
     problem = registry()[name]
