@@ -257,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
 def first_difference(problem, again) -> str:
     """Where two builds of the same problem differ ("node 'n'" by its digest, or "x0"); '' if nowhere."""
     mine, theirs = list(problem.graph.fingerprints().items()), list(again.graph.fingerprints().items())
-    for (name, digest), other in zip(mine + theirs[len(mine):], theirs + mine[len(theirs):]):
-        if (name, digest) != other:
-            return f"node {name!r}"
+    for position in range(max(len(mine), len(theirs))):
+        if mine[position:position + 1] != theirs[position:position + 1]:
+            return f"node {(mine if position < len(mine) else theirs)[position][0]!r}"
     if not np.array_equal(problem.x0, again.x0):
         return "x0 (the starting point)"
     return ""
