@@ -257,3 +257,16 @@ def test_a_run_of_a_python_object_resumes_through_minimize_only(tmp_path, capsys
         pprs_mpi.minimize(build(seed=3), iters=9, resume=out, quiet=True)
     assert main(["--resume", out, "--iters", "10"]) == 2
     assert "resume it with pprs_mpi.minimize(problem, resume=PATH)" in capsys.readouterr().err
+
+
+def test_the_api_takes_numpy_scalars_and_refuses_text_for_numbers(tmp_trace):
+    """What NumPy code computes (np.int64, np.float32) is a number; a string is not (only the command line's
+    --problem-arg text is converted)."""
+    small = dict(depth=3, dim=4, iters=2, quiet=True)
+    result = pprs_mpi.minimize("lad", problem_args={"rows": np.int64(6)}, K=np.int64(4), lr=np.float32(0.5),
+                               out=tmp_trace("numpy.h5"), **small)
+    assert result.status == "completed" and load(tmp_trace("numpy.h5")).config["problem_params"]["rows"] == 6
+    with pytest.raises(pprs_mpi.ConfigError, match=r"^problem parameter 'rows' must be int, got '6'$"):
+        pprs_mpi.minimize("lad", problem_args={"rows": "6"}, out=tmp_trace("text.h5"), **small)
+    assert main(["--problem", "lad", "--problem-arg", "rows=6", "--out", tmp_trace("cli.h5"), "--depth", "3",
+                 "--dim", "4", "--iters", "2", "--quiet"]) == 0
