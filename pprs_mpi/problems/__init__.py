@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from pprs_mpi.graph import Graph
+from pprs_mpi.graph import Graph, GraphError
 
 REQUIRED = object()  # the default of a builder argument that has none
 
@@ -63,9 +63,9 @@ class ProblemSpec:
         made = self.build(**params)
         if isinstance(made, Graph):
             return Problem(self.reference, made)
-        if not isinstance(made, Problem):
-            raise TypeError(f"problem {self.reference!r}: the builder returned {type(made).__name__}, "
-                            "expected a pprs_mpi Problem or Graph")
+        if not isinstance(made, Problem):  # a GraphError: the user's mistake, not an error the builder raised
+            raise GraphError(f"problem {self.reference!r}: the builder returned {type(made).__name__}, "
+                             "expected a pprs_mpi Problem or Graph")
         return made
 
     def arguments(self, values: dict, exact: bool = False, partial: bool = False) -> dict:
