@@ -54,10 +54,10 @@ class Result:
     y: np.ndarray  # the output y_T of Algorithm 1
     x: np.ndarray
     f_final: float  # f(y_T) (completed), else the last value seen
-    iterations: np.ndarray  # trace rows: iterations done
-    f_smoothed: np.ndarray  # mean of the K sample values per iteration
-    f_eval: np.ndarray  # f(y_t) where evaluated, NaN elsewhere
-    trace: str  # path of the HDF5 trace
+    iterations: np.ndarray  # int64, one per trace row: the iterations done (0 first)
+    f_smoothed: np.ndarray  # float, per row: mean of the K sample values
+    f_eval: np.ndarray  # float, per row: f(y_t) where evaluated, NaN elsewhere
+    trace: str  # path of the HDF5 trace (pprs_mpi.trace.load reads it)
     message: str = ""  # why a run that did not complete stopped, or that a resume had nothing to do
 
     @property
