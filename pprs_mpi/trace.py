@@ -99,7 +99,12 @@ _MAGIC, _HEADER = b"PPRSTRC2", struct.Struct("<8sIQ")  # magic, CRC-32 and lengt
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size")
 
-RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes", "writer")
+RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes", "writer", "heartbeat",
+                  "heartbeat_within")
+# Liveness across hosts: a running writer commits at least every HEARTBEAT_SECONDS (between iterations) and
+# stamps each commit; a trace still 'running' whose last stamp is older than its `heartbeat_within` has lost
+# its writer, wherever that ran. PPRS_HEARTBEAT_SECONDS shortens it (tests, jobs that want to know sooner).
+HEARTBEAT_SECONDS = float(os.environ.get("PPRS_HEARTBEAT_SECONDS", "60"))
 COMMIT_SHARE = 0.05  # at most about this share of the writer's time goes to committing rows
 LOCK_SUFFIX, TEMP_SUFFIX = ".lock", ".tmp"
 _LEGACY_STAGING, _COMPLETE = "checkpoint_new", "_complete"  # version-1 in-place checkpoints
@@ -155,6 +160,8 @@ class TraceWriter:
             self._state.set_attrs(meta)
             self._rows: list[tuple] = []
             self._rows_due = 0.0  # time.monotonic() before which rows are not committed
+            self._beat_due = time.monotonic() + HEARTBEAT_SECONDS  # rows are committed by then, however few
+            self._last_append, self._slowest = time.monotonic(), 0.0  # the longest gap between rows
             self._holding = bool(self._published) and not resume  # an old file to keep until this run is worth more
             if self._holding:
                 self._state.image()  # what HDF5 cannot hold is refused now, as a first commit would
@@ -199,7 +206,9 @@ class TraceWriter:
         if unknown or "iteration" not in row:
             raise ValueError(f"a row needs 'iteration' and only columns of {COLUMNS}; got {sorted(row)}")
         self._rows.append(tuple(row.get(name, math.nan) for name in COLUMNS))
-        if len(self._rows) >= self.flush_every and time.monotonic() >= self._rows_due:
+        now = time.monotonic()
+        self._slowest, self._last_append = max(self._slowest, now - self._last_append), now
+        if now >= self._beat_due or len(self._rows) >= self.flush_every and now >= self._rows_due:
             started = time.monotonic()
             self._commit()
             self._rows_due = time.monotonic() + (time.monotonic() - started) / COMMIT_SHARE
@@ -286,7 +295,11 @@ class TraceWriter:
         self._open_state()
         self._take_rows()
         if not self._holding:
+            # the next commit comes within a heartbeat and one more gap between rows (an iteration, an evaluation)
+            self._state.attrs.update(heartbeat=time.time(),
+                                     heartbeat_within=2 * HEARTBEAT_SECONDS + 3 * self._slowest)
             self._published = _publish(self.path, self._state.image(), self._published)
+            self._beat_due = time.monotonic() + HEARTBEAT_SECONDS
 
 
 @dataclass
@@ -429,11 +442,17 @@ def read_checkpoint(path) -> tuple[dict, dict]:
 
 
 def abandoned(trace: Trace) -> bool:
-    """Whether a trace still says 'running' although the process writing it, on this host, is gone:
-    its job was killed before it could close the trace (an abruptly dead rank takes rank 0 with it).
-    From another host this cannot be told, and the answer is False."""
+    """Whether a trace still says 'running' although its writer is gone: its job was killed before it could
+    close the trace (an abruptly dead rank takes rank 0 with it, a hung rank 0 is ended by another).
+    On the writer's host the process is looked up; from any host, a last commit older than the trace's
+    `heartbeat_within` (the writer commits at least that often) means the writer is gone."""
+    if trace.status != "running":
+        return False
+    beat, within = trace.attrs.get("heartbeat"), trace.attrs.get("heartbeat_within")
+    if beat is not None and within is not None and time.time() - float(beat) > float(within):
+        return True
     host, pid, started = (str(trace.attrs.get("writer", "")).split(":") + ["", "", ""])[:3]
-    if trace.status != "running" or host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname() or not pid.isdigit():
         return False
     return not _alive(int(pid), started)
 

@@ -86,12 +86,37 @@ class CommTimeout(RuntimeError):
     """A wait exceeded --comm-timeout."""
 
 
+class LostRank(RuntimeError):
+    """MPI reported a process failure (Open MPI run with `mpirun --with-ft ulfm`): a rank exited or its host
+    became unreachable. The message names the lost rank(s) and their hosts."""
+
+
+PROCESS_FAILURES = (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED)
+
+
+def lost_rank_error(comm, err: Exception, hosts: list[str], waiting_for: str) -> Exception:
+    """`err` as a LostRank naming the failed ranks of `comm` and their hosts, if MPI reported a process
+    failure; any other error as it is."""
+    if not isinstance(err, MPI.Exception) or err.Get_error_class() not in PROCESS_FAILURES:
+        return err
+    try:
+        group = comm.Get_failed()
+        ranks = [r for r in MPI.Group.Translate_ranks(group, range(group.Get_size()), comm.Get_group())
+                 if r != MPI.UNDEFINED]
+    except (MPI.Exception, NotImplementedError):
+        ranks = []
+    lost = ", ".join(f"rank {r} (host {hosts[r]})" for r in ranks) or "a rank"
+    return LostRank(f"{lost} was lost: it exited or its host became unreachable (rank {comm.rank} was waiting "
+                    f"for {waiting_for})")
+
+
 class Poller:
     """Waits on MPI requests without blocking inside MPI, so that rank 0 can notice failures elsewhere
     and any rank can give up after `timeout` seconds."""
 
     def __init__(self, comm, timeout: float | None, recover: bool = False):
         self.comm, self.timeout = comm, timeout
+        self.hosts = comm.allgather(socket.gethostname()) if comm.size > 1 else [socket.gethostname()]
         self._listen = recover and comm.rank != 0  # watch for rank 0's verdict on a failure elsewhere
         self._status = MPI.Status()
         if comm.size > 1:  # where rank 0 runs, for report_failure_and_abort to wake a stuck rank 0
@@ -105,7 +130,7 @@ class Poller:
         receives the completed request's status."""
         timeout = None if self.timeout is None else self.timeout + slack
         start, pause = time.perf_counter(), 0.0
-        while not request.Test(status):
+        while not self._test(request, status, describe):
             if self.comm.rank == 0:
                 self.check_failures()
             elif self._listen:
@@ -118,6 +143,12 @@ class Poller:
             else:  # a long wait: back off to sleeping, so idle ranks cost no CPU
                 pause = min(1e-3, pause + 5e-5)
                 time.sleep(pause)
+
+    def _test(self, request, status, describe) -> bool:
+        try:
+            return request.Test(status)
+        except MPI.Exception as err:
+            raise lost_rank_error(self.comm, err, self.hosts, describe()) from None
 
     def check_failures(self, error=RemoteFailure) -> None:
         if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAILURE_TAG, status=self._status):
@@ -332,9 +363,10 @@ class MpiTransport:
             raise self._shape_error(inbox, mb, f"{count} elements")
 
     def _named(self, err, inbox: _Inbox, mb: int) -> Exception:
-        """MPI's truncation error (a message longer than its buffer) as a ShapeError naming the message."""
+        """MPI's truncation error (a message longer than its buffer) as a ShapeError naming the message, and
+        a process failure as a LostRank."""
         if err.Get_error_class() != MPI.ERR_TRUNCATE:
-            return err
+            return lost_rank_error(self.comm, err, self.poller.hosts, self.describe(inbox, mb))
         return self._shape_error(inbox, mb, "more elements")
 
     def _expected_size(self, inbox: _Inbox, mb: int) -> int:
@@ -357,6 +389,7 @@ class MpiEngine:
         if comm.size != len(wiring.stages):
             raise ValueError(f"{comm.size} MPI ranks for {len(wiring.stages)} stages")
         comm = self.comm = comm.Dup()  # this engine's own: a failed pass's leftovers never reach another solve
+        comm.Set_errhandler(MPI.ERRORS_RETURN)  # MPI errors as exceptions: a lost rank is named, not fatal
         self.recover = recover
         self.timeline = Timeline(comm.rank, timeline_every)
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
