@@ -64,7 +64,8 @@ GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
 TRACE_WRITE_SECONDS = 60.0  # how long one commit of rank 0's trace may take between passes
 COMMAND_SLACK_SECONDS = 2 * TRACE_WRITE_SECONDS  # beyond --comm-timeout, for rank 0's trace writes between passes
-STAGGER_SECONDS, MAX_STAGGERED_RANKS = 0.5, 8  # see report_failure_and_abort
+STAGGER_SECONDS, MAX_STAGGERED_RANKS = 2.0, 8  # see report_failure_and_abort; an abort takes over 0.5 s
+# to reach the ranks of another host, so the next-lowest failing rank waits longer before it reports too
 SIGTERM_PROBE_SECONDS = 0.05  # how long rank 0 looks for a failure notice when a SIGTERM comes
 ABORT_FLUSH_SECONDS = 0.2  # between our error line and MPI_Abort
 WAKE_SECONDS = 3.0  # how long a stuck rank 0 is given to mark its trace failed and abort the job
