@@ -57,7 +57,7 @@ def _to_launcher(line: str) -> bool:
         with open(f"/proc/{parent}/comm") as f:
             if f.read().strip() not in LAUNCHERS:
                 return False
-        with open(f"/proc/{parent}/fd/2", "w") as f:
+        with open(f"/proc/{parent}/fd/2", "a") as f:  # appended: a job's log file is not truncated
             f.write(line + "\n")
     except OSError:
         return False
