@@ -7,8 +7,8 @@ the benchmarks and the tests all go through it.
 
 Under `mpirun`, every rank calls `minimize` with the same arguments; rank 0 gets the `Result`, the
 others None. Bad input raises `ConfigError` (one line, the same the command line prints) on every
-rank, before any file is touched; a failure during the run marks the trace `failed` and, under MPI,
-ends the whole job (no rank may be left waiting), or raises `RunFailed` in a single process.
+rank, before any file is touched; a failure during the run marks the trace `failed` and raises
+`RunFailed` with the same line on every rank (from the command line, under MPI, it ends the whole job).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.faults import Fault
 from pprs_mpi.graph import Graph, GraphError
+from pprs_mpi.nonfinite import first_nonfinite
 from pprs_mpi.placement import measure_costs
 from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
@@ -39,10 +40,13 @@ PREFIX = "pprs_mpi.solve: "
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
+QUIET_FLOATS = dict(over="ignore", invalid="ignore", divide="ignore")  # divergence is the driver's to detect and
+# report, once, on rank 0: no NumPy warning on any rank
 
 
 class RunFailed(RuntimeError):
-    """A run that failed after it started (in a single process); the trace says `failed`."""
+    """A run that failed after it started (in one process, or on every rank under `minimize`); the trace
+    says `failed`."""
 
 
 @dataclass
@@ -53,11 +57,11 @@ class Result:
     y: np.ndarray  # the output y_T of Algorithm 1
     x: np.ndarray
     f_final: float  # f(y_T) (completed), else the last value seen
-    iterations: np.ndarray  # trace rows: iterations done
-    f_smoothed: np.ndarray  # mean of the K sample values per iteration
-    f_eval: np.ndarray  # f(y_t) where evaluated, NaN elsewhere
-    trace: str  # path of the HDF5 trace
-    message: str = ""  # why a run that did not complete stopped
+    iterations: np.ndarray  # int64, one per trace row: the iterations done (0 first)
+    f_smoothed: np.ndarray  # float, per row: mean of the K sample values
+    f_eval: np.ndarray  # float, per row: f(y_t) where evaluated, NaN elsewhere
+    trace: str  # path of the HDF5 trace (pprs_mpi.trace.load reads it)
+    message: str = ""  # why a run that did not complete stopped, or that a resume had nothing to do
 
     @property
     def exit_code(self) -> int:
@@ -73,25 +77,36 @@ def minimize(problem: Problem | Graph | str, comm=None, **options) -> Result | N
     if isinstance(problem, (Problem, Graph)):
         built = problem if isinstance(problem, Problem) else Problem("graph", problem)
         options = {**options, "problem": config.OBJECT_PREFIX + built.name}
-        return run(lambda: config.resolve(options, problem_object=True), comm, built)
+        return run(lambda: config.resolve(options, problem_object=True), comm, built, recover=True)
     if not isinstance(problem, str):
         raise ConfigError(f"problem must be a Problem, a Graph or a reference string, got {type(problem).__name__}")
-    return run(lambda: config.resolve({**options, "problem": problem}), comm)
+    return run(lambda: config.resolve({**options, "problem": problem}), comm, recover=True)
 
 
-def run(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None) -> Result | None:
+def run(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None, recover: bool = False) -> Result | None:
     """Sets up and executes a run; the Result on rank 0, None elsewhere. `cfg` is a resolved configuration
     or a function resolving it: called on every rank within the setup's error sharing, so that a rank that
-    cannot resolve it (a trace to resume it cannot see) is reported instead of leaving the others waiting."""
+    cannot resolve it (a trace to resume it cannot see) is reported instead of leaving the others waiting.
+    A failure of the run raises RunFailed on every rank with `recover` (the Python API), else under MPI
+    ends the job."""
     setup = set_up(cfg, comm, problem)
+    if setup.complete:  # --resume of a finished run at its own --iters: the trace is left as it is
+        return _completed_result(setup) if comm.rank == 0 else None
+    engine = None
     try:
-        return execute(setup, comm)
+        with StopOnSignal() as stop:  # before the engine, whose rank 0 hooks SIGTERM in front of it
+            engine = _make_engine(setup, comm, recover)
+            return execute(setup, comm, engine, stop)
     except Exception as err:  # noqa: BLE001 — any failure must end every rank, reported once
-        _fail(setup, comm, err)
+        _fail(setup, comm, err, getattr(engine, "settle_failure", None) if recover else None,
+              getattr(engine, "comm", comm))
 
 
-def _fail(setup: "Setup", comm, err: Exception):
-    """Marks the trace failed and ends the job (MPI) or raises RunFailed (one process)."""
+def _fail(setup: "Setup", comm, err: Exception, settle=None, engine_comm=None):
+    """Marks the trace failed, then raises RunFailed on this rank: in one process at once; under MPI after
+    `settle` (the MPI engine's settle_failure, in recover mode) has agreed with every rank on one error
+    line, or else ends the job, reporting the error once over `engine_comm` (the engine's, where rank 0
+    listens for failure notices)."""
     from pprs_mpi.engines.mpi import JobAborted, RemoteFailure, report_failure_and_abort
     text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
     if comm.rank == 0:
@@ -102,7 +117,9 @@ def _fail(setup: "Setup", comm, err: Exception):
     if isinstance(err, JobAborted):  # the rank that aborts the job has reported the error
         comm.Abort(1)
     if comm.size > 1:
-        report_failure_and_abort(comm, text, prefix=PREFIX)
+        if settle is None:
+            report_failure_and_abort(engine_comm or comm, text, prefix=PREFIX)
+        text = settle(text, isinstance(err, RemoteFailure), PREFIX)
     raise RunFailed(text) from err
 
 
@@ -118,7 +135,7 @@ def set_up(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None)
         trace_error = open_trace(setup, comm) if comm.rank == 0 else None
         if trace_error:
             raise ConfigError(trace_error)
-        sync.gather(None)
+        setup.complete = sync.bcast(setup.complete)  # rank 0 found the resumed run complete: nothing to run
     except SetupFailed:
         raise
     except Exception as err:  # noqa: BLE001 — any error of one rank must reach every rank, in one line
@@ -144,6 +161,7 @@ class Setup:
     graph_hash: str
     trace: object = None  # the TraceWriter, on rank 0
     start: driver.LoopState | None = None
+    complete: bool = False  # a resume of a completed run with nothing left to do
     fault: Fault | None = field(init=False)
 
     def __post_init__(self):
@@ -346,6 +364,9 @@ def open_trace(setup: Setup, comm) -> str | None:
         if cfg["iters"] < setup.start.iteration:
             return (f"--iters {cfg['iters']} is below the checkpoint's iteration {setup.start.iteration}: "
                     "a resume can only go further")
+        setup.complete = cfg["iters"] == setup.start.iteration and _stored_status(cfg["out"]) == "completed"
+        if setup.complete:
+            return None
     meta["layout_segments"] = json.dumps(_layout_segments(setup, meta))
     try:
         setup.trace = TraceWriter(cfg["out"], _jsonable(cfg), meta, resume=bool(cfg["resume"]),
@@ -378,6 +399,25 @@ def _layout_segments(setup: Setup, meta: dict) -> list[dict]:
     except (KeyError, ValueError, AssertionError):  # a trace from before segments: its last layout from 0 on
         before = [{"from_iteration": 0, **{key: attrs.get(key) for key in LAYOUT_KEYS}}]
     return [s for s in before if s.get("from_iteration", 0) < setup.start.iteration] + [here]
+
+
+def _stored_status(path: str) -> str:
+    from pprs_mpi.trace import load
+    return load(path).status
+
+
+def _completed_result(setup: Setup) -> Result:
+    """The Result a completed trace holds, saying that there is nothing to do and how to extend the run."""
+    from pprs_mpi.trace import load
+    out, done = setup.cfg["out"], setup.start.iteration
+    trace = load(out)
+    f_eval = trace.columns["f_eval"]
+    finite = f_eval[np.isfinite(f_eval)]
+    message = (f"{out} is already complete at iteration {done}: nothing to do (to extend the run: "
+               f"--resume {out} --iters N, with N > {done})")
+    return Result("completed", trace.result.get("y", setup.start.y), trace.result.get("x", setup.start.x),
+                  float(finite[-1]) if finite.size else math.nan, trace.columns["iteration"],
+                  trace.columns["f_smoothed"], f_eval, out, message)
 
 
 def _checkpointed_state(path: str, dim: int, graph_hash: str) -> driver.LoopState:
@@ -437,31 +477,32 @@ def _placed(graph: Graph, stages, schedule: str, n_microbatches: int) -> tuple[W
 
 def make_engine(wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend, comm=None,
                 fault: Fault | None = None, timeline_every: int = 1, comm_timeout: float | None = None,
-                cuda_aware: bool = False):
-    """The serial engine (no `comm`) or the MPI engine over `comm` for a placement and its schedule."""
+                cuda_aware: bool = False, recover: bool = False):
+    """The serial engine (no `comm`) or the MPI engine over `comm` for a placement and its schedule
+    (`recover`: a failure is settled among the ranks instead of aborting the job)."""
     if comm is None:
         from pprs_mpi.engines.serial import SerialEngine
         return SerialEngine(wiring, schedule, sampling, backend, fault, timeline_every)
     from pprs_mpi.engines.mpi import MpiEngine
-    return MpiEngine(comm, wiring, schedule, sampling, backend, comm_timeout, fault, timeline_every, cuda_aware)
+    return MpiEngine(comm, wiring, schedule, sampling, backend, comm_timeout, fault, timeline_every, cuda_aware,
+                     recover)
 
 
-def _make_engine(setup: Setup, comm):
+def _make_engine(setup: Setup, comm, recover: bool = False):
     return make_engine(setup.wiring, setup.schedule, setup.sampling, setup.backend,
                        None if setup.engine_name == "serial" else comm, setup.fault, setup.cfg["timeline_every"],
-                       setup.cfg["comm_timeout"], setup.cuda_aware)
+                       setup.cfg["comm_timeout"], setup.cuda_aware, recover)
 
 
-def execute(setup: Setup, comm) -> Result | None:
-    """Runs the assembled run to its end. Every rank catches the stop signals, so that none dies of one;
-    rank 0 alone acts on them (a checkpoint and a stop at the next iteration boundary) and the others
+def execute(setup: Setup, comm, engine, stop: StopOnSignal) -> Result | None:
+    """Runs the assembled run to its end. Every rank catches the stop signals (`stop`), so that none dies of
+    one; rank 0 alone acts on them (a checkpoint and a stop at the next iteration boundary) and the others
     stop when it tells them to."""
-    with StopOnSignal() as stop:
-        engine = _make_engine(setup, comm)
-        if comm.rank != 0:
+    if comm.rank != 0:
+        with np.errstate(**QUIET_FLOATS):
             engine.serve()
-            return None
-        return _drive(setup, engine, stop)
+        return None
+    return _drive(setup, engine, stop)
 
 
 def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
@@ -469,27 +510,33 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     cfg, trace = setup.cfg, setup.trace
     if not cfg["quiet"]:
         driver.say(_banner(setup))
-    with np.errstate(over="ignore", invalid="ignore"):  # divergence is detected and reported by the driver
+    with np.errstate(**QUIET_FLOATS):
         outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace,
                                   driver.progress_for(cfg, setup.start.iteration), setup.start,
                                   checkpoint=lambda state: _write_checkpoint(setup, engine, state),
-                                  stop_requested=lambda: stop.requested)
+                                  stop_requested=lambda: stop.requested,
+                                  locate=lambda x, t: first_nonfinite(setup.problem.graph, setup.sampling,
+                                                                      setup.backend, x, t))
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
         _write_checkpoint(setup, engine, outcome.state)
     _write_gathered(trace, engine)
-    engine.stop()
     trace.write_result(y=outcome.state.y, x=outcome.state.x)
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
+    result = _result(setup, outcome)
+    engine.stop()  # last: until then the other ranks wait for a command, so they would hear of a failure here
     if outcome.status == "completed" and not cfg["quiet"]:
         driver.say(_summary(setup, outcome))
-    return _result(setup, outcome)
+    return result
 
 
 def _result(setup: Setup, outcome) -> Result:
-    from pprs_mpi.trace import load
-    columns = load(setup.cfg["out"]).columns
-    message = f"{outcome.message}; trace {setup.cfg['out']} marked {outcome.status}" if outcome.message else ""
+    columns, out = setup.trace.columns, setup.cfg["out"]
+    message = ""
+    if outcome.message:
+        message = f"{outcome.message}; " + (f"trace {out} marked {outcome.status}" if setup.trace.replaced else
+                                            f"{out} not replaced (--overwrite keeps the old file until the new run "
+                                            "has a checkpoint or ends completed or interrupted)")
     return Result(outcome.status, outcome.state.y, outcome.state.x, outcome.f_final, columns["iteration"],
                   columns["f_smoothed"], columns["f_eval"], setup.cfg["out"], message)
 

@@ -12,6 +12,9 @@ along random directions otherwise),
 and the op must keep its contract: an output of the declared shape and of its inputs' dtype (float64
 and float32), one cotangent per input of that input's shape, no input changed. A node fails when the
 median error over the points exceeds `rtol`, so that one point landing on a kink does not fail it.
+The command line also builds the graph twice: a builder that does not build the same graph each time
+(unseeded random constants) is named with the first node that differs, since serial runs of it are
+not reproducible and ranks of an MPI run would build different graphs.
 """
 
 from __future__ import annotations
@@ -232,20 +235,38 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("--points must be >= 1 and --rtol > 0")
         cfg = config.resolve({"problem": args.problem, config.PROBLEM_ARGS: config._pairs(args.problem_arg)})
         problem = build_problem(cfg)
+        differs = first_difference(problem, build_problem(cfg))
     except ConfigError as err:
         print(f"pprs_mpi.check: error: {err}", file=sys.stderr)
         return 2
+    if differs:
+        print(f"FAIL  the builder is not deterministic: two builds differ at {differs} (seed its random numbers: "
+              "serial runs would not be reproducible, and the ranks of an MPI run would build different graphs)")
+        return 1
     checks = check_gradients(problem, points=args.points, seed=args.seed, rtol=args.rtol)
     width = max(len(c.node) for c in checks)
     for c in checks:
         detail = c.describe().partition(": ")[2]
         print(f"{'ok  ' if c.ok else 'FAIL'}  {c.node:<{width}}  {c.op:<16} {detail}")
-    failed = [c for c in checks if not c.ok]
+    failed, nodes = [c for c in checks if not c.ok], len(problem.graph.order)
     if failed:
-        print(f"{len(failed)} of {len(checks)} node(s) fail; first: {failed[0].describe()}")
+        unchecked = nodes - len(checks)
+        skipped = f" ({unchecked} not checked: their inputs come from a failing node)" if unchecked else ""
+        print(f"{len(failed)} of {nodes} node(s) fail{skipped}; first: {failed[0].describe()}")
         return 1
-    print(f"all {len(checks)} node(s) pass (relative error <= {args.rtol:g} at {args.points} random point(s))")
+    print(f"all {nodes} node(s) pass (relative error <= {args.rtol:g} at {args.points} random point(s))")
     return 0
+
+
+def first_difference(problem, again) -> str:
+    """Where two builds of the same problem differ ("node 'n'" by its digest, or "x0"); '' if nowhere."""
+    mine, theirs = list(problem.graph.fingerprints().items()), list(again.graph.fingerprints().items())
+    for position in range(max(len(mine), len(theirs))):
+        if mine[position:position + 1] != theirs[position:position + 1]:
+            return f"node {(mine if position < len(mine) else theirs)[position][0]!r}"
+    if not np.array_equal(problem.x0, again.x0):
+        return "x0 (the starting point)"
+    return ""
 
 
 if __name__ == "__main__":

@@ -307,7 +307,7 @@ def _pairs(items: list[str]) -> dict[str, str]:
         name, sep, value = item.partition("=")
         if not sep or not name.strip():
             raise ConfigError(f"--problem-arg must look like NAME=VALUE, got {item!r}")
-        pairs[name.strip().replace("-", "_")] = value
+        pairs[name.strip().replace("-", "_")] = problems.Text(value)
     return pairs
 
 
@@ -366,7 +366,7 @@ def _typed(key: str, value, action: argparse.Action):
 def _check_types(cfg: dict) -> None:
     """Every option holds a value of its kind (values from the API or a stored trace are not parsed)."""
     for option in OPTIONS:
-        value = cfg[option.name]
+        value = cfg[option.name] = problems.plain(cfg[option.name])  # np.int64(16) from NumPy code is 16
         if value is None or option.kind is _mu and value == "nesterov":
             continue
         kinds = {int: int, float: (int, float), _mu: (int, float), bool: bool, str: str}[option.kind]

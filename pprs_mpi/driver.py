@@ -83,13 +83,15 @@ def progress_for(cfg: dict, first: int = 0) -> Progress:
 
 def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progress, start: LoopState,
              checkpoint: Callable[[LoopState], None] = lambda state: None,
-             stop_requested: Callable[[], bool] = lambda: False) -> Outcome:
+             stop_requested: Callable[[], bool] = lambda: False,
+             locate: Callable[[np.ndarray, int], str | None] = lambda x, t: None) -> Outcome:
     """Runs Algorithm 1 from `start` to cfg['iters'], appending a trace row per iteration.
 
     f_smoothed is the mean of the K sample values at x_t; f_eval is f(y_{t+1}) every `eval_every`
     iterations and at the last (NaN otherwise); pipeline_time counts `makespan` units per iteration.
     `checkpoint` is called every cfg['checkpoint_every'] iterations and, when `stop_requested()`
-    turns true, once more before the loop stops at that iteration boundary.
+    turns true, once more before the loop stops at that iteration boundary. On divergence,
+    `locate(x_t, t)` names where the pass's first non-finite value appeared (None if nowhere).
     """
     x, y = backend.asarray(start.x), backend.asarray(start.y)
     momentum, lr, every = optim.Momentum(cfg["mu"]), float(cfg["lr"]), cfg["eval_every"]
@@ -105,7 +107,9 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
         grad, values = engine.gradient(x, t)
         f_smoothed = float(np.mean(values))
         if not (math.isfinite(f_smoothed) and bool(backend.xp.isfinite(grad).all())):
-            return _diverged(backend, t, x, y, pipeline_time, wall_time, f_smoothed, "f or its gradient is not finite")
+            where = locate(backend.to_host(x), t)
+            return _diverged(backend, t, x, y, pipeline_time, wall_time, f_smoothed, "f or its gradient is not finite"
+                             + (f"; the first non-finite value: {where}" if where else ""))
         x_next, y_next = optim.update(x, y, grad, lr, momentum(t))
         wall_time += time.perf_counter() - tick
         pipeline_time += makespan
@@ -143,6 +147,7 @@ def _state(backend, iteration, x, y, pipeline_time, wall_time) -> LoopState:
 
 
 def _diverged(backend, t, x, y, pipeline_time, wall_time, f_smoothed, what) -> Outcome:
-    """Keeps the last finite iterate (that of iteration t) and says why the run stopped."""
+    """Keeps the last finite iterate (that of iteration t) and says why the run stopped (at iteration 0 no
+    step has been taken, so the step size is no suspect)."""
     return Outcome("diverged", _state(backend, t, x, y, pipeline_time, wall_time), f_smoothed,
-                   f"diverged at iteration {t}: {what} (lower --lr?)")
+                   f"diverged at iteration {t}: {what}" + (" (lower --lr?)" if t else ""))

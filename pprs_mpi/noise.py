@@ -66,6 +66,21 @@ def _philox(seed: int) -> tuple[np.random.Philox, np.random.Generator, dict]:
     return bits, np.random.Generator(bits), state
 
 
+def noisy_copies(backend, sampling, rows: Rows, x, iteration: int, samples: range):
+    """θ = x + γ X_k for `samples` (one microbatch), stacked along the batch axis: the engine's copies,
+    drawn on the device when `sampling` says so and the backend is a GPU, else on the host (`rows`)."""
+    xp = backend.xp
+    if sampling.gamma == 0.0:
+        return xp.array(xp.broadcast_to(x, (len(samples), x.shape[0])))
+    if sampling.noise_on_device and backend.on_gpu:
+        perturbation = device_perturbations(backend, sampling.seed, iteration, samples, x.shape[0])
+    else:
+        perturbation = backend.asarray(rows.draw(iteration, samples))
+    batch = sampling.gamma * perturbation
+    batch += x  # x + γX, broadcast along the batch axis, in one new array (addition commutes bitwise)
+    return batch
+
+
 def device_perturbations(backend, seed: int, iteration: int, samples: range, dim: int):
     """The same X_k drawn on a GPU backend's device, one generator seed per (seed, t, k), so that they do
     not depend on how the samples are grouped into microbatches."""

@@ -125,11 +125,11 @@ def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure
             drawn = np.maximum(durations, MIN_BAR * span) if phase != WAIT else durations
             bars = np.column_stack([mine["start"] - t0, drawn]) / scale
             ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=COLOURS[phase], edgecolors="none", linewidth=0)
-    numbered = False
-    for record in records[records["phase"] != WAIT]:
+    numbered, actions = 0, records[records["phase"] != WAIT]
+    for record in actions:
         text = str(record["microbatch"])
         if record["end"] - record["start"] >= label_width * len(text):
-            numbered = True
+            numbered += 1
             ax.text((record["start"] + record["end"] - 2 * t0) / (2 * scale), record["rank"], text,
                     ha="center", va="center", fontsize=8, color="white")
     word = "stage" if summary["engine"] == "serial" else "rank"
@@ -141,12 +141,21 @@ def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure
     shortest = f"; actions shorter than {MIN_BAR * span / scale:.2g} {unit} drawn that wide" if widened else ""
     ax.set_xlabel(f"time since the iteration's first record ({unit}){shortest}")
     ax.set_title(f"{_plain(name)}: iteration {iteration}, {summary['schedule'] or 'pipeline'}, "
-                 f"M={short_number(summary['n_microbatches'])} microbatches{' (numbered on the bars)' * numbered}, "
+                 f"M={short_number(summary['n_microbatches'])} microbatches{_numbered(numbered, len(actions))}, "
                  f"Δ={short_number(summary['depth'])}, {layout_text(summary)}{_simulated(summary)}")
     handles = [Patch(facecolor=COLOURS[p], label=LABELS[p]) for p in (FORWARD, BACKWARD, WAIT)]
     handles.append(Patch(facecolor="white", edgecolor="#999999", label="not recorded\n(messages, bookkeeping)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
     return fig
+
+
+def _numbered(numbered: int, actions: int) -> str:
+    """What the title says of the microbatch numbers: on every bar, on the wide enough ones, or none."""
+    if not numbered:
+        return ""
+    if numbered == actions:
+        return " (numbered on the bars)"
+    return f" (numbered on the {numbered} of {actions} bars wide enough)"
 
 
 def _objective_label(source: str, optimum: float | None) -> str:

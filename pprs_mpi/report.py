@@ -45,7 +45,7 @@ def format_summary(s: dict, rule: str) -> str:
         ("problem", f"{s['problem']}, {star}"),
         ("algorithm", settings_text(s)),
         ("layout", f"{s['engine'] or '-'} engine, {_num(s['stages'])} stages {_nodes(s['stage_nodes'])}, "
-                   f"{_num(s['ranks'])} ranks, {s['schedule'] or '-'}, M={_num(s['n_microbatches'])} "
+                   f"{_count(s['ranks'], 'rank')}, {s['schedule'] or '-'}, M={_num(s['n_microbatches'])} "
                    f"microbatches, depth Δ={_num(s['depth'])}{sim}, device {s['device'] or '-'}"),
         ("", f"pipeline time counts {_num(s['makespan'])} units per iteration (one unit: one forward or "
              f"backward of one node on one microbatch; one node per stage would count 2(M + Δ − 1) = "
@@ -65,11 +65,12 @@ def format_summary(s: dict, rule: str) -> str:
         lines.append((f"  f ≤ {_num(t['target'])}", "not reached" if t["iteration"] is None else
                       f"pipeline {_num(t['pipeline_time'])} units, wall {_num(t['wall_time'])} s "
                       f"(iteration {t['iteration']})"))
+    unit = "stage" if s["engine"] == "serial" else "rank"  # the serial engine runs every stage in one process
     for i, r in enumerate(s["rank_fractions"]):
-        lines.append(("per rank" if i == 0 else "", f"rank {r['rank']}: compute {_pct(r['compute'])}, "
-                                                    f"wait {_pct(r['wait'])}"))
+        lines.append((f"per {unit}" if i == 0 else "", f"{unit} {r['rank']}: compute {_pct(r['compute'])}, "
+                                                       f"wait {_pct(r['wait'])}"))
     for i, r in enumerate(s["rank_memory"]):
-        lines.append(("memory" if i == 0 else "", f"rank {r['rank']}: ≤ {r['peak_stash']} kept (node, microbatch) "
+        lines.append(("memory" if i == 0 else "", f"{unit} {r['rank']}: ≤ {r['peak_stash']} kept (node, microbatch) "
                                                   f"inputs, buffers {_bytes(r['buffer_bytes'])}, "
                                                   f"sends pending ≤ {_bytes(r['peak_send_bytes'])}"))
     if s["unit_cost"] is not None:
@@ -120,11 +121,25 @@ def render(traces: list, targets: list[float] | None, as_json: bool) -> tuple[st
     return format_table(summaries, rule), summaries
 
 
+class PlotError(Exception):
+    """The plots could not be written (a --plot path that is not a writable directory): one line."""
+
+
+def _count(n, word: str) -> str:
+    """'1 rank', '4 ranks' ('-' when unknown)."""
+    return f"{_num(n)} {word}{'s' * (n != 1)}" if n is not None else f"- {word}s"
+
+
 def report_once(args, plots) -> list[dict]:
     """Read the traces, write the plots if asked, print the report; return the summaries."""
     traces = [load(path) for path in args.runs]
     text, summaries = render(traces, args.targets, args.json)
-    written = plots.write_all(traces, args.plot, args.iteration) if plots else []
+    try:
+        written = plots.write_all(traces, args.plot, args.iteration) if plots else []
+    except OSError as err:
+        if isinstance(err, BrokenPipeError) or not err.strerror:
+            raise
+        raise PlotError(f"--plot {args.plot}: cannot write {err.filename or args.plot} ({err.strerror})") from None
     print(text)
     for path in written:
         print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
@@ -184,7 +199,7 @@ def _main(argv: list[str] | None) -> int:
         report_once(args, plots)
     except BrokenPipeError:
         raise  # an OSError, but not bad input: `main` ends quietly
-    except (TraceError, OSError) as err:
+    except (TraceError, OSError, PlotError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -10,6 +10,7 @@ ends every rank, is reported once, marks the trace `failed` and exits non-zero.
 
 from __future__ import annotations
 
+import os
 import sys
 
 from pprs_mpi import api, config
@@ -36,8 +37,31 @@ def main(argv: list[str] | None = None, comm=None) -> int:
     if result is None:  # a rank other than 0
         return 0
     if result.message:
-        print(PREFIX + result.message, file=sys.stderr, flush=True)
+        if not (result.status == "interrupted" and comm.size > 1 and _to_launcher(PREFIX + result.message)):
+            print(PREFIX + result.message, file=sys.stderr, flush=True)
     return result.exit_code
+
+
+LAUNCHERS = ("prterun", "mpirun", "mpiexec", "orterun")
+
+
+def _to_launcher(line: str) -> bool:
+    """Writes `line` to the stderr of the `mpirun` that started this process on this host, if it did.
+
+    On SIGTERM or Ctrl-C, Open MPI's mpirun stops forwarding its ranks' output at once (it forwards the
+    signal and kills the ranks shortly after), so rank 0's interrupted line, printed once its checkpoint
+    is written, would be lost; written straight to mpirun's own stderr it reaches the user. False when
+    the parent is no launcher here (Slurm's srun, a remote daemon): then print as usual."""
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/comm") as f:
+            if f.read().strip() not in LAUNCHERS:
+                return False
+        with open(f"/proc/{parent}/fd/2", "a") as f:  # appended: a job's log file is not truncated
+            f.write(line + "\n")
+    except OSError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

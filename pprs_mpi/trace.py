@@ -42,8 +42,10 @@ the last checkpoint `write_checkpoint` returned from, with the configuration and
   unlinked while still held on close; a writer that locked a just-unlinked inode sees the inode
   at the path differ and retries, so two writers can never both hold it.
 - Nothing valuable is overwritten. A fresh run refuses any existing `RUN.h5` (a trace, a text file)
-  before writing anything, unless `overwrite=True`; even then the old file is replaced only by the
-  first complete commit, so input refused before that leaves it intact. A path that is not a
+  before writing anything, unless `overwrite=True`; even then the old file is replaced only once the
+  new run has something worth more: its first checkpoint, or its end as completed or interrupted.
+  Until then its commits stay in memory, so input refused at once, a wrong op or a NaN in the first
+  iterations leave the old file intact (`replaced` says whether it was). A path that is not a
   regular file (/dev/null, a directory) is refused always. A commit also checks that `RUN.h5` is
   still the file it published last, so a trace deleted or replaced under a live run ends the run
   instead of being silently recreated.
@@ -102,7 +104,12 @@ _MAGIC, _HEADER = b"PPRSTRC2", struct.Struct("<8sIQ")  # magic, CRC-32 and lengt
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size")
 
-RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes", "writer")
+RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes", "writer", "heartbeat",
+                  "heartbeat_within")
+# Liveness across hosts: a running writer commits at least every HEARTBEAT_SECONDS (between iterations) and
+# stamps each commit; a trace still 'running' whose last stamp is older than its `heartbeat_within` has lost
+# its writer, wherever that ran. PPRS_HEARTBEAT_SECONDS shortens it (tests, jobs that want to know sooner).
+HEARTBEAT_SECONDS = float(os.environ.get("PPRS_HEARTBEAT_SECONDS", "60"))
 COMMIT_SHARE = 0.05  # at most about this share of the writer's time goes to committing rows
 LOCK_SUFFIX, TEMP_SUFFIX = ".lock", ".tmp"
 _LEGACY_STAGING, _COMPLETE = "checkpoint_new", "_complete"  # version-1 in-place checkpoints
@@ -124,6 +131,9 @@ class TraceWriter:
     `close` commit at once. Used as a context manager, an exception marks the run 'failed'
     (KeyboardInterrupt: 'interrupted') and a normal exit without an explicit `close` marks it
     'completed'.
+
+    With `overwrite` of an existing file, nothing is published until the first checkpoint or a close
+    as completed or interrupted (see the module docstring); `replaced` is False while the old file stays.
     """
 
     def __init__(self, path, config: dict, meta: dict, resume: bool = False, overwrite: bool = False,
@@ -158,7 +168,13 @@ class TraceWriter:
             self._rows_due = 0.0  # time.monotonic() before which rows are not committed
             if rewind is not None:  # before the first commit: a resume that cannot rewind changes nothing
                 self._state.rewind(rewind)
-            self._commit()
+            self._beat_due = time.monotonic() + HEARTBEAT_SECONDS  # rows are committed by then, however few
+            self._last_append, self._slowest = time.monotonic(), 0.0  # the longest gap between rows
+            self._holding = bool(self._published) and not resume  # an old file to keep until this run is worth more
+            if self._holding:
+                self._state.image()  # what HDF5 cannot hold is refused now, as a first commit would
+            else:
+                self._commit()
         except BaseException:
             self._release()
             raise
@@ -198,7 +214,9 @@ class TraceWriter:
         if unknown or "iteration" not in row:
             raise ValueError(f"a row needs 'iteration' and only columns of {COLUMNS}; got {sorted(row)}")
         self._rows.append(tuple(row.get(name, math.nan) for name in COLUMNS))
-        if len(self._rows) >= self.flush_every and time.monotonic() >= self._rows_due:
+        now = time.monotonic()
+        self._slowest, self._last_append = max(self._slowest, now - self._last_append), now
+        if now >= self._beat_due or len(self._rows) >= self.flush_every and now >= self._rows_due:
             started = time.monotonic()
             self._commit()
             self._rows_due = time.monotonic() + (time.monotonic() - started) / COMMIT_SHARE
@@ -226,10 +244,23 @@ class TraceWriter:
         records = np.asarray(records, dtype=TIMELINE_DTYPE)
         state.timeline = np.concatenate([state.timeline, records]) if append and state.timeline is not None else records
 
+    @property
+    def replaced(self) -> bool:
+        """Whether this run's trace is on disk (with `overwrite`, False while the old file is kept)."""
+        return not self._holding
+
+    @property
+    def columns(self) -> dict:
+        """The rows written so far, as the columns `load` would read (whether published or not)."""
+        if not self.closed:
+            self._take_rows()
+        return self._state.columns
+
     def write_checkpoint(self, arrays: dict, attrs: dict) -> None:
         """Replace /checkpoint, with the rows so far, and commit: once this returns it is durable, and
-        until then the previous checkpoint is."""
+        until then the previous checkpoint is (with `overwrite`, the first one replaces the old file)."""
         self._open_state().checkpoint = ({name: np.asarray(array) for name, array in arrays.items()}, dict(attrs))
+        self._holding = False
         self._commit()
 
     def set_attrs(self, **attrs) -> None:
@@ -244,6 +275,8 @@ class TraceWriter:
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
         self._open_state().attrs["status"] = status
+        if status in ("completed", "interrupted"):
+            self._holding = False
         try:
             self._commit()
         finally:
@@ -266,7 +299,12 @@ class TraceWriter:
         """Publish the whole state, built in memory, as the new version of the file."""
         self._open_state()
         self._take_rows()
-        self._published = _publish(self._file, self._state.image(), self._published)
+        if not self._holding:
+            # the next commit comes within a heartbeat and one more gap between rows (an iteration, an evaluation)
+            self._state.attrs.update(heartbeat=time.time(),
+                                     heartbeat_within=2 * HEARTBEAT_SECONDS + 3 * self._slowest)
+            self._published = _publish(self._file, self._state.image(), self._published)
+            self._beat_due = time.monotonic() + HEARTBEAT_SECONDS
 
 
 @dataclass
@@ -419,11 +457,17 @@ def read_checkpoint(path) -> tuple[dict, dict]:
 
 
 def abandoned(trace: Trace) -> bool:
-    """Whether a trace still says 'running' although the process writing it, on this host, is gone:
-    its job was killed before it could close the trace (an abruptly dead rank takes rank 0 with it).
-    From another host this cannot be told, and the answer is False."""
+    """Whether a trace still says 'running' although its writer is gone: its job was killed before it could
+    close the trace (an abruptly dead rank takes rank 0 with it, a hung rank 0 is ended by another).
+    On the writer's host the process is looked up; from any host, a last commit older than the trace's
+    `heartbeat_within` (the writer commits at least that often) means the writer is gone."""
+    if trace.status != "running":
+        return False
+    beat, within = trace.attrs.get("heartbeat"), trace.attrs.get("heartbeat_within")
+    if beat is not None and within is not None and time.time() - float(beat) > float(within):
+        return True
     host, pid, started = (str(trace.attrs.get("writer", "")).split(":") + ["", "", ""])[:3]
-    if trace.status != "running" or host != socket.gethostname() or not pid.isdigit():
+    if host != socket.gethostname() or not pid.isdigit():
         return False
     return not _alive(int(pid), started)
 

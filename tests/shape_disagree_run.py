@@ -47,4 +47,4 @@ try:
         engine.serve()
 except Exception as err:  # noqa: BLE001 — as the solver does: one report, every rank ended
     text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
-    report_failure_and_abort(comm, text)
+    report_failure_and_abort(engine.comm, text)  # the engine's communicator, where rank 0 takes failure notices

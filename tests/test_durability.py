@@ -104,6 +104,31 @@ def test_bad_input_never_touches_an_existing_trace(tmp_trace):
         assert open(tmp_trace("keep.h5"), "rb").read() == kept
 
 
+def test_overwrite_keeps_the_old_trace_until_the_new_run_checkpoints_or_ends_well(tmp_trace):
+    """A wrong op (failed at once) or a NaN at iteration 0 (diverged) under --overwrite leave the good trace
+    as it was, and say so; a run that checkpoints, or completes, replaces it."""
+    from pathlib import Path
+    faulty = f"{Path(__file__).parent / 'faulty_problem.py'}:faulty"
+    good = tmp_trace("good.h5")
+    assert solve(*SMALL, "--iters", "5", "--out", good).returncode == 0
+    kept = open(good, "rb").read()
+    for fault, code in (("forward-long", 1), ("nan-forward", 1)):
+        bad = solve("--problem", faulty, "--problem-arg", f"fault={fault}", "--iters", "3", "-K", "3", "--quiet",
+                    "--overwrite", "--out", good)
+        err = one_error_line(bad, code)
+        assert open(good, "rb").read() == kept, fault
+        if fault == "nan-forward":
+            assert err.strip().endswith(f"{good} not replaced (--overwrite keeps the old file until the new run has a "
+                                "checkpoint or ends completed or interrupted)")
+    assert sorted(os.listdir(os.path.dirname(good))) == ["good.h5"]
+    failed_later = solve(*SMALL, "--iters", "9", "--checkpoint-every", "2", "--inject-fault", "0:3:raise",
+                         "--overwrite", "--out", good)
+    assert failed_later.returncode == 1 and T.load(good).status == "failed"  # after its first checkpoint
+    assert T.load(good).columns["iteration"][-1] == 3
+    assert solve(*SMALL, "--iters", "6", "--overwrite", "--out", good).returncode == 0
+    assert T.load(good).status == "completed" and T.load(good).columns["iteration"][-1] == 6
+
+
 def test_an_existing_file_is_refused_unless_overwrite(tmp_trace):
     assert solve(*SMALL, "--iters", "5", "--out", tmp_trace()).returncode == 0
     with open(tmp_trace("notes.txt"), "w") as notes:

@@ -18,12 +18,17 @@ EXPECTED = {
                     "expected (1, 4) (edge 'mix' -> 'abs')",
     "vjp-short": "ShapeError: node 'mix' (Mix), microbatch 0: VJP returned a cotangent of shape (1, 3) for edge "
                  "'scale' -> 'mix', expected (1, 4)",
+    "forward-dtype": "DtypeError: node 'mix' (Mix), the evaluation pass f(y): forward returned dtype float64, "
+                     "expected float32 (edge 'mix' -> 'abs')",
+    "vjp-dtype": "DtypeError: node 'mix' (Mix), microbatch 0: VJP returned a cotangent of dtype float64 for edge "
+                 "'scale' -> 'mix', expected float32",
 }
 
 
 def solve_faulty(fault, ranks, out):
-    """The user's problem solved serially (ranks=None) or under mpirun; (exit code, pprs_mpi lines)."""
-    args = [*ARGS, "--problem-arg", f"fault={fault}", "--out", out]
+    """The user's problem solved serially (ranks=None) or under mpirun; (exit code, pprs_mpi lines).
+    The dtype faults run under --dtype float32, where a float64 array is the op's mistake."""
+    args = [*ARGS, "--problem-arg", f"fault={fault}", "--out", out, *(["--dtype", "float32"] * ("dtype" in fault))]
     if ranks is None:
         result = solve(*args, "--engine", "serial", "--stages", 3, timeout=60)
     else:
@@ -39,6 +44,27 @@ def test_a_wrong_forward_or_cotangent_shape_is_one_line_naming_the_node_in_both_
     assert len(lines) == 1 and lines[0].startswith("pprs_mpi.solve: error on rank ")
     assert lines[0].endswith(EXPECTED[fault])  # the same line in both engines, but for the rank
     assert load(tmp_trace()).status == "failed"
+
+
+NONFINITE = {
+    "nan-forward": "the forward output of node 'mix' (Mix), microbatch 0",
+    "nan-vjp": "the cotangent node 'mix' (Mix) returned for edge 'scale' -> 'mix', microbatch 0",
+}
+
+
+@pytest.mark.parametrize("fault", ["nan-forward", "nan-vjp"])
+@pytest.mark.parametrize("ranks", [None, pytest.param(3, marks=pytest.mark.mpi)])
+def test_divergence_names_the_node_and_microbatch_of_the_first_nan_in_both_engines(tmp_trace, fault, ranks):
+    """Found after the run has diverged (the failing pass redone with checks on rank 0), the same line in
+    both engines; no NumPy warning on any rank."""
+    args = [*ARGS, "--problem-arg", f"fault={fault}", "--out", tmp_trace()]
+    result = solve(*args, "--engine", "serial", "--stages", 3, timeout=60) if ranks is None else mpirun(
+        ranks, *args, timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pprs_mpi.solve")]
+    assert result.returncode == 1 and "Warning" not in result.stderr, result.stderr
+    assert lines == [f"pprs_mpi.solve: diverged at iteration 0: f or its gradient is not finite; the first non-finite "
+                     f"value: {NONFINITE[fault]}; trace {tmp_trace()} marked diverged"]
+    assert load(tmp_trace()).status == "diverged"
 
 
 @pytest.mark.mpi

@@ -105,6 +105,39 @@ def test_a_failing_rank_ends_the_job_quickly_and_the_trace_says_failed(tmp_trace
     assert summarize(trace)["status"] in ("failed", "abandoned")  # never 'running' once the job is over
 
 
+def test_a_lost_rank_is_named_and_the_trace_says_failed_under_ulfm(tmp_trace):
+    """Over TCP (as between hosts), with `mpirun --with-ft ulfm`: a rank that exits is reported by MPI as a
+    process failure (the engine's communicator returns errors instead of Open MPI's fatal 'Socket closed');
+    rank 0 marks the trace failed and the one line names the lost rank and its host."""
+    import sys
+    from conftest import run
+    result = run(["mpirun", "--with-ft", "ulfm", "--mca", "btl", "tcp,self", "-n", "3", sys.executable, "-m",
+                  "pprs_mpi.solve", "--problem", "lad", "--depth", "5", *COMMON, "--iters", "50",
+                  "--inject-fault", "2:3:exit", "--out", tmp_trace()], timeout=60)
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pprs_mpi.solve")]
+    assert result.returncode != 0 and len(lines) == 1, result.stderr
+    assert "LostRank: rank 2 (host " in lines[0] and ") was lost: it exited or its host became unreachable" in lines[0]
+    assert load(tmp_trace()).status == "failed"
+
+
+def test_minimize_under_mpirun_raises_the_same_run_failed_on_every_rank_and_the_sweep_goes_on(tmp_path):
+    """The Python API does not abort the job: rank 2's error reaches every rank (through rank 0, which marks
+    the trace failed), each leaves the engine and raises RunFailed with the same line, and the next solve
+    in the same processes runs normally (the engine's messages live on its own communicator)."""
+    import sys
+    from pathlib import Path
+    from conftest import run
+    script = Path(__file__).parent / "minimize_failure_run.py"
+    result = run(["mpirun", "-n", "3", sys.executable, str(script), str(tmp_path)], timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = sorted(result.stdout.splitlines())
+    expected = "RunFailed: error on rank 2: InjectedFault: injected fault at iteration 3"
+    assert lines == sorted([f"rank {r} first: {expected}" for r in range(3)]
+                           + ["rank 0 second: completed", "rank 1 second: None", "rank 2 second: None"])
+    assert load(str(tmp_path / "bad.h5")).status == "failed"
+    assert load(str(tmp_path / "good.h5")).status == "completed"
+
+
 def test_too_many_ranks_is_one_clear_error(tmp_trace):
     result = mpirun(6, "--problem", "lad", "--depth", "5", *COMMON, "--out", tmp_trace(), timeout=60)
     assert result.returncode != 0

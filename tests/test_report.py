@@ -141,6 +141,21 @@ def test_text_summary_and_comparison_table(tmp_path):
     assert max(map(len, table.splitlines())) <= 100 and max(map(len, text.splitlines())) <= 100
 
 
+def test_the_summary_counts_ranks_in_the_singular_and_calls_serial_stages_stages(tmp_path):
+    mpi = report.format_summary(report.summarize(load(write_trace(tmp_path / "mpi.h5"))), "rule")
+    assert "3 ranks," in mpi and re.search(r"per rank +rank 0: compute", mpi)
+    serial = write_trace(tmp_path / "serial.h5", meta={**META, "engine": "serial", "ranks": 1})
+    text = report.format_summary(report.summarize(load(serial)), "rule")
+    assert "1 rank," in text and "1 ranks" not in text
+    assert re.search(r"per stage +stage 0: compute", text) and "rank 0" not in text
+
+
+def test_an_unwritable_plot_directory_is_one_line(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert report.main([str(write_trace(tmp_path / "a.h5")), "--plot", "/dev/null/x"]) == 2
+    assert capsys.readouterr().err == "error: --plot /dev/null/x: cannot write /dev/null/x (Not a directory)\n"
+
+
 def cli(*args):
     return subprocess.run([sys.executable, "-m", "pprs_mpi.report", *map(str, args)],
                           capture_output=True, text=True, timeout=120)
@@ -317,6 +332,9 @@ def test_gantt_bars_have_no_edges_a_minimum_width_and_name_stages_or_ranks(tmp_p
     assert sorted(actions)[1] == pytest.approx(1e-3 / span)  # the others at their length, 1 ms
     assert [label.get_text() for label in ax.get_yticklabels()] == [f"{word} {r} (1 node)" for r in range(P)]
     assert "drawn that wide" in ax.get_xlabel()
+    numbered = len(ax.texts)  # the 1 µs forward is too narrow for its number: the title must not promise all
+    assert 0 < numbered < P * 2 * M
+    assert f"(numbered on the {numbered} of {P * 2 * M} bars wide enough)" in ax.get_title()
 
 
 def test_objective_plot_labels_legend_and_f_star(tmp_path):

@@ -70,6 +70,21 @@ def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, l
 
 
 @pytest.mark.mpi
+def test_sigterm_to_mpirun_prints_the_resume_line_and_exits_with_mpiruns_code(tmp_trace):
+    """mpirun stops forwarding output on SIGTERM and kills its ranks shortly after: rank 0 writes its
+    checkpoint and the serial engine's line straight to mpirun's stderr; the exit code is mpirun's own, 1."""
+    process = start(["mpirun", "-n", "2", sys.executable, "-m", "pprs_mpi.solve", *RUN, "--iters", "100000",
+                     "--out", tmp_trace()], tmp_trace())
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    stopped = load(tmp_trace())
+    lines = [line for line in err.splitlines() if line.startswith("pprs_mpi.solve")]
+    assert process.returncode == 1 and stopped.status == "interrupted" and stopped.has_checkpoint
+    assert len(lines) == 1 and lines[0].startswith("pprs_mpi.solve: stopped by a signal after iteration ")
+    assert lines[0].endswith(f"; resume with --resume; trace {tmp_trace()} marked interrupted")
+
+
+@pytest.mark.mpi
 def test_injected_fault_fails_the_trace_and_the_last_checkpoint_resumes(tmp_trace):
     result = mpirun(3, *RUN, "--iters", "30", "--checkpoint-every", "5", "--inject-fault", "1:12:raise",
                     "--out", tmp_trace(), timeout=60)

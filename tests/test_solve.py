@@ -114,3 +114,17 @@ def test_divergence_is_reported_and_marked(tmp_trace, capsys):
     assert main(["--algo", "gd", "--lr", "1e307", "--iters", "50", "--quiet", "--out", tmp_trace()]) == 1
     assert "diverged" in capsys.readouterr().err
     assert load(tmp_trace()).status == "diverged"
+
+
+def test_resume_of_a_completed_trace_says_so_and_how_to_extend_it_leaving_the_file_alone(tmp_trace, capsys):
+    out = tmp_trace()
+    assert main(["--depth", "4", "--iters", "5", "--quiet", "--out", out]) == 0
+    before = open(out, "rb").read()
+    capsys.readouterr()
+    assert main(["--resume", out]) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        f"pprs_mpi.solve: {out} is already complete at iteration 5: nothing to do (to extend the run: "
+        f"--resume {out} --iters N, with N > 5)"]
+    assert open(out, "rb").read() == before
+    assert main(["--resume", out, "--iters", "7"]) == 0  # the hint works
+    assert load(out).columns["iteration"][-1] == 7 and load(out).attrs["resumes"] == 1

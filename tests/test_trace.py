@@ -398,3 +398,31 @@ def test_damage_is_caught_by_the_checksum_and_edits_go_through_edited(tmp_path):
         with T.edited(tmp_path / "live.h5"):
             pass
     live.close("completed")
+
+
+def test_a_running_trace_whose_writer_stopped_committing_is_abandoned_from_any_host(tmp_path):
+    """The writer stamps every commit and commits at least every heartbeat; a hung writer (alive, so the
+    same-host process rule cannot tell) or one on another host is found by the stamp's age."""
+    import time
+    path = tmp_path / "run.h5"
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pprs_mpi.trace import TraceWriter
+        writer = TraceWriter({str(path)!r}, {{"K": 1}}, {{}})
+        for t in range(30):  # a live writer: rows every 0.05 s, committed at least every heartbeat
+            writer.append(iteration=t)
+            time.sleep(0.05)
+        print("hung", flush=True)
+        time.sleep(60)  # hung: no more commits
+        """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PPRS_HEARTBEAT_SECONDS": "0.3"})
+    try:
+        time.sleep(1.0)
+        live = T.load(path)
+        assert live.status == "running" and live.n_rows > 1 and not T.abandoned(live)
+        assert writer.stdout.readline() == "hung\n"
+        time.sleep(1.5)  # more than 2 heartbeats and 3 gaps between rows
+        hung = T.load(path)
+        assert hung.attrs["heartbeat_within"] < 1.5 and T.abandoned(hung)
+    finally:
+        writer.kill()
+        writer.wait(timeout=10)

@@ -104,8 +104,8 @@ def test_problem_args_are_typed_from_the_builders_annotations_and_defaults(tmp_p
     ("import numpy\nx = 1\nraise RuntimeError('broken on purpose')\n", ["--problem", "{user}:build"],
      "importing {user} failed: RuntimeError: broken on purpose (user.py, line 3)"),
     ("def build(:\n", ["--problem", "{user}:build"], "SyntaxError"),
-    ("def build():\n    return [1, 2]\n", ["--problem", "{user}:build"],
-     "returned list, expected a pprs_mpi Problem or Graph"),
+    ("def build():\n    return {'a': 1}\n", ["--problem", "{user}:build"],
+     "error: problem '{user}:build': the builder returned dict, expected a pprs_mpi Problem or Graph\n"),
     ("def build(n: int = 2):\n    raise ValueError('n too small')\n", ["--problem", "{user}:build"],
      "the builder raised ValueError: n too small (user.py, line 2)"),
     ("def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "m=3"],
@@ -186,6 +186,50 @@ def test_the_checker_exits_1_on_a_wrong_vjp_naming_the_node_and_0_on_the_example
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
 
 
+def test_the_checker_names_the_node_of_an_unseeded_builder(tmp_path, capsys):
+    """Two builds that differ: serial runs of such a builder are silently not reproducible."""
+    from pprs_mpi.check import main as check
+    user = write(tmp_path, """
+        import numpy as np
+        from pprs_mpi import Graph, Node
+        from pprs_mpi.ops import Affine, L1Norm, ReLU
+
+        def build(dim: int = 3):
+            A = np.random.default_rng().standard_normal((4, dim))  # no seed
+            return Graph(dim, [Node("relu", ReLU(), ("theta",)), Node("mix", Affine(A, np.zeros(4)), ("relu",)),
+                               Node("l1", L1Norm(), ("mix",))])
+    """)
+    assert check([f"{user}:build"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "FAIL  the builder is not deterministic: two builds differ at node 'mix' (seed its random numbers: serial "
+        "runs would not be reproducible, and the ranks of an MPI run would build different graphs)"]
+    seeded = write(tmp_path, user.read_text().replace("default_rng()", "default_rng(0)"), "seeded.py")
+    assert check([f"{seeded}:build"]) == 0
+
+
+def test_the_checker_counts_every_node_of_the_graph(tmp_path, capsys):
+    """A node whose op raises stops the values flowing: the nodes after it are counted as not checked."""
+    from pprs_mpi.check import main as check
+    user = write(tmp_path, """
+        from pprs_mpi import Graph, Op
+        from pprs_mpi.ops import Abs, L1Norm, Scale
+
+        class Broken(Op):
+            def output_shape(self, shape):
+                return shape
+            def forward(self, xp, x):
+                raise RuntimeError("no")
+            def vjp(self, xp, inputs, output, cotangent):
+                return [cotangent]
+
+        def build():
+            return Graph.chain(3, [Scale(2.0), Broken(), Abs(), Scale(1.0), L1Norm()])
+    """)
+    assert check([f"{user}:build"]) == 1
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "1 of 5 node(s) fail (3 not checked: their inputs come from a failing node); first: node ")
+
+
 @pytest.mark.parametrize("name", sorted(registry()))
 def test_every_built_in_problem_passes_the_checker(name):
     problem = registry()[name]
@@ -213,3 +257,16 @@ def test_a_run_of_a_python_object_resumes_through_minimize_only(tmp_path, capsys
         pprs_mpi.minimize(build(seed=3), iters=9, resume=out, quiet=True)
     assert main(["--resume", out, "--iters", "10"]) == 2
     assert "resume it with pprs_mpi.minimize(problem, resume=PATH)" in capsys.readouterr().err
+
+
+def test_the_api_takes_numpy_scalars_and_refuses_text_for_numbers(tmp_trace):
+    """What NumPy code computes (np.int64, np.float32) is a number; a string is not (only the command line's
+    --problem-arg text is converted)."""
+    small = dict(depth=3, dim=4, iters=2, quiet=True)
+    result = pprs_mpi.minimize("lad", problem_args={"rows": np.int64(6)}, K=np.int64(4), lr=np.float32(0.5),
+                               out=tmp_trace("numpy.h5"), **small)
+    assert result.status == "completed" and load(tmp_trace("numpy.h5")).config["problem_params"]["rows"] == 6
+    with pytest.raises(pprs_mpi.ConfigError, match=r"^problem parameter 'rows' must be int, got '6'$"):
+        pprs_mpi.minimize("lad", problem_args={"rows": "6"}, out=tmp_trace("text.h5"), **small)
+    assert main(["--problem", "lad", "--problem-arg", "rows=6", "--out", tmp_trace("cli.h5"), "--depth", "3",
+                 "--dim", "4", "--iters", "2", "--quiet"]) == 0

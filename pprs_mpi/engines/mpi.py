@@ -18,7 +18,9 @@ Shapes. On the first pass of each kind, every message's element count (from its 
 checked against the shape the receiver's graph gives it, and a longer one's truncation error is
 named: a ShapeError naming the rank, the edge and the microbatch (the sender checked its arrays).
 
-Failures. Rank 0 drives the others with a small broadcast command per pass. A rank that fails
+Failures. Rank 0 drives the others with a small broadcast command per pass. The engine talks on its own
+duplicate of the communicator, so that whatever a failed pass leaves unmatched cannot reach the next
+solve in the same processes. From the command line (the default), a rank that fails
 tells rank 0 (tag FAILURE) and aborts the job if rank 0 has not done so within a grace period;
 rank 0 watches for such notices while it waits, marks its trace failed, reports the error once
 and aborts. A `comm_timeout` turns any wait longer than that into an error naming the peer and
@@ -26,6 +28,12 @@ the message. A rank 0 that does not take the notice (hung itself) is blamed in t
 which the lowest failing rank prints (the others wait a little longer and are ended by its abort);
 that rank then sends a SIGTERM to rank 0 (on the same host), whose handler finds the pending notice
 and marks the trace failed, if rank 0 still runs Python code.
+
+With `recover` (the Python API, `minimize`, where a sweep in one process must go on to its next solve)
+no rank aborts: rank 0 takes a failing rank's notice as above, or fails itself, marks its trace failed
+and sends the one error line (tag FAILURE) to every other rank, whose waits watch for it; each rank then
+cancels and frees its receives, drops its pending sends and raises (see `settle_failure`). Only a rank 0
+that takes no notice within the grace period still ends the job.
 """
 
 from __future__ import annotations
@@ -51,13 +59,15 @@ from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline
 from pprs_mpi.schedule import Schedule
 
-FAILURE_TAG, CLOCK_TAG, FIRST_DATA_TAG = 0, 1, 2  # reserved tags, then one per channel
+FAILURE_TAG, CLOCK_TAG, GATHER_TAG, FIRST_DATA_TAG = 0, 1, 2, 3  # reserved tags, then one per channel
 GRADIENT, EVALUATE, GATHER, STOP = range(4)
 FAILURE_GRACE_SECONDS = 5.0
 TRACE_WRITE_SECONDS = 60.0  # how long one commit of rank 0's trace may take between passes
 COMMAND_SLACK_SECONDS = 2 * TRACE_WRITE_SECONDS  # beyond --comm-timeout, for rank 0's trace writes between passes
-STAGGER_SECONDS, MAX_STAGGERED_RANKS = 0.5, 8  # see report_failure_and_abort
+STAGGER_SECONDS, MAX_STAGGERED_RANKS = 2.0, 8  # see report_failure_and_abort; an abort takes over 0.5 s
+# to reach the ranks of another host, so the next-lowest failing rank waits longer before it reports too
 SIGTERM_PROBE_SECONDS = 0.05  # how long rank 0 looks for a failure notice when a SIGTERM comes
+ABORT_FLUSH_SECONDS = 0.2  # between our error line and MPI_Abort
 WAKE_SECONDS = 3.0  # how long a stuck rank 0 is given to mark its trace failed and abort the job
 _rank0_process: tuple[str, int] | None = None  # rank 0's (host, pid), set by the Poller
 RECEIVE_WINDOW = 4  # receives posted ahead per channel: transfers overlap compute, memory stays bounded
@@ -77,12 +87,38 @@ class CommTimeout(RuntimeError):
     """A wait exceeded --comm-timeout."""
 
 
+class LostRank(RuntimeError):
+    """MPI reported a process failure (Open MPI run with `mpirun --with-ft ulfm`): a rank exited or its host
+    became unreachable. The message names the lost rank(s) and their hosts."""
+
+
+PROCESS_FAILURES = (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED)
+
+
+def lost_rank_error(comm, err: Exception, hosts: list[str], waiting_for: str) -> Exception:
+    """`err` as a LostRank naming the failed ranks of `comm` and their hosts, if MPI reported a process
+    failure; any other error as it is."""
+    if not isinstance(err, MPI.Exception) or err.Get_error_class() not in PROCESS_FAILURES:
+        return err
+    try:
+        group = comm.Get_failed()
+        ranks = [r for r in MPI.Group.Translate_ranks(group, range(group.Get_size()), comm.Get_group())
+                 if r != MPI.UNDEFINED]
+    except (MPI.Exception, NotImplementedError):
+        ranks = []
+    lost = ", ".join(f"rank {r} (host {hosts[r]})" for r in ranks) or "a rank"
+    return LostRank(f"{lost} was lost: it exited or its host became unreachable (rank {comm.rank} was waiting "
+                    f"for {waiting_for})")
+
+
 class Poller:
     """Waits on MPI requests without blocking inside MPI, so that rank 0 can notice failures elsewhere
     and any rank can give up after `timeout` seconds."""
 
-    def __init__(self, comm, timeout: float | None):
+    def __init__(self, comm, timeout: float | None, recover: bool = False):
         self.comm, self.timeout = comm, timeout
+        self.hosts = comm.allgather(socket.gethostname()) if comm.size > 1 else [socket.gethostname()]
+        self._listen = recover and comm.rank != 0  # watch for rank 0's verdict on a failure elsewhere
         self._status = MPI.Status()
         if comm.size > 1:  # where rank 0 runs, for report_failure_and_abort to wake a stuck rank 0
             global _rank0_process
@@ -95,9 +131,11 @@ class Poller:
         receives the completed request's status."""
         timeout = None if self.timeout is None else self.timeout + slack
         start, pause = time.perf_counter(), 0.0
-        while not request.Test(status):
+        while not self._test(request, status, describe):
             if self.comm.rank == 0:
                 self.check_failures()
+            elif self._listen:
+                self.check_verdict()
             waited = time.perf_counter() - start
             if timeout is not None and waited > timeout:
                 raise CommTimeout(f"rank {self.comm.rank} waited more than {timeout:g} s for {describe()}")
@@ -107,9 +145,34 @@ class Poller:
                 pause = min(1e-3, pause + 5e-5)
                 time.sleep(pause)
 
+    def _test(self, request, status, describe) -> bool:
+        try:
+            return request.Test(status)
+        except MPI.Exception as err:
+            raise lost_rank_error(self.comm, err, self.hosts, describe()) from None
+
     def check_failures(self, error=RemoteFailure) -> None:
         if self.comm.Iprobe(source=MPI.ANY_SOURCE, tag=FAILURE_TAG, status=self._status):
             raise error(self.comm.recv(source=self._status.Get_source(), tag=FAILURE_TAG))
+
+    def check_verdict(self) -> None:
+        """A rank other than 0 (recover mode): raises RemoteFailure if rank 0 has sent the run's error line."""
+        if self.comm.Iprobe(source=0, tag=FAILURE_TAG):
+            raise RemoteFailure(self.comm.recv(source=0, tag=FAILURE_TAG))
+
+    def receive(self, source: int, tag: int, describe, slack: float = 0.0):
+        """A pickled message from `source`, waited for like `wait` (watching for failures meanwhile)."""
+        timeout = None if self.timeout is None else self.timeout + slack
+        start = time.perf_counter()
+        while (message := self.comm.improbe(source=source, tag=tag)) is None:
+            if self.comm.rank == 0:
+                self.check_failures()
+            elif self._listen:
+                self.check_verdict()
+            if timeout is not None and time.perf_counter() - start > timeout:
+                raise CommTimeout(f"rank {self.comm.rank} waited more than {timeout:g} s for {describe()}")
+            time.sleep(1e-3)
+        return message.recv()
 
     def _sigterm(self, signum, frame) -> None:
         """Rank 0: a SIGTERM while another rank's failure notice is pending is that rank aborting the
@@ -243,6 +306,21 @@ class MpiTransport:
                 request.Free()
             inbox.free.clear()
 
+    def abandon(self) -> None:
+        """After a failure mid-pass: cancels and frees the posted receives, frees the others, and lets go of
+        the pending sends (their peers may never take them; the engine's communicator is not used again)."""
+        for inbox in filter(None, self._inboxes):
+            for _, request, buffer in inbox.posted:
+                request.Cancel()
+                request.Wait()
+                inbox.free.append((request, buffer))
+            inbox.posted.clear()
+        self.close()
+        for request in self._send_requests:
+            if request != MPI.REQUEST_NULL:
+                request.Free()
+        self._send_requests, self._send_buffers, self._send_bytes = [], [], 0
+
     def complete_sends(self) -> None:
         for request in self._send_requests:
             self.poller.wait(request, lambda: "its own sends to complete")
@@ -286,9 +364,10 @@ class MpiTransport:
             raise self._shape_error(inbox, mb, f"{count} elements")
 
     def _named(self, err, inbox: _Inbox, mb: int) -> Exception:
-        """MPI's truncation error (a message longer than its buffer) as a ShapeError naming the message."""
+        """MPI's truncation error (a message longer than its buffer) as a ShapeError naming the message, and
+        a process failure as a LostRank."""
         if err.Get_error_class() != MPI.ERR_TRUNCATE:
-            return err
+            return lost_rank_error(self.comm, err, self.poller.hosts, self.describe(inbox, mb))
         return self._shape_error(inbox, mb, "more elements")
 
     def _expected_size(self, inbox: _Inbox, mb: int) -> int:
@@ -307,13 +386,15 @@ class MpiEngine:
 
     def __init__(self, comm, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
                  comm_timeout: float | None = None, fault: Fault | None = None, timeline_every: int = 1,
-                 cuda_aware: bool = False):
+                 cuda_aware: bool = False, recover: bool = False):
         if comm.size != len(wiring.stages):
             raise ValueError(f"{comm.size} MPI ranks for {len(wiring.stages)} stages")
-        self.comm = comm
+        comm = self.comm = comm.Dup()  # this engine's own: a failed pass's leftovers never reach another solve
+        comm.Set_errhandler(MPI.ERRORS_RETURN)  # MPI errors as exceptions: a lost rank is named, not fatal
+        self.recover = recover
         self.timeline = Timeline(comm.rank, timeline_every)
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
-        self.poller = Poller(comm, comm_timeout)
+        self.poller = Poller(comm, comm_timeout, recover)
         self.staging = Staging(backend, cuda_aware)
         self.transport = MpiTransport(comm, channels(wiring), sampling, self.staging, self.timeline, self.poller)
         self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, self.transport, self.timeline, fault)
@@ -328,24 +409,61 @@ class MpiEngine:
         return self.runner.run(t, y, evaluation=True)
 
     def gather(self) -> tuple[np.ndarray, list[dict]]:
-        """Every rank's timeline records since the last gather and its memory figures (off the hot path)."""
+        """Every rank's timeline records since the last gather and its memory figures (off the hot path).
+        Point to point rather than a collective, so that rank 0 notices a rank that failed meanwhile."""
         self._command(GATHER, 0)
-        gathered = self.comm.gather(self._report(), root=0)
+        gathered = [self._report()] + [
+            self.poller.receive(rank, GATHER_TAG, lambda rank=rank: f"rank {rank}'s timeline", COMMAND_SLACK_SECONDS)
+            for rank in range(1, self.comm.size)]
         return np.concatenate([records for records, _ in gathered]), [memory for _, memory in gathered]
 
     def stop(self) -> None:
         self._command(STOP, 0)
+        self._close()
+
+    def _close(self) -> None:
         self.transport.close()
+        self.comm.Free()
+
+    def settle_failure(self, text: str, remote: bool, prefix: str = "") -> str:
+        """Recover mode, after an exception on this rank: agrees with every rank on one error line and
+        leaves the engine; returns that line, for every rank to raise. `remote`: the exception was another
+        rank's failure (on rank 0 a notice, elsewhere rank 0's verdict), whose line is `text`.
+
+        Rank 0 sends the line to every other rank (waiting for the sends at most the grace period: a rank
+        that takes nothing is stuck elsewhere). Another rank that failed itself sends its line to rank 0
+        and waits for the verdict, which names the first failure rank 0 took; if none comes within the
+        grace period, rank 0 is stuck and the job is aborted as from the command line."""
+        comm = self.comm
+        if comm.rank == 0:
+            requests = [comm.isend(text, dest=rank, tag=FAILURE_TAG) for rank in range(1, comm.size)]
+            deadline = time.monotonic() + FAILURE_GRACE_SECONDS
+            while not MPI.Request.Testall(requests) and time.monotonic() < deadline:
+                time.sleep(1e-3)
+            for request in requests:
+                if request != MPI.REQUEST_NULL:
+                    request.Free()
+        elif not remote:
+            comm.isend(text, dest=0, tag=FAILURE_TAG).Free()
+            deadline = time.monotonic() + FAILURE_GRACE_SECONDS
+            while not comm.Iprobe(source=0, tag=FAILURE_TAG):
+                if time.monotonic() > deadline:
+                    report_failure_and_abort(comm, text, prefix, notified=True)
+                time.sleep(1e-3)
+            text = comm.recv(source=0, tag=FAILURE_TAG)
+        self.transport.abandon()
+        return text
 
     def serve(self) -> None:
         """The loop of a rank other than 0: execute rank 0's commands until it says stop."""
         while True:
             command, t = self._command()
             if command == STOP:
-                self.transport.close()
+                self._close()
                 return
             if command == GATHER:
-                self.comm.gather(self._report(), root=0)
+                request = self.comm.isend(self._report(), dest=0, tag=GATHER_TAG)
+                self.poller.wait(request, lambda: "rank 0 to take this rank's timeline", slack=COMMAND_SLACK_SECONDS)
             else:
                 self.runner.run(t, evaluation=command == EVALUATE)
 
@@ -388,7 +506,7 @@ def _rank0_origin_on_local_clock(comm, exchanges: int = 8) -> float:
     return origin - offset
 
 
-def report_failure_and_abort(comm, text: str, prefix: str = "", exit_code: int = 1) -> None:
+def report_failure_and_abort(comm, text: str, prefix: str = "", exit_code: int = 1, notified: bool = False) -> None:
     """Ends the whole job because of an error on this rank, reporting `prefix + text` once.
 
     Rank 0 prints and aborts at once. Another rank hands `text` to rank 0, which prints it, marks its
@@ -396,17 +514,21 @@ def report_failure_and_abort(comm, text: str, prefix: str = "", exit_code: int =
     one to blame: this rank reports that, after a further STAGGER_SECONDS per rank below it, so that
     of several failing ranks (all waiting on rank 0) the lowest reports and its abort ends the rest.
     A stuck rank 0 on this host is sent SIGTERM first, so that it can still mark its trace failed.
+    `notified`: rank 0 has been sent `text` and given the grace period already.
     """
     if comm.rank != 0 and comm.size > 1:
-        request = comm.isend(text, dest=0, tag=FAILURE_TAG)
-        time.sleep(FAILURE_GRACE_SECONDS + STAGGER_SECONDS * min(comm.rank - 1, MAX_STAGGERED_RANKS))
-        request.Test()
+        if not notified:
+            request = comm.isend(text, dest=0, tag=FAILURE_TAG)
+            time.sleep(FAILURE_GRACE_SECONDS)
+            request.Test()
+        time.sleep(STAGGER_SECONDS * min(comm.rank - 1, MAX_STAGGERED_RANKS))
         text = (f"rank 0 did not end the job within {FAILURE_GRACE_SECONDS:g} s of this report (is it hung?); "
                 f"the report: {text}")
         print(prefix + text, file=sys.stderr, flush=True)
         _wake_rank0()
     else:
         print(prefix + text, file=sys.stderr, flush=True)
+    time.sleep(ABORT_FLUSH_SECONDS)  # mpirun forwards the line before its abort banner, not inside it
     comm.Abort(exit_code)
 
 

@@ -32,6 +32,11 @@ class OpError(RuntimeError):
     """An op's forward or VJP raised; the message names the node, the microbatch and the op's own error."""
 
 
+class DtypeError(ShapeError):
+    """An op's output or a VJP's cotangent is not in the run's dtype (float64 under --dtype float32, say):
+    named at the op that leaked it, before a receiver would see a message of the wrong size."""
+
+
 class StageRunner:
     """Executes one stage's plan for a pass; on stage 0 a `RootRole` adds the noisy copies and G_t."""
 
@@ -140,7 +145,7 @@ class StageRunner:
             if active:
                 self._record(mb, FORWARD_PHASE, step.node, start)
             if self._checking:
-                self._check(output, step.shape, step, "forward returned shape {actual}, expected {expected} "
+                self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
                             f"({self._destinations(step.name)})")
             outputs[step.output] = output
             inputs = [output]
@@ -195,10 +200,14 @@ class StageRunner:
     # -- shape checks (first pass of each kind) ---------------------------------------------------
 
     def _check(self, array, expected: tuple, step, text: str) -> None:
-        """Raises ShapeError (`text` after the node and microbatch) unless `array` has shape `expected`."""
+        """Raises ShapeError (`text` after the node and microbatch) unless `array` has shape `expected`, and
+        DtypeError unless it has the run's dtype (a leaked float64 would otherwise pass unnoticed serially and
+        under MPI surface as a wrong-size message at a downstream edge)."""
         actual = _shape(array)
         if actual != expected:
-            self._fail(step, text.format(actual=actual, expected=expected))
+            self._fail(step, text.format(kind="shape", actual=actual, expected=expected))
+        if array.dtype != self.backend.dtype:
+            self._fail(step, text.format(kind="dtype", actual=array.dtype, expected=self.backend.dtype), DtypeError)
 
     def _check_cotangents(self, step: BackwardStep, grads) -> None:
         """One cotangent per parent slot, each of its parent's shape."""
@@ -206,15 +215,15 @@ class StageRunner:
         if len(grads) != len(parents):
             self._fail(step, f"VJP returned {len(grads)} cotangent(s) for {len(parents)} parent(s)")
         for parent, grad, expected in zip(parents, grads, step.shapes):
-            self._check(grad, expected, step, "VJP returned a cotangent of shape {actual} for edge "
+            self._check(grad, expected, step, "VJP returned a cotangent of {kind} {actual} for edge "
                         f"'{parent}' -> '{step.name}', expected {{expected}}")
 
     def _destinations(self, node: str) -> str:
         children = self.graph.children[node]
         return "edge " + ", ".join(f"'{node}' -> '{c}'" for c in children) if children else "the leaf's value"
 
-    def _fail(self, step, text: str) -> None:
-        raise ShapeError(f"{self._where(step)}: {text}")
+    def _fail(self, step, text: str, error: type = ShapeError) -> None:
+        raise error(f"{self._where(step)}: {text}")
 
     def _op_error(self, step, what: str, err: Exception) -> OpError:
         text = " ".join(str(err).split())
@@ -277,16 +286,7 @@ class RootRole:
 
     def _noisy_copies(self, mb: int):
         """θ_mb = x_t + γ X_k for the samples k of microbatch mb, stacked along the batch axis."""
-        samples, x = self._samples[mb], self._x
-        if self.sampling.gamma == 0.0:
-            return self.xp.array(self.xp.broadcast_to(x, (len(samples), x.shape[0])))
-        if self.sampling.noise_on_device and self.backend.on_gpu:
-            perturbation = noise.device_perturbations(self.backend, self.sampling.seed, self._t, samples, x.shape[0])
-        else:
-            perturbation = self.backend.asarray(self._noise.draw(self._t, samples))
-        batch = self.sampling.gamma * perturbation
-        batch += x  # x + γX, broadcast along the batch axis, in one new array (addition commutes bitwise)
-        return batch
+        return noise.noisy_copies(self.backend, self.sampling, self._noise, self._x, self._t, self._samples[mb])
 
     def fold_arrived(self) -> None:
         """Adds in, in microbatch order, the root cotangents and sample values already here: consumed as

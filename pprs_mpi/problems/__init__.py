@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from pprs_mpi.graph import Graph
+from pprs_mpi.graph import Graph, GraphError
 
 REQUIRED = object()  # the default of a builder argument that has none
 
@@ -63,9 +63,9 @@ class ProblemSpec:
         made = self.build(**params)
         if isinstance(made, Graph):
             return Problem(self.reference, made)
-        if not isinstance(made, Problem):
-            raise TypeError(f"problem {self.reference!r}: the builder returned {type(made).__name__}, "
-                            "expected a pprs_mpi Problem or Graph")
+        if not isinstance(made, Problem):  # a GraphError: the user's mistake, not an error the builder raised
+            raise GraphError(f"problem {self.reference!r}: the builder returned {type(made).__name__}, "
+                             "expected a pprs_mpi Problem or Graph")
         return made
 
     def arguments(self, values: dict, exact: bool = False, partial: bool = False) -> dict:
@@ -87,10 +87,22 @@ class ProblemSpec:
         return {name: typed.get(name, p.default) for name, p in self.parameters.items()}
 
 
+class Text(str):
+    """A builder argument as the command line gives it (--problem-arg NAME=VALUE): converted to the
+    parameter's type. A plain str (from the API or TOML) is a value, so "24" is refused for an int."""
+
+
+def plain(value):
+    """A NumPy scalar as the Python value it holds (np.int64(24) -> 24, np.float32 -> float), so that the
+    API takes what NumPy code computes; anything else unchanged."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def _typed(name: str, value, param: Parameter):
-    """A parameter value of the parameter's type; text (from the command line) is converted."""
-    kind = param.type
-    if isinstance(value, str) and kind is not str:
+    """A parameter value of the parameter's type: command-line text is converted, NumPy scalars are taken
+    as their Python values, and anything else must already be of the type."""
+    kind, value = param.type, plain(value)
+    if isinstance(value, Text) and kind is not str:
         try:
             value = _BOOLEANS[value.strip().lower()] if kind is bool else kind(value)
         except (KeyError, ValueError):
