@@ -27,7 +27,7 @@ from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.faults import Fault
 from pprs_mpi.graph import Graph, GraphError
-from pprs_mpi.nonfinite import first_nonfinite
+from pprs_mpi.nonfinite import first_nonfinite, first_nonfinite_at
 from pprs_mpi.placement import measure_costs
 from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
@@ -516,7 +516,8 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
                                   checkpoint=lambda state: _write_checkpoint(setup, engine, state),
                                   stop_requested=lambda: stop.requested,
                                   locate=lambda x, t: first_nonfinite(setup.problem.graph, setup.sampling,
-                                                                      setup.backend, x, t))
+                                                                      setup.backend, x, t),
+                                  locate_at=lambda y, t: first_nonfinite_at(setup.problem.graph, setup.backend, y, t))
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
         _write_checkpoint(setup, engine, outcome.state)
     _write_gathered(trace, engine)

@@ -84,15 +84,22 @@ def progress_for(cfg: dict, first: int = 0) -> Progress:
 def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progress, start: LoopState,
              checkpoint: Callable[[LoopState], None] = lambda state: None,
              stop_requested: Callable[[], bool] = lambda: False,
-             locate: Callable[[np.ndarray, int], str | None] = lambda x, t: None) -> Outcome:
+             locate: Callable[[np.ndarray, int], str | None] = lambda x, t: None,
+             locate_at: Callable[[np.ndarray, int], str | None] = lambda y, t: None) -> Outcome:
     """Runs Algorithm 1 from `start` to cfg['iters'], appending a trace row per iteration.
 
     f_smoothed is the mean of the K sample values at x_t; f_eval is f(y_{t+1}) every `eval_every`
     iterations and at the last (NaN otherwise); pipeline_time counts `makespan` units per iteration.
     `checkpoint` is called every cfg['checkpoint_every'] iterations and, when `stop_requested()`
     turns true, once more before the loop stops at that iteration boundary. On divergence,
-    `locate(x_t, t)` names where the pass's first non-finite value appeared (None if nowhere).
+    `locate(x_t, t)` names where the pass's first non-finite value appeared (None if nowhere), and
+    `locate_at(y_t, t)` where the evaluation f(y_t)'s did.
     """
+
+    def not_finite_at(point, t: int) -> str:
+        where = locate_at(backend.to_host(point), t)
+        return f"f(y_{t}) is not finite" + (f"; the first non-finite value: {where}" if where else "")
+
     x, y = backend.asarray(start.x), backend.asarray(start.y)
     momentum, lr, every = optim.Momentum(cfg["mu"]), float(cfg["lr"]), cfg["eval_every"]
     pipeline_time, wall_time = start.pipeline_time, start.wall_time
@@ -100,7 +107,7 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
         f_eval = engine.evaluate(y, 0)
         trace.append(iteration=0, pipeline_time=0.0, wall_time=0.0, f_eval=f_eval, step_size=lr)
         if not math.isfinite(f_eval):
-            return _diverged(backend, 0, x, y, pipeline_time, wall_time, f_eval, "f(y_0) is not finite")
+            return _diverged(backend, 0, x, y, pipeline_time, wall_time, f_eval, not_finite_at(y, 0))
     f_eval = math.nan
     for t in range(start.iteration, cfg["iters"]):
         tick = time.perf_counter()
@@ -124,7 +131,7 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
                              "the iterate is not finite")
         if evaluate and not math.isfinite(f_eval):  # finite samples, yet f at the iterate itself is not
             return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed,
-                             f"f(y_{done}) is not finite")
+                             not_finite_at(y_next, done))
         x, y = x_next, y_next
         if done == cfg["iters"]:
             break
@@ -138,7 +145,7 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
         f_eval = engine.evaluate(y, cfg["iters"])
         if not math.isfinite(f_eval):
             return _diverged(backend, cfg["iters"], x, y, pipeline_time, wall_time, f_eval,
-                             f"f(y_{cfg['iters']}) is not finite")
+                             not_finite_at(y, cfg["iters"]))
     return Outcome("completed", _state(backend, cfg["iters"], x, y, pipeline_time, wall_time), f_eval)
 
 

@@ -25,23 +25,31 @@ def first_nonfinite(graph: Graph, sampling, backend, x, iteration: int) -> str |
 
     with np.errstate(all="ignore"):
         for mb in range(sampling.n_microbatches):
-            found = _forward(graph, xp, theta(mb), mb)[1]
+            found = _forward(graph, xp, theta(mb), f"microbatch {mb}")[1]
             if found:
                 return found
         for mb in range(sampling.n_microbatches):
-            found = _backward(graph, xp, _forward(graph, xp, theta(mb), mb)[0], mb)
+            found = _backward(graph, xp, _forward(graph, xp, theta(mb), f"microbatch {mb}")[0], mb)
             if found:
                 return found
     return None
 
 
-def _forward(graph: Graph, xp, theta, mb: int) -> tuple[dict, str | None]:
+def first_nonfinite_at(graph: Graph, backend, y, iteration: int) -> str | None:
+    """Names the first node whose output is not finite in the evaluation f(y_iteration) (a forward of y
+    alone), or None."""
+    with np.errstate(all="ignore"):
+        return _forward(graph, backend.xp, backend.xp.reshape(backend.asarray(y), (1, -1)),
+                        f"the evaluation pass f(y_{iteration})")[1]
+
+
+def _forward(graph: Graph, xp, theta, which: str) -> tuple[dict, str | None]:
     values = {graph.root: theta}
     for name in graph.order:
         op = graph.op(name)
         values[name] = op.forward(xp, *[values[p] for p in graph.parents(name)])
         if not bool(xp.isfinite(values[name]).all()):
-            return values, f"the forward output of node '{name}' ({op.describe()}), microbatch {mb}"
+            return values, f"the forward output of node '{name}' ({op.describe()}), {which}"
     return values, None
 
 
