@@ -169,7 +169,7 @@ class TraceWriter:
             if rewind is not None:  # before the first commit: a resume that cannot rewind changes nothing
                 self._state.rewind(rewind)
             self._beat_due = time.monotonic() + HEARTBEAT_SECONDS  # rows are committed by then, however few
-            self._last_append, self._slowest = time.monotonic(), 0.0  # the longest gap between rows
+            self._last_append, self._slowest = None, 0.0  # the longest gap between rows (not the setup before)
             self._holding = bool(self._published) and not resume  # an old file to keep until this run is worth more
             if self._holding:
                 self._state.image()  # what HDF5 cannot hold is refused now, as a first commit would
@@ -215,7 +215,9 @@ class TraceWriter:
             raise ValueError(f"a row needs 'iteration' and only columns of {COLUMNS}; got {sorted(row)}")
         self._rows.append(tuple(row.get(name, math.nan) for name in COLUMNS))
         now = time.monotonic()
-        self._slowest, self._last_append = max(self._slowest, now - self._last_append), now
+        if self._last_append is not None:
+            self._slowest = max(self._slowest, now - self._last_append)
+        self._last_append = now
         if now >= self._beat_due or len(self._rows) >= self.flush_every and now >= self._rows_due:
             started = time.monotonic()
             self._commit()

@@ -444,13 +444,15 @@ class MpiEngine:
                 if request != MPI.REQUEST_NULL:
                     request.Free()
         elif not remote:
-            comm.isend(text, dest=0, tag=FAILURE_TAG).Free()
+            notice = comm.isend(text, dest=0, tag=FAILURE_TAG)  # kept (with its buffer) until rank 0 answers
             deadline = time.monotonic() + FAILURE_GRACE_SECONDS
             while not comm.Iprobe(source=0, tag=FAILURE_TAG):
                 if time.monotonic() > deadline:
                     report_failure_and_abort(comm, text, prefix, notified=True)
                 time.sleep(1e-3)
             text = comm.recv(source=0, tag=FAILURE_TAG)
+            if not notice.Test():  # rank 0 failed itself and never took it: let it go with the communicator
+                notice.Free()
         self.transport.abandon()
         return text
 
