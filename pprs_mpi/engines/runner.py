@@ -101,9 +101,9 @@ class StageRunner:
         if root is not None:
             root.fold_arrived()
 
-    def execute_evaluation(self) -> None:
-        """This stage's forwards of the evaluation point."""
-        for segment in self.plan.eval_segments:
+    def execute_evaluation(self, segments=None) -> None:
+        """This stage's forwards of the evaluation point: all of them in order, or just `segments` of them."""
+        for segment in self.plan.eval_segments if segments is None else segments:
             self._forward(segment.steps, keep_residuals=False)
 
     def end(self, evaluation: bool = False):

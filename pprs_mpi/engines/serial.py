@@ -29,6 +29,12 @@ class SerialEngine:
         # where a segment of their actions starts.
         self._steps = [(runner.step, unit) for unit in range(schedule.makespan) for runner in self.runners
                        if runner.stage == 0 or runner.plan.segments[unit] is not None]
+        # The evaluation has no schedule: its segments run in the graph's topological order (that of
+        # their first node, the only one that may read another segment), whatever stage owns them, so
+        # that a placement whose stages are not contiguous in that order works too.
+        self._eval_steps = [(runner, segment) for _, _, runner, segment in sorted(
+            ((segment.steps[0].node, runner.stage, runner, segment)
+             for runner in self.runners for segment in runner.plan.eval_segments), key=lambda item: item[:2])]
 
     def gradient(self, x, t: int):
         """(G_t, sample values) for iterate x_t at iteration t."""
@@ -39,11 +45,11 @@ class SerialEngine:
         return [runner.end() for runner in self.runners][0]
 
     def evaluate(self, y, t: int) -> float:
-        """f(y), stage after stage (stages follow a topological order)."""
+        """f(y): the evaluation's segments in topological order, across stages."""
         for runner in self.runners:
             runner.begin(t, y, evaluation=True)
-        for runner in self.runners:
-            runner.execute_evaluation()
+        for runner, segment in self._eval_steps:
+            runner.execute_evaluation((segment,))
         return [runner.end(evaluation=True) for runner in self.runners][0]
 
     def gather(self) -> tuple[np.ndarray, list[dict]]:
