@@ -163,9 +163,11 @@ class Setup:
     start: driver.LoopState | None = None
     complete: bool = False  # a resume of a completed run with nothing left to do
     fault: Fault | None = field(init=False)
+    optimizer: optim.Optimizer = field(init=False)
 
     def __post_init__(self):
-        self.start = self.start or driver.LoopState.start(self.problem.x0)
+        self.optimizer = optim.build(self.cfg)
+        self.start = self.start or driver.LoopState.start(self.optimizer.init(self.problem.x0))
         self.fault = Fault.parse(self.cfg["inject_fault"]) if self.cfg["inject_fault"] else faults.from_environment()
 
 
@@ -358,7 +360,7 @@ def open_trace(setup: Setup, comm) -> str | None:
             "f_star": math.nan if setup.problem.f_star is None else float(setup.problem.f_star)}
     if cfg["resume"]:
         try:
-            setup.start = _checkpointed_state(cfg["out"], graph.dim, setup.graph_hash)
+            setup.start = _checkpointed_state(cfg["out"], graph.dim, setup.graph_hash, setup.optimizer)
         except (ValueError, OSError) as err:  # ConfigError, or TraceError from a broken file
             return str(err)
         if cfg["iters"] < setup.start.iteration:
@@ -420,8 +422,9 @@ def _completed_result(setup: Setup) -> Result:
                   trace.columns["f_smoothed"], f_eval, out, message)
 
 
-def _checkpointed_state(path: str, dim: int, graph_hash: str) -> driver.LoopState:
-    """The checkpoint to resume from, checked before anything in the trace is changed."""
+def _checkpointed_state(path: str, dim: int, graph_hash: str, optimizer: optim.Optimizer) -> driver.LoopState:
+    """The checkpoint to resume from, checked before anything in the trace is changed: it holds every array of
+    the optimizer's state (Algorithm 1's are x and y, all a checkpoint held before the optimizer seam)."""
     from pprs_mpi.trace import load, read_checkpoint
     stored_hash = load(path).attrs.get("graph_hash")
     if stored_hash is not None and stored_hash != graph_hash:
@@ -429,13 +432,13 @@ def _checkpointed_state(path: str, dim: int, graph_hash: str) -> driver.LoopStat
                           "(its builder, arguments or constants changed)")
     arrays, attrs = read_checkpoint(path)
     try:
-        state = driver.LoopState(int(attrs["iteration"]), np.asarray(arrays["x"], dtype=float),
-                                 np.asarray(arrays["y"], dtype=float), float(attrs["pipeline_time"]),
-                                 float(attrs["wall_time"]))
+        state = driver.LoopState(int(attrs["iteration"]), {name: np.asarray(arrays[name], dtype=float)
+                                                           for name in optimizer.names},
+                                 float(attrs["pipeline_time"]), float(attrs["wall_time"]))
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"cannot resume: the checkpoint in {path} is incomplete or malformed ({err})") from None
-    if state.iteration < 0 or state.x.shape != (dim,) or state.y.shape != (dim,) or not (
-            np.isfinite(state.x).all() and np.isfinite(state.y).all()):
+    if state.iteration < 0 or state.x.shape != (dim,) or state.y.shape != (dim,) or not all(
+            np.isfinite(array).all() for array in state.arrays.values()):
         raise ConfigError(f"cannot resume: the checkpoint in {path} does not fit this problem (iteration "
                           f"{state.iteration}, x {state.x.shape}, y {state.y.shape}, d = {dim})")
     return state
@@ -444,7 +447,7 @@ def _checkpointed_state(path: str, dim: int, graph_hash: str) -> driver.LoopStat
 def _write_checkpoint(setup: Setup, engine, state: driver.LoopState) -> None:
     """Everything a resume needs, atomically; the timeline gathered so far goes with it."""
     _write_gathered(setup.trace, engine)
-    setup.trace.write_checkpoint({"x": state.x, "y": state.y}, {
+    setup.trace.write_checkpoint(state.arrays, {
         "iteration": state.iteration, "pipeline_time": state.pipeline_time, "wall_time": state.wall_time,
         "noise_counter": state.iteration, "momentum_t": state.iteration, "seed": setup.cfg["seed"]})
 
@@ -511,7 +514,7 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     if not cfg["quiet"]:
         driver.say(_banner(setup))
     with np.errstate(**QUIET_FLOATS):
-        outcome = driver.minimize(engine, setup.backend, cfg, setup.makespan, trace,
+        outcome = driver.minimize(engine, setup.backend, cfg, setup.optimizer, setup.makespan, trace,
                                   driver.progress_for(cfg, setup.start.iteration), setup.start,
                                   checkpoint=lambda state: _write_checkpoint(setup, engine, state),
                                   stop_requested=lambda: stop.requested,

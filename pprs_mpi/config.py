@@ -76,6 +76,9 @@ OPTIONS = (
     Option("problem", str, "lad", "built-in problem name, FILE.py:FUNCTION or package.module:FUNCTION (a builder "
            "returning a Problem or a Graph; its arguments as --problem-arg NAME=VALUE)"),
     Option("algo", str, "pprs", "pprs (default), gd, or agd", choices=optim.ALGORITHMS),
+    Option("optimizer", str, optim.DEFAULT, "the update rule: algorithm1 (default: the paper's, for pprs, gd and "
+           "agd) or one registered with pprs_mpi.optim.register", valid=lambda v: v in optim.OPTIMIZERS,
+           rule="a registered optimizer (pprs_mpi.optim.OPTIMIZERS)"),
     Option("K", int, None, "noisy samples per iteration (pprs default 8)", valid=_at_least(1), rule=">= 1",
            flags=("-K", "--samples")),
     Option("gamma", float, None, "smoothing γ ≥ 0 (pprs default 0.01; gd/agd: 0)",
@@ -247,7 +250,7 @@ def _resumed(given: dict, problem_object: bool = False) -> dict:
     if not trace.has_checkpoint:
         raise ConfigError(f"cannot resume: {path} holds no checkpoint")
     stored = trace.config
-    if set(DEFAULTS) - set(stored) - {"resume", "overwrite", "check_gradients"} or not isinstance(
+    if set(DEFAULTS) - set(stored) - {"resume", "overwrite", "check_gradients", "optimizer"} or not isinstance(
             stored.get("problem_params"), dict):
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
     stored = {**DEFAULTS, **stored}

@@ -21,18 +21,28 @@ from pprs_mpi import optim
 
 @dataclass
 class LoopState:
-    """Everything a resume needs: the noise counter and μ_t are functions of `iteration` alone."""
+    """Everything a resume needs: the optimizer's state arrays (x_t and y_t among them); the noise counter
+    and μ_t are functions of `iteration` alone."""
 
     iteration: int  # iterations done: the next one is t = iteration
-    x: np.ndarray
-    y: np.ndarray
+    arrays: dict[str, np.ndarray]
     pipeline_time: float
     wall_time: float
 
+    @property
+    def x(self) -> np.ndarray:
+        """Where the next gradient is taken."""
+        return self.arrays["x"]
+
+    @property
+    def y(self) -> np.ndarray:
+        """The iterate the run reports."""
+        return self.arrays["y"]
+
     @classmethod
-    def start(cls, x0: np.ndarray) -> "LoopState":
-        """Algorithm 1's line 1: x_0 = y_0 (the paper's 0, or the problem's own start)."""
-        return cls(0, x0, x0, 0.0, 0.0)
+    def start(cls, arrays: dict[str, np.ndarray]) -> "LoopState":
+        """Before the first iteration, in the optimizer's initial state."""
+        return cls(0, arrays, 0.0, 0.0)
 
 
 @dataclass
@@ -81,12 +91,14 @@ def progress_for(cfg: dict, first: int = 0) -> Progress:
     return Progress(cfg["iters"], every, quiet=cfg["quiet"], first=first)
 
 
-def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progress, start: LoopState,
+def minimize(engine, backend, cfg: dict, optimizer: optim.Optimizer, makespan: int, trace, progress: Progress,
+             start: LoopState,
              checkpoint: Callable[[LoopState], None] = lambda state: None,
              stop_requested: Callable[[], bool] = lambda: False,
              locate: Callable[[np.ndarray, int], str | None] = lambda x, t: None,
              locate_at: Callable[[np.ndarray, int], str | None] = lambda y, t: None) -> Outcome:
-    """Runs Algorithm 1 from `start` to cfg['iters'], appending a trace row per iteration.
+    """Runs `optimizer` (Algorithm 1 unless --optimizer says otherwise) from `start` to cfg['iters'],
+    appending a trace row per iteration.
 
     f_smoothed is the mean of the K sample values at x_t; f_eval is f(y_{t+1}) every `eval_every`
     iterations and at the last (NaN otherwise); pipeline_time counts `makespan` units per iteration.
@@ -100,61 +112,62 @@ def minimize(engine, backend, cfg: dict, makespan: int, trace, progress: Progres
         where = locate_at(backend.to_host(point), t)
         return f"f(y_{t}) is not finite" + (f"; the first non-finite value: {where}" if where else "")
 
-    x, y = backend.asarray(start.x), backend.asarray(start.y)
-    momentum, lr, every = optim.Momentum(cfg["mu"]), float(cfg["lr"]), cfg["eval_every"]
+    state = {name: backend.asarray(array) for name, array in start.arrays.items()}
+    lr, every = float(cfg["lr"]), cfg["eval_every"]
     pipeline_time, wall_time = start.pipeline_time, start.wall_time
     if start.iteration == 0 and every:
-        f_eval = engine.evaluate(y, 0)
+        f_eval = engine.evaluate(state["y"], 0)
         trace.append(iteration=0, pipeline_time=0.0, wall_time=0.0, f_eval=f_eval, step_size=lr)
         if not math.isfinite(f_eval):
-            return _diverged(backend, 0, x, y, pipeline_time, wall_time, f_eval, not_finite_at(y, 0))
+            return _diverged(backend, 0, state, pipeline_time, wall_time, f_eval, not_finite_at(state["y"], 0))
     f_eval = math.nan
     for t in range(start.iteration, cfg["iters"]):
         tick = time.perf_counter()
-        grad, values = engine.gradient(x, t)
+        grad, values = engine.gradient(state["x"], t)
         f_smoothed = float(np.mean(values))
         if not (math.isfinite(f_smoothed) and bool(backend.xp.isfinite(grad).all())):
-            where = locate(backend.to_host(x), t)
-            return _diverged(backend, t, x, y, pipeline_time, wall_time, f_smoothed, "f or its gradient is not finite"
+            where = locate(backend.to_host(state["x"]), t)
+            return _diverged(backend, t, state, pipeline_time, wall_time, f_smoothed, "f or its gradient is not finite"
                              + (f"; the first non-finite value: {where}" if where else ""))
-        x_next, y_next = optim.update(x, y, grad, lr, momentum(t))
+        following = optimizer.step(state, grad, t)
         wall_time += time.perf_counter() - tick
         pipeline_time += makespan
         done = t + 1
         evaluate = done == cfg["iters"] or (every and done % every == 0)
-        f_eval = engine.evaluate(y_next, t) if evaluate else math.nan
+        f_eval = engine.evaluate(following["y"], t) if evaluate else math.nan
         trace.append(iteration=done, pipeline_time=pipeline_time, wall_time=wall_time, f_smoothed=f_smoothed,
                      f_eval=f_eval, grad_norm=float(backend.xp.linalg.norm(grad)), step_size=lr)
         progress.show(done, pipeline_time, f_smoothed, f_eval)
-        if not bool(backend.xp.isfinite(y_next).all()):
-            return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed,
+        if not bool(backend.xp.isfinite(following["y"]).all()):
+            return _diverged(backend, t, state, pipeline_time - makespan, wall_time, f_smoothed,
                              "the iterate is not finite")
         if evaluate and not math.isfinite(f_eval):  # finite samples, yet f at the iterate itself is not
-            return _diverged(backend, t, x, y, pipeline_time - makespan, wall_time, f_smoothed,
-                             not_finite_at(y_next, done))
-        x, y = x_next, y_next
+            return _diverged(backend, t, state, pipeline_time - makespan, wall_time, f_smoothed,
+                             not_finite_at(following["y"], done))
+        state = following
         if done == cfg["iters"]:
             break
         stopping = stop_requested()
         if stopping or (cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0):
-            checkpoint(_state(backend, done, x, y, pipeline_time, wall_time))
+            checkpoint(_state(backend, done, state, pipeline_time, wall_time))
         if stopping:
-            return Outcome("interrupted", _state(backend, done, x, y, pipeline_time, wall_time), f_eval,
+            return Outcome("interrupted", _state(backend, done, state, pipeline_time, wall_time), f_eval,
                            f"stopped by a signal after iteration {done}; resume with --resume")
     if math.isnan(f_eval):  # no iteration ran (a resume at its last iteration): evaluate where it stands
-        f_eval = engine.evaluate(y, cfg["iters"])
+        f_eval = engine.evaluate(state["y"], cfg["iters"])
         if not math.isfinite(f_eval):
-            return _diverged(backend, cfg["iters"], x, y, pipeline_time, wall_time, f_eval,
-                             not_finite_at(y, cfg["iters"]))
-    return Outcome("completed", _state(backend, cfg["iters"], x, y, pipeline_time, wall_time), f_eval)
+            return _diverged(backend, cfg["iters"], state, pipeline_time, wall_time, f_eval,
+                             not_finite_at(state["y"], cfg["iters"]))
+    return Outcome("completed", _state(backend, cfg["iters"], state, pipeline_time, wall_time), f_eval)
 
 
-def _state(backend, iteration, x, y, pipeline_time, wall_time) -> LoopState:
-    return LoopState(iteration, backend.to_host(x), backend.to_host(y), pipeline_time, wall_time)
+def _state(backend, iteration, state: dict, pipeline_time, wall_time) -> LoopState:
+    return LoopState(iteration, {name: backend.to_host(array) for name, array in state.items()}, pipeline_time,
+                     wall_time)
 
 
-def _diverged(backend, t, x, y, pipeline_time, wall_time, f_smoothed, what) -> Outcome:
-    """Keeps the last finite iterate (that of iteration t) and says why the run stopped (at iteration 0 no
+def _diverged(backend, t, state, pipeline_time, wall_time, f_smoothed, what) -> Outcome:
+    """Keeps the last finite state (that of iteration t) and says why the run stopped (at iteration 0 no
     step has been taken, so the step size is no suspect)."""
-    return Outcome("diverged", _state(backend, t, x, y, pipeline_time, wall_time), f_smoothed,
+    return Outcome("diverged", _state(backend, t, state, pipeline_time, wall_time), f_smoothed,
                    f"diverged at iteration {t}: {what}" + (" (lower --lr?)" if t else ""))

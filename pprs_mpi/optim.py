@@ -1,4 +1,8 @@
-"""Algorithm 1 of the paper (PPRS) and its baselines, GD and AGD, as one update rule.
+"""The optimizer seam, and Algorithm 1 of the paper (PPRS) and its baselines, GD and AGD, as its first user.
+
+An `Optimizer` turns G_t into the next iterate; its state is a dict of named arrays, which is also
+what a checkpoint stores and a resume reads back (so a stateful optimizer, Adam or an adaptive step,
+needs no change to the driver or the checkpoint code: register it and select it with --optimizer).
 
 The update is y_{t+1} = x_t − η G_t, x_{t+1} = (1 + μ_t) y_{t+1} − μ_t y_t, where G_t is the
 mean of K gradients at x_t + γX_k. GD is K = 1, γ = 0, μ = 0; AGD is K = 1, γ = 0 with μ = 0.99
@@ -11,9 +15,58 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 ALGORITHMS = ("pprs", "gd", "agd")
 AGD_DEFAULT_MU = 0.99
+DEFAULT = "algorithm1"
+
+
+class Optimizer(Protocol):
+    """One update rule. Its state is a dict of named arrays, among them "x" (where G_t is taken) and "y"
+    (the iterate whose f(y) the trace reports); `names` lists them all, the arrays a checkpoint must hold.
+
+    `init` gets the start x_0 as a host (NumPy) array; `step` gets the state as the backend's arrays and
+    must use array operators only (no `np.` calls), so that it runs on NumPy and CuPy alike. `step` is a
+    pure function of (state, G_t, t): a resume from the stored state is bitwise the uninterrupted run.
+    """
+
+    names: tuple[str, ...]
+
+    def init(self, x0) -> dict: ...
+    def step(self, state: dict, grad, t: int) -> dict: ...
+
+
+OPTIMIZERS: dict[str, Callable[[dict], Optimizer]] = {}
+
+
+def register(name: str, factory: Callable[[dict], Optimizer]) -> None:
+    """Makes `factory(cfg)` the optimizer selected by `--optimizer name` (a name is registered once)."""
+    if name in OPTIMIZERS:
+        raise ValueError(f"optimizer {name!r} is already registered")
+    OPTIMIZERS[name] = factory
+
+
+def build(cfg: dict) -> Optimizer:
+    """The optimizer a run's configuration selects."""
+    return OPTIMIZERS[cfg["optimizer"]](cfg)
+
+
+class Algorithm1:
+    """Lines 5-6 of Algorithm 1 with step size η and momentum μ_t (PPRS, GD and AGD alike); state x_t, y_t."""
+
+    names = ("x", "y")
+
+    def __init__(self, lr: float, mu: float | str):
+        self.lr, self.momentum = float(lr), Momentum(mu)
+
+    def init(self, x0) -> dict:
+        """Algorithm 1's line 1: x_0 = y_0 (the paper's 0, or the problem's own start)."""
+        return {"x": x0, "y": x0}
+
+    def step(self, state: dict, grad, t: int) -> dict:
+        x, y = update(state["x"], state["y"], grad, self.lr, self.momentum(t))
+        return {"x": x, "y": y}
 
 
 class Momentum:
@@ -45,6 +98,9 @@ def update(x, y, grad, lr: float, mu: float):
     y_next = x - lr * grad
     x_next = (1.0 + mu) * y_next - mu * y
     return x_next, y_next
+
+
+register(DEFAULT, lambda cfg: Algorithm1(cfg["lr"], cfg["mu"]))
 
 
 @dataclass(frozen=True)
