@@ -14,12 +14,12 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 from pprs_mpi import optim, problems
 from pprs_mpi.backend import DEVICES, DTYPES
 from pprs_mpi.faults import Fault
-from pprs_mpi.schedule import SCHEDULES
+from pprs_mpi.schedule import SPECS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -52,7 +52,7 @@ class Option:
     kind: Callable
     default: object
     help: str
-    choices: tuple | None = None
+    choices: Collection | None = None  # a live view for registries (schedules, optimizers)
     valid: Callable[[object], bool] | None = None
     rule: str = ""
     resumable: bool = False
@@ -77,8 +77,7 @@ OPTIONS = (
            "returning a Problem or a Graph; its arguments as --problem-arg NAME=VALUE)"),
     Option("algo", str, "pprs", "pprs (default), gd, or agd", choices=optim.ALGORITHMS),
     Option("optimizer", str, optim.DEFAULT, "the update rule: algorithm1 (default: the paper's, for pprs, gd and "
-           "agd) or one registered with pprs_mpi.optim.register", valid=lambda v: v in optim.OPTIMIZERS,
-           rule="a registered optimizer (pprs_mpi.optim.OPTIMIZERS)"),
+           "agd) or one registered with pprs_mpi.optim.register", choices=optim.OPTIMIZERS.keys()),
     Option("K", int, None, "noisy samples per iteration (pprs default 8)", valid=_at_least(1), rule=">= 1",
            flags=("-K", "--samples")),
     Option("gamma", float, None, "smoothing γ ≥ 0 (pprs default 0.01; gd/agd: 0)",
@@ -96,7 +95,7 @@ OPTIONS = (
            valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
     Option("smoothing_radius", float, None, "r of Theorem 4",
            valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
-    Option("schedule", str, "gpipe", "pipeline schedule (default gpipe)", choices=SCHEDULES),
+    Option("schedule", str, "gpipe", "pipeline schedule (default gpipe)", choices=SPECS.keys()),
     Option("microbatch_size", int, 1, "noisy copies per message b (default 1)", valid=_at_least(1), rule=">= 1"),
     Option("eval_every", int, 10, "evaluate f(y_t) every N iterations and at the end, 0 = only at the end "
            "(default 10)", valid=_at_least(0), rule=">= 0", resumable=True),

@@ -5,8 +5,11 @@ of which node on which microbatch runs there, or that the stage idles (an explic
 `None`). One action takes one time unit, completes at the end of it, and its result can be used
 from the next unit on (the paper's model with communication time τ = 0).
 
-Both schedulers are greedy list schedulers: unit after unit, every stage starts at most one
-action whose dependencies completed at earlier units, chosen by a policy:
+Every schedule is a greedy list schedule: unit after unit, every stage starts at most one action
+whose dependencies completed at earlier units, chosen by a policy. A policy is registered as a
+`ScheduleSpec` (`register`); `SPECS` holds them by name, and `--schedule`, `build` and the tests
+that hold for every schedule go through it, so a new policy is its spec and its tests. The built-in
+ones:
 
 - `gpipe` (fill-drain, the paper's Figure 2): a stage runs all its forwards before any backward.
 - `1f1b` (PipeDream-flush): a stage prefers a ready backward, and stage s keeps at most P - s
@@ -59,7 +62,6 @@ class Backward:
 
 Action = Forward | Backward | None  # None is an explicit bubble
 
-SCHEDULES = ("gpipe", "1f1b")
 
 
 @dataclass(frozen=True)
@@ -148,21 +150,50 @@ class Schedule:
         return "\n".join(lines)
 
 
-def gpipe(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]], n_microbatches: int) -> Schedule:
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A registered schedule.
+
+    - policy: `policy(stage, ready, state)` picks the action `stage` starts at the current unit among its
+      `ready` ones (or None to idle); the list scheduler makes every result legal, and `build` checks it.
+    - placement: any grouping of the nodes into stages; edges may point to an earlier stage.
+    - evaluation pass: not the policy's: f(y) is one forward of each node in topological order, which
+      both engines run without a schedule (serial: in that order across stages; MPI: each rank in its
+      own order, waiting on its receives).
+    """
+
+    name: str
+    policy: Callable[[int, list[Action], "_State"], Action]
+    summary: str
+
+    def build(self, stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]],
+              n_microbatches: int) -> Schedule:
+        return _list_schedule(stages, parents, n_microbatches, self.policy)
+
+
+SPECS: dict[str, ScheduleSpec] = {}  # by name; `SPECS.keys()` is a live view, the choices of --schedule
+
+
+def register(spec: ScheduleSpec) -> ScheduleSpec:
+    """Makes `spec` selectable by name (`--schedule`, `build`); a name is registered once."""
+    if spec.name in SPECS:
+        raise ValueError(f"schedule {spec.name!r} is already registered")
+    SPECS[spec.name] = spec
+    return spec
+
+
+def _gpipe_policy(s: int, ready: list[Action], state: _State) -> Action:
     """GPipe fill-drain: each stage runs all its forwards, then all its backwards.
 
     Backwards go in increasing microbatch order (first in, first out) rather than GPipe's reverse
     autograd order: same makespan, and the same per-node order as 1F1B.
     """
-    def pick(s: int, ready: list[Action], state: _State) -> Action:
-        if any(state.next_f[v] < state.M for v in state.dag.stages[s]):
-            ready = [a for a in ready if isinstance(a, Forward)]
-        return min(ready, key=state.dag.priority, default=None)
-
-    return _list_schedule(stages, parents, n_microbatches, pick)
+    if any(state.next_f[v] < state.M for v in state.dag.stages[s]):
+        ready = [a for a in ready if isinstance(a, Forward)]
+    return min(ready, key=state.dag.priority, default=None)
 
 
-def one_f_one_b(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]], n_microbatches: int) -> Schedule:
+def _one_f_one_b_policy(s: int, ready: list[Action], state: _State) -> Action:
     """1F1B (PipeDream-flush): ready backwards first; stage s keeps at most P - s microbatches in flight per node.
 
     Warm-up needs no special case: no backward is ready before the first microbatch comes back.
@@ -171,24 +202,35 @@ def one_f_one_b(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[
     forward on m is missing is ready; v handles microbatches in order and all below m are done,
     so v has nothing in flight and the cap (>= 1) lets it run.
     """
-    P = len(stages)
+    P = len(state.dag.stages)
+    backwards = [a for a in ready if isinstance(a, Backward)]
+    allowed = backwards or [a for a in ready if state.next_f[a.node] - state.next_b[a.node] < P - s]
+    return min(allowed, key=state.dag.priority, default=None)
 
-    def pick(s: int, ready: list[Action], state: _State) -> Action:
-        backwards = [a for a in ready if isinstance(a, Backward)]
-        allowed = backwards or [a for a in ready if state.next_f[a.node] - state.next_b[a.node] < P - s]
-        return min(allowed, key=state.dag.priority, default=None)
 
-    return _list_schedule(stages, parents, n_microbatches, pick)
+GPIPE = register(ScheduleSpec("gpipe", _gpipe_policy, "fill-drain: all forwards, then all backwards"))
+ONE_F_ONE_B = register(ScheduleSpec("1f1b", _one_f_one_b_policy,
+                                    "PipeDream-flush: backwards first, at most P - s microbatches in flight"))
+SCHEDULES = tuple(SPECS)  # the built-in ones
+
+
+def gpipe(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]], n_microbatches: int) -> Schedule:
+    """GPipe fill-drain (see `_gpipe_policy`)."""
+    return GPIPE.build(stages, parents, n_microbatches)
+
+
+def one_f_one_b(stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]], n_microbatches: int) -> Schedule:
+    """1F1B (see `_one_f_one_b_policy`)."""
+    return ONE_F_ONE_B.build(stages, parents, n_microbatches)
 
 
 def build(name: str, stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]],
           n_microbatches: int) -> Schedule:
-    """The schedule called `name` (one of SCHEDULES), validated: the engines' deadlock freedom rests on
+    """The schedule of the registered policy `name`, validated: the engines' deadlock freedom rests on
     its legality."""
-    builders = {"gpipe": gpipe, "1f1b": one_f_one_b}
-    if name not in builders:
-        raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
-    schedule = builders[name](stages, parents, n_microbatches)
+    if name not in SPECS:
+        raise ValueError(f"unknown schedule {name!r}: choose one of {', '.join(SPECS)}")
+    schedule = SPECS[name].build(stages, parents, n_microbatches)
     schedule.validate(parents)
     return schedule
 

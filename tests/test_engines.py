@@ -14,6 +14,7 @@ from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.graph import Graph, Node
 from pprs_mpi.ops import Abs, Add, L1Norm, SquaredNorm
 from pprs_mpi.problems import build
+from pprs_mpi.schedule import SPECS
 from reference import backprop, evaluate
 
 
@@ -93,7 +94,7 @@ def test_any_dag_placement_and_schedule_give_the_mean_of_per_sample_gradients(da
     stages = [tuple(v for v in graph.order if stage[v] == s) for s in range(P)]
     K, b = data.draw(st.integers(1, 7), label="K"), data.draw(st.integers(1, 3), label="microbatch size")
     sampling = Sampling(K, gamma=0.3, seed=5, microbatch_size=b)
-    schedule = data.draw(st.sampled_from(["gpipe", "1f1b"]))
+    schedule = data.draw(st.sampled_from(list(SPECS)))
     x, t = np.array([0.4, -0.3, 0.2]), 2
     grad, values = engine_for(graph, stages, sampling, schedule=schedule).gradient(x, t)
     thetas = np.stack([x + 0.3 * noise.standard_normal(5, t, k, 3) for k in range(K)])
@@ -102,7 +103,7 @@ def test_any_dag_placement_and_schedule_give_the_mean_of_per_sample_gradients(da
     np.testing.assert_allclose(values, evaluate(graph, thetas)["out"], rtol=1e-13)
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", SPECS)
 def test_a_placement_not_contiguous_in_topological_order_works_in_the_serial_engine(schedule):
     """Stages [("a", "c", "out"), ("b",)] on a chain: c needs b from a later stage. The gradient pass
     follows the schedule; the evaluation runs its forwards in topological order across stages (it used

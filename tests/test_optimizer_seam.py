@@ -75,7 +75,7 @@ def test_adam_checkpoints_its_moments_and_resumes_bitwise(tmp_trace):
 def test_a_trace_of_an_unregistered_optimizer_is_refused_in_one_line(tmp_trace):
     adam_solve(*ARGS, "--iters", "2", "--engine", "serial", "--out", tmp_trace())
     refused = run([sys.executable, "-m", "pprs_mpi.solve", "--resume", tmp_trace(), "--iters", "4"])
-    assert refused.returncode == 2 and "optimizer must be a registered optimizer" in refused.stderr
+    assert refused.returncode == 2 and "unknown optimizer 'adam': choose one of algorithm1" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
 

@@ -12,7 +12,7 @@ from pprs_mpi.engines.plan import (LOCAL, RECV, ROOT_PEEK, ROOT_TAKE, SEND, Back
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.graph import Graph, Node
 from pprs_mpi.ops import Abs, Add, SquaredNorm
-from pprs_mpi.schedule import Backward, Forward, build as build_schedule
+from pprs_mpi.schedule import SPECS, Backward, Forward, build as build_schedule
 
 
 @st.composite
@@ -26,7 +26,7 @@ def placements(draw):
     stage = {v: i if i < P else draw(st.integers(0, P - 1)) for i, v in enumerate(shuffled)}
     stages = [tuple(v for v in graph.order if stage[v] == s) for s in range(P)]
     sampling = Sampling(draw(st.integers(1, 7), label="K"), 0.3, 5, draw(st.integers(1, 3), label="microbatch size"))
-    schedule = build_schedule(draw(st.sampled_from(["gpipe", "1f1b"])), stages,
+    schedule = build_schedule(draw(st.sampled_from(list(SPECS))), stages,
                               {n: graph.parents(n) for n in graph.order}, sampling.n_microbatches)
     return Wiring(graph, stages), schedule, sampling
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from pprs_mpi.schedule import (
-    SCHEDULES, Backward, Forward, Schedule, ScheduleError, build, gpipe, ideal_makespan,
+    SCHEDULES, SPECS, Backward, Forward, Schedule, ScheduleError, build, gpipe, ideal_makespan,
     microbatch_samples, n_microbatches, one_f_one_b)
 
 ROOT = "theta"
@@ -89,7 +89,7 @@ def test_1f1b_chain_of_3_stages_4_microbatches():
     ])
 
 
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("name", SPECS)
 def test_one_microbatch_is_the_naive_sequential_extension(name):
     stages = [("a",), ("b",), ("c",)]
     schedule = build(name, stages, CHAIN3, 1)
@@ -130,7 +130,7 @@ def test_grid_prints_stage_by_time():
 
 # --- makespan -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("name", SPECS)
 def test_makespan_is_ideal_on_chains(name):
     for depth in range(1, 9):
         parents, stages = chain(depth)
@@ -154,7 +154,7 @@ def test_makespan_is_ideal_on_dags_with_one_node_per_stage(dag, M):
     deadlines have the other parity; a ready backward is never delayed.
     """
     order, parents = dag
-    for name in SCHEDULES:
+    for name in SPECS:
         schedule = build(name, [(v,) for v in order], parents, M)
         schedule.validate(parents)
         assert schedule.makespan == ideal_makespan(M, depth_of(parents)), name
@@ -173,7 +173,7 @@ def test_grouped_stages_are_legal_within_makespan_bounds_and_memory_caps(layout)
     """
     parents, stages, M = layout
     P, busiest = len(stages), max(len(nodes) for nodes in stages)
-    for name in SCHEDULES:
+    for name in SPECS:
         schedule = build(name, stages, parents, M)
         schedule.validate(parents)
         assert max(ideal_makespan(M, depth_of(parents)), 2 * M * busiest) <= schedule.makespan <= 2 * M * len(parents)
@@ -192,7 +192,7 @@ def test_stages_out_of_topological_order_are_still_scheduled(dag, data):
     stage = {v: i if i < P else data.draw(st.integers(0, P - 1)) for i, v in enumerate(shuffled)}
     stages = [tuple(v for v in order if stage[v] == s) for s in range(P)]
     M = data.draw(st.integers(1, 5))
-    for name in SCHEDULES:
+    for name in SPECS:
         build(name, stages, parents, M).validate(parents)
 
 
@@ -253,7 +253,7 @@ def test_validate_rejects_bad_rows_and_microbatch_counts():
     ([("a",), (), ("b",)], AB, "stage 1 has no nodes"),
     ([("a",), ("b",)], {"a": ["b"], "b": ["a"]}, "lies on a cycle"),
 ])
-@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("name", SPECS)
 def test_builders_reject_bad_layouts(name, stages, parents, message):
     with pytest.raises(ScheduleError, match=message):
         build(name, stages, parents, 2)
