@@ -83,7 +83,8 @@ def minimize(problem: Problem | Graph | str, comm=None, **options) -> Result | N
     return run(lambda: config.resolve({**options, "problem": problem}), comm, recover=True)
 
 
-def run(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None, recover: bool = False) -> Result | None:
+def run(cfg: config.RunConfig | Callable[[], config.RunConfig], comm, problem: Problem | None = None,
+        recover: bool = False) -> Result | None:
     """Sets up and executes a run; the Result on rank 0, None elsewhere. `cfg` is a resolved configuration
     or a function resolving it: called on every rank within the setup's error sharing, so that a rank that
     cannot resolve it (a trace to resume it cannot see) is reported instead of leaving the others waiting.
@@ -123,7 +124,7 @@ def _fail(setup: "Setup", comm, err: Exception, settle=None, engine_comm=None):
     raise RunFailed(text) from err
 
 
-def set_up(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None) -> "Setup":
+def set_up(cfg: config.RunConfig | Callable[[], config.RunConfig], comm, problem: Problem | None = None) -> "Setup":
     """Resolves, builds and places the run on every rank and opens its trace on rank 0. Every error on any
     rank, at any step, ends the setup on every rank with the same one-line ConfigError naming the rank
     (see setup_sync); rank 0 commits nothing to the trace before every other step has passed."""
@@ -148,7 +149,7 @@ def set_up(cfg: dict | Callable[[], dict], comm, problem: Problem | None = None)
 class Setup:
     """Everything a run needs, built identically on every rank from the same configuration."""
 
-    cfg: dict
+    cfg: config.RunConfig
     problem: Problem
     wiring: Wiring
     schedule: Schedule
@@ -171,7 +172,7 @@ class Setup:
         self.fault = Fault.parse(self.cfg["inject_fault"]) if self.cfg["inject_fault"] else faults.from_environment()
 
 
-def assemble(cfg: dict, comm, problem: Problem | None = None, sync: SetupSync | None = None) -> Setup:
+def assemble(cfg: config.RunConfig, comm, problem: Problem | None = None, sync: SetupSync | None = None) -> Setup:
     """Builds the run on every rank; its collectives go through `sync` (see setup_sync), so that an error
     on one rank reaches all and no rank waits forever. Every error is a ConfigError."""
     try:
@@ -180,12 +181,12 @@ def assemble(cfg: dict, comm, problem: Problem | None = None, sync: SetupSync | 
         raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
 
 
-def _assemble(cfg: dict, comm, problem: Problem | None, sync: SetupSync) -> Setup:
+def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupSync) -> Setup:
     from mpi4py import MPI
     problem = problem or build_problem(cfg)
     graph = problem.graph
     graph_hash = _same_graph_everywhere(graph, sync)
-    _apply_preset(cfg, problem)
+    cfg = _apply_preset(cfg, problem)
     if cfg["expect_ranks"] not in (None, comm.size):
         raise ConfigError(f"expected {cfg['expect_ranks']} MPI ranks but this job has {comm.size}: "
                           "was python started without mpirun/srun, or with another MPI than mpi4py's?")
@@ -229,7 +230,7 @@ def _assemble(cfg: dict, comm, problem: Problem | None, sync: SetupSync) -> Setu
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash)
 
 
-def build_problem(cfg: dict) -> Problem:
+def build_problem(cfg: config.RunConfig) -> Problem:
     """The configured problem, built by its builder; whatever the builder raises is bad input."""
     spec = spec_for(cfg["problem"])
     try:
@@ -278,7 +279,7 @@ def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
         raise ConfigError(f"--check-gradients: {failure}")
 
 
-def _check_sizes(cfg: dict, graph: Graph, n_microbatches: int, n_stages: int) -> None:
+def _check_sizes(cfg: config.RunConfig, graph: Graph, n_microbatches: int, n_stages: int) -> None:
     """Refuses pipelines whose schedule alone would take minutes and gigabytes to build, and microbatches
     whose arrays could not fit in memory."""
     actions = n_microbatches * len(graph.order)
@@ -304,10 +305,10 @@ def _placement_errors(gathered: list[dict]) -> str:
     return errors[0] + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else "")
 
 
-def _apply_preset(cfg: dict, problem: Problem) -> None:
-    """Fills K, γ, η, μ (and T) from Theorem 3 or 4; values the user set explicitly win."""
+def _apply_preset(cfg: config.RunConfig, problem: Problem) -> config.RunConfig:
+    """`cfg` with K, γ, η, μ (and T) from Theorem 3 or 4; values the user set explicitly win."""
     if cfg["preset"] == "none" or cfg["resume"]:  # a resumed run keeps the values the preset gave it
-        return
+        return cfg
     L, R, d = problem.lipschitz, problem.radius, problem.graph.dim
     if L is None:
         raise ConfigError(f"--preset {cfg['preset']} needs a Lipschitz bound, which problem {problem.name!r} does not "
@@ -328,11 +329,8 @@ def _apply_preset(cfg: dict, problem: Problem) -> None:
             raise
         raise ConfigError(f"--preset {cfg['preset']}: no usable parameters for these values "
                           f"({type(err).__name__}: {err})") from None
-    for key in ("K", "gamma", "lr", "mu", "iters"):
-        if key not in cfg["given"]:
-            cfg[key] = getattr(preset, key)
-    cfg["preset_source"] = preset.source
-    config.validate(cfg)
+    return cfg.replace(**{key: getattr(preset, key) for key in ("K", "gamma", "lr", "mu", "iters")
+                          if key not in cfg["given"]}, preset_source=preset.source)
 
 
 def _initial_gap(problem: Problem) -> float:
@@ -459,8 +457,8 @@ def _write_gathered(trace, engine) -> None:
     trace.set_attrs(**{f"rank_{key}": np.array([rank[key] for rank in memory], dtype=np.int64) for key in memory[0]})
 
 
-def _jsonable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k != "given"}
+def _jsonable(cfg: config.RunConfig) -> dict:
+    return {k: v for k, v in cfg.as_dict().items() if k != "given"}
 
 
 def engine_for(graph: Graph, stages: list[tuple[str, ...]], sampling: Sampling, backend: Backend | None = None,

@@ -5,6 +5,10 @@ arguments, the validation and the resume rules are all derived from `OPTIONS`.
 Sources, later ones winning: defaults, a TOML file (--config), command-line flags (or the keyword
 arguments of `pprs_mpi.minimize`). Every mistake becomes a `ConfigError` whose message is one line
 naming the problem; `solve` prints it and exits with code 2, the API raises it.
+
+The result is a frozen `RunConfig`: one generated dataclass per section of `SECTIONS` (problem,
+algorithm, pipeline, device, output), and beside them `meta`, what resolving found out (`given`,
+`problem_params`, `preset_source`). A later change (a preset's parameters) is a validated `replace`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, make_dataclass
 from typing import Callable, Collection
 
 from pprs_mpi import optim, problems
@@ -132,6 +136,18 @@ OPTIONS = (
     Option("quiet", bool, False, "no progress lines", resumable=True),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
+# The sections of a RunConfig: every option is in exactly one (checked below).
+SECTIONS = {
+    "problem": ("problem", "check_gradients"),
+    "algorithm": ("algo", "optimizer", "K", "gamma", "lr", "mu", "iters", "seed", "preset", "eps", "smoothing_radius"),
+    "pipeline": ("schedule", "microbatch_size", "simulated_depth", "engine", "balance", "stages", "expect_ranks",
+                 "comm_timeout", "inject_fault"),
+    "device": ("device", "noise_source", "dtype"),
+    "output": ("eval_every", "out", "overwrite", "checkpoint_every", "timeline_every", "resume", "progress_every",
+               "quiet"),
+}
+SECTION_OF = {name: section for section, names in SECTIONS.items() for name in names}
+assert sorted(SECTION_OF) == sorted(BY_NAME) and len(SECTION_OF) == len(OPTIONS), "SECTIONS must partition OPTIONS"
 DEFAULTS = {option.name: option.default for option in OPTIONS}
 # What each algorithm means when the user leaves K, γ or μ unset (Algorithm 1 with other settings).
 ALGORITHM_DEFAULTS = {
@@ -141,6 +157,62 @@ ALGORITHM_DEFAULTS = {
 }
 OBJECT_PREFIX = "python:"  # the stored `problem` of a run given a Problem or Graph object (the API)
 PROBLEM_ARGS = "problem_args"  # NAME=VALUE pairs (flags), a table (TOML) or a dict (API) of builder arguments
+
+
+@dataclass(frozen=True)
+class RunMeta:
+    """What resolving the options found out, beside them: not options, never flags, not validated."""
+
+    given: tuple[str, ...]  # the names the user set (a preset leaves these alone)
+    problem_params: dict  # the builder's arguments
+    preset_source: str | None = None  # the theorem whose parameters a preset filled in
+
+
+# One frozen dataclass per section, its fields the section's options (generated from OPTIONS).
+SECTION_TYPES = {section: make_dataclass(f"{section.title()}Config", [(name, object) for name in names], frozen=True)
+                 for section, names in SECTIONS.items()}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A resolved, validated run configuration: the options in sections (`cfg.algorithm.lr`), the metadata in
+    `meta`. `cfg["lr"]` still reads any option or metadata by name, for the code not yet moved to sections.
+    It never changes: `replace` returns a validated copy."""
+
+    problem: object
+    algorithm: object
+    pipeline: object
+    device: object
+    output: object
+    meta: RunMeta
+
+    @classmethod
+    def of(cls, flat: dict) -> "RunConfig":
+        """From a flat dict of every option and the metadata (`given`, `problem_params`, `preset_source`)."""
+        sections = {section: kind(**{name: flat[name] for name in SECTIONS[section]})
+                    for section, kind in SECTION_TYPES.items()}
+        return cls(**sections, meta=RunMeta(tuple(flat["given"]), flat["problem_params"], flat.get("preset_source")))
+
+    def __getitem__(self, name: str):
+        if name in SECTION_OF:
+            return getattr(getattr(self, SECTION_OF[name]), name)
+        if name in {f.name for f in fields(RunMeta)}:
+            return getattr(self.meta, name)
+        raise KeyError(name)
+
+    def as_dict(self) -> dict:
+        """Every option and the metadata by name (`preset_source` only when a preset set it), as traces store it."""
+        flat = {name: self[name] for name in BY_NAME}
+        flat.update(given=list(self.meta.given), problem_params=self.meta.problem_params)
+        if self.meta.preset_source is not None:
+            flat["preset_source"] = self.meta.preset_source
+        return flat
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with `changes` (options or metadata), validated."""
+        flat = {**self.as_dict(), **changes}
+        validate(flat)
+        return RunConfig.of(flat)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -167,7 +239,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def load(argv: list[str] | None = None) -> dict:
+def load(argv: list[str] | None = None) -> RunConfig:
     """The merged, validated configuration of a command line."""
     return resolve(given_by(argv))
 
@@ -181,12 +253,12 @@ def given_by(argv: list[str] | None) -> dict:
     return {**from_file, **flags}
 
 
-def resolve(given: dict, problem_object: bool = False) -> dict:
+def resolve(given: dict, problem_object: bool = False) -> RunConfig:
     """The configuration for the settings the user gave (by name; unknown names are refused).
 
-    The result is a plain dict of every option plus `problem_params` (the builder's arguments) and
-    `given` (the names the user set). With `problem_object` the problem is a Python object the caller
-    holds (the API): it has no builder, so no builder arguments."""
+    The result is a frozen RunConfig of every option, with `problem_params` (the builder's arguments) and
+    `given` (the names the user set) in its metadata. With `problem_object` the problem is a Python object
+    the caller holds (the API): it has no builder, so no builder arguments."""
     given = dict(given)
     unknown = sorted(set(given) - set(BY_NAME) - {PROBLEM_ARGS} - set(problems.builtin_parameters()))
     if unknown:
@@ -229,15 +301,15 @@ def _problem_params(spec, given: dict) -> dict:
         raise ConfigError(str(err)) from None
 
 
-def _finish(cfg: dict) -> dict:
-    """Validates the merged configuration and fills the defaults that depend on other settings."""
+def _finish(cfg: dict) -> RunConfig:
+    """Validates the merged configuration, fills the defaults that depend on other settings and freezes it."""
     validate(cfg)
     if cfg["timeline_every"] is None:
         cfg["timeline_every"] = max(1, math.ceil(cfg["iters"] / 100))
-    return cfg
+    return RunConfig.of(cfg)
 
 
-def _resumed(given: dict, problem_object: bool = False) -> dict:
+def _resumed(given: dict, problem_object: bool = False) -> RunConfig:
     """The stored configuration of the trace to resume, with the settings a resume may change. A setting
     that cannot change is accepted when it equals the stored value, refused naming both when it differs."""
     from pprs_mpi.trace import TraceError, load as load_trace
