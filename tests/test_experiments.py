@@ -373,6 +373,29 @@ def test_quick_mode_runs_the_whole_path_and_writes_the_reproduction_document(tmp
     assert "1 stationary" in document and (docs / "fig3.png").exists() and (docs / "fig3_table.txt").exists()
 
 
+@pytest.mark.skipif("fewshot" not in problems.registry(), reason="problem 'fewshot' not available")
+def test_erm_pits_pprs_against_gpipe_with_k_times_m_inputs_per_iteration(tmp_path):
+    """`erm --quick` on m = 3 shots: GPipe (GD, K = 1) is charged 2(m + Δ − 1) per iteration, PPRS 2(K·m + Δ − 1);
+    the configuration kept is the fastest to loss ≤ 0.01 on the tuning pairs and pairs are compared on that time."""
+    pytest.importorskip("matplotlib")
+    assert experiments_main(["erm", "--quick", "--shots", "3", "--out", str(tmp_path)]) == 0
+    proto, table, results = fig3_results.read_summary(tmp_path / "summary.h5")
+    assert proto["experiment"] == "erm" and proto["examples"] == 3 and proto["problem"] == "fewshot"
+    for result in results.values():
+        for method, c in result["selected"].items():
+            per_iteration = 2 * (c["K"] * 3 + result["depth"] - 1)
+            np.testing.assert_array_equal(c["time"], c["iteration"] * per_iteration)
+            assert (method == "GPipe") == (c["algo"] == "gd" and c["K"] == 1)
+    assert {c["metric"] for c in table["comparisons"]} == {"pair_times"}
+    assert [c["against"] for c in table["comparisons"] if c["main"]] == [
+        next(ch["baseline"] for ch in table["choices"] if ch["depth"] == depth) for depth in (20, 200)]
+    for row in (r for r in table["rows"] if r["selected"]):
+        reached = [curves.time_to_reach(results[f"{row['depth']}:{row['budget']}"]["selected"][row["method"]]["time"],
+                                        np.array(pair), 0.01) for pair in
+                   results[f"{row['depth']}:{row['budget']}"]["selected"][row["method"]]["losses"]]
+        assert row["pair_times"] == [math.inf if t is None else t for t in reached]
+
+
 def test_closed_form_check_is_within_monte_carlo_error():
     rows = reproduction.closed_form_checks(K=4000)
     assert len(rows) == 8 and all(abs(r["z"]) < reproduction.Z_LIMIT for r in rows)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pprs_mpi.experiments import verdict
 from pprs_mpi.experiments.fig3 import span
-from pprs_mpi.experiments.fig3_results import comparison_text
+from pprs_mpi.experiments.fig3_results import comparison_text, mean_text, metric_text
 
 PAPER_LRS = {"PPRS K=2 μ=0": 1e-4, "PPRS K=10 μ=0": 1e-3, "PPRS K=100 μ=0": 1e-3, "GD": 1e-5, "AGD": 1e-7}  # §6
 
@@ -16,17 +16,17 @@ def verdict_lines(table: dict, what: str) -> list[str]:
     """The main comparisons (one per depth) in words, then the exploratory ones as a list."""
     found = table["comparisons"]
     lines = [f"The main comparison of {what}, one per depth and declared before any report run: the paper's PPRS "
-             "(μ = 0; K the one with the lowest tuning loss) against the best baseline (lowest tuning loss), at the "
-             "depth's longest budget, on the held-out report pairs, paired (same pair, same budget), by an exact "
-             "two-sided sign test at α = 0.05. Every choice is made on tuning losses alone; report pairs enter only "
-             "the statistics. 'lower'/'higher' means the test rejects, in the direction of the median difference.", ""]
+             "(μ = 0; K the one with the best tuning score) against the best baseline (best tuning score), at the "
+             "depth's longest budget, on the held-out report pairs, paired (same pair, same budget), on the "
+             f"{metric_text(table['protocol'])}, by an exact two-sided sign test at α = 0.05. Every choice is made on "
+             "the tuning pairs alone; report pairs enter only the statistics. 'lower'/'higher' means the test "
+             "rejects, in the direction of the median difference.", ""]
     for c in (c for c in found if c["main"]):
         lines.append(f"- **Δ = {c['depth']} (budget {c['budget']:,}): {c['method']} vs {c['against']}: "
                      f"{c['outcome']}.** Median difference {c['median']:+.3g}, PPRS lower on {c['lower']} of "
-                     f"{c['pairs']} pairs (higher on {c['higher']}), sign test p = {c['sign_p']:.2g}"
-                     + ("" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.2g}")
-                     + f"; mean difference {c['mean']:+.3g} [{c['mean_ci'][0]:+.3g}, {c['mean_ci'][1]:+.3g}] (95% "
-                       "bootstrap).")
+                     f"{c['pairs']} pairs (higher on {c['higher']}, tied on {c['tied']}), sign test p = "
+                     f"{c['sign_p']:.2g}" + ("" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.2g}")
+                     + f"; mean difference {mean_text(c)} (95% bootstrap).")
     lines += ["", "Exploratory (every other PPRS row against every baseline, at every budget, and +momentum against "
                   "μ = 0; sign-test p Holm-corrected over all of them; not a verdict):", ""]
     lines += [f"- {comparison_text(c)}" for c in found if not c["main"]]

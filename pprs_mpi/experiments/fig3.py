@@ -246,16 +246,39 @@ def phases(proto: dict, verdicts: dict, out: Path) -> list:
             ("report", lambda: report_runs(proto, verdicts, out))]
 
 
-def parser() -> argparse.ArgumentParser:
-    d = DEFAULT
-    p = OneLineParser(prog="python -m pprs_mpi.experiments fig3", description=__doc__.splitlines()[0],
+@dataclass(frozen=True)
+class Experiment:
+    """A Figure 3-style sweep: its command name, grids, default problem and baseline rows' names."""
+
+    name: str
+    description: str
+    default: Grid
+    quick: Grid
+    problem: str
+    baselines: dict
+
+
+FIG3 = Experiment("fig3", __doc__.splitlines()[0], DEFAULT, QUICK, "adversarial", BASELINES)
+
+
+def examples_of(problem: str, extra: list[str]) -> int:
+    """m, the examples of a finite-sum problem (its `shots`, given or default); 1 for other problems."""
+    spec = problems.registry().get(problem)
+    if spec is None or "shots" not in spec.parameters:
+        return 1
+    return int(solve_options(extra).get("shots", spec.parameters["shots"].default))
+
+
+def parser(experiment: Experiment = FIG3) -> argparse.ArgumentParser:
+    d, quick = experiment.default, experiment.quick
+    p = OneLineParser(prog=f"python -m pprs_mpi.experiments {experiment.name}", description=experiment.description,
                       allow_abbrev=False,
                       epilog="Other flags (e.g. --lam 300, --network PATH) go to every solve unchanged.")
     p.add_argument("--quick", action="store_true", help="tiny grid on 2+2 pairs: the whole path in seconds (CI)")
     p.add_argument("--tune-pairs", type=_pairs, help=f"pairs the configurations are chosen on, e.g. 0-9 (default "
-                                                     f"{span(d.tune_pairs)}; --quick {span(QUICK.tune_pairs)})")
+                                                     f"{span(d.tune_pairs)}; --quick {span(quick.tune_pairs)})")
     p.add_argument("--report-pairs", type=_pairs, help=f"held-out pairs of the table and figure (default "
-                                                       f"{span(d.report_pairs)}; --quick {span(QUICK.report_pairs)})")
+                                                       f"{span(d.report_pairs)}; --quick {span(quick.report_pairs)})")
     p.add_argument("--budget", dest="budgets", type=_budgets,
                    help="pipeline-time budgets DEPTH=UNITS, the same for every method; a depth may have several "
                         "(default " + ",".join(f"{depth}={b}" for depth, b in d.budgets) + ")")
@@ -275,8 +298,8 @@ def parser() -> argparse.ArgumentParser:
                                                    f"(default {d.eval_points})")
     p.add_argument("--select", help="selection rule on the tuning pairs: 'final' (lowest mean final loss, default) "
                                     "or a loss level (fastest to reach it)")
-    p.add_argument("--problem", default="adversarial", help="problem to attack (default adversarial)")
-    p.add_argument("--out", default="fig3", help="output folder (default ./fig3)")
+    p.add_argument("--problem", default=experiment.problem, help=f"problem (default {experiment.problem})")
+    p.add_argument("--out", default=experiment.name, help=f"output folder (default ./{experiment.name})")
     p.add_argument("--shard", default="0/1", help="I/N: do only runs I, I+N, ... (Slurm job arrays)")
     p.add_argument("--collect-only", action="store_true", help="only build summary, PNG and table from OUT")
     p.add_argument("--levels", type=_floats,
@@ -349,17 +372,18 @@ def grid_of(args, base: Grid) -> Grid:
     return grid
 
 
-def main(argv: list[str]) -> int:
-    args, extra = parser().parse_known_args(argv)
+def main(argv: list[str], experiment: Experiment = FIG3) -> int:
+    args, extra = parser(experiment).parse_known_args(argv)
     out = Path(args.out)
     from pprs_mpi.experiments.fig3_results import collect
     if args.collect_only:
         return collect(out, args.levels)
-    proto = protocol(grid_of(args, QUICK if args.quick else DEFAULT), args.problem, extra)
-    pair_options(proto["problem"])  # an unknown problem: one line before anything is written
+    pair_options(args.problem)  # an unknown problem: one line before anything is written
+    proto = protocol(grid_of(args, experiment.quick if args.quick else experiment.default), args.problem, extra,
+                     experiment.name, examples_of(args.problem, extra), experiment.baselines)
     verdicts = _screen_on_rank0(out, proto)
-    command = "python -m pprs_mpi.experiments fig3 " + shlex.join(argv)
-    return run_all(phases(proto, verdicts, out), out, proto, parse_shard(args.shard), "fig3",
+    command = f"python -m pprs_mpi.experiments {experiment.name} " + shlex.join(argv)
+    return run_all(phases(proto, verdicts, out), out, proto, parse_shard(args.shard), experiment.name,
                    lambda: collect(out, args.levels), command=command)
 
 

@@ -110,20 +110,34 @@ def _table(proto, tuning, results, verdicts, levels) -> dict:
                 continue
             finals = c["losses"][:, -1]
             row.update(selected=c["name"], lr=c["lr"], gamma=c["gamma"], K=c["K"], mu=c["mu"], edge=c["edge"],
-                       tune_final=scored[c["name"]]["final"], pairs=int(finals.size), report_diverged=c["diverged"],
+                       tune_final=scored[c["name"]]["final"], tune_reach=scored[c["name"]]["reach"],
+                       pairs=int(finals.size), report_diverged=c["diverged"],
                        final_loss=float(c["loss"][-1]), final_ci=curves.interval(c["bootstrap"][:, -1]),
                        points=int(c["time"].size),
                        times=[curves.time_to_reach(c["time"], c["loss"], level) for level in levels],
                        times_ci=[curves.interval(curves.first_times(c["time"], c["bootstrap"], c["loss"][0] - level))
-                                 for level in levels], pair_finals=finals.tolist())
+                                 for level in levels], pair_finals=finals.tolist(),
+                       pair_times=[math.inf if proto["select"] == "final" else
+                                   curves.time_to_reach(c["time"], pair, float(proto["select"])) or math.inf
+                                   for pair in c["losses"]])
             rows.append(row)
     counts = {kind: {v: sum(verdicts[p]["verdict"] == v for p in proto[f"{kind}_pairs"])
                      for v in ("attackable", "stationary", "target reached")} for kind in ("tune", "report")}
     choices = [{"depth": d, "budget": b, **chosen} for (d, b), chosen in verdict.choices(rows).items()]
     return {"protocol": proto, "levels": list(levels), "initial_mean_loss": initial, "rows": rows,
-            "choices": choices, "comparisons": verdict.comparisons(rows), "pair_counts": counts,
+            "choices": choices, "comparisons": verdict.comparisons(rows, metric_of(proto)), "pair_counts": counts,
             "tuning_rounds": tuning["rounds"], "extensions": tuning["extensions"],
             "tune_scores": {key: {n: s["final"] for n, s in sc.items()} for key, sc in tuning["scores"].items()}}
+
+
+def metric_of(proto: dict) -> str:
+    """What comparisons compare per pair: final losses, or (under `--select LEVEL`) times to reach the level."""
+    return "pair_finals" if proto["select"] == "final" else "pair_times"
+
+
+def metric_text(proto: dict) -> str:
+    return ("final loss" if proto["select"] == "final"
+            else f"time to reach loss ≤ {float(proto['select']):g} (+inf if never: a tie when both never do)")
 
 
 def render(table: dict) -> str:
@@ -164,18 +178,25 @@ def render(table: dict) -> str:
                   "  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)),
                   *["  " + "  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in body]]
     if table.get("comparisons"):
-        lines += ["", "comparisons on the report pairs (final loss, PPRS − baseline; representatives chosen on tuning "
-                      "losses; main: one per depth, tested alone; exploratory: Holm-corrected sign tests):"]
+        lines += ["", f"comparisons on the report pairs ({metric_text(proto)}, PPRS − baseline; representatives "
+                      "chosen on tuning scores; main: one per depth, tested alone; exploratory: Holm-corrected sign "
+                      "tests):"]
         lines += ["  " + comparison_text(c) for c in table["comparisons"]]
     return "\n".join(lines)
+
+
+def mean_text(c: dict) -> str:
+    if c["mean"] is None:
+        return "undefined (infinite differences)"
+    return f"{c['mean']:+.3g} [{c['mean_ci'][0]:+.3g}, {c['mean_ci'][1]:+.3g}]"
 
 
 def comparison_text(c: dict) -> str:
     """One comparison in a line: its statistics and outcome."""
     wilcoxon = "" if c["wilcoxon_p"] is None else f", Wilcoxon p {c['wilcoxon_p']:.2g}"
     return (f"Δ = {c['depth']}, B = {c['budget']:,}, {'MAIN' if c['main'] else 'exploratory'}: {c['method']} vs "
-            f"{c['against']}: {c['outcome']} (median {c['median']:+.3g}, mean {c['mean']:+.3g} "
-            f"[{c['mean_ci'][0]:+.3g}, {c['mean_ci'][1]:+.3g}], lower on {c['lower']}/{c['pairs']} pairs, "
+            f"{c['against']}: {c['outcome']} (median {c['median']:+.3g}, mean {mean_text(c)}, lower on "
+            f"{c['lower']}/{c['pairs']} pairs, tied on {c['tied']}, "
             f"sign-test p {c['sign_p']:.2g}" + ("" if c["main"] else f", Holm {c['p']:.2g}") + wilcoxon + ")")
 
 

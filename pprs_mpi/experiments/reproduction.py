@@ -22,7 +22,7 @@ import numpy as np
 
 from pprs_mpi.experiments import document, verdict
 from pprs_mpi.experiments.fig3 import span
-from pprs_mpi.experiments.fig3_results import read_summary, render
+from pprs_mpi.experiments.fig3_results import mean_text, read_summary, render
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 SCALED_LAM = 300 * 64 / 3072  # the paper's λ (CIFAR-10, d = 3,072) at the digits network's d = 64
 CLOSED_FORM_POINTS = (-0.6, -0.2, 0.1, 0.5)  # x/γ of the closed-form check, γ = 0.5
@@ -161,7 +161,7 @@ def _earlier(table: dict) -> list[str]:
         if c["main"]:
             lines.append(f"- Δ = {c['depth']}: {c['method']} vs {c['against']}: **{c['outcome']}** (median "
                          f"{c['median']:+.3g}, lower on {c['lower']}/{c['pairs']} pairs, sign test p = "
-                         f"{c['sign_p']:.2g}; mean {c['mean']:+.3g} [{c['mean_ci'][0]:+.3g}, {c['mean_ci'][1]:+.3g}]).")
+                         f"{c['sign_p']:.2g}; mean {mean_text(c)}).")
     return lines + ["", "It had fewer than 30 attackable tuning pairs and configurations on grid edges, and was not "
                         "rerun at λ = 300 under the new protocol for lack of time (see below)."]
 

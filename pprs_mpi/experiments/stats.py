@@ -53,13 +53,15 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def compare(a, b) -> dict:
-    """a against b on the same pairs (a − b; negative: a is lower): mean with 95% bootstrap interval, median,
-    pairs where a is lower / higher / tied, sign-test and Wilcoxon p."""
+    """a against b on the same pairs (a − b; negative: a is lower; equal values, +inf included, tie): mean with
+    95% bootstrap interval (None where a difference is infinite, e.g. a time to a level one of them never
+    reached), median, pairs where a is lower / higher / tied, sign-test and Wilcoxon p."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    difference = a - b
-    found = curves.paired(a, b)
-    return {"pairs": int(difference.size), "mean": found["difference"], "mean_ci": list(found["difference_ci"]),
-            "median": float(np.median(difference)), "lower": int(np.sum(difference < 0)),
+    difference = np.where(a == b, 0.0, a - b)
+    finite = bool(np.all(np.isfinite(difference)))
+    mean_ci = list(curves.interval(curves.bootstrap_means(difference[:, None])[:, 0])) if finite else None
+    return {"pairs": int(difference.size), "mean": float(np.mean(difference)) if finite else None,
+            "mean_ci": mean_ci, "median": float(np.median(difference)), "lower": int(np.sum(difference < 0)),
             "higher": int(np.sum(difference > 0)), "tied": int(np.sum(difference == 0)),
             "sign_p": sign_test(difference), "wilcoxon_p": wilcoxon(difference)}
 

@@ -1,8 +1,10 @@
 """The pre-declared comparisons of a Figure 3-style table, every choice made on the tuning pairs only.
 
 A table row is one method (PPRS K=k μ=0, PPRS K=k +momentum, a baseline) at one setting (depth Δ, budget B),
-with its kept configuration's mean final loss on the tuning pairs (`tune_final`) and its final losses on the
-report pairs (`pair_finals`). Choices read `tune_final` and nothing else:
+with its kept configuration's tuning score (`tune_reach`, the mean tuning curve's time to the protocol's loss
+level, +inf under `--select final`; then `tune_final`, its mean final loss on the tuning pairs) and its
+report pairs' values (`pair_finals`, final losses; under a level, `pair_times`, times to reach it). Choices
+read the tuning score and nothing else:
   - the representative of each PPRS family (μ = 0, +momentum) is its row with the lowest tuning loss, which
     fixes K;
   - the best baseline is the baseline row with the lowest tuning loss.
@@ -14,6 +16,8 @@ Comparisons then read the report pairs:
 """
 
 from __future__ import annotations
+
+import math
 
 from pprs_mpi.experiments import stats
 
@@ -56,26 +60,27 @@ def choices(rows: list[dict]) -> dict[tuple[int, int], dict[str, str]]:
         groups["baseline"] = [m for m in mine if not is_pprs(m)]
         for role, methods in groups.items():
             if methods:
-                chosen[role] = min(methods, key=lambda m: (mine[m]["tune_final"], m))
+                chosen[role] = min(methods, key=lambda m: (mine[m].get("tune_reach", math.inf), mine[m]["tune_final"],
+                                                           m))
         found[setting] = chosen
     return found
 
 
-def comparisons(rows: list[dict]) -> list[dict]:
-    """Every comparison of the table with its statistics (stats.compare), 'main' or exploratory, its p as tested
-    (main: the sign test's own; exploratory: Holm-adjusted) and its outcome."""
+def comparisons(rows: list[dict], metric: str = "pair_finals") -> list[dict]:
+    """Every comparison of the table on `metric` (the rows' per-pair values) with its statistics (stats.compare),
+    'main' or exploratory, its p as tested (main: the sign test's own; exploratory: Holm-adjusted), its outcome."""
     chosen, mains = choices(rows), set(main_settings(rows))
     found = []
     for setting in settings(rows):
         mine, pick = kept(rows, setting), chosen[setting]
         if setting in mains and "PPRS μ=0" in pick and "baseline" in pick:
-            found.append(_compare(mine, pick["PPRS μ=0"], pick["baseline"], setting, main=True))
+            found.append(_compare(mine, pick["PPRS μ=0"], pick["baseline"], setting, True, metric))
         for method in (m for m in mine if is_pprs(m)):
             for baseline in (m for m in mine if not is_pprs(m)):
                 if not (setting in mains and (method, baseline) == (pick.get("PPRS μ=0"), pick.get("baseline"))):
-                    found.append(_compare(mine, method, baseline, setting, main=False))
+                    found.append(_compare(mine, method, baseline, setting, False, metric))
         if "PPRS μ=0" in pick and "PPRS +momentum" in pick:
-            found.append(_compare(mine, pick["PPRS +momentum"], pick["PPRS μ=0"], setting, main=False))
+            found.append(_compare(mine, pick["PPRS +momentum"], pick["PPRS μ=0"], setting, False, metric))
     exploratory = [c for c in found if not c["main"]]
     for c, adjusted in zip(exploratory, stats.holm([c["sign_p"] for c in exploratory])):
         c["p"] = adjusted
@@ -85,6 +90,6 @@ def comparisons(rows: list[dict]) -> list[dict]:
     return found
 
 
-def _compare(mine: dict, method: str, against: str, setting: tuple[int, int], main: bool) -> dict:
+def _compare(mine: dict, method: str, against: str, setting: tuple[int, int], main: bool, metric: str) -> dict:
     return {"depth": setting[0], "budget": setting[1], "method": method, "against": against, "main": main,
-            **stats.compare(mine[method]["pair_finals"], mine[against]["pair_finals"])}
+            "metric": metric, **stats.compare(mine[method][metric], mine[against][metric])}
