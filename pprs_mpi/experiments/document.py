@@ -55,7 +55,38 @@ def protocol_lines(table: dict, sessions: list[dict], problem_text: str) -> list
             "budgets " + ", ".join(f"Δ = {d}: {b:,}" for d, b in p["budgets"])
             + " units, the same for every method. Each configuration runs once per pair and is re-timed for every "
               f"setting; f(y_t) is evaluated at ≥ {p['eval_points']} points within every budget.",
-            "- Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands)]
+            "- Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands),
+            *scale_lines(p)]
+
+
+def scale_lines(p: dict) -> list[str]:
+    """Where the run's grid differs from its command's defaults (fig3.DEFAULT or erm.DEFAULT): a smaller sweep
+    than the command would run says so."""
+    from dataclasses import asdict
+
+    from pprs_mpi.experiments import erm, fig3
+    default = asdict(erm.DEFAULT if p["experiment"] == "erm" else fig3.DEFAULT)
+    differ = [key for key, value in default.items() if key in p
+              and json_like(p[key]) != json_like(value)]
+    if not differ:
+        return ["- Scale: the command's defaults."]
+    return ["- Scale: differs from the command's defaults in " + "; ".join(
+        f"{key} (default {_shown(default[key])})" for key in differ) + "."]
+
+
+def json_like(value):
+    """Tuples as lists, numbers as floats: a protocol read back from JSON compares equal to the Grid it came from."""
+    if isinstance(value, (list, tuple)):
+        return [json_like(v) for v in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+        return ", ".join(f"Δ = {d}: {b:,}" for d, b in value)
+    if isinstance(value, (list, tuple)):
+        return span(value) if all(isinstance(v, int) for v in value) and len(value) > 3 else _list(value)
+    return str(value)
 
 
 def results_lines(table: dict, figure: str, table_file: str) -> list[str]:
