@@ -273,6 +273,24 @@ def test_the_grid_grows_past_every_edge_a_kept_configuration_sits_on(tmp_path):
     assert {r.options["lr"] for r in fig3.report_runs(proto, verdicts, tmp_path)} == {0.01}
 
 
+def test_fig3_figure_draws_the_95_percent_bootstrap_band_of_every_curve():
+    """One band per kept curve, spanning the 2.5% and 97.5% percentiles of the resampled mean curves (the README
+    promises them)."""
+    pytest.importorskip("matplotlib")
+    from pprs_mpi.experiments.figures import fig3_figure
+    losses = np.array([[9.0, 5.0, 4.0], [8.0, 6.0, 2.0], [10.0, 7.0, 3.0]])
+    curve = {"algo": "gd", "K": 1, "mu": 0.0, "lr": 1e-3, "gamma": 0.0, "time": np.array([0.0, 40.0, 80.0]),
+             "loss": losses.mean(axis=0), "losses": losses, "bootstrap": curves.bootstrap_means(losses, 200)}
+    results = {"20:100": {"depth": 20, "budget": 100, "selected": {"GD": curve}}}
+    proto = {"problem": "lad", "tune_pairs": [0], "report_pairs": [1, 2, 3], "examples": 1}
+    fig = fig3_figure(results, proto, {"pair_counts": {"report": {"attackable": 3}}})
+    (band,) = fig.axes[0].collections
+    low, high = np.quantile(curve["bootstrap"], [0.025, 0.975], axis=0)
+    y = band.get_paths()[0].vertices[:, 1]
+    assert y.min() == pytest.approx(low.min()) and y.max() == pytest.approx(high.max())
+    assert low[1] < curve["loss"][1] < high[1]
+
+
 def test_select_a_level_keeps_the_fastest_to_reach_it(tmp_path):
     """AGD lr 1e-3 reaches 5 at once and stays there; lr 1e-4 reaches 1 at iteration 30. The lowest final loss
     keeps lr 1e-4; the fastest to ≤ 5 keeps lr 1e-3; to ≤ 2 only lr 1e-4 gets there."""

@@ -11,6 +11,12 @@ PPRS_COLOURS = ("#8da0cb", "#4c72b0", "#1b3a6b", "#55a868", "#2ca02c")
 
 
 def fig3_png(results: dict, proto: dict, table: dict, path: Path) -> Path:
+    """fig3_figure saved as a PNG."""
+    fig3_figure(results, proto, table).savefig(path, dpi=100)
+    return path
+
+
+def fig3_figure(results: dict, proto: dict, table: dict) -> Figure:
     """Figure 3's style: mean loss over the report pairs against pipeline time, one panel per setting (depth,
     budget), the kept configuration of each method with its 95% bootstrap band over report pairs (percentiles of
     the resampled mean curves); PPRS μ = 0 solid, PPRS with momentum dashed. The bands include the pairs' spread
@@ -48,8 +54,7 @@ def fig3_png(results: dict, proto: dict, table: dict, path: Path) -> Path:
     fig.suptitle(f"PPRS vs {' / '.join(baselines)} on '{proto['problem']}': configurations tuned on pairs "
                  f"{proto['tune_pairs'][0]}–{proto['tune_pairs'][-1]}, shown on held-out pairs "
                  f"{proto['report_pairs'][0]}–{proto['report_pairs'][-1]} (bands: 95% bootstrap over pairs)")
-    fig.savefig(path, dpi=100)
-    return path
+    return fig
 
 
 def rates_png(rows: list[dict], path: Path) -> Path:
