@@ -1,5 +1,6 @@
-"""Figure 3's results from a run folder: the selection on the tuning pairs, and the table, figure and summary
-of the kept configurations on the held-out report pairs, with bootstrap intervals over pairs."""
+"""Figure 3's results from a run folder (fig3 or erm): the table, figure and summary.h5 of the configurations
+kept on the tuning pairs (tuning.py), measured on the held-out report pairs with bootstrap intervals over pairs,
+and the choices and comparisons of verdict.py. summary.h5 alone rebuilds the table and figure (read_summary)."""
 
 from __future__ import annotations
 
