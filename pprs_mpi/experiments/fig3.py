@@ -221,12 +221,8 @@ def tune_runs(proto: dict, verdicts: dict) -> list[Run]:
 def extend_runs(proto: dict, verdicts: dict, out: Path, round_: int) -> list[Run]:
     """The configurations growth round `round_` adds, on every attackable tuning pair (none once no kept
     configuration is on an edge); NotReady until the round before is complete."""
-    from pprs_mpi.experiments.tuning import grow, pending, tuned
-    names = pending(proto, verdicts, out / "runs", round_)
-    if not names:
-        return []
-    before = tuned(proto, verdicts, out / "runs", round_ - 1)
-    grid = configs(proto, grow(proto, before["grid"], before["kept"], before["extensions"]))
+    from pprs_mpi.experiments.tuning import pending
+    names, grid = pending(proto, verdicts, out / "runs", round_)
     return runs_of(proto, grid, names, attackable(proto["tune_pairs"], verdicts))
 
 

@@ -73,14 +73,14 @@ def tuned(proto: dict, verdicts: dict, runs_dir: Path, rounds: int | None = None
     raise AssertionError("unreachable")
 
 
-def pending(proto: dict, verdicts: dict, runs_dir: Path, round_: int) -> list[str]:
-    """The configurations growth round `round_` adds (to run on the tuning pairs); NotReady while an earlier
-    round's runs are unfinished."""
+def pending(proto: dict, verdicts: dict, runs_dir: Path, round_: int) -> tuple[list[str], dict]:
+    """(the configurations growth round `round_` adds, to run on the tuning pairs; the grown grid holding them).
+    NotReady while an earlier round's runs are unfinished."""
     before = tuned(proto, verdicts, runs_dir, round_ - 1)
     if before["rounds"] < round_ - 1:  # growth stopped earlier: nothing left on an edge
-        return []
-    wider = grow(proto, before["grid"], before["kept"], before["extensions"])
-    return [name for name in configs(proto, wider) if name not in before["grid"]]
+        return [], before["grid"]
+    grid = configs(proto, grow(proto, before["grid"], before["kept"], before["extensions"]))
+    return [name for name in grid if name not in before["grid"]], grid
 
 
 def _read(cache: dict, runs_dir: Path, name: str, pairs: list[int]):
