@@ -18,7 +18,8 @@ def verdict_lines(table: dict, what: str) -> list[str]:
     lines = [f"The main comparison of {what}, one per depth and declared before any report run: the paper's PPRS "
              "(μ = 0; K the one with the best tuning score) against the best baseline (best tuning score), at the "
              "depth's longest budget, on the held-out report pairs, paired (same pair, same budget), on the "
-             f"{metric_text(table['protocol'])}, by an exact two-sided sign test at α = 0.05. Every choice is made on "
+             f"{metric_text(table['protocol'])}, by an exact two-sided sign test at α = 0.05 (tuning ties go to the "
+             "lower tuning final loss, then to the alphabetically first name). Every choice is made on "
              "the tuning pairs alone; report pairs enter only the statistics. 'lower'/'higher' means the test "
              "rejects, in the direction of the median difference.", ""]
     for c in (c for c in found if c["main"]):

@@ -7,7 +7,9 @@ report pairs' values (`pair_finals`, final losses; under a level, `pair_times`, 
 read the tuning score and nothing else:
   - the representative of each PPRS family (μ = 0, +momentum) is its row with the lowest tuning loss, which
     fixes K;
-  - the best baseline is the baseline row with the lowest tuning loss.
+  - the best baseline is the baseline row with the lowest tuning loss
+(ties, e.g. two rows reaching a level at the same time, go to the lower tuning final loss, then to the method's
+name in alphabetical order: fixed before any report run).
 Comparisons then read the report pairs:
   - main, one per depth, declared before any report run: PPRS μ = 0 (its representative) against the best
     baseline at the depth's longest budget, tested alone at α = 0.05 (sign test);
