@@ -96,7 +96,7 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
         "again (seconds)._",
         "", "## Verdict", "", *document.verdict_lines(table, "Figure 3"),
         *(["", *_paper_lam(lam_run)] if lam_run else []),
-        *(["", *_earlier(old)] if old else []),
+        *(["", *_earlier(old, rerun=lam_run is not None)] if old else []),
         "", "## Protocol", "", *document.protocol_lines(table, sessions, FIG3_PROBLEM),
         "", "## Results (held-out report pairs)", "", *document.results_lines(table, "fig3.png", "fig3_table.txt"),
         "", "## What matches the paper and what does not", "", *document.paper_lines(table),
@@ -151,7 +151,7 @@ def _read_json(path: Path, hint: str) -> dict:
         raise ExperimentError(f"cannot read {path} ({err}): {hint}") from None
 
 
-def _earlier(table: dict) -> list[str]:
+def _earlier(table: dict, rerun: bool) -> list[str]:
     """The earlier run at the paper's λ = 300 (8 tuning pairs), its kept rows re-judged by the same rule."""
     rows = table["rows"]
     found = verdict.comparisons(rows)
@@ -169,8 +169,9 @@ def _earlier(table: dict) -> list[str]:
             lines.append(f"- Δ = {c['depth']}: {c['method']} vs {c['against']}: **{c['outcome']}** (median "
                          f"{c['median']:+.3g}, lower on {c['lower']}/{c['pairs']} pairs, sign test p = "
                          f"{c['sign_p']:.2g}; mean {mean_text(c)}).")
-    return lines + ["", "It had fewer than 30 attackable tuning pairs and configurations on grid edges, and was not "
-                        "rerun at λ = 300 under the new protocol for lack of time (see below)."]
+    return lines + ["", "It had fewer than 30 attackable tuning pairs and configurations on grid edges"
+                    + ("; the section 'Figure 3 at the paper's unscaled λ = 300' below reruns λ = 300 under the new "
+                       "protocol." if rerun else ", and was not rerun at λ = 300 under the new protocol.")]
 
 
 def _paper_lam(run: dict) -> list[str]:
@@ -198,6 +199,10 @@ def _erm(run: dict | None) -> list[str]:
         "accounting, as in Figure 3. Pair p is problem seed p (which shots, and the start's perturbation). Same "
         "protocol as above: tuned on tuning pairs, reported on held-out pairs, one main comparison per depth.", "",
         *document.verdict_lines(table, "this experiment"), "",
+        *[f"- \"PPRS can outperform GPipe for ERM when m ≪ Δ\" (§5), Δ = {c['depth']}: "
+          + ("**supported**" if c["outcome"] == "lower" else "**not supported**")
+          + f" here ({c['method']} vs {c['against']}: {c['outcome']}, sign test p = {c['sign_p']:.2g})."
+          for c in table["comparisons"] if c["main"]], "",
         *document.protocol_lines(table, run["sessions"], ERM_PROBLEM), "",
         *document.results_lines(table, "erm.png", "erm_table.txt")]
 
