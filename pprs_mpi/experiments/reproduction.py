@@ -75,6 +75,10 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
     """Writes docs/reproduction.md, docs/fig3.png, docs/fig3_table.txt (and docs/erm.png, docs/erm_table.txt,
     docs/fig3_paper_lam.png, docs/fig3_paper_lam_table.txt, docs/rates.png) from the sources, copying those into
     docs/data/ when they are elsewhere."""
+    for folder, kind in ((run, "fig3"), (erm, "erm"), (paper_lam, "fig3_paper_lam"), (rates, "rates")):
+        if folder and not (folder / SOURCES[kind][0]).exists():
+            raise ExperimentError(f"{folder / SOURCES[kind][0]} does not exist: give a finished run folder or its "
+                                  "sources")
     docs.mkdir(parents=True, exist_ok=True)
     sources = {kind: _keep(folder, docs / "data" / kind, SOURCES[kind]) for kind, folder in
                (("fig3", run), ("erm", erm), ("fig3_paper_lam", paper_lam), ("rates", rates)) if folder}
@@ -121,7 +125,8 @@ ERM_PROBLEM = ("`fewshot` (eq. 15: the mean multi-margin loss over m shots of th
 
 
 def _keep(folder: Path, home: Path, names: tuple[str, ...]) -> Path:
-    """The sources of a run, copied to `home` unless they are there already."""
+    """The sources of a run, copied to `home` unless they are there already (the first, required, checked by
+    `write` before anything is written)."""
     if folder.resolve() != home.resolve():
         home.mkdir(parents=True, exist_ok=True)
         for name in names:
