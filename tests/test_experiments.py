@@ -380,6 +380,7 @@ def test_quick_mode_runs_the_whole_path_and_writes_the_reproduction_document(tmp
     earlier = Path(__file__).parents[1] / "docs" / "data" / "fig3_lam300" / "table.json"
     assert experiments_main(["reproduction", "--run", str(out), "--earlier", str(earlier), "--docs", str(docs)]) == 0
     document = (docs / "reproduction.md").read_text()
+    assert "## Figure 3 at the paper's unscaled" not in document and "was not rerun" in document
     assert {p.name for p in (docs / "data" / "fig3").iterdir()} == {"summary.h5", "sessions.json", "pairs.json"}
     assert "re-judged" in document and "PPRS K=100 μ=0 vs AGD: **higher**" in document  # the earlier Δ = 200 row
     shutil.rmtree(out)  # the committed sources alone rebuild the same document
@@ -387,6 +388,11 @@ def test_quick_mode_runs_the_whole_path_and_writes_the_reproduction_document(tmp
                              "--docs", str(docs)]) == 0
     rebuilt = (docs / "reproduction.md").read_text()
     assert rebuilt.split("\n", 3)[3] == document.split("\n", 3)[3]  # all but the line naming the command
+    sources, other = docs / "data" / "fig3", tmp_path / "docs2"
+    assert experiments_main(["reproduction", "--run", str(sources), "--paper-lam", str(sources),
+                             "--docs", str(other)]) == 0
+    assert "## Figure 3 at the paper's unscaled λ = 300" in (other / "reproduction.md").read_text()
+    assert (other / "data" / "fig3_paper_lam" / "summary.h5").exists() and (other / "fig3_paper_lam.png").exists()
     assert "held-out" in document and "fig3 --quick --report-pairs 2,3,7" in document and "nproc" in document
     assert "1 stationary" in document and (docs / "fig3.png").exists() and (docs / "fig3_table.txt").exists()
 
