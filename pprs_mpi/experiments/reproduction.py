@@ -200,6 +200,7 @@ def _paper_lam(run: dict) -> list[str]:
             *document.verdict_lines(table, f"this run at λ = {lam:g}"), "",
             *document.protocol_lines(table, run["sessions"], FIG3_PROBLEM), "",
             *document.results_lines(table, "fig3_paper_lam.png", "fig3_paper_lam_table.txt"), "",
+            "The paper's statements at its own λ:", "", *document.paper_lines(table), "",
             *_pairs(table, run["screening"], "data/fig3_paper_lam/pairs.json")[2:]]
 
 
