@@ -4,10 +4,12 @@ and tiny end-to-end runs."""
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -15,7 +17,8 @@ import pytest
 
 from conftest import MPI_ENV, run as run_command
 from pprs_mpi import optim, problems
-from pprs_mpi.experiments import curves, fig3, fig3_results, rates, reproduction, runner, screen
+from pprs_mpi.experiments import (curves, fig3, fig3_results, rates, reproduction, runner, screen, stats,
+                                  tuning, verdict)
 from pprs_mpi.experiments.__main__ import main as experiments_main
 from pprs_mpi.trace import Trace, TraceWriter
 
@@ -56,10 +59,10 @@ def lad_grid(**changes):
 
 def test_every_run_is_done_exactly_once_across_shards_and_ranks():
     proto = fig3.protocol(fig3.DEFAULT, "adversarial", [])
-    verdicts = {p: {"verdict": "attackable"} for p in range(40)}
+    verdicts = {p: {"verdict": "attackable"} for p in range(110)}
     runs = fig3.tune_runs(proto, verdicts)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 10 * (3 * 3 * 7 * 3 + 7 + 2 * 7)
+    assert len(names) == len(set(names)) == 40 * (3 * 3 * 7 * 3 + 19 + 2 * 19)  # baselines: 6 lrs per decade
     for shards in (1, 3, 7):
         for ranks in (1, 2, 4):
             done = [r.name for i in range(shards) for rank in range(ranks)
@@ -75,14 +78,21 @@ def test_bad_shard_is_an_experiment_error(text):
 
 def test_half_decades_and_pair_ranges():
     assert fig3.half_decades(1e-3, 1e-6) == (1e-3, 3e-4, 1e-4, 3e-5, 1e-5, 3e-6, 1e-6)
+    fine = fig3.per_decade(1e-3, 1e-6, 6)
+    assert len(fine) == 19 and {1e-3, 1e-4, 1e-5, 1e-6} <= set(fine) and list(fine) == sorted(fine, reverse=True)
+    assert fine[1] == 6.8e-4 and max(a / b for a, b in zip(fine, fine[1:])) <= 1.5
     assert fig3._pairs("0-3,7,9-10") == (0, 1, 2, 3, 7, 9, 10)
 
 
 def test_the_budget_is_given_per_depth_and_never_depends_on_the_Ks():
-    """The budget is --budget's, whatever the Ks; a method's iterations follow from its own cost per depth."""
-    budgets = ((20, 23_800), (200, 59_800))
+    """The budgets are --budget's, whatever the Ks (a depth may have two); a method's iterations follow from its own
+    cost per depth; an ERM over m examples pipelines K·m inputs per iteration."""
+    budgets = ((20, 23_800), (200, 30_000), (200, 59_800))
     one, three = (fig3.protocol(lad_grid(Ks=Ks, budgets=budgets), "lad", []) for Ks in ((10,), (2, 10, 100)))
-    assert one["budgets"] == three["budgets"] == {"20": 23_800, "200": 59_800}
+    assert one["budgets"] == three["budgets"] == [[20, 23_800], [200, 30_000], [200, 59_800]]
+    erm = fig3.configs(fig3.protocol(lad_grid(Ks=(10,), budgets=budgets), "lad", [], examples=4))
+    assert erm["pprs_K10_mu0_lr0.001_g0.001"]["iters"] == max(23_800 // 2 // 59, 59_800 // 2 // 239)
+    assert erm["gd_lr0.001"]["iters"] == 23_800 // 2 // 23
     a, b = fig3.configs(one), fig3.configs(three)
     assert a["gd_lr0.001"] == b["gd_lr0.001"] and a["gd_lr0.001"]["iters"] == 23_800 // 40
     assert a["pprs_K10_mu0_lr0.001_g0.001"] == b["pprs_K10_mu0_lr0.001_g0.001"]
@@ -95,8 +105,8 @@ def test_evaluation_points_are_spread_over_each_depths_own_budget():
     proto = fig3.protocol(fig3.DEFAULT, "adversarial", [])
     for c in fig3.configs(proto).values():
         evaluated = np.union1d(np.arange(0, c["iters"] + 1, c["eval_every"]), [c["iters"]])
-        for depth, budget in proto["budgets"].items():
-            time = curves.retime(evaluated, c["K"], int(depth))
+        for depth, budget in fig3.settings(proto):
+            time = curves.retime(evaluated, c["inputs"], depth)
             gaps = np.diff([*time[time <= budget], budget])
             assert gaps.max() <= budget / proto["eval_points"], (c, depth)
 
@@ -110,22 +120,26 @@ def test_pprs_momentum_rows_are_tuned_alike_and_the_papers_mu0_row_stays():
     assert {mu for mu, _ in methods["PPRS K=10 +momentum"]} == {0.9, 0.99}
     assert {mu for mu, _ in methods["AGD"]} == {0.9, 0.99} and {mu for mu, _ in methods["GD"]} == {0.0}
     lrs = {method: {lr for _, lr in pairs} for method, pairs in methods.items()}
-    assert all(found == set(fig3.half_decades(1e-3, 1e-6)) for found in lrs.values())
+    assert all(found == set(fig3.half_decades(1e-3, 1e-6)) for m, found in lrs.items() if m.startswith("PPRS"))
+    assert lrs["GD"] == lrs["AGD"] == set(fig3.per_decade(1e-3, 1e-6, 6))
+    sizes = {method: len(pairs) * (3 if method.startswith("PPRS") else 1) for method, pairs in methods.items()}
+    assert sizes["GD"] == 19 and sizes["PPRS K=10 μ=0"] == 21 and sizes["AGD"] == 38 and sizes[
+        "PPRS K=10 +momentum"] == 42  # comparable numbers of configurations per row (γ: 3 values)
 
 
 def test_overlapping_pairs_and_bad_grids_are_refused(tmp_path):
     for argv in (["--tune-pairs", "0-9", "--report-pairs", "9-20"], ["--pprs-mus", "1"], ["--budget", "20"],
-                 ["--select", "fastest"], ["--budget", "20=100,20=200"]):
+                 ["--select", "fastest"], ["--budget", "20=100,20=100"]):
         assert experiments_main(["fig3", "--problem", "lad", "--out", str(tmp_path), *argv]) == 2
 
 
-def write_synthetic_runs(out, proto, curve_of):
-    """Traces for every configuration on every pair whose f(y_t) is `curve_of(name, iteration, pair)`
-    (None: leave the run out; a NaN: the run diverges there)."""
+def write_synthetic_runs(out, proto, curve_of, grid=None, pairs=None):
+    """Traces for every configuration of `grid` (default: the protocol's) on every pair (default: tuning and report)
+    whose f(y_t) is `curve_of(name, iteration, pair)` (None: leave the run out; a NaN: the run diverges there)."""
     runner.write_protocol(out, proto)
     (out / "runs").mkdir(exist_ok=True)
-    for name, c in fig3.configs(proto).items():
-        for pair in (*proto["tune_pairs"], *proto["report_pairs"]):
+    for name, c in (grid or fig3.configs(proto)).items():
+        for pair in pairs or (*proto["tune_pairs"], *proto["report_pairs"]):
             if curve_of(name, 0, pair) is None:
                 continue
             values = [curve_of(name, t, pair) for t in range(c["iters"] + 1)]
@@ -160,9 +174,10 @@ def test_selection_is_on_tuning_pairs_and_the_table_on_report_pairs_only(tmp_pat
     write_synthetic_runs(tmp_path, proto, curve)
     verdicts = {p: {"verdict": "attackable"} for p in range(4)}
     kept = fig3_results.selection(proto, verdicts, tmp_path / "runs")
-    assert kept["20"]["GD"] == kept["200"]["GD"] == "gd_lr0.001"
-    assert kept["20"]["AGD"] == "agd_mu0.99_lr0.0001" and kept["200"]["AGD"] == "agd_mu0.99_lr0.001"  # 50 vs 20 iters
-    assert kept["20"]["PPRS K=2 μ=0"] == "pprs_K2_mu0_lr0.0001_g0.001"
+    assert kept["20:2000"]["GD"] == kept["200:8000"]["GD"] == "gd_lr0.001"
+    assert kept["20:2000"]["AGD"] == "agd_mu0.99_lr0.0001"  # 50 iterations within budget at Δ = 20
+    assert kept["200:8000"]["AGD"] == "agd_mu0.99_lr0.001"  # 20 at Δ = 200
+    assert kept["20:2000"]["PPRS K=2 μ=0"] == "pprs_K2_mu0_lr0.0001_g0.001"
     report = fig3.report_runs(proto, verdicts, tmp_path)
     assert {r.options["problem_seed"] for r in report} == {2, 3}
     assert fig3_results.collect(tmp_path, levels=(1.5,)) == 0
@@ -171,10 +186,109 @@ def test_selection_is_on_tuning_pairs_and_the_table_on_report_pairs_only(tmp_pat
     assert rows[20, "GD"]["final_loss"] == 20 + 2.5 and rows[20, "GD"]["pairs"] == 2
     assert rows[20, "PPRS K=2 μ=0"]["tune_diverged"] == 1
     assert rows[20, "AGD"]["times"] == [30 * 40]  # loss 1 from iteration 30 on, 2Δ = 40 units per iteration
-    wins = {(w["depth"], w["method"], w["against"]): w["fraction"] for w in table["wins"]}
-    assert wins[20, "PPRS K=2 μ=0", "GD"] == 1.0  # ends near 9.5 on both report pairs, GD at 22 and 23
+    found = {(c["depth"], c["method"], c["against"]): c for c in table["comparisons"]}
+    assert found[20, "PPRS K=2 μ=0", "GD"]["lower"] == 2  # ends near 9.5 on both report pairs, GD at 22 and 23
     with h5py.File(tmp_path / "summary.h5") as f:
-        assert f["depth_20/GD/pair_loss"].shape[0] == 2
+        assert f["20_2000/GD/pair_loss"].shape[0] == 2
+
+
+def test_report_pairs_cannot_change_any_choice(tmp_path):
+    """Two sweeps with the same tuning runs and opposite report runs: every kept configuration, every family's
+    representative K, the best baseline and which comparison is the main one are the same; only the report
+    numbers differ. On the tuning pairs K=10 beats K=2 and AGD beats GD; on report pairs B the reverse holds."""
+    proto = fig3.protocol(lad_grid(Ks=(2, 10), gammas=(1e-3,), budgets=((20, 2_000), (200, 8_000))), "lad", [])
+    tune = set(proto["tune_pairs"])
+    rank = {"pprs_K10": 1.0, "agd": 2.0, "pprs_K2": 3.0, "gd": 4.0}  # lower is better on the tuning pairs
+
+    def tuning_curve(name, t):
+        own = next(v for k, v in rank.items() if name.startswith(k)) + (0.1 if "lr0.0001" in name else 0.0)
+        return own if t else 10.0  # the same final loss whatever the iterations a budget allows
+
+    tables = {}
+    for variant, report in (("A", lambda name, t, pair: tuning_curve(name, t) + pair),
+                            ("B", lambda name, t, pair: 20.0 - tuning_curve(name, t) + pair)):
+        out = tmp_path / variant
+        write_synthetic_runs(out, proto, lambda name, t, pair: tuning_curve(name, t) if pair in tune
+                             else report(name, t, pair))
+        assert fig3_results.collect(out, levels=(9.0,)) == 0
+        tables[variant] = json.loads((out / "table.json").read_text())
+    a, b = tables["A"], tables["B"]
+    assert [r["selected"] for r in a["rows"]] == [r["selected"] for r in b["rows"]]
+    assert a["choices"] == b["choices"] and all(
+        c["PPRS μ=0"] == "PPRS K=10 μ=0" and c["baseline"] == "AGD" for c in a["choices"])
+    pick = [(c["method"], c["against"], c["main"]) for c in a["comparisons"]]
+    assert pick == [(c["method"], c["against"], c["main"]) for c in b["comparisons"]]
+    assert [c for c in pick if c[2]] == [("PPRS K=10 μ=0", "AGD", True)] * 2  # one main comparison per depth
+    assert [r["final_loss"] for r in a["rows"]] != [r["final_loss"] for r in b["rows"]]
+    main = {v: next(c for c in t["comparisons"] if c["main"]) for v, t in tables.items()}
+    assert main["A"]["median"] < 0 < main["B"]["median"]
+
+
+def test_verdict_statistics_and_choices_read_only_tuning_losses():
+    """The sign test is exact (5 of 5 lower: p = 2/32); Holm multiplies the smallest p by the count; choices
+    ignore the report pairs entirely: shuffling every row's pair_finals (and final_loss) leaves them unchanged."""
+    assert stats.sign_test([-1, -2, -3, -4, -5]) == pytest.approx(2 / 32)
+    assert stats.sign_test([-1, 1, 0]) == 1.0 and stats.sign_test([]) == 1.0
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    found = stats.compare([1.0, 2.0, 3.0, 10.0], [2.0, 3.0, 4.0, 0.0])
+    assert (found["lower"], found["higher"], found["median"], found["mean"]) == (3, 1, -1.0, 1.75)
+    rng = np.random.default_rng(0)
+    rows = [{"depth": 20, "budget": B, "method": m, "selected": m, "tune_final": t,
+             "pair_finals": list(rng.normal(size=12)), "final_loss": 0.0}
+            for B in (100, 200) for m, t in (("PPRS K=2 μ=0", 2.0), ("PPRS K=10 μ=0", 1.0), ("PPRS K=2 +momentum", 5.0),
+                                             ("GD", 3.0), ("AGD", 4.0))]
+    chosen = verdict.choices(rows)
+    for row in rows:
+        row["pair_finals"] = list(rng.permutation(row["pair_finals"]) - 100 * (row["method"] == "PPRS K=2 μ=0"))
+    assert verdict.choices(rows) == chosen == {
+        (20, B): {"PPRS μ=0": "PPRS K=10 μ=0", "PPRS +momentum": "PPRS K=2 +momentum", "baseline": "GD"}
+        for B in (100, 200)}
+    mains = [c for c in verdict.comparisons(rows) if c["main"]]
+    assert [(c["budget"], c["method"], c["against"]) for c in mains] == [(200, "PPRS K=10 μ=0", "GD")]
+
+
+def test_the_grid_grows_past_every_edge_a_kept_configuration_sits_on(tmp_path):
+    """Every method does best at lr 1e-2 but the grid is {1e-3, 1e-4}: round 1 adds 1e-2 (one grid step up),
+    round 2 adds 1e-1, which is worse, so growth stops with nothing kept on an edge; the report phase then
+    runs the grown grid's choices."""
+    proto = fig3.protocol(lad_grid(extend_rounds=3, budgets=((20, 2_000),)), "lad", [])
+    verdicts = {p: {"verdict": "attackable"} for p in range(4)}
+
+    def curve(name, t, pair):
+        lr = float(name.split("_lr")[1].split("_")[0])
+        return 10.0 - t / 100 * (5.0 - abs(math.log10(lr) + 2))
+
+    write_synthetic_runs(tmp_path, proto, curve, pairs=proto["tune_pairs"])
+    for round_, added in ((1, 0.01), (2, 0.1)):
+        runs = fig3.extend_runs(proto, verdicts, tmp_path, round_)
+        assert runs and {r.options["lr"] for r in runs} == {added}
+        for run in runs:  # as the solver would write them
+            name, pair = run.name.rsplit("_pair", 1)
+            config = {"iters": run.options["iters"], "eval_every": run.options["eval_every"]}
+            write_synthetic_runs(tmp_path, proto, curve, {name: config}, pairs=[int(pair)])
+    assert fig3.extend_runs(proto, verdicts, tmp_path, 3) == []
+    final = tuning.tuned(proto, verdicts, tmp_path / "runs")
+    assert final["rounds"] == 2 and all("_lr0.01" in name for name in final["kept"]["20:2000"].values())
+    assert not any(tuning.edges(final["grid"], final["grid"][n]) for n in final["kept"]["20:2000"].values())
+    assert {r.options["lr"] for r in fig3.report_runs(proto, verdicts, tmp_path)} == {0.01}
+
+
+def test_fig3_figure_draws_the_95_percent_bootstrap_band_of_every_curve():
+    """One band per kept curve, spanning the 2.5% and 97.5% percentiles of the resampled mean curves (the README
+    promises them)."""
+    pytest.importorskip("matplotlib")
+    from pprs_mpi.experiments.figures import fig3_figure
+    losses = np.array([[9.0, 5.0, 4.0], [8.0, 6.0, 2.0], [10.0, 7.0, 3.0]])
+    curve = {"algo": "gd", "K": 1, "mu": 0.0, "lr": 1e-3, "gamma": 0.0, "time": np.array([0.0, 40.0, 80.0]),
+             "loss": losses.mean(axis=0), "losses": losses, "bootstrap": curves.bootstrap_means(losses, 200)}
+    results = {"20:100": {"depth": 20, "budget": 100, "selected": {"GD": curve}}}
+    proto = {"problem": "lad", "tune_pairs": [0], "report_pairs": [1, 2, 3], "examples": 1}
+    fig = fig3_figure(results, proto, {"pair_counts": {"report": {"attackable": 3}}})
+    (band,) = fig.axes[0].collections
+    low, high = np.quantile(curve["bootstrap"], [0.025, 0.975], axis=0)
+    y = band.get_paths()[0].vertices[:, 1]
+    assert y.min() == pytest.approx(low.min()) and y.max() == pytest.approx(high.max())
+    assert low[1] < curve["loss"][1] < high[1]
 
 
 def test_select_a_level_keeps_the_fastest_to_reach_it(tmp_path):
@@ -188,7 +302,7 @@ def test_select_a_level_keeps_the_fastest_to_reach_it(tmp_path):
         proto = fig3.protocol(lad_grid(select=rule, budgets=((20, 2_000),)), "lad", [])
         out = tmp_path / rule
         write_synthetic_runs(out, proto, lambda name, t, pair: curve.get(name, lambda t: 10.0)(t))
-        kept[rule] = fig3_results.selection(proto, verdicts, out / "runs")["20"]["AGD"]
+        kept[rule] = fig3_results.selection(proto, verdicts, out / "runs")["20:2000"]["AGD"]
     assert kept == {"final": "agd_mu0.99_lr0.0001", "5": "agd_mu0.99_lr0.001", "2": "agd_mu0.99_lr0.0001"}
 
 
@@ -257,15 +371,53 @@ def test_quick_mode_runs_the_whole_path_and_writes_the_reproduction_document(tmp
     assert all(r["mu"] > 0 for r in table["rows"] if r["selected"] and r["method"].endswith("+momentum"))
     for row in (r for r in table["rows"] if r["selected"]):  # the reported numbers are the report pairs' means
         with h5py.File(out / "summary.h5") as f:
-            pair_loss = f[f"depth_{row['depth']}/{row['method'].replace(' ', '_').replace('=', '')}/pair_loss"][()]
+            group = f"{row['depth']}_{row['budget']}/{row['method'].replace(' ', '_').replace('=', '')}"
+            pair_loss = f[f"{group}/pair_loss"][()]
         assert pair_loss.shape[0] == 2 and row["final_loss"] == pytest.approx(pair_loss[:, -1].mean())
     assert (out / "fig3.png").read_bytes()[:8] == PNG
     assert experiments_main(argv) == 0
     assert "already finished, skipped" in capsys.readouterr().out
-    assert experiments_main(["reproduction", "--run", str(out), "--docs", str(docs)]) == 0
+    earlier = Path(__file__).parents[1] / "docs" / "data" / "fig3_lam300" / "table.json"
+    assert experiments_main(["reproduction", "--run", str(out), "--earlier", str(earlier), "--docs", str(docs)]) == 0
     document = (docs / "reproduction.md").read_text()
+    assert "## Figure 3 at the paper's unscaled" not in document and "was not rerun" in document
+    assert {p.name for p in (docs / "data" / "fig3").iterdir()} == {"summary.h5", "sessions.json", "pairs.json"}
+    assert "re-judged" in document and "PPRS K=100 μ=0 vs AGD: **higher**" in document  # the earlier Δ = 200 row
+    shutil.rmtree(out)  # the committed sources alone rebuild the same document
+    assert experiments_main(["reproduction", "--run", str(docs / "data" / "fig3"), "--earlier", str(earlier),
+                             "--docs", str(docs)]) == 0
+    rebuilt = (docs / "reproduction.md").read_text()
+    assert rebuilt.split("\n", 3)[3] == document.split("\n", 3)[3]  # all but the line naming the command
+    sources, other = docs / "data" / "fig3", tmp_path / "docs2"
+    assert experiments_main(["reproduction", "--run", str(sources), "--paper-lam", str(sources),
+                             "--docs", str(other)]) == 0
+    assert "## Figure 3 at the paper's unscaled λ = 300" in (other / "reproduction.md").read_text()
+    assert (other / "data" / "fig3_paper_lam" / "summary.h5").exists() and (other / "fig3_paper_lam.png").exists()
     assert "held-out" in document and "fig3 --quick --report-pairs 2,3,7" in document and "nproc" in document
     assert "1 stationary" in document and (docs / "fig3.png").exists() and (docs / "fig3_table.txt").exists()
+
+
+@pytest.mark.skipif("fewshot" not in problems.registry(), reason="problem 'fewshot' not available")
+def test_erm_pits_pprs_against_gpipe_with_k_times_m_inputs_per_iteration(tmp_path):
+    """`erm --quick` on m = 3 shots: GPipe (GD, K = 1) is charged 2(m + Δ − 1) per iteration, PPRS 2(K·m + Δ − 1);
+    the configuration kept is the fastest to loss ≤ 0.01 on the tuning pairs and pairs are compared on that time."""
+    pytest.importorskip("matplotlib")
+    assert experiments_main(["erm", "--quick", "--shots", "3", "--out", str(tmp_path)]) == 0
+    proto, table, results = fig3_results.read_summary(tmp_path / "summary.h5")
+    assert proto["experiment"] == "erm" and proto["examples"] == 3 and proto["problem"] == "fewshot"
+    for result in results.values():
+        for method, c in result["selected"].items():
+            per_iteration = 2 * (c["K"] * 3 + result["depth"] - 1)
+            np.testing.assert_array_equal(c["time"], c["iteration"] * per_iteration)
+            assert (method == "GPipe") == (c["algo"] == "gd" and c["K"] == 1)
+    assert {c["metric"] for c in table["comparisons"]} == {"pair_times"}
+    assert [c["against"] for c in table["comparisons"] if c["main"]] == [
+        next(ch["baseline"] for ch in table["choices"] if ch["depth"] == depth) for depth in (20, 200)]
+    for row in (r for r in table["rows"] if r["selected"]):
+        reached = [curves.time_to_reach(results[f"{row['depth']}:{row['budget']}"]["selected"][row["method"]]["time"],
+                                        np.array(pair), 0.01) for pair in
+                   results[f"{row['depth']}:{row['budget']}"]["selected"][row["method"]]["losses"]]
+        assert row["pair_times"] == [math.inf if t is None else t for t in reached]
 
 
 def test_closed_form_check_is_within_monte_carlo_error():

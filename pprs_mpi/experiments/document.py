@@ -1,0 +1,158 @@
+"""The sections of docs/reproduction.md that describe one Figure 3-style table (fig3 or erm): verdict, protocol,
+results, the paper's statements, cost. Every sentence is computed from the table; choices come from verdict.py
+(tuning losses only) and every claim about a difference from its sign test.
+"""
+
+from __future__ import annotations
+
+from pprs_mpi.experiments import verdict
+from pprs_mpi.experiments.fig3 import span
+from pprs_mpi.experiments.fig3_results import comparison_text, mean_text, metric_text
+
+PAPER_LRS = {"PPRS K=2 μ=0": 1e-4, "PPRS K=10 μ=0": 1e-3, "PPRS K=100 μ=0": 1e-3, "GD": 1e-5, "AGD": 1e-7}  # §6
+
+
+def verdict_lines(table: dict, what: str) -> list[str]:
+    """The main comparisons (one per depth) in words, then the exploratory ones as a list."""
+    found = table["comparisons"]
+    lines = [f"The main comparison of {what}, one per depth and declared before any report run: the paper's PPRS "
+             "(μ = 0; K the one with the best tuning score) against the best baseline (best tuning score), at the "
+             "depth's longest budget, on the held-out report pairs, paired (same pair, same budget), on the "
+             f"{metric_text(table['protocol'])}, by an exact two-sided sign test at α = 0.05 (tuning ties go to the "
+             "lower tuning final loss, then to the alphabetically first name). Every choice is made on "
+             "the tuning pairs alone; report pairs enter only the statistics. 'lower'/'higher' means the test "
+             "rejects, in the direction of the median difference.", ""]
+    for c in (c for c in found if c["main"]):
+        lines.append(f"- **Δ = {c['depth']} (budget {c['budget']:,}): {c['method']} vs {c['against']}: "
+                     f"{c['outcome']}.** Median difference {c['median']:+.3g}, PPRS lower on {c['lower']} of "
+                     f"{c['pairs']} pairs (higher on {c['higher']}, tied on {c['tied']}), sign test p = "
+                     f"{c['sign_p']:.2g}" + ("" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.2g}")
+                     + f"; mean difference {mean_text(c)} (95% bootstrap).")
+    lines += ["", "Exploratory (every other PPRS row against every baseline, at every budget, and +momentum against "
+                  "μ = 0; sign-test p Holm-corrected over all of them; not a verdict):", ""]
+    lines += [f"- {comparison_text(c)}" for c in found if not c["main"]]
+    return lines
+
+
+def protocol_lines(table: dict, sessions: list[dict], problem_text: str) -> list[str]:
+    p, counts = table["protocol"], table["pair_counts"]
+    commands = list(dict.fromkeys(s["command"] for s in sessions if s.get("command")))
+    grown = ", ".join(f"{method}: +{', '.join(f'{axis} {_list(v)}' for axis, v in ext.items())}"
+                      for method, ext in table.get("extensions", {}).items()) or "none"
+    sizes = {r["method"]: r["configs"] for r in table["rows"]}
+    return [f"- Problem: {problem_text}" + (f", λ = {p['lam']:g}" if "lam" in p else "") + ".",
+            f"- Pairs: tuning {span(p['tune_pairs'])} ({counts['tune']['attackable']} attackable), report "
+            f"{span(p['report_pairs'])} ({counts['report']['attackable']} attackable). The two sets never mix.",
+            f"- Grid: PPRS lr ∈ {{{_list(p['lrs'])}}}, γ ∈ {{{_list(p['gammas'])}}}, K ∈ {{{_list(p['Ks'])}}}, "
+            f"μ ∈ {{{_list(p['pprs_mus'])}}}; baselines lr ∈ {{{_list(p['baseline_lrs'])}}}, "
+            f"{p['baselines']['gd']} μ = 0, {p['baselines']['agd']} μ ∈ {{{_list(p['agd_mus'])}}}. Grown past edges "
+            f"(up to {p['extend_rounds']} rounds; {table.get('tuning_rounds', 0)} done): {grown}. Configurations per "
+            "row: " + ", ".join(f"{m} {n}" for m, n in sizes.items()) + ".",
+            "- Selection: per setting and row, " + ("the lowest mean final loss over the tuning pairs within the "
+                                                     "budget" if p["select"] == "final" else
+                                                     f"the fastest mean tuning curve to loss {p['select']}")
+            + "; a diverged run counts as +inf, so a configuration with a divergence is never kept.",
+            f"- Time: an iteration costs 2(K·m + Δ − 1) pipeline units, m = {p['examples']} (baselines: K = 1); "
+            "budgets " + ", ".join(f"Δ = {d}: {b:,}" for d, b in p["budgets"])
+            + " units, the same for every method. Each configuration runs once per pair and is re-timed for every "
+              f"setting; f(y_t) is evaluated at ≥ {p['eval_points']} points within every budget.",
+            "- Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands),
+            *scale_lines(p)]
+
+
+def scale_lines(p: dict) -> list[str]:
+    """Where the run's grid differs from its command's defaults (fig3.DEFAULT or erm.DEFAULT): a smaller sweep
+    than the command would run says so."""
+    from dataclasses import asdict
+
+    from pprs_mpi.experiments import erm, fig3
+    default = asdict(erm.DEFAULT if p["experiment"] == "erm" else fig3.DEFAULT)
+    differ = [key for key, value in default.items() if key in p
+              and json_like(p[key]) != json_like(value)]
+    if not differ:
+        return ["- Scale: the command's defaults."]
+    return ["- Scale: differs from the command's defaults in " + "; ".join(
+        f"{key} (default {_shown(default[key])})" for key in differ) + "."]
+
+
+def json_like(value):
+    """Tuples as lists, numbers as floats: a protocol read back from JSON compares equal to the Grid it came from."""
+    if isinstance(value, (list, tuple)):
+        return [json_like(v) for v in value]
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _shown(value) -> str:
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], (list, tuple)):
+        return ", ".join(f"Δ = {d}: {b:,}" for d, b in value)
+    if isinstance(value, (list, tuple)):
+        return span(value) if all(isinstance(v, int) for v in value) and len(value) > 3 else _list(value)
+    return str(value)
+
+
+def results_lines(table: dict, figure: str, table_file: str) -> list[str]:
+    levels = table["levels"]
+    lines = [f"![mean report loss against pipeline time]({figure})", "",
+             "Mean loss over the report pairs against pipeline time, the kept configuration of each row, with 95% "
+             "bootstrap bands over report pairs (they include the pairs' spread of starting losses; the paired "
+             f"comparisons above do not). Full table: [{table_file}]({table_file}).", ""]
+    head = ["Δ", "budget", "row", "lr", "γ", "μ", "tuning loss", "final loss [95% CI]",
+            *[f"time to ≤ {v:.4g}" for v in levels], "grid edge"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table["rows"]:
+        if not row["selected"]:
+            lines.append(f"| {row['depth']} | {row['budget']:,} | {row['method']} | every configuration diverged |"
+                         + " |" * (len(head) - 4))
+            continue
+        times = ["–" if t is None else f"{t:,.0f}" for t in row["times"]]
+        gamma = f"{row['gamma']:.2g}" if row["gamma"] else "–"
+        lines.append(f"| {row['depth']} | {row['budget']:,} | {row['method']} | {row['lr']:.2g} | {gamma} "
+                     f"| {row['mu']:g} | {row['tune_final']:.4g} | {row['final_loss']:.4g} "
+                     f"[{row['final_ci'][0]:.4g}, {row['final_ci'][1]:.4g}] | "
+                     + " | ".join(times) + f" | {', '.join(row['edge']) or '–'} |")
+    return lines + ["", "'–': not reached within the budget. 'grid edge': the kept value is the largest or smallest "
+                        "its method's grid reached, even after growth."]
+
+
+def paper_lines(table: dict) -> list[str]:
+    """The paper's §6 statements against this table: the first from the main comparisons only."""
+    lines = []
+    for c in (c for c in table["comparisons"] if c["main"]):
+        lines.append(f"- \"PPRS significantly outperforms both GD and AGD\" (μ = 0), Δ = {c['depth']}: tested as "
+                     f"{c['method']} against the best baseline, {c['against']}: "
+                     + ("**matches**" if c["outcome"] == "lower" else "**not supported**")
+                     + f" ({c['outcome']}, sign test p = {c['sign_p']:.2g}).")
+    for c in (c for c in table["comparisons"] if c["method"].endswith("+momentum") and c["against"].endswith("μ=0")):
+        lines.append(f"- \"The accelerated version did not improve the results\", Δ = {c['depth']}, budget "
+                     f"{c['budget']:,} (exploratory): {c['method']} against {c['against']}: {c['outcome']} "
+                     f"(Holm p = {c['p']:.2g}, lower on {c['lower']}/{c['pairs']} pairs).")
+    stability = {r["method"]: (r["tune_diverged"], r["tune_runs"]) for r in table["rows"]
+                 if verdict.family(r["method"]) == "μ=0"}
+    if stability:
+        lines.append("- \"Increasing the number of samples increases the stability\": diverged tuning runs per K "
+                     "(μ = 0, whole grid): " + ", ".join(f"{m.split()[1]} {d}/{n}" for m, (d, n) in stability.items())
+                     + ".")
+    kept = [f"{r['method']} at Δ = {r['depth']}, B = {r['budget']:,}: {r['lr']:.2g}" for r in table["rows"]
+            if r["selected"] and r["method"] in PAPER_LRS]
+    if kept:
+        lines.append("- Kept learning rates (paper: " + ", ".join(f"{m} {lr:.0e}" for m, lr in PAPER_LRS.items())
+                     + "): " + "; ".join(kept) + ".")
+    return lines
+
+
+def cost_lines(table: dict, sessions: list[dict]) -> list[str]:
+    if not sessions:
+        return ["No session record (sessions.json) for this run."]
+    total = sum(s["wall_s"] for s in sessions)
+    last = sessions[-1]
+    tune = sum(r["tune_runs"] for r in table["rows"] if (r["depth"], r["budget"]) == verdict.settings(table["rows"])[0])
+    kept = {r["selected"] for r in table["rows"] if r["selected"]}
+    report = len(kept) * table["pair_counts"]["report"]["attackable"]
+    return [f"{tune:,} tuning runs and {report:,} report runs ({len(kept)} kept configurations). Wall time "
+            f"{total / 60:.1f} minutes in {len(sessions)} session(s), on {last['ranks']} MPI rank(s) of a machine with "
+            f"nproc = {last['nproc']} ({last['cpu']}), shared with other jobs, so times are indicative. Finished "
+            f"{last['finished']}."]
+
+
+def _list(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
