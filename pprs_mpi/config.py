@@ -17,7 +17,7 @@ import argparse
 import math
 import os
 import sys
-from dataclasses import dataclass, fields, make_dataclass
+from dataclasses import dataclass, make_dataclass
 from typing import Callable, Collection
 
 from pprs_mpi import optim, problems
@@ -176,8 +176,7 @@ SECTION_TYPES = {section: make_dataclass(f"{section.title()}Config", [(name, obj
 @dataclass(frozen=True)
 class RunConfig:
     """A resolved, validated run configuration: the options in sections (`cfg.algorithm.lr`), the metadata in
-    `meta`. `cfg["lr"]` still reads any option or metadata by name, for the code not yet moved to sections.
-    It never changes: `replace` returns a validated copy."""
+    `meta`. It never changes: `replace` returns a validated copy; `as_dict` is the flat form a trace stores."""
 
     problem: object
     algorithm: object
@@ -193,16 +192,9 @@ class RunConfig:
                     for section, kind in SECTION_TYPES.items()}
         return cls(**sections, meta=RunMeta(tuple(flat["given"]), flat["problem_params"], flat.get("preset_source")))
 
-    def __getitem__(self, name: str):
-        if name in SECTION_OF:
-            return getattr(getattr(self, SECTION_OF[name]), name)
-        if name in {f.name for f in fields(RunMeta)}:
-            return getattr(self.meta, name)
-        raise KeyError(name)
-
     def as_dict(self) -> dict:
         """Every option and the metadata by name (`preset_source` only when a preset set it), as traces store it."""
-        flat = {name: self[name] for name in BY_NAME}
+        flat = {name: getattr(getattr(self, section), name) for name, section in SECTION_OF.items()}
         flat.update(given=list(self.meta.given), problem_params=self.meta.problem_params)
         if self.meta.preset_source is not None:
             flat["preset_source"] = self.meta.preset_source
@@ -215,13 +207,15 @@ class RunConfig:
         return RunConfig.of(flat)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse would print usage and exit; we want one line
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise ConfigError (one line) instead of printing usage and exiting."""
+
+    def error(self, message):
         raise ConfigError(message)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m pprs_mpi.solve", argument_default=argparse.SUPPRESS,
+    p = OneLineParser(prog="python -m pprs_mpi.solve", argument_default=argparse.SUPPRESS,
                 description="Minimise a computation graph with PPRS, GD or AGD; writes an HDF5 trace.")
     p.add_argument("--config", help="TOML file with any of the options below (flags override it); builder "
                    "arguments go in a [problem_args] table")
@@ -249,7 +243,7 @@ def given_by(argv: list[str] | None) -> dict:
     flags = vars(parser().parse_args(argv))
     from_file = _read_toml(flags.pop("config")) if "config" in flags else {}
     if PROBLEM_ARGS in flags:
-        flags[PROBLEM_ARGS] = {**from_file.get(PROBLEM_ARGS, {}), **_pairs(flags[PROBLEM_ARGS])}
+        flags[PROBLEM_ARGS] = {**from_file.get(PROBLEM_ARGS, {}), **problem_arg_pairs(flags[PROBLEM_ARGS])}
     return {**from_file, **flags}
 
 
@@ -374,7 +368,7 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
 
-def _pairs(items: list[str]) -> dict[str, str]:
+def problem_arg_pairs(items: list[str]) -> dict[str, str]:
     """--problem-arg NAME=VALUE items as a dict of their (still textual) values."""
     pairs = {}
     for item in items:

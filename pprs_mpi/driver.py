@@ -86,23 +86,23 @@ def say(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def progress_for(cfg: dict, first: int = 0) -> Progress:
-    every = cfg["progress_every"] or max(1, cfg["iters"] // 20)
-    return Progress(cfg["iters"], every, quiet=cfg["quiet"], first=first)
+def progress_for(cfg, first: int = 0) -> Progress:
+    every = cfg.output.progress_every or max(1, cfg.algorithm.iters // 20)
+    return Progress(cfg.algorithm.iters, every, quiet=cfg.output.quiet, first=first)
 
 
-def minimize(engine, backend, cfg: dict, optimizer: optim.Optimizer, makespan: int, trace, progress: Progress,
+def minimize(engine, backend, cfg, optimizer: optim.Optimizer, makespan: int, trace, progress: Progress,
              start: LoopState,
              checkpoint: Callable[[LoopState], None] = lambda state: None,
              stop_requested: Callable[[], bool] = lambda: False,
              locate: Callable[[np.ndarray, int], str | None] = lambda x, t: None,
              locate_at: Callable[[np.ndarray, int], str | None] = lambda y, t: None) -> Outcome:
-    """Runs `optimizer` (Algorithm 1 unless --optimizer says otherwise) from `start` to cfg['iters'],
+    """Runs `optimizer` (Algorithm 1 unless --optimizer says otherwise) from `start` to cfg.algorithm.iters,
     appending a trace row per iteration.
 
     f_smoothed is the mean of the K sample values at x_t; f_eval is f(y_{t+1}) every `eval_every`
     iterations and at the last (NaN otherwise); pipeline_time counts `makespan` units per iteration.
-    `checkpoint` is called every cfg['checkpoint_every'] iterations and, when `stop_requested()`
+    `checkpoint` is called every cfg.output.checkpoint_every iterations and, when `stop_requested()`
     turns true, once more before the loop stops at that iteration boundary. On divergence,
     `locate(x_t, t)` names where the pass's first non-finite value appeared (None if nowhere), and
     `locate_at(y_t, t)` where the evaluation f(y_t)'s did.
@@ -113,7 +113,7 @@ def minimize(engine, backend, cfg: dict, optimizer: optim.Optimizer, makespan: i
         return f"f(y_{t}) is not finite" + (f"; the first non-finite value: {where}" if where else "")
 
     state = {name: backend.asarray(array) for name, array in start.arrays.items()}
-    lr, every = float(cfg["lr"]), cfg["eval_every"]
+    lr, every = float(cfg.algorithm.lr), cfg.output.eval_every
     pipeline_time, wall_time = start.pipeline_time, start.wall_time
     if start.iteration == 0 and every:
         f_eval = engine.evaluate(state["y"], 0)
@@ -121,7 +121,7 @@ def minimize(engine, backend, cfg: dict, optimizer: optim.Optimizer, makespan: i
         if not math.isfinite(f_eval):
             return _diverged(backend, 0, state, pipeline_time, wall_time, f_eval, not_finite_at(state["y"], 0))
     f_eval = math.nan
-    for t in range(start.iteration, cfg["iters"]):
+    for t in range(start.iteration, cfg.algorithm.iters):
         tick = time.perf_counter()
         grad, values = engine.gradient(state["x"], t)
         f_smoothed = float(np.mean(values))
@@ -133,7 +133,7 @@ def minimize(engine, backend, cfg: dict, optimizer: optim.Optimizer, makespan: i
         wall_time += time.perf_counter() - tick
         pipeline_time += makespan
         done = t + 1
-        evaluate = done == cfg["iters"] or (every and done % every == 0)
+        evaluate = done == cfg.algorithm.iters or (every and done % every == 0)
         f_eval = engine.evaluate(following["y"], t) if evaluate else math.nan
         trace.append(iteration=done, pipeline_time=pipeline_time, wall_time=wall_time, f_smoothed=f_smoothed,
                      f_eval=f_eval, grad_norm=float(backend.xp.linalg.norm(grad)), step_size=lr)
@@ -145,20 +145,20 @@ def minimize(engine, backend, cfg: dict, optimizer: optim.Optimizer, makespan: i
             return _diverged(backend, t, state, pipeline_time - makespan, wall_time, f_smoothed,
                              not_finite_at(following["y"], done))
         state = following
-        if done == cfg["iters"]:
+        if done == cfg.algorithm.iters:
             break
         stopping = stop_requested()
-        if stopping or (cfg["checkpoint_every"] and done % cfg["checkpoint_every"] == 0):
+        if stopping or (cfg.output.checkpoint_every and done % cfg.output.checkpoint_every == 0):
             checkpoint(_state(backend, done, state, pipeline_time, wall_time))
         if stopping:
             return Outcome("interrupted", _state(backend, done, state, pipeline_time, wall_time), f_eval,
                            f"stopped by a signal after iteration {done}; resume with --resume")
     if math.isnan(f_eval):  # no iteration ran (a resume at its last iteration): evaluate where it stands
-        f_eval = engine.evaluate(state["y"], cfg["iters"])
+        f_eval = engine.evaluate(state["y"], cfg.algorithm.iters)
         if not math.isfinite(f_eval):
-            return _diverged(backend, cfg["iters"], state, pipeline_time, wall_time, f_eval,
-                             not_finite_at(state["y"], cfg["iters"]))
-    return Outcome("completed", _state(backend, cfg["iters"], state, pipeline_time, wall_time), f_eval)
+            return _diverged(backend, cfg.algorithm.iters, state, pipeline_time, wall_time, f_eval,
+                             not_finite_at(state["y"], cfg.algorithm.iters))
+    return Outcome("completed", _state(backend, cfg.algorithm.iters, state, pipeline_time, wall_time), f_eval)
 
 
 def _state(backend, iteration, state: dict, pipeline_time, wall_time) -> LoopState:

@@ -37,19 +37,20 @@ class Optimizer(Protocol):
     def step(self, state: dict, grad, t: int) -> dict: ...
 
 
-OPTIMIZERS: dict[str, Callable[[dict], Optimizer]] = {}
+OPTIMIZERS: dict[str, Callable[[object], Optimizer]] = {}
 
 
-def register(name: str, factory: Callable[[dict], Optimizer]) -> None:
-    """Makes `factory(cfg)` the optimizer selected by `--optimizer name` (a name is registered once)."""
+def register(name: str, factory: Callable[[object], Optimizer]) -> None:
+    """Makes `factory(algorithm)` the optimizer selected by `--optimizer name` (a name is registered once);
+    `algorithm` is the run configuration's algorithm section (`lr`, `mu`, `K`, `gamma`, `iters`, `seed`, ...)."""
     if name in OPTIMIZERS:
         raise ValueError(f"optimizer {name!r} is already registered")
     OPTIMIZERS[name] = factory
 
 
-def build(cfg: dict) -> Optimizer:
-    """The optimizer a run's configuration selects."""
-    return OPTIMIZERS[cfg["optimizer"]](cfg)
+def build(algorithm) -> Optimizer:
+    """The optimizer a run's configuration (its algorithm section) selects."""
+    return OPTIMIZERS[algorithm.optimizer](algorithm)
 
 
 class Algorithm1:
@@ -100,7 +101,7 @@ def update(x, y, grad, lr: float, mu: float):
     return x_next, y_next
 
 
-register(DEFAULT, lambda cfg: Algorithm1(cfg["lr"], cfg["mu"]))
+register(DEFAULT, lambda algorithm: Algorithm1(algorithm.lr, algorithm.mu))
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,13 @@ pipeline time an iteration counts. Output lines fit in 100 columns.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import sys
 import textwrap
-import time
 
 from pprs_mpi.analysis import (DEFAULT_GAP_FRACTIONS, default_targets, every_text, settings_text, short_number,
                                summarize, target_basis)
-from pprs_mpi.trace import TraceError, TraceLocked, load
 
 WIDTH = 100  # columns of every line of text output
 FINAL_ABOVE_BEST = ("with a constant step η and smoothing γ the iterates do not settle at the minimum: f(y_t) "
@@ -121,88 +117,9 @@ def render(traces: list, targets: list[float] | None, as_json: bool) -> tuple[st
     return format_table(summaries, rule), summaries
 
 
-class PlotError(Exception):
-    """The plots could not be written (a --plot path that is not a writable directory): one line."""
-
-
 def _count(n, word: str) -> str:
     """'1 rank', '4 ranks' ('-' when unknown)."""
     return f"{_num(n)} {word}{'s' * (n != 1)}" if n is not None else f"- {word}s"
-
-
-def report_once(args, plots) -> list[dict]:
-    """Read the traces, write the plots if asked, print the report; return the summaries."""
-    traces = [load(path) for path in args.runs]
-    text, summaries = render(traces, args.targets, args.json)
-    try:
-        written = plots.write_all(traces, args.plot, args.iteration) if plots else []
-    except OSError as err:
-        if isinstance(err, BrokenPipeError) or not err.strerror:
-            raise
-        raise PlotError(f"--plot {args.plot}: cannot write {err.filename or args.plot} ({err.strerror})") from None
-    print(text)
-    for path in written:
-        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
-    sys.stdout.flush()  # a closed pipe shows here, inside main, not at interpreter exit
-    return summaries
-
-
-def follow(args, plots) -> int:
-    """Report again every `args.interval` seconds until no run is still running (the first round's
-    errors end it like a plain report; later, a trace held by its writer is read next round)."""
-    summaries = report_once(args, plots)
-    while any(s["status"] == "running" for s in summaries):
-        time.sleep(args.interval)
-        print("\x1b[2J\x1b[H" if sys.stdout.isatty() else f"--- {time.strftime('%H:%M:%S')}", flush=True)
-        try:
-            summaries = report_once(args, plots)
-        except TraceLocked:
-            print("(a trace is being written: next try in a moment)", flush=True)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """The command line; a reader that closes the pipe early (`| head -1`) ends it quietly."""
-    try:
-        return _main(argv)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
-        return 0
-    except KeyboardInterrupt:
-        return 130
-
-
-def _main(argv: list[str] | None) -> int:
-    """Parse the arguments and report once or follow; bad input is one line on stderr and status 2."""
-    parser = argparse.ArgumentParser(prog="python -m pprs_mpi.report", description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", metavar="RUN.h5", help="trace files")
-    parser.add_argument("--json", action="store_true", help="print the summaries as JSON")
-    parser.add_argument("--plot", metavar="DIR", help="write PNG plots into DIR")
-    parser.add_argument("--targets", type=_targets,
-                        help="comma-separated values of f, e.g. 0.1,0.05 (default: best + 10%%/1%%/0.1%% of the "
-                             "gap between first and best f)")
-    parser.add_argument("--iteration", type=int, help="iteration shown in the Gantt chart (default: last complete)")
-    parser.add_argument("--follow", action="store_true",
-                        help="report again every --interval seconds until no run is still running")
-    parser.add_argument("--interval", type=_positive, default=5.0, help="seconds between reports (default 5)")
-    args = parser.parse_args(argv)
-    plots = None
-    if args.plot is not None:
-        try:
-            from pprs_mpi import plots
-        except ImportError:
-            print("--plot needs matplotlib: pip install 'pprs_mpi[plot]'", file=sys.stderr)
-            return 2
-    try:
-        if args.follow:
-            return follow(args, plots)
-        report_once(args, plots)
-    except BrokenPipeError:
-        raise  # an OSError, but not bad input: `main` ends quietly
-    except (TraceError, OSError, PlotError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _grid(header: list[str], names: list[str], rows: list[list[str]]) -> str:
@@ -252,23 +169,6 @@ def _reached(t: dict) -> str:
     return "not reached" if t["iteration"] is None else f"{_num(t['pipeline_time'])} / {_num(t['wall_time'])}"
 
 
-def _targets(text: str) -> list[float]:
-    try:
-        return [float(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of numbers: {text!r}") from None
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
-    return value
-
-
 _num = short_number
 
 
@@ -303,5 +203,6 @@ def _plain(value):
     return value
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m pprs_mpi.report: the command line in pprs_mpi.cli.report
+    from pprs_mpi.cli.report import main
     sys.exit(main())

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from pprs_mpi import optim
+from pprs_mpi import config, optim
 from pprs_mpi.backend import select
 from pprs_mpi.driver import LoopState, Progress, minimize
 
@@ -36,8 +36,8 @@ def test_two_steps_by_hand():
     """η = 0.5, μ = 0.5, G_0 = 2, G_1 = −4 from x_0 = y_0 = 0:
     y_1 = −1, x_1 = 1.5·(−1) − 0.5·0 = −1.5, y_2 = −1.5 + 2 = 0.5, x_2 = 1.5·0.5 + 0.5·1 = 1.25."""
     engine, rows = ScriptedEngine([2.0, -4.0]), Rows()
-    cfg = {"mu": 0.5, "lr": 0.5, "eval_every": 1, "iters": 2, "checkpoint_every": 0}
-    out = minimize(engine, select(), cfg, optim.Algorithm1(cfg["lr"], cfg["mu"]), makespan=6, trace=rows,
+    cfg = config.resolve({"mu": 0.5, "lr": 0.5, "eval_every": 1, "iters": 2, "checkpoint_every": 0})
+    out = minimize(engine, select(), cfg, optim.Algorithm1(0.5, 0.5), makespan=6, trace=rows,
                    progress=Progress(2, 1, quiet=True),
                    start=LoopState.start({"x": np.zeros(1), "y": np.zeros(1)}))
     assert [p[0] for p in engine.points] == [0.0, -1.5]
@@ -48,8 +48,8 @@ def test_two_steps_by_hand():
 
 def test_divergence_keeps_last_finite_iterate():
     engine, rows = ScriptedEngine([1.0, math.inf]), Rows()
-    cfg = {"mu": 0.0, "lr": 1.0, "eval_every": 0, "iters": 5, "checkpoint_every": 0}
-    out = minimize(engine, select(), cfg, optim.Algorithm1(cfg["lr"], cfg["mu"]), makespan=2, trace=rows,
+    cfg = config.resolve({"mu": 0.0, "lr": 1.0, "eval_every": 0, "iters": 5, "checkpoint_every": 0})
+    out = minimize(engine, select(), cfg, optim.Algorithm1(1.0, 0.0), makespan=2, trace=rows,
                    progress=Progress(5, 1, quiet=True),
                    start=LoopState.start({"x": np.zeros(1), "y": np.zeros(1)}))
     assert out.status == "diverged" and out.state.iteration == 1 and out.state.y[0] == -1.0

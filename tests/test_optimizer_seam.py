@@ -35,7 +35,7 @@ class Adam:
 
 
 if "adam" not in optim.OPTIMIZERS:
-    optim.register("adam", lambda cfg: Adam(cfg["lr"]))
+    optim.register("adam", lambda algorithm: Adam(algorithm.lr))
 
 ARGS = ["--optimizer", "adam", "--problem", "branch", "--depth", "4", "-K", "5", "--microbatch-size", "2",
         "--gamma", "0.05", "--lr", "0.02", "--eval-every", "2", "--seed", "7", "--quiet", "--dim", "6", "--rows", "8"]

@@ -11,6 +11,7 @@ import pytest
 
 import pprs_mpi
 from pprs_mpi import analysis, report
+from pprs_mpi.cli.report import main as report_main
 from pprs_mpi.trace import TIMELINE_DTYPE, TraceWriter, edited, load
 
 P, M = 3, 4  # ranks (a chain of 3 nodes, one per rank) and microbatches
@@ -152,7 +153,7 @@ def test_the_summary_counts_ranks_in_the_singular_and_calls_serial_stages_stages
 
 def test_an_unwritable_plot_directory_is_one_line(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    assert report.main([str(write_trace(tmp_path / "a.h5")), "--plot", "/dev/null/x"]) == 2
+    assert report_main([str(write_trace(tmp_path / "a.h5")), "--plot", "/dev/null/x"]) == 2
     assert capsys.readouterr().err == "error: --plot /dev/null/x: cannot write /dev/null/x (Not a directory)\n"
 
 
@@ -169,8 +170,8 @@ def test_cli_summary_json_and_comparison(tmp_path, capsys):
     assert [s["name"] for s in summaries] == ["a", "b"]
     assert [t["target"] for t in summaries[0]["targets"]] == [1.0, 0.1]
     assert summaries[1]["pipeline_efficiency"] < 1.0 < summaries[0]["pipeline_efficiency"] + 1e-9
-    assert report.main([str(a)]) == 0 and "quadratic" in capsys.readouterr().out
-    assert report.main([str(a), str(b)]) == 0
+    assert report_main([str(a)]) == 0 and "quadratic" in capsys.readouterr().out
+    assert report_main([str(a), str(b)]) == 0
     assert [line.split()[0] for line in capsys.readouterr().out.splitlines()[:3]] == ["run", "a", "b"]
 
 
@@ -195,7 +196,7 @@ def test_truncated_and_newer_traces_are_one_line_errors(tmp_path, capsys):
         f.attrs["format_version"] = 99
     good = write_trace(tmp_path / "good.h5")
     for path, words in ((truncated, "truncated"), (newer, "newer")):
-        assert report.main([str(good), str(path)]) == 2
+        assert report_main([str(good), str(path)]) == 2
         captured = capsys.readouterr()
         assert captured.out == "" and words in captured.err and captured.err.count("\n") == 1
 
@@ -205,13 +206,13 @@ def test_plots(tmp_path, capsys):
     runs = [write_trace(tmp_path / "a.h5"), write_trace(tmp_path / "b.h5", latency=2e-4,
                                                         config={**CONFIG, "simulated_depth": 10})]
     out = tmp_path / "plots"
-    assert report.main([*map(str, runs), "--plot", str(out)]) == 0
+    assert report_main([*map(str, runs), "--plot", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["a_f_smoothed_vs_f_eval.png", "a_gantt_iteration2.png", "b_f_smoothed_vs_f_eval.png",
                      "b_gantt_iteration2.png", "f_vs_pipeline_time.png", "f_vs_wall_time.png"]
     assert all((out / name).read_bytes().startswith(b"\x89PNG") for name in names)
     capsys.readouterr()
-    assert report.main([str(runs[0]), "--plot", str(tmp_path / "none"), "--iteration", "7"]) == 2
+    assert report_main([str(runs[0]), "--plot", str(tmp_path / "none"), "--iteration", "7"]) == 2
     assert "no records for iteration 7" in capsys.readouterr().err and not (tmp_path / "none").exists()
 
 
@@ -226,7 +227,7 @@ def test_plot_without_matplotlib_says_how_to_install(tmp_path, monkeypatch, caps
         monkeypatch.setitem(sys.modules, name, None)  # a None entry makes `import` raise ImportError
     monkeypatch.delitem(sys.modules, "pprs_mpi.plots", raising=False)
     monkeypatch.delattr(pprs_mpi, "plots", raising=False)
-    assert report.main([str(write_trace(tmp_path / "a.h5")), "--plot", str(tmp_path)]) == 2
+    assert report_main([str(write_trace(tmp_path / "a.h5")), "--plot", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'pprs_mpi[plot]'" in err
 
@@ -374,5 +375,5 @@ def test_dollar_signs_in_names_are_drawn_as_text_not_mathtext(tmp_path):
     """A problem named '$\\frac{' (or a file stem with a $) once crashed --plot in matplotlib's mathtext."""
     pytest.importorskip("matplotlib")
     run = write_trace(tmp_path / "cost$.h5", config={**CONFIG, "problem": "price_$\\frac{x"})
-    assert report.main([str(run), "--plot", str(tmp_path / "plots")]) == 0
+    assert report_main([str(run), "--plot", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "cost$_f_smoothed_vs_f_eval.png").read_bytes().startswith(b"\x89PNG")

@@ -35,7 +35,7 @@ def test_eager_schedules_are_legal(parents, stages, M):
 
 
 def test_eager_is_a_choice_of_the_configuration_and_gives_the_same_gradient():
-    assert config.resolve({"schedule": "eager"})["schedule"] == "eager"
+    assert config.resolve({"schedule": "eager"}).pipeline.schedule == "eager"
     graph, x = noncontiguous.chain(), noncontiguous.point()
     engine = engine_for(graph, noncontiguous.STAGES, noncontiguous.sampling(), schedule="eager")
     reference = engine_for(graph, noncontiguous.STAGES, noncontiguous.sampling(), schedule="gpipe")

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from pprs_mpi import optim, theory
+from pprs_mpi.cli.theory import main as theory_main
 
 # L = 2, R = 1, d = 16 (d^¼ = 2), ε = 0.5 (RL/ε = 4), Δ = 3, r = 0.5, D = 2, β = 4.
 CASE = dict(L=2.0, R=1.0, d=16, eps=0.5, depth=3, r=0.5, D=2.0, beta=4.0)
@@ -37,7 +38,7 @@ def test_presets_and_times_by_hand():
 
 
 def test_cli_prints_labelled_bounds(capsys):
-    assert theory.main(["--L", "1", "--R", "1", "--d", "100", "--eps", "0.01", "--depth", "20"]) == 0
+    assert theory_main(["--L", "1", "--R", "1", "--d", "100", "--eps", "0.01", "--depth", "20"]) == 0
     out = capsys.readouterr().out
     for text in ("eq. (9)", "eq. (10)", "eq. (11)", "eq. (12)", "eq. (13)", "eq. (14)", "constant 1",
                  "theorem3", "theorem4", "T·2(K+Δ−1)", "2Δ"):
@@ -52,7 +53,7 @@ def test_cli_prints_labelled_bounds(capsys):
     ["--L", "1", "--R", "1", "--d", "ten", "--eps", "0.1", "--depth", "5"],
 ])
 def test_bad_input_is_one_line_exit_2(capsys, argv):
-    assert theory.main(argv) == 2
+    assert theory_main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
 
@@ -61,5 +62,5 @@ def test_plot_against_depth(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     path = tmp_path / "theory.png"
     argv = ["--L", "1", "--R", "1", "--d", "100", "--eps", "0.01", "--depth", "20", "--plot", str(path)]
-    assert theory.main(argv) == 0
+    assert theory_main(argv) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

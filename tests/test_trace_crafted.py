@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pprs_mpi import report, trace as T
+from pprs_mpi import trace as T
+from pprs_mpi.cli.report import main as report_main
 from pprs_mpi.solve import main
 
 SMALL = ["--problem", "lad", "--depth", "3", "--dim", "4", "--rows", "6", "--quiet"]
@@ -56,7 +57,7 @@ def test_a_crafted_trace_is_one_trace_error_and_a_refused_resume_changes_nothing
     before = path.read_bytes()
     capsys.readouterr()
     assert main(["--resume", str(path), "--iters", "6"]) == 2
-    assert report.main([str(path)]) == 2
+    assert report_main([str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 2 and "Traceback" not in err, err
     assert path.read_bytes() == before

@@ -188,7 +188,7 @@ def test_the_checker_exits_1_on_a_wrong_vjp_naming_the_node_and_0_on_the_example
 
 def test_the_checker_names_the_node_of_an_unseeded_builder(tmp_path, capsys):
     """Two builds that differ: serial runs of such a builder are silently not reproducible."""
-    from pprs_mpi.check import main as check
+    from pprs_mpi.cli.check import main as check
     user = write(tmp_path, """
         import numpy as np
         from pprs_mpi import Graph, Node
@@ -209,7 +209,7 @@ def test_the_checker_names_the_node_of_an_unseeded_builder(tmp_path, capsys):
 
 def test_the_checker_counts_every_node_of_the_graph(tmp_path, capsys):
     """A node whose op raises stops the values flowing: the nodes after it are counted as not checked."""
-    from pprs_mpi.check import main as check
+    from pprs_mpi.cli.check import main as check
     user = write(tmp_path, """
         from pprs_mpi import Graph, Op
         from pprs_mpi.ops import Abs, L1Norm, Scale

@@ -3,6 +3,7 @@
 Modules, and the direction of their imports (each imports only those below it; none imports the
 trace, the report or the solver, which import from here):
 
+    factory.py          which engine runs a placement (`make_engine`, `engine_for`), and `place`
     serial.py, mpi.py   the engines: every stage in one process, or one stage per MPI rank
     runner.py           one stage's pass: its plan executed over a transport; stage 0's RootRole
     transport.py        the Transport a runner talks to, and the serial engine's in-process mailbox

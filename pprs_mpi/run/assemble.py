@@ -1,0 +1,213 @@
+"""Assembling a run, identically on every rank: resolve the configuration, build the problem, check that
+every rank built the same graph, choose each rank's device, place the nodes into stages, compile the
+schedule, open the trace. Every error on any rank becomes one ConfigError line on every rank (setup_sync)."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+from pprs_mpi import config, driver, faults, optim
+from pprs_mpi.backend import Backend, BackendError, Staging, cuda_aware_mpi, select
+from pprs_mpi.config import ConfigError
+from pprs_mpi.engines.factory import place
+from pprs_mpi.engines.stage import Sampling, Wiring
+from pprs_mpi.faults import Fault
+from pprs_mpi.graph import Graph, GraphError
+from pprs_mpi.placement import measure_costs
+from pprs_mpi.problems import Problem, registry, spec_for
+from pprs_mpi.problems.user import describe_error
+from pprs_mpi.run.presets import apply_preset
+from pprs_mpi.run.trace_io import open_trace
+from pprs_mpi.schedule import Schedule, ideal_makespan
+from pprs_mpi.setup_sync import SetupFailed, SetupSync
+
+
+PREFIX = "pprs_mpi.solve: "  # what begins every line a run's failure prints
+MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
+MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
+MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
+
+
+def set_up(cfg: config.RunConfig | Callable[[], config.RunConfig], comm, problem: Problem | None = None) -> "Setup":
+    """Resolves, builds and places the run on every rank and opens its trace on rank 0. Every error on any
+    rank, at any step, ends the setup on every rank with the same one-line ConfigError naming the rank
+    (see setup_sync); rank 0 commits nothing to the trace before every other step has passed."""
+    sync = SetupSync(comm, prefix=PREFIX)
+    try:
+        cfg = cfg() if callable(cfg) else cfg
+        sync.timeout = cfg.pipeline.comm_timeout
+        setup = assemble(cfg, comm, problem, sync)
+        trace_error = open_trace(setup, comm) if comm.rank == 0 else None
+        if trace_error:
+            raise ConfigError(trace_error)
+        setup.complete = sync.bcast(setup.complete)  # rank 0 found the resumed run complete: nothing to run
+    except SetupFailed:
+        raise
+    except Exception as err:  # noqa: BLE001 — any error of one rank must reach every rank, in one line
+        sync.fail(str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}")
+    sync.close()
+    return setup
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built identically on every rank from the same configuration."""
+
+    cfg: config.RunConfig
+    problem: Problem
+    wiring: Wiring
+    schedule: Schedule
+    sampling: Sampling
+    backend: Backend
+    engine_name: str
+    makespan: int
+    cuda_aware: bool
+    placement: dict  # every rank's device and transport path, and how CUDA awareness was decided
+    graph_hash: str
+    trace: object = None  # the TraceWriter, on rank 0
+    start: driver.LoopState | None = None
+    complete: bool = False  # a resume of a completed run with nothing left to do
+    fault: Fault | None = field(init=False)
+    optimizer: optim.Optimizer = field(init=False)
+
+    def __post_init__(self):
+        self.optimizer = optim.build(self.cfg.algorithm)
+        self.start = self.start or driver.LoopState.start(self.optimizer.init(self.problem.x0))
+        injected = self.cfg.pipeline.inject_fault
+        self.fault = Fault.parse(injected) if injected else faults.from_environment()
+
+
+def assemble(cfg: config.RunConfig, comm, problem: Problem | None = None, sync: SetupSync | None = None) -> Setup:
+    """Builds the run on every rank; its collectives go through `sync` (see setup_sync), so that an error
+    on one rank reaches all and no rank waits forever. Every error is a ConfigError."""
+    try:
+        return _assemble(cfg, comm, problem, sync or SetupSync(comm, prefix=PREFIX))
+    except (GraphError, BackendError, ValueError, OSError) as err:  # all of them bad input
+        raise err if isinstance(err, ConfigError) else ConfigError(str(err)) from None
+
+
+def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupSync) -> Setup:
+    from mpi4py import MPI
+    problem = problem or build_problem(cfg)
+    graph = problem.graph
+    graph_hash = _same_graph_everywhere(graph, sync)
+    cfg = apply_preset(cfg, problem)
+    if cfg.pipeline.expect_ranks not in (None, comm.size):
+        raise ConfigError(f"expected {cfg.pipeline.expect_ranks} MPI ranks but this job has {comm.size}: "
+                          "was python started without mpirun/srun, or with another MPI than mpi4py's?")
+    engine_name = cfg.pipeline.engine if cfg.pipeline.engine != "auto" else ("mpi" if comm.size > 1 else "serial")
+    if engine_name == "serial":
+        if comm.size > 1:
+            raise ConfigError(f"--engine serial runs in one process, but {comm.size} ranks were started")
+        n_stages = cfg.pipeline.stages or len(graph.order)
+    else:
+        if cfg.pipeline.stages not in (None, comm.size):
+            raise ConfigError(f"--stages {cfg.pipeline.stages} differs from the {comm.size} MPI ranks; the MPI engine "
+                              "runs one stage per rank")
+        n_stages = comm.size
+    if n_stages > len(graph.order):
+        raise ConfigError(f"{n_stages} stages (ranks) for a graph of {len(graph.order)} nodes: use at most "
+                          f"{len(graph.order)}")
+    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank).rank if comm.size > 1 else 0
+    try:
+        backend = select(cfg.device.device, cfg.device.dtype, local_rank)
+        cuda_aware, decided_by = cuda_aware_mpi() if backend.on_gpu else (False, "CPU rank")
+        local = {"devices": [backend.device], "transport": [Staging(backend, cuda_aware).path], "error": []}
+    except BackendError as err:
+        local = {"devices": [], "transport": [], "error": [f"rank {comm.rank}: {err}"]}
+    gathered = sync.gather(local)
+    placement = {key: [item for rank in gathered for item in rank[key]] for key in local}
+    if placement.pop("error"):
+        raise BackendError(_placement_errors(gathered))
+    sampling = Sampling(cfg.algorithm.K, float(cfg.algorithm.gamma), cfg.algorithm.seed, cfg.pipeline.microbatch_size,
+                        noise_on_device=cfg.device.noise_source == "device")
+    _check_sizes(cfg, graph, sampling.n_microbatches, n_stages)
+    if cfg.problem.check_gradients:
+        _check_gradients(problem, comm, sync)
+    costs = None
+    if cfg.pipeline.balance == "measured":  # measured on rank 0 only, so every rank places nodes alike
+        costs = measure_costs(graph, backend, cfg.pipeline.microbatch_size) if comm.rank == 0 else None
+        costs = sync.bcast(costs)
+    wiring, schedule = place(graph, graph.stages(n_stages, costs), cfg.pipeline.schedule, sampling.n_microbatches)
+    makespan = (ideal_makespan(sampling.n_microbatches, cfg.pipeline.simulated_depth) if cfg.pipeline.simulated_depth
+                else schedule.makespan)
+    return Setup(cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan,
+                 cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash)
+
+
+def build_problem(cfg: config.RunConfig) -> Problem:
+    """The configured problem, built by its builder; whatever the builder raises is bad input."""
+    spec = spec_for(cfg.problem.problem)
+    try:
+        return spec.make(cfg.meta.problem_params)
+    except GraphError as err:
+        raise ConfigError(str(err)) from None
+    except (SystemExit, KeyboardInterrupt) as err:  # not a way to end a job from inside a builder
+        what = (f"called sys.exit({err.code!r})" if isinstance(err, SystemExit)
+                else "was interrupted (KeyboardInterrupt)")
+        raise ConfigError(f"problem {spec.reference!r}: the builder {what}") from None
+    except Exception as err:  # noqa: BLE001 — a builder's own error, in one line naming it
+        if spec.reference in registry():
+            raise ConfigError(f"problem {spec.reference!r}: {err}") from None
+        raise ConfigError(f"problem {spec.reference!r}: the builder raised "
+                          f"{describe_error(err, spec.reference.rpartition(':')[0])}") from None
+
+
+def _same_graph_everywhere(graph: Graph, sync: SetupSync) -> str:
+    """The graph's hash, after checking that every rank built the same graph (structure, op types and
+    constants); a mismatch names the first node that differs and the ranks that disagree with rank 0."""
+    digests = graph.fingerprints()
+    whole = hashlib.sha256("".join(f"{name}={d};" for name, d in digests.items()).encode()).hexdigest()
+    if len(set(sync.gather(whole))) == 1:
+        return whole
+    every = sync.gather(list(digests.items()))
+    mine = every[0]
+    for position in range(max(len(d) for d in every)):
+        differ = [rank for rank, d in enumerate(every) if d[position:position + 1] != mine[position:position + 1]]
+        if differ:
+            node = mine[position][0] if position < len(mine) else every[differ[0]][position][0]
+            raise ConfigError(f"the ranks built different graphs: node {node!r} differs on rank(s) "
+                              f"{', '.join(map(str, differ))} from rank 0 (a builder runs on every rank and must be "
+                              "deterministic: seed its random numbers)")
+    raise ConfigError("the ranks built different graphs")
+
+
+def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
+    """--check-gradients: rank 0 checks every node against finite differences; a failure is bad input."""
+    from pprs_mpi.check import check_graph
+    failure = None
+    if comm.rank == 0:
+        failures = [line for line in check_graph(problem.graph, x0=problem.x0) if not line.ok]
+        failure = failures[0].describe() if failures else None
+    failure = sync.bcast(failure)
+    if failure:
+        raise ConfigError(f"--check-gradients: {failure}")
+
+
+def _check_sizes(cfg: config.RunConfig, graph: Graph, n_microbatches: int, n_stages: int) -> None:
+    """Refuses pipelines whose schedule alone would take minutes and gigabytes to build, and microbatches
+    whose arrays could not fit in memory."""
+    actions = n_microbatches * len(graph.order)
+    if actions > MAX_ACTIONS_PER_PASS:
+        raise ConfigError(f"K={cfg.algorithm.K} in microbatches of {cfg.pipeline.microbatch_size} over "
+                          f"{len(graph.order)} nodes makes {actions:,} forward actions per iteration (at most "
+                          f"{MAX_ACTIONS_PER_PASS:,}): raise --microbatch-size or lower K")
+    cells = n_stages * 2 * (n_microbatches + len(graph.order))  # about stages × makespan
+    if cells > MAX_SCHEDULE_CELLS:
+        raise ConfigError(f"{n_stages} stages × ~{2 * (n_microbatches + len(graph.order)):,} time units make a "
+                          f"schedule of ~{cells:,} cells (at most {MAX_SCHEDULE_CELLS:,}): use fewer stages (ranks) "
+                          "or nodes")
+    rows = min(cfg.algorithm.K, cfg.pipeline.microbatch_size)
+    largest = max(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
+    if rows * largest > MAX_MESSAGE_ENTRIES:
+        raise ConfigError(f"a microbatch of {rows:,} noisy copies makes arrays of {rows * largest:,} entries (at most "
+                          f"{MAX_MESSAGE_ENTRIES:,}): lower --microbatch-size")
+
+
+def _placement_errors(gathered: list[dict]) -> str:
+    """The first rank's device error, and how many ranks had one."""
+    errors = [e for rank in gathered for e in rank["error"]]
+    return errors[0] + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else "")

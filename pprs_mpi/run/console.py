@@ -1,0 +1,49 @@
+"""The lines a run prints for the user: the banner before the first iteration and the summary after the last."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pprs_mpi import __version__
+from pprs_mpi.analysis import rank_fractions
+
+if TYPE_CHECKING:
+    from pprs_mpi.driver import Outcome
+    from pprs_mpi.run.assemble import Setup
+
+
+def banner(setup: Setup) -> str:
+    """What is solved, with which algorithm and parameters, on which pipeline, devices and transport."""
+    cfg, graph, algorithm = setup.cfg, setup.problem.graph, setup.cfg.algorithm
+    simulated = f" (simulated Δ={cfg.pipeline.simulated_depth})" if cfg.pipeline.simulated_depth else ""
+    return (f"pprs_mpi {__version__}: {setup.problem.name} d={graph.dim} Δ={graph.depth}{simulated} "
+            f"nodes={len(graph.order)} "
+            f"| {algorithm.algo} K={algorithm.K} γ={algorithm.gamma:g} η={algorithm.lr:g} μ={algorithm.mu} "
+            f"T={algorithm.iters} "
+            f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {cfg.pipeline.schedule}, "
+            f"{setup.sampling.n_microbatches} microbatches, {setup.makespan} time units/iteration\n"
+            f"devices {_per_rank(setup.placement['devices'])}, transport {_per_rank(setup.placement['transport'])} "
+            f"(rank 0: {setup.backend.choice})")
+
+
+def _per_rank(values: list[str]) -> str:
+    """'4 × cpu' when every rank has the same value, else the values in rank order."""
+    return f"{len(values)} × {values[0]}" if len(set(values)) == 1 else ",".join(values)
+
+
+def summary(setup: Setup, outcome: Outcome, records: np.ndarray) -> str:
+    """The closing lines: f(y_T), where the trace is, and (MPI) each rank's compute and wait fractions in the
+    timeline `records` this run gathered (its gradient passes'; evaluation passes have microbatch >= M)."""
+    f_star = setup.problem.f_star
+    lines = [f"done: f(y_T) = {outcome.f_final:.6g}" + (f", f* = {f_star:g}" if f_star is not None else "")
+             + f"; trace {setup.cfg.output.out} (python -m pprs_mpi.report {setup.cfg.output.out})"]
+    facts = setup.problem.describe_point(outcome.state.y)
+    if facts:
+        lines.append("  " + ", ".join(f"{key} {value}" for key, value in facts.items()))
+    gradient_passes = records[records["microbatch"] < setup.sampling.n_microbatches]
+    if setup.engine_name == "mpi" and gradient_passes.size:
+        lines += [f"  rank {r['rank']}: compute {r['compute']:.0%}, wait {r['wait']:.0%}"
+                  for r in rank_fractions(gradient_passes)]
+    return "\n".join(lines)
