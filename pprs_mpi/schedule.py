@@ -150,13 +150,20 @@ class Schedule:
         return "\n".join(lines)
 
 
+def contiguous_placement(graph, n_stages: int, costs: Mapping[str, float] | None = None) -> list[tuple[str, ...]]:
+    """The default placement: contiguous runs of the topological order, balanced by cost (`Graph.stages`)."""
+    return graph.stages(n_stages, costs)
+
+
 @dataclass(frozen=True)
 class ScheduleSpec:
     """A registered schedule.
 
     - policy: `policy(stage, ready, state)` picks the action `stage` starts at the current unit among its
       `ready` ones (or None to idle); the list scheduler makes every result legal, and `build` checks it.
-    - placement: any grouping of the nodes into stages; edges may point to an earlier stage.
+    - placement: `placement(graph, n_stages, costs)` groups the graph's nodes into stages, by default into
+      contiguous runs of the topological order of balanced cost (`Graph.stages`); any grouping works in
+      both engines, edges may point to an earlier stage (an interleaved schedule places round-robin).
     - evaluation pass: not the policy's: f(y) is one forward of each node in topological order, which
       both engines run without a schedule (serial: in that order across stages; MPI: each rank in its
       own order, waiting on its receives).
@@ -165,6 +172,7 @@ class ScheduleSpec:
     name: str
     policy: Callable[[int, list[Action], "_State"], Action]
     summary: str
+    placement: Callable[..., list[tuple[str, ...]]] = contiguous_placement
 
     def build(self, stages: Sequence[Sequence[str]], parents: Mapping[str, Sequence[str]],
               n_microbatches: int) -> Schedule:

@@ -43,3 +43,24 @@ def test_eager_is_a_choice_of_the_configuration_and_gives_the_same_gradient():
     expected, expected_values = reference.gradient(x, 2)
     np.testing.assert_allclose(grad, expected, rtol=1e-14)
     assert np.array_equal(values, expected_values) and engine.evaluate(x, 2) == reference.evaluate(x, 2)
+
+
+def round_robin(graph, n_stages, costs=None):
+    """Node i of the topological order on stage i mod n_stages: every edge crosses stages, half of them back."""
+    return [tuple(graph.order[s::n_stages]) for s in range(n_stages)]
+
+
+def test_a_spec_places_the_nodes_of_a_run(tmp_trace, monkeypatch):
+    """A spec's own placement is the run's: round-robin over 2 stages, recorded in the trace, with the iterates
+    of the default placement (the same nodes compute the same values wherever they sit)."""
+    from mpi4py import MPI
+
+    from pprs_mpi import minimize, trace
+    monkeypatch.setitem(SPECS, "eager-round-robin", ScheduleSpec("eager-round-robin", eager, "round-robin",
+                                                                 placement=round_robin))
+    runs = {name: minimize("lad", comm=MPI.COMM_SELF, depth=4, K=4, iters=3, stages=2, schedule=name, quiet=True,
+                           out=tmp_trace(f"{name}.h5")) for name in ("eager-round-robin", "gpipe")}
+    graph = trace.load(runs["eager-round-robin"].trace).graph
+    assert graph["stage_of"] == [i % 2 for i in range(len(graph["names"]))]
+    assert trace.load(runs["gpipe"].trace).graph["stage_of"] == sorted(graph["stage_of"])
+    np.testing.assert_allclose(runs["eager-round-robin"].y, runs["gpipe"].y, rtol=1e-13)

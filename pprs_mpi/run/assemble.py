@@ -21,7 +21,7 @@ from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
 from pprs_mpi.run.presets import apply_preset
 from pprs_mpi.run.trace_io import open_trace
-from pprs_mpi.schedule import Schedule, ideal_makespan
+from pprs_mpi.schedule import SPECS, Schedule, ideal_makespan
 from pprs_mpi.setup_sync import SetupFailed, SetupSync
 
 
@@ -131,7 +131,8 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     if cfg.pipeline.balance == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, cfg.pipeline.microbatch_size) if comm.rank == 0 else None
         costs = sync.bcast(costs)
-    wiring, schedule = place(graph, graph.stages(n_stages, costs), cfg.pipeline.schedule, sampling.n_microbatches)
+    stages = SPECS[cfg.pipeline.schedule].placement(graph, n_stages, costs)
+    wiring, schedule = place(graph, stages, cfg.pipeline.schedule, sampling.n_microbatches)
     makespan = (ideal_makespan(sampling.n_microbatches, cfg.pipeline.simulated_depth) if cfg.pipeline.simulated_depth
                 else schedule.makespan)
     return Setup(cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan,
