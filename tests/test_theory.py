@@ -1,6 +1,8 @@
 """The theory calculator against the paper's formulas, evaluated by hand for a small case."""
 
 import math
+import subprocess
+import sys
 
 import pytest
 
@@ -64,3 +66,13 @@ def test_plot_against_depth(tmp_path, capsys):
     argv = ["--L", "1", "--R", "1", "--d", "100", "--eps", "0.01", "--depth", "20", "--plot", str(path)]
     assert theory_main(argv) == 0
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("command", [["pprs_mpi.theory", "--L", "1", "--R", "1", "--d", "10", "--eps", "0.1",
+                                      "--depth", "4"], ["pprs_mpi.check", "lad"]])
+def test_a_reader_closing_the_pipe_ends_the_command_quietly(command):
+    """`python -m pprs_mpi.theory ... | head -1`: no BrokenPipeError traceback, exit 0."""
+    process = subprocess.Popen([sys.executable, "-m", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the command writes anything: its every write finds the pipe closed
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 0 and b"Traceback" not in err, err.decode()

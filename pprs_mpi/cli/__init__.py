@@ -7,3 +7,21 @@ code (0 done, 1 failed or diverged, 2 bad input, in one line). Nothing in the li
     theory.py   python -m pprs_mpi.theory   the theorems' bounds and presets (pprs_mpi.theory)
     train.py    python -m pprs_mpi.train    train the shipped classifier (pprs_mpi.classifier)
 """
+
+import functools
+import os
+import sys
+
+
+def quiet_on_a_closed_pipe(main):
+    """Wraps a command's `main(argv)`: a reader that closes the pipe early (`| head -1`) ends it quietly, exit 0."""
+
+    @functools.wraps(main)
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            return main(argv)
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+            return 0
+
+    return wrapped

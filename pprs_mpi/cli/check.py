@@ -6,11 +6,13 @@ from __future__ import annotations
 import sys
 
 from pprs_mpi import config
+from pprs_mpi.cli import quiet_on_a_closed_pipe
 from pprs_mpi.check import RTOL, check_gradients, first_difference
 from pprs_mpi.config import ConfigError
 from pprs_mpi.run.assemble import build_problem
 
 
+@quiet_on_a_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """The command line: one line per node, then a verdict; exit 0 all pass, 1 one fails, 2 bad input."""
     parser = config.OneLineParser(prog="python -m pprs_mpi.check",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 
+from pprs_mpi.cli import quiet_on_a_closed_pipe
 from pprs_mpi.report import render
 from pprs_mpi.trace import TraceError, TraceLocked, load
 
@@ -48,13 +48,11 @@ def follow(args, plots) -> int:
     return 0
 
 
+@quiet_on_a_closed_pipe
 def main(argv: list[str] | None = None) -> int:
-    """The command line; a reader that closes the pipe early (`| head -1`) ends it quietly."""
+    """The command line; Ctrl-C (ending --follow) exits 130 without a traceback."""
     try:
         return _main(argv)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
-        return 0
     except KeyboardInterrupt:
         return 130
 

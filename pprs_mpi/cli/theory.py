@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pprs_mpi.cli import quiet_on_a_closed_pipe
 from pprs_mpi.config import OneLineParser
 from pprs_mpi.theory import evaluate, plot, render
 
@@ -27,6 +28,7 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@quiet_on_a_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
