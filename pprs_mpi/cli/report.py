@@ -92,6 +92,7 @@ def _main(argv: list[str] | None) -> int:
 
 
 def _targets(text: str) -> list[float]:
+    """--targets: comma-separated values of f."""
     try:
         return [float(item) for item in text.split(",") if item.strip()]
     except ValueError:
@@ -99,6 +100,7 @@ def _targets(text: str) -> list[float]:
 
 
 def _positive(text: str) -> float:
+    """--interval: a positive number of seconds."""
     try:
         value = float(text)
     except ValueError:

@@ -14,6 +14,7 @@ BAD_INPUT = 2
 
 
 def parser() -> argparse.ArgumentParser:
+    """The flags: the problem's constants, the target precision and the depth."""
     p = OneLineParser(prog="python -m pprs_mpi.theory",
                 description="Bounds of Theorems 1-4 (O/Ω ones with constant 1), presets, and predicted times.")
     p.add_argument("--L", type=float, required=True, help="Lipschitz constant L")
@@ -30,6 +31,7 @@ def parser() -> argparse.ArgumentParser:
 
 @quiet_on_a_closed_pipe
 def main(argv: list[str] | None = None) -> int:
+    """Prints the bounds, presets and predicted times (and --plot writes them against Δ); exit 2 on bad input."""
     try:
         args = parser().parse_args(argv)
         result = evaluate(args.L, args.R, args.d, args.eps, args.depth, args.r, args.D, args.beta)

@@ -17,6 +17,7 @@ BAD_INPUT = 2
 
 
 def parser() -> argparse.ArgumentParser:
+    """The flags: output file, seed, epochs, batch size, step size and dataset."""
     p = argparse.ArgumentParser(prog="python -m pprs_mpi.train", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="weights file to write (HDF5, see pprs_mpi.classifier)")
     p.add_argument("--seed", type=int, default=0, help="initial weights and shuffles (default 0)")
@@ -31,6 +32,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Trains, saves the weights and prints the held-out accuracy; exit 2 on bad input."""
     args = parser().parse_args(argv)
     log = None if args.quiet else (
         lambda epoch, loss, acc: print(f"epoch {epoch:>3}  loss {loss:.4f}  held-out accuracy {acc:.4f}", flush=True))

@@ -64,6 +64,7 @@ def _fail(setup: "Setup", comm, err: Exception, settle=None, engine_comm=None):
 
 
 def _make_engine(setup: Setup, comm, recover: bool = False):
+    """The engine the setup calls for: serial in one process, else MPI over `comm`."""
     return make_engine(setup.wiring, setup.schedule, setup.sampling, setup.backend,
                        None if setup.engine_name == "serial" else comm, setup.fault, setup.cfg.output.timeline_every,
                        setup.cfg.pipeline.comm_timeout, setup.cuda_aware, recover)

@@ -75,6 +75,7 @@ def _layout_segments(setup: Setup, meta: dict) -> list[dict]:
 
 
 def _stored_status(path: str) -> str:
+    """The status the trace at `path` records (completed, diverged, interrupted, failed or running)."""
     from pprs_mpi.trace import load
     return load(path).status
 
@@ -120,4 +121,5 @@ def write_gathered(trace, engine) -> np.ndarray:
 
 
 def _jsonable(cfg: config.RunConfig) -> dict:
+    """The configuration as the trace stores it: every option and the builder's arguments, not `given`."""
     return {k: v for k, v in cfg.as_dict().items() if k != "given"}
