@@ -27,7 +27,7 @@ class Backend(ABC):
     """An array module (`xp`), the device it computes on, the floating dtype of a run and why that device
     was chosen (`choice`, shown in the banner), with one subclass per array module."""
 
-    on_gpu = False  # whether the arrays live on a GPU: for what is shown and named, never to branch on
+    on_gpu = False  # whether the arrays live on a GPU, for what is shown and named; what differs is in the methods
 
     def __init__(self, xp, device: str, dtype, choice: str = ""):
         self.xp, self.device, self.dtype, self.choice = xp, device, np.dtype(dtype), choice
