@@ -1,15 +1,19 @@
 """Where a rank's arrays live: NumPy on the host, or CuPy on the rank's local GPU.
 
-This is the only module that imports CuPy; everything else takes `backend.xp`.
+A `Backend` owns what differs between the two (host copies, contiguity, waiting for the device, where
+the noise is drawn, how arrays cross MPI), so that no caller asks which array module it holds. This is
+the only module that imports CuPy; everything else takes `backend.xp`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass, field
+from abc import ABC, abstractmethod
 
 import numpy as np
+
+from pprs_mpi import noise
 
 DEVICES = ("cpu", "gpu", "auto")
 DTYPES = ("float32", "float64")
@@ -19,37 +23,105 @@ class BackendError(RuntimeError):
     """The requested device cannot be used here."""
 
 
-@dataclass
-class Backend:
-    """An array module, the device it computes on and the floating dtype of a run."""
+class Backend(ABC):
+    """An array module (`xp`), the device it computes on, the floating dtype of a run and why that device
+    was chosen (`choice`, shown in the banner), with one subclass per array module."""
 
-    xp: object
-    device: str  # 'cpu' or 'gpu:<id>'
-    dtype: np.dtype
-    choice: str = ""  # why this device: shown in the banner
-    _generator: object = field(default=None, init=False, repr=False)
+    on_gpu = False  # whether the arrays live on a GPU, for what is shown and named; what differs is in the methods
 
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.startswith("gpu")
+    def __init__(self, xp, device: str, dtype, choice: str = ""):
+        self.xp, self.device, self.dtype, self.choice = xp, device, np.dtype(dtype), choice
 
     def asarray(self, host_array):
         """A host array moved to this backend in the run's dtype."""
         return self.xp.asarray(host_array, dtype=self.dtype)
 
+    def contiguous(self, array):
+        """`array` in C order, copied only if it is not: what MPI and the staging copies read."""
+        return self.xp.ascontiguousarray(array)
+
+    def staging(self, cuda_aware: bool = False) -> Staging:
+        """How this rank's arrays cross MPI, given whether MPI reads device memory (`cuda_awareness`)."""
+        return self.staging_class(cuda_aware)(self, cuda_aware)
+
+    @abstractmethod
     def to_host(self, array, out: np.ndarray | None = None) -> np.ndarray:
         """`array` as a host array; with `out`, copied into that (pinned) buffer, which is returned."""
-        if self.xp is not np:
-            return array.get(out=out)
+
+    @abstractmethod
+    def host_empty(self, shape) -> np.ndarray:
+        """A host array of the run's dtype for staging this backend's data (pinned on a GPU, for fast copies)."""
+
+    @abstractmethod
+    def synchronize(self) -> None:
+        """Waits for queued device work: before an action is timed or a buffer is handed to MPI."""
+
+    @abstractmethod
+    def noise_source(self, sampling, dim: int):
+        """What draws a microbatch's X_k of dimension `dim` on this backend (`noise.HostNoise` or
+        `noise.DeviceNoise`), as `sampling` asks."""
+
+    @abstractmethod
+    def cuda_awareness(self) -> tuple[bool, str]:
+        """Whether MPI can read and write this backend's arrays in place, and how that was decided."""
+
+    @abstractmethod
+    def staging_class(self, cuda_aware: bool) -> type[Staging]:
+        """The `Staging` subclass by which this backend's arrays cross MPI."""
+
+
+class NumpyBackend(Backend):
+    """NumPy arrays on the host: nothing to wait for, the host noise stream, arrays handed to MPI as they are."""
+
+    def __init__(self, dtype, choice: str = ""):
+        super().__init__(np, "cpu", dtype, choice)
+
+    def to_host(self, array, out: np.ndarray | None = None) -> np.ndarray:
         if out is None:
             return np.asarray(array)
         out[...] = array
         return out
 
+    def host_empty(self, shape) -> np.ndarray:
+        return np.empty(shape, dtype=self.dtype)
+
     def synchronize(self) -> None:
-        """Wait for queued device work, so that a buffer can be handed to MPI."""
-        if self.on_gpu:
-            self.xp.cuda.get_current_stream().synchronize()
+        """Nothing to wait for: NumPy has finished when it returns."""
+
+    def noise_source(self, sampling, dim: int):
+        return noise.HostNoise(self, sampling, dim)
+
+    def cuda_awareness(self) -> tuple[bool, str]:
+        return False, "CPU rank"
+
+    def staging_class(self, cuda_aware: bool) -> type[Staging]:
+        return HostStaging
+
+
+class CupyBackend(Backend):
+    """CuPy arrays on one GPU: host copies through pinned memory, noise drawn on the device unless host noise
+    is asked for, and MPI buffers on the device (CUDA-aware MPI) or staged through pinned host memory."""
+
+    on_gpu = True
+
+    def __init__(self, cupy, gpu: int, dtype, choice: str = ""):
+        super().__init__(cupy, f"gpu:{gpu}", dtype, choice)
+        self._generator = None  # cuRAND's, created by the first device draw
+
+    def to_host(self, array, out: np.ndarray | None = None) -> np.ndarray:
+        return array.get(out=out)
+
+    def host_empty(self, shape) -> np.ndarray:
+        import cupyx
+        return cupyx.empty_pinned(shape, dtype=self.dtype)
+
+    def synchronize(self) -> None:
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def noise_source(self, sampling, dim: int):
+        if sampling.noise_on_device:
+            return noise.DeviceNoise(self, sampling.seed, dim)
+        return noise.HostNoise(self, sampling, dim)
 
     def standard_normal(self, key: int, size: int):
         """N(0, I_size) drawn on the device by a generator reseeded with `key` (a GPU rank's noise).
@@ -63,13 +135,11 @@ class Backend:
         self._generator.seed(key)
         return self._generator.standard_normal(size, dtype=self.dtype)
 
-    def host_empty(self, shape, dtype=None) -> np.ndarray:
-        """A host array for staging device data: page-locked (pinned) on a GPU rank, for fast copies."""
-        dtype = self.dtype if dtype is None else dtype
-        if self.on_gpu:
-            import cupyx
-            return cupyx.empty_pinned(shape, dtype=dtype)
-        return np.empty(shape, dtype=dtype)
+    def cuda_awareness(self) -> tuple[bool, str]:
+        return cuda_aware_mpi()
+
+    def staging_class(self, cuda_aware: bool) -> type[Staging]:
+        return DirectStaging if cuda_aware else PinnedStaging
 
 
 CUDA_AWARE_VARIABLE = "PPRS_CUDA_AWARE"
@@ -107,10 +177,10 @@ def _open_mpi_cuda_query():
 
 
 class Staging:
-    """How one rank's arrays cross MPI, chosen once: `Staging(backend, cuda_aware)` gives a `HostStaging`
-    (NumPy ranks), a `DirectStaging` (device buffers handed to a CUDA-aware MPI after the stream is
-    synchronised) or a `PinnedStaging` (through pinned host buffers), as pathlib's `Path` gives a
-    `PosixPath`.
+    """How one rank's arrays cross MPI, chosen once by its backend (`Backend.staging_class`):
+    `backend.staging(cuda_aware)`, or `Staging(backend, cuda_aware)` as pathlib's `Path` gives a `PosixPath`,
+    is a `HostStaging` (NumPy ranks), a `DirectStaging` (device buffers handed to a CUDA-aware MPI after the
+    stream is synchronised) or a `PinnedStaging` (through pinned host buffers).
 
     Receive buffers are allocated once per channel by the transport, which reuses them message after
     message; the pinned buffers of outgoing messages come from a pool and go back to it as soon as MPI
@@ -122,7 +192,7 @@ class Staging:
 
     def __new__(cls, backend: Backend, cuda_aware: bool = False):
         if cls is Staging:
-            cls = (PinnedStaging if not cuda_aware else DirectStaging) if backend.on_gpu else HostStaging
+            cls = backend.staging_class(cuda_aware)
         return super().__new__(cls)
 
     def __init__(self, backend: Backend, cuda_aware: bool = False):
@@ -238,13 +308,13 @@ def select(device: str = "cpu", dtype: str = "float64", local_rank: int = 0) -> 
     if dtype not in DTYPES:
         raise BackendError(f"unknown dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     if device == "cpu":
-        return Backend(np, "cpu", np.dtype(dtype), choice="--device cpu")
+        return NumpyBackend(dtype, choice="--device cpu")
     cupy, count, missing = _cupy_devices()
     if count == 0:
         if device == "gpu":
             raise BackendError(f"--device gpu needs CuPy and a CUDA GPU: {missing}")
-        return Backend(np, "cpu", np.dtype(dtype), choice=f"--device auto chose the CPU: {missing}")
+        return NumpyBackend(dtype, choice=f"--device auto chose the CPU: {missing}")
     gpu = local_rank % count
     cupy.cuda.Device(gpu).use()
     how = f"node-local rank {local_rank} mod {count} visible GPUs"
-    return Backend(cupy, f"gpu:{gpu}", np.dtype(dtype), choice=f"--device {device} chose GPU {gpu}: {how}")
+    return CupyBackend(cupy, gpu, dtype, choice=f"--device {device} chose GPU {gpu}: {how}")

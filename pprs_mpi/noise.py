@@ -4,6 +4,7 @@ On the host each X_k is drawn from a Philox stream whose key is the seed and who
 at (0, 0, k, t): it depends on nothing else, so every engine, rank layout, microbatch size and
 resumed run draws exactly the same noise. On a GPU, X_k is drawn on the device by CuPy's generator
 (cuRAND Philox) seeded from the same (seed, t, k): reproducible with itself, though not bitwise equal to the host.
+Which of the two a rank uses is its backend's choice (`Backend.noise_source`).
 """
 
 from __future__ import annotations
@@ -66,25 +67,40 @@ def _philox(seed: int) -> tuple[np.random.Philox, np.random.Generator, dict]:
     return bits, np.random.Generator(bits), state
 
 
-def noisy_copies(backend, sampling, rows: Rows, x, iteration: int, samples: range):
-    """θ = x + γ X_k for `samples` (one microbatch), stacked along the batch axis: the engine's copies,
-    drawn on the device when `sampling` says so and the backend is a GPU, else on the host (`rows`)."""
+class HostNoise:
+    """A microbatch's X_k drawn on the host (`Rows`) and moved to the backend: bitwise the same noise on
+    every backend, engine, rank layout and microbatch size."""
+
+    def __init__(self, backend, sampling, dim: int):
+        self._rows, self._asarray = Rows(sampling.seed, sampling.microbatch_size, dim), backend.asarray
+
+    def draw(self, iteration: int, samples: range):
+        """The stacked X_k of `samples` at iteration t, an array of the backend."""
+        return self._asarray(self._rows.draw(iteration, samples))
+
+
+class DeviceNoise:
+    """A microbatch's X_k drawn on a GPU backend's device (`backend.standard_normal`), the generator reseeded
+    per (seed, t, k), so that they do not depend on how the samples are grouped into microbatches."""
+
+    def __init__(self, backend, seed: int, dim: int):
+        self._backend, self._seed, self._dim = backend, seed, dim
+
+    def draw(self, iteration: int, samples: range):
+        """The stacked X_k of `samples` at iteration t, drawn on the device."""
+        backend, seed, dim = self._backend, self._seed, self._dim
+        return backend.xp.stack([backend.standard_normal(device_key(seed, iteration, k), dim) for k in samples])
+
+
+def noisy_copies(backend, sampling, source, x, iteration: int, samples: range):
+    """θ = x + γ X_k for `samples` (one microbatch), stacked along the batch axis: the engine's copies, the
+    X_k drawn by `source` (the backend's `noise_source`: on the host or on the device)."""
     xp = backend.xp
     if sampling.gamma == 0.0:
         return xp.array(xp.broadcast_to(x, (len(samples), x.shape[0])))
-    if sampling.noise_on_device and backend.on_gpu:
-        perturbation = device_perturbations(backend, sampling.seed, iteration, samples, x.shape[0])
-    else:
-        perturbation = backend.asarray(rows.draw(iteration, samples))
-    batch = sampling.gamma * perturbation
+    batch = sampling.gamma * source.draw(iteration, samples)
     batch += x  # x + γX, broadcast along the batch axis, in one new array (addition commutes bitwise)
     return batch
-
-
-def device_perturbations(backend, seed: int, iteration: int, samples: range, dim: int):
-    """The same X_k drawn on a GPU backend's device, one generator seed per (seed, t, k), so that they do
-    not depend on how the samples are grouped into microbatches."""
-    return backend.xp.stack([backend.standard_normal(device_key(seed, iteration, k), dim) for k in samples])
 
 
 def device_key(seed: int, iteration: int, sample: int) -> int:

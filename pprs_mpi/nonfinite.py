@@ -18,10 +18,10 @@ from pprs_mpi.graph import Graph
 def first_nonfinite(graph: Graph, sampling, backend, x, iteration: int) -> str | None:
     """Names the first non-finite op output or cotangent of iteration `iteration`'s pass at `x` (on
     `backend`), or None when the pass is finite here (the divergence then came from the step itself)."""
-    rows, xp, x = noise.Rows(sampling.seed, sampling.microbatch_size, graph.dim), backend.xp, backend.asarray(x)
+    source, xp, x = backend.noise_source(sampling, graph.dim), backend.xp, backend.asarray(x)
 
     def theta(mb: int):
-        return noise.noisy_copies(backend, sampling, rows, x, iteration, sampling.samples(mb))
+        return noise.noisy_copies(backend, sampling, source, x, iteration, sampling.samples(mb))
 
     with np.errstate(all="ignore"):
         for mb in range(sampling.n_microbatches):

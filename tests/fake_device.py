@@ -1,14 +1,17 @@
-"""A 'GPU' backend for testing device code paths on the CPU: its arrays are NumPy's, and it counts
-what a real device would do (stream syncs, pinned allocations, device noise draws)."""
+"""A 'GPU' backend for testing device code paths on the CPU: `CupyBackend` with NumPy arrays, whose CuPy
+calls (stream syncs, pinned allocations, cuRAND draws) are stood in for and counted; what `CupyBackend`
+decides itself (staging path, host or device noise) is its own."""
 
 import numpy as np
 
-from pprs_mpi.backend import Backend
+from pprs_mpi.backend import CupyBackend, NumpyBackend
 
 
-class FakeDevice(Backend):
+class FakeDevice(CupyBackend):
+    to_host = NumpyBackend.to_host  # NumPy arrays have no .get()
+
     def __init__(self):
-        super().__init__(np, "gpu:0", np.dtype("float64"))
+        super().__init__(np, 0, "float64")
         self.syncs, self.pinned, self.noise_keys = 0, 0, []
 
     def synchronize(self):
@@ -21,6 +24,6 @@ class FakeDevice(Backend):
         self.noise_keys.append(key)
         return np.random.default_rng(key).standard_normal(size)
 
-    def host_empty(self, shape, dtype=None):
+    def host_empty(self, shape):
         self.pinned += 1
         return np.empty(shape, dtype=self.dtype)

@@ -3,12 +3,16 @@
 No claim about GPU behaviour rests on these tests; tests/test_gpu.py runs where a GPU is present.
 """
 
+import os
+
 import numpy as np
 import pytest
 
 from pprs_mpi import noise
 from fake_device import FakeDevice
-from pprs_mpi.backend import BackendError, Staging, cuda_aware_mpi, select
+from pprs_mpi.backend import (BackendError, DirectStaging, HostStaging, NumpyBackend, PinnedStaging, Staging,
+                              cuda_aware_mpi, select)
+from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.solve import main
 
 
@@ -29,10 +33,33 @@ def test_bad_override_is_an_error_and_no_override_asks_mpi(monkeypatch):
     assert isinstance(aware, bool) and (aware is False or how == "MPIX_Query_cuda_support")
 
 
-def test_paths_follow_device_and_awareness():
-    assert Staging(select("cpu"), cuda_aware=True).path == "host"
-    assert Staging(FakeDevice(), cuda_aware=True).path == "direct"
-    assert Staging(FakeDevice(), cuda_aware=False).path == "staged"
+def test_cuda_awareness_is_asked_of_mpi_on_device_ranks_only(monkeypatch):
+    monkeypatch.setenv("PPRS_CUDA_AWARE", "1")
+    assert select("cpu").cuda_awareness() == (False, "CPU rank")
+    assert FakeDevice().cuda_awareness() == (True, "PPRS_CUDA_AWARE=1")
+
+
+@pytest.mark.parametrize("backend, cuda_aware, kind, path", [
+    (select("cpu"), False, HostStaging, "host"), (select("cpu"), True, HostStaging, "host"),
+    (FakeDevice(), False, PinnedStaging, "staged"), (FakeDevice(), True, DirectStaging, "direct")])
+def test_the_backend_chooses_the_staging_path_from_the_cuda_awareness(backend, cuda_aware, kind, path):
+    for staging in (backend.staging(cuda_aware), Staging(backend, cuda_aware)):
+        assert type(staging) is kind and staging.path == path
+        assert staging.backend is backend and staging.cuda_aware is cuda_aware
+
+
+def test_numpy_backend_copies_only_what_is_not_already_a_host_array_in_c_order():
+    backend = select("cpu", "float32")
+    assert isinstance(backend, NumpyBackend) and not backend.on_gpu and backend.device == "cpu"
+    rows = np.arange(6.0, dtype=np.float32).reshape(2, 3)
+    assert backend.contiguous(rows) is rows
+    columns = backend.contiguous(rows.T)
+    assert columns.flags.c_contiguous and np.array_equal(columns, rows.T)
+    assert backend.to_host(rows) is rows
+    out = backend.host_empty((2, 3))
+    assert out.dtype == np.float32 and backend.to_host(rows * 2, out=out) is out and np.array_equal(out, rows * 2)
+    assert backend.asarray(np.arange(3)).dtype == np.float32
+    backend.synchronize()  # nothing queued: returns at once
 
 
 def test_staged_path_reuses_pinned_buffers_once_mpi_is_done_with_them():
@@ -88,7 +115,7 @@ def test_mpi_engine_on_fake_device_ranks_matches_the_cpu_over_both_device_paths(
     from conftest import run
     here = Path(__file__).parent
     result = run(["mpirun", "-n", "3", sys.executable, str(here / "fake_device_run.py")],
-                 env={"PYTHONPATH": str(here)})
+                 env={"PYTHONPATH": os.pathsep.join([str(here), str(here.parent)])})  # this checkout's pprs_mpi
     assert result.returncode == 0, result.stderr
     staged, direct = [json.loads(line) for line in result.stdout.splitlines()]
     assert staged["path"] == "staged" and staged["equal"] and min(staged["pinned"]) > 0
@@ -121,10 +148,32 @@ def test_unknown_device_or_dtype_is_an_error():
 
 def test_device_noise_is_drawn_per_sample_so_microbatching_does_not_change_it():
     device = FakeDevice()
-    whole = noise.device_perturbations(device, 3, 7, range(6), 4)
-    part = noise.device_perturbations(device, 3, 7, range(2, 5), 4)
+    source = device.noise_source(Sampling(6, 0.3, 3, 6), 4)
+    assert isinstance(source, noise.DeviceNoise)
+    whole = source.draw(7, range(6))
+    part = source.draw(7, range(2, 5))
     assert np.array_equal(part, whole[2:5])
     assert device.noise_keys[:6] == [noise.device_key(3, 7, k) for k in range(6)]
+
+
+@pytest.mark.parametrize("backend", [select("cpu"), select("cpu", "float32"), FakeDevice()])
+def test_host_noise_is_the_philox_rows_on_every_backend_and_the_copies_add_them_bitwise(backend):
+    """NumPy ranks, and GPU ranks asked for host noise, draw the reproducible host stream."""
+    sampling = Sampling(5, 0.3, 9, 3, noise_on_device=False)
+    source, x = backend.noise_source(sampling, 4), backend.asarray(np.linspace(-1.0, 1.0, 4))
+    assert isinstance(source, noise.HostNoise)
+    for samples in (range(0, 3), range(3, 5)):
+        expected = noise.Rows(9, 3, 4).draw(2, samples).astype(backend.dtype)
+        assert np.array_equal(source.draw(2, samples), expected)
+        copies = noise.noisy_copies(backend, sampling, source, x, 2, samples)
+        assert copies.dtype == backend.dtype and np.array_equal(copies, x + sampling.gamma * expected)
+    assert getattr(backend, "noise_keys", []) == []
+
+
+def test_without_smoothing_the_copies_are_the_point_and_nothing_is_drawn():
+    device, x = FakeDevice(), np.array([1.0, -2.0])
+    copies = noise.noisy_copies(device, Sampling(3, 0.0, 0, 3), None, x, 0, range(3))
+    assert np.array_equal(copies, np.tile(x, (3, 1))) and copies.flags.writeable and device.noise_keys == []
 
 
 def test_gpu_ranks_draw_noise_on_the_device_unless_asked_for_host_noise():

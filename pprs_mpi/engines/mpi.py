@@ -395,7 +395,7 @@ class MpiEngine:
         self.timeline = Timeline(comm.rank, timeline_every)
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
         self.poller = Poller(comm, comm_timeout, recover)
-        self.staging = Staging(backend, cuda_aware)
+        self.staging = backend.staging(cuda_aware)
         self.transport = MpiTransport(comm, channels(wiring), sampling, self.staging, self.timeline, self.poller)
         self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, self.transport, self.timeline, fault)
         self._command_buffer = np.zeros(2, dtype=np.int64)

@@ -43,7 +43,6 @@ class StageRunner:
     def __init__(self, wiring: Wiring, schedule: Schedule, stage: int, sampling: Sampling,
                  backend: Backend, transport: Transport, timeline: Timeline, fault: Fault | None = None):
         self.graph, self.stage, self.backend, self.xp = wiring.graph, stage, backend, backend.xp
-        self._on_gpu = backend.on_gpu
         self.transport, self.timeline, self.fault = transport, timeline, fault
         self.plan = compile_stage(wiring, schedule, sampling, stage)
         self.eval_mb = sampling.n_microbatches
@@ -154,7 +153,7 @@ class StageRunner:
             if self._live > self.peak_stash:
                 self.peak_stash = self._live
         if step.sends:
-            contiguous = xp.ascontiguousarray(output)
+            contiguous = self.backend.contiguous(output)
             for channel in step.sends:
                 self.transport.send(channel, mb, contiguous)
         if step.leaf_value:
@@ -186,15 +185,14 @@ class StageRunner:
         per_parent = grads if step.slots is None else _sum_by_parent(step.slots, len(step.destinations), grads)
         for (how, where), grad in zip(step.destinations, per_parent):
             if how == SEND:
-                self.transport.send(where, mb, xp.ascontiguousarray(grad))
+                self.transport.send(where, mb, self.backend.contiguous(grad))
             else:
                 self._cotangents[where] = grad
 
     def _record(self, mb: int, phase: int, node: int, start: float) -> None:
-        """Records an action that began at `start` (in a recorded iteration); on a GPU its kernels are waited
+        """Records an action that began at `start` (in a recorded iteration); a device's kernels are waited
         for first, since they run asynchronously and the launch alone would look nearly free."""
-        if self._on_gpu:
-            self.backend.synchronize()
+        self.backend.synchronize()
         self.timeline.record(mb, phase, node, start, time.perf_counter())
 
     # -- shape checks (first pass of each kind) ---------------------------------------------------
@@ -244,7 +242,7 @@ class RootRole:
         self._outputs, self._cotangents = outputs, cotangents
         self._M = sampling.n_microbatches  # the evaluation point's microbatch is M
         self.values: list = [None] * (self._M + 1)  # the leaf's outputs, when it is on stage 0
-        self._noise = noise.Rows(sampling.seed, sampling.microbatch_size, dim)
+        self._noise = backend.noise_source(sampling, dim)
         self._samples = [sampling.samples(mb) for mb in range(self._M)]
         self._drawn = self._folded = 0
         self.next_draw = math.inf
@@ -280,7 +278,7 @@ class RootRole:
         if self.plan.keep:  # until the last local child has read it
             self._outputs[slot] = batch
         if self.plan.sends:
-            contiguous = self.xp.ascontiguousarray(batch)
+            contiguous = self.backend.contiguous(batch)
             for channel in self.plan.sends:
                 self.transport.send(channel, mb, contiguous)
 
