@@ -36,7 +36,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 
 from pprs_mpi.api import engine_for
-from pprs_mpi.backend import Backend, Staging, cuda_aware_mpi, select
+from pprs_mpi.backend import Backend, select
 from pprs_mpi.engines.stage import Sampling
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops import Op
@@ -149,8 +149,8 @@ def worker(args) -> None:
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     backend = select(args.device, local_rank=comm.Split_type(MPI.COMM_TYPE_SHARED).rank)
-    cuda_aware = backend.on_gpu and cuda_aware_mpi()[0]
-    devices = comm.gather(f"{backend.device} ({Staging(backend, cuda_aware).path})", root=0)
+    cuda_aware = backend.cuda_awareness()[0]
+    devices = comm.gather(f"{backend.device} ({backend.staging(cuda_aware).path})", root=0)
     # Rank 0 sizes the work and measures c while the other rank sleeps: "measured alone". (A rank
     # blocked in an MPI call busy-polls and, on hyperthreads, would slow rank 0's measurement.)
     n = work_size(backend, args.unit_ms) if comm.rank == 0 else None

@@ -18,10 +18,17 @@ MPI_ENV = {
 }
 
 
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def run(command, timeout=90, env=None):
-    """Runs `command`, returning the CompletedProcess; a hang fails the test instead of the suite."""
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **MPI_ENV, **(env or {})})
+    """Runs `command`, returning the CompletedProcess; a hang fails the test instead of the suite. A PYTHONPATH
+    in `env` (for the helper scripts in tests/) gets this checkout after it, so that the subprocess imports the
+    pprs_mpi under test rather than an installed one."""
+    env = {**os.environ, **MPI_ENV, **(env or {})}
+    if "PYTHONPATH" in env:
+        env["PYTHONPATH"] += os.pathsep + CHECKOUT
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def solve(*args, timeout=90, env=None):

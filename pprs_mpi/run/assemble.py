@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from pprs_mpi import config, driver, faults, optim
-from pprs_mpi.backend import Backend, BackendError, Staging, cuda_aware_mpi, select
+from pprs_mpi.backend import Backend, BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import place
 from pprs_mpi.engines.stage import Sampling, Wiring
@@ -114,8 +114,8 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank).rank if comm.size > 1 else 0
     try:
         backend = select(cfg.device.device, cfg.device.dtype, local_rank)
-        cuda_aware, decided_by = cuda_aware_mpi() if backend.on_gpu else (False, "CPU rank")
-        local = {"devices": [backend.device], "transport": [Staging(backend, cuda_aware).path], "error": []}
+        cuda_aware, decided_by = backend.cuda_awareness()
+        local = {"devices": [backend.device], "transport": [backend.staging(cuda_aware).path], "error": []}
     except BackendError as err:
         local = {"devices": [], "transport": [], "error": [f"rank {comm.rank}: {err}"]}
     gathered = sync.gather(local)
