@@ -68,3 +68,30 @@ def test_a_resume_on_another_layout_records_where_pipeline_time_changes_units(tm
     assert segments[0]["makespan"] != segments[1]["makespan"]
     steps = np.diff(load(out).columns["pipeline_time"][1:])
     assert set(steps[:3]) == {segments[0]["makespan"]} and set(steps[3:]) == {segments[1]["makespan"]}
+
+
+
+NO_READ_BACK = """
+import sys
+import pprs_mpi, pprs_mpi.trace
+
+def refuse(*args, **kwargs):
+    raise AssertionError("the trace was read back")
+
+pprs_mpi.trace.load = refuse
+result = pprs_mpi.minimize("lad", depth=3, K=4, iters=6, eval_every=2, out=sys.argv[1])
+"""
+
+
+def test_a_run_builds_its_result_and_summary_without_reading_its_trace_back(tmp_path):
+    """On 2 ranks, the Result and the closing lines (each rank's compute and wait) come from the run's outcome, the
+    rows it wrote and the timeline it gathered, not from reading the file back; they agree with the file."""
+    script, out = tmp_path / "no_read_back.py", tmp_path / "run.h5"
+    script.write_text(NO_READ_BACK)
+    result = subprocess.run(["mpirun", "-n", "2", sys.executable, str(script), str(out)], capture_output=True,
+                            text=True, timeout=90, env={**os.environ, **MPI_ENV})
+    assert result.returncode == 0, result.stderr
+    assert "done: f(y_T)" in result.stdout and "rank 1: compute" in result.stdout, result.stdout
+    stored = load(out)
+    f_eval = stored.columns["f_eval"]
+    assert f"f(y_T) = {f_eval[-1]:.6g}" in result.stdout and stored.status == "completed"
