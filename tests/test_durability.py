@@ -213,9 +213,20 @@ def test_crash_harness(tmp_path):
 
 
 # 6. Readers locked the writer out (TraceLocked after 60 s) or made it 12x slower.
+READ_WHILE_WRITING = [*SMALL, "--iters", "800", "--checkpoint-every", "20", "--eval-every", "1"]
+
+
+@pytest.fixture(scope="module")
+def read_while_writing_alone(tmp_path_factory):
+    """The run of READ_WHILE_WRITING with no reader, the same for both lockings: run once for the module."""
+    path = str(tmp_path_factory.mktemp("alone") / "alone.h5")
+    assert solve(*READ_WHILE_WRITING, "--out", path, timeout=120).returncode == 0
+    return path
+
+
 @pytest.mark.parametrize("locking", ["TRUE", "FALSE"])
-def test_tight_readers_neither_block_the_writer_nor_see_a_torn_file(tmp_trace, locking):
-    argv = [*SMALL, "--iters", "800", "--checkpoint-every", "20", "--eval-every", "1"]
+def test_tight_readers_neither_block_the_writer_nor_see_a_torn_file(tmp_trace, read_while_writing_alone, locking):
+    argv = READ_WHILE_WRITING
     reader = """
 import sys, h5py
 from pprs_mpi.trace import load, TraceError
@@ -240,8 +251,7 @@ print(len(rows), int(rows == sorted(rows)), flush=True)
         assert process.returncode == 0, err
         loads, monotone = map(int, out.split())
         assert loads > 1 and monotone
-    assert solve(*argv, "--out", tmp_trace("alone.h5"), timeout=120).returncode == 0
-    assert same_run(T.load(tmp_trace()), T.load(tmp_trace("alone.h5")))
+    assert same_run(T.load(tmp_trace()), T.load(read_while_writing_alone))
 
 
 # 7. A hang on rank 0 left the trace `running`, printed the error once per rank, blaming another rank.

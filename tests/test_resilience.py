@@ -42,13 +42,20 @@ def start(command, out, env=None):
     raise AssertionError("the run made no progress within 60 s")
 
 
+@pytest.fixture(scope="module")
+def whole_1500(tmp_path_factory):
+    """The uninterrupted serial run of 1500 iterations, the same for both launchers: run once for the module."""
+    path = str(tmp_path_factory.mktemp("whole") / "whole.h5")
+    assert main([*RUN, "--iters", "1500", "--engine", "serial", "--out", path]) == 0
+    return path
+
+
 @pytest.mark.parametrize("launcher, sig", [("serial", signal.SIGTERM), ("mpirun", signal.SIGUSR1)])
-def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, launcher, sig):
+def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, whole_1500, launcher, sig):
     """SIGTERM to a process, or SIGUSR1 to mpirun (which forwards it; Slurm's --signal=B:USR1 path):
     a checkpoint, status 'interrupted', exit code 3; resuming (on another rank count) ends where an
     uninterrupted run ends, bit for bit."""
     iters = ["--iters", "1500"]
-    assert main([*RUN, *iters, "--engine", "serial", "--out", tmp_trace("whole.h5")]) == 0
     command = [sys.executable, "-m", "pprs_mpi.solve", *RUN, *iters, "--out", tmp_trace()]
     if launcher == "mpirun":
         command = ["mpirun", "-n", "3", *command]
@@ -62,7 +69,7 @@ def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, l
     resumed = (solve("--resume", tmp_trace(), timeout=120) if launcher == "mpirun"
                else mpirun(2, "--resume", tmp_trace(), timeout=120))
     assert resumed.returncode == 0, resumed.stderr
-    final, whole = load(tmp_trace()), load(tmp_trace("whole.h5"))
+    final, whole = load(tmp_trace()), load(whole_1500)
     assert final.status == "completed" and final.attrs["resumes"] == 1
     assert same_iterates(final, whole)
     assert np.array_equal(final.columns["iteration"], whole.columns["iteration"])
