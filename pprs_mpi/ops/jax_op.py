@@ -36,6 +36,7 @@ class JaxOp(AutodiffOp):
     forward in the backward instead of keeping the pullback."""
 
     framework = "jax"
+    fusable = True
 
     def __init__(self, fn, *, arity: int | None = 1, name: str | None = None, cost: float | None = None,
                  stash: bool = True):
@@ -59,6 +60,15 @@ class JaxOp(AutodiffOp):
 
     def _pull_back(self, tape, cotangent) -> list:
         return list(tape(cotangent))
+
+    def chain_tape(self, leaves: list, tapes: list):
+        """The run's pullbacks composed, last op's first (each op has one input)."""
+        def pull_back(cotangent):
+            grads = (cotangent,)
+            for tape in reversed(tapes):
+                grads = tape(grads[0])
+            return grads
+        return pull_back
 
     def _state(self, working: bool = False) -> list[tuple[str, np.ndarray]]:
         """Arrays the function closes over (JAX arrays are immutable: forward cannot change them)."""
