@@ -29,6 +29,7 @@ PREFIX = "pprs_mpi.solve: "  # what begins every line a run's failure prints
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
+MAX_PASS_ENTRIES = 1 << 30  # entries of the activations a pass keeps for its backward (8 GiB in float64)
 
 
 def set_up(cfg: config.RunConfig | Callable[[], config.RunConfig], comm, problem: Problem | None = None) -> "Setup":
@@ -222,6 +223,10 @@ def _check_sizes(cfg: config.RunConfig, graph: Graph, sampling: Sampling, n_stag
     if rows * largest > MAX_MESSAGE_ENTRIES:
         raise ConfigError(f"a microbatch of {rows:,} noisy copies makes arrays of {rows * largest:,} entries (at most "
                           f"{MAX_MESSAGE_ENTRIES:,}): lower --microbatch-size")
+    kept = cfg.algorithm.K * sum(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
+    if kept > MAX_PASS_ENTRIES:  # GPipe keeps every copy's inputs of every node until its backward, whatever b
+        raise ConfigError(f"K={cfg.algorithm.K:,} noisy copies keep {kept:,} activation entries per pass (at most "
+                          f"{MAX_PASS_ENTRIES:,}): lower K")
 
 
 def _placement_errors(gathered: list[dict]) -> str:
