@@ -19,16 +19,18 @@ at K = 16 and 64.
 How. Every variant runs as its own process, in interleaved rounds (A B C ... A B C ...), so that load
 from elsewhere hits all alike. Per iteration = the gradient and the step (noise, copies, forward,
 backward, mean, update): for pprs_mpi the trace's wall_time column, which counts exactly that; no
-evaluation of f(y) in either (pprs_mpi runs with --eval-every 0, so it evaluates f(y_T) once, at the end:
-part of its end-to-end time only). The figure is the median over the iterations after the first SKIP
-(warm-up, JIT compiles), then the median over rounds. End-to-end is the command's wall time; start-up is
-end-to-end minus T times the per-iteration figure (imports, MPI, building the problem, compiling, the
-trace). To a target f: the target is half the decrease of f (the mean of the K sample values at x_t,
-which both compute) that the first torch run reaches, and the time is start-up plus the iteration where
-each run's own f first reaches it times its per-iteration time; none when f does not decrease (the
-attack's defaults oscillate). Asserted before any figure is kept: every run's f and ‖G_t‖ over the first
-CHECK iterations equal a serial pprs_mpi run's to RTOL, and each hand loop's y_CHECK − x_0 equals that
-run's, so the ratios compare the same computation. Ratios are to the torch loop at 1 thread.
+evaluation of f(y) in either (pprs_mpi runs with --eval-every 0, so it evaluates f(y_T) once, at the
+end: part of its end-to-end time only). The figure is the median over the iterations after the first
+SKIP (warm-up, JIT compiles), then the median over rounds. End-to-end is the command's wall time;
+start-up is what is left of it besides T steady iterations (imports, MPI, building the problem, the
+trace, and the first iterations' excess over the median: JAX's compile). To a target f: the target is
+half the decrease of f (the mean of the K sample values at x_t, which both compute) that the first
+torch run reaches, and the time is start-up plus the iteration where each run's own f first reaches it
+times its per-iteration time; none when f does not decrease (the attack's defaults oscillate).
+Asserted before any figure is kept: every run's f and ‖G_t‖ over the first CHECK iterations equal a
+serial pprs_mpi run's to RTOL, and each hand loop's y_CHECK − x_0 equals that run's, so the ratios
+compare the same computation. Ratios are to the torch loop at 1 thread. pprs_mpi and NumPy's BLAS run
+with the environment's thread settings (recorded), as a user's run would.
 Results to benchmarks/results/vs_hand_loop.json (machine, versions, load average, raw rounds).
 
     python benchmarks/vs_hand_loop.py                  # all cases, 3 rounds: about 8 minutes on 2 cores
@@ -334,7 +336,7 @@ def target_f(f: list[float]) -> float | None:
 def summary(run: dict, iters: int, target: float | None) -> dict:
     """Per-iteration (median after SKIP), end-to-end, start-up and time-to-target seconds of one run."""
     per_iteration = float(np.median(run["times"][SKIP:]))
-    startup = run["wall_s"] - iters * per_iteration
+    startup = run["wall_s"] - float(np.sum(run["times"][SKIP:])) - SKIP * per_iteration
     reached = None if target is None else next((t + 1 for t, f in enumerate(run["f"]) if f <= target), None)
     return {"per_iteration_s": per_iteration, "end_to_end_s": run["wall_s"], "startup_s": startup,
             "iterations_to_target": reached,
@@ -391,12 +393,14 @@ def print_table(results: dict) -> None:
         print(f"{case_name}: K = {case['K']}, T = {case['iterations']}{target}; first {CHECK} iterations agree to "
               f"{max(case['max_relative_difference_first_iterations'].values()):.1e}")
         print(f"  {'':<28} {'ms/iter':>9} {'ratio':>6} {'end-to-end s':>13} {'start-up s':>11} {'to target s':>12} "
-              f"{'ratio':>6}")
+              f"{'ratio':>6} {'microbatches':>12}")
         for name, m in case["median"].items():
             to_target = "-" if m["to_target_s"] is None else f"{m['to_target_s']:.3f}"
             ratio = "-" if m["to_target_vs_torch"] is None else f"{m['to_target_vs_torch']:.2f}"
+            layout = case["rounds"][name][0]["layout"]
             print(f"  {name:<28} {m['per_iteration_s'] * 1e3:>9.3f} {m['per_iteration_vs_torch']:>6.2f} "
-                  f"{m['end_to_end_s']:>13.2f} {m['startup_s']:>11.2f} {to_target:>12} {ratio:>6}")
+                  f"{m['end_to_end_s']:>13.2f} {m['startup_s']:>11.2f} {to_target:>12} {ratio:>6} "
+                  f"{'' if layout is None else layout['n_microbatches']:>12}")
 
 
 def main() -> None:
