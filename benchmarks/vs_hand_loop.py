@@ -68,7 +68,10 @@ SKIP = 3  # first iterations left out of the per-iteration median (warm-up, JAX'
 CHECK, RTOL = 3, 1e-10  # iterations whose f, ‖G‖ and iterate must agree with pprs_mpi's, and how closely
 TIMEOUT = 300  # seconds for any one command
 ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-       "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe"}
+       "PRTE_MCA_rmaps_default_mapping_policy": ":oversubscribe",
+       # as the test suite: without its fabric, Open MPI's ofi BTL sleeps 1 s in every MPI_Init (unless the user
+       # chose the BTLs), which is the machine's start-up, not pprs_mpi's
+       "OMPI_MCA_btl": os.environ.get("OMPI_MCA_btl", "^ofi")}
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -382,7 +385,7 @@ def machine() -> dict:
     mpirun = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=60).stdout
     return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "versions": versions, "mpirun": mpirun.strip().splitlines()[0],
-            "blas_threads_environment": {name: os.environ.get(name) for name in BLAS_VARIABLES}}
+            "blas_threads_environment": {name: os.environ.get(name) for name in BLAS_VARIABLES}, "mpi_environment": ENV}
 
 
 def print_table(results: dict) -> None:
