@@ -292,10 +292,10 @@ def run_hand(name: str, case_name: str, iters: int) -> dict:
     return {**run, "wall_s": wall}
 
 
-def run_pprs(name: str, case_name: str, iters: int, folder: str, serial: int) -> dict:
+def run_pprs(name: str, case_name: str, iters: int, folder: str) -> dict:
     ranks, whole = PPRS[name]
     case = CASES[case_name]
-    out = os.path.join(folder, f"{case_name}-{serial}.h5")
+    out = os.path.join(folder, "run.h5")  # read and removed at once
     command = [sys.executable, "-m", "pprs_mpi.solve", *case.solve_options(), "--iters", str(iters),
                "--eval-every", "0", "--quiet", "--out", out]
     command += ["--microbatch-size", str(case.K)] if whole else []
@@ -350,12 +350,11 @@ def measure(case_name: str, rounds: int, iters: int, folder: str) -> dict:
     """The interleaved rounds of every variant on one case, checked against a serial pprs_mpi run."""
     case = CASES[case_name]
     x0 = case.build().x0
-    reference = run_pprs("pprs_mpi serial", case_name, CHECK, folder, 0)
+    reference = run_pprs("pprs_mpi serial", case_name, CHECK, folder)
     target, table, worst = None, {name: [] for name in (*HAND, *PPRS)}, {}
     for r in range(rounds):
         for name in table:
-            run = (run_hand(name, case_name, iters) if name in HAND else
-                   run_pprs(name, case_name, iters, folder, r + 1))
+            run = run_hand(name, case_name, iters) if name in HAND else run_pprs(name, case_name, iters, folder)
             worst[name] = max(worst.get(name, 0.0), check(case_name, name, run, reference, x0))
             if r == 0 and name == BASE:
                 target = target_f(run["f"])
@@ -410,7 +409,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default="", help=f"comma-separated, of {', '.join(CASES)} (default all; "
                                                f"--quick: {', '.join(QUICK_CASES)})")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3; --quick: 1)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="tiny runs, for a smoke test (under a minute)")
     p.add_argument("--out", default="", help=f"results file (default {RESULTS.relative_to(REPOSITORY)}; "
                                              "--quick: one in the temporary directory)")
@@ -425,7 +424,9 @@ def main() -> None:
     unknown = [name for name in names if name not in CASES]
     if unknown:
         p.error(f"unknown case {unknown[0]!r}: choose from {', '.join(CASES)}")
-    rounds = 1 if args.quick and args.rounds == 3 else args.rounds
+    rounds = (1 if args.quick else 3) if args.rounds is None else args.rounds
+    if rounds < 1:
+        p.error(f"--rounds must be >= 1, got {rounds}")
     out = Path(args.out or (Path(tempfile.gettempdir()) / "vs_hand_loop_quick.json" if args.quick else RESULTS))
     results = {"machine": machine(), "rounds": rounds, "quick": args.quick, "skip": SKIP, "check": CHECK,
                "rtol": RTOL, "load_average_before": os.getloadavg(), "cases": {}}
