@@ -29,8 +29,9 @@ torch run reaches, and the time is start-up plus the iteration where each run's 
 times its per-iteration time; none when f does not decrease (the attack's defaults oscillate).
 Asserted before any figure is kept: every run's f and ‖G_t‖ over the first CHECK iterations equal a
 serial pprs_mpi run's to RTOL, and each hand loop's y_CHECK − x_0 equals that run's, so the ratios
-compare the same computation. Ratios are to the torch loop at 1 thread. pprs_mpi and NumPy's BLAS run
-with the environment's thread settings (recorded), as a user's run would.
+compare the same computation. Ratios are to the torch loop at 1 thread. NumPy's BLAS gets one thread
+per process (per rank), as the job scripts in jobs/ set it (--blas-threads; 0 leaves the environment's
+setting: OpenBLAS's default of a thread per core, two ranks on two cores, oversubscribes them).
 Results to benchmarks/results/vs_hand_loop.json (machine, versions, load average, raw rounds).
 
     python benchmarks/vs_hand_loop.py                  # all cases, 3 rounds: about 8 minutes on 2 cores
@@ -384,7 +385,7 @@ def machine() -> dict:
     mpirun = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=60).stdout
     return {"node": platform.node(), "processor": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "versions": versions, "mpirun": mpirun.strip().splitlines()[0],
-            "blas_threads_environment": {name: os.environ.get(name) for name in BLAS_VARIABLES}, "mpi_environment": ENV}
+            "environment": {name: {**os.environ, **ENV}.get(name) for name in (*BLAS_VARIABLES, *ENV)}}
 
 
 def print_table(results: dict) -> None:
@@ -411,6 +412,9 @@ def main() -> None:
                                                f"--quick: {', '.join(QUICK_CASES)})")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 3; --quick: 1)")
     p.add_argument("--quick", action="store_true", help="tiny runs, for a smoke test (under a minute)")
+    p.add_argument("--blas-threads", type=int, default=1,
+                   help="NumPy's BLAS threads per process (OMP_NUM_THREADS, ...), as jobs/ set them: one core per "
+                        "rank (default 1; 0: as the environment says)")
     p.add_argument("--out", default="", help=f"results file (default {RESULTS.relative_to(REPOSITORY)}; "
                                              "--quick: one in the temporary directory)")
     p.add_argument("--worker", choices=("torch", "jax"), help=argparse.SUPPRESS)
@@ -425,8 +429,10 @@ def main() -> None:
     if unknown:
         p.error(f"unknown case {unknown[0]!r}: choose from {', '.join(CASES)}")
     rounds = (1 if args.quick else 3) if args.rounds is None else args.rounds
-    if rounds < 1:
-        p.error(f"--rounds must be >= 1, got {rounds}")
+    if rounds < 1 or args.blas_threads < 0:
+        p.error(f"--rounds must be >= 1 and --blas-threads >= 0, got {rounds} and {args.blas_threads}")
+    if args.blas_threads:
+        ENV.update({name: str(args.blas_threads) for name in BLAS_VARIABLES})
     out = Path(args.out or (Path(tempfile.gettempdir()) / "vs_hand_loop_quick.json" if args.quick else RESULTS))
     results = {"machine": machine(), "rounds": rounds, "quick": args.quick, "skip": SKIP, "check": CHECK,
                "rtol": RTOL, "load_average_before": os.getloadavg(), "cases": {}}
