@@ -1,6 +1,8 @@
 """The classifier: weights file format, backprop against finite differences, deterministic training, data loaders."""
 
 import pickle
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -105,6 +107,23 @@ def test_digits_split_is_fixed_and_scaled():
     assert np.array_equal(a.test_labels, b.test_labels) and np.array_equal(a.train_images, b.train_images)
     assert a.input_shape == (1, 8, 8) and a.train_images.min() == 0 and a.train_images.max() == 1
     assert sorted(np.unique(a.test_labels)) == list(range(10))
+
+
+def test_shipped_digits_are_scikit_learns_bitwise():
+    sklearn_datasets = pytest.importorskip("sklearn.datasets", reason="scikit-learn is not installed: nothing to "
+                                                                       "compare the shipped digits with")
+    expected = sklearn_datasets.load_digits()
+    images, target = datasets.digits_arrays()
+    for shipped, theirs in ((images, expected.images), (target, expected.target)):
+        assert shipped.dtype == theirs.dtype and shipped.shape == theirs.shape
+        assert shipped.tobytes() == np.ascontiguousarray(theirs).tobytes()
+
+
+def test_loading_digits_imports_no_scikit_learn():
+    code = ("import sys; from pprs_mpi import datasets; datasets.load('digits'); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'scipy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def write_cifar10(folder, rng, n=3):

@@ -24,7 +24,7 @@ def pretrained(network: str, dataset: str) -> classifier.Network:
 
 
 def images_for(net: classifier.Network, dataset: str, data_dir: str) -> datasets.Split:
-    """The dataset, checked to fit the network (loaded after the cheap checks: importing scikit-learn is slow)."""
+    """The dataset, checked to fit the network (loaded after the cheap checks: CIFAR-10 is large)."""
     split = datasets.load(dataset, data_dir)
     if net.input_shape != split.input_shape or net.classes != split.classes:
         raise ValueError(f"the network takes {net.input_shape} images and gives {net.classes} classes, "
