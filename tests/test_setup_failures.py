@@ -14,9 +14,10 @@ from pprs_mpi.solve import main
 
 BUILDER = """
     import os, sys, time
-    from pprs_mpi import Graph, Node
+    from pprs_mpi import Graph, Node, builder
     from pprs_mpi.ops import Scale, SquaredNorm
 
+    @builder
     def build(how: str = "none", rank: int = 0):
         if int(os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == rank:
             if how == "exit":
