@@ -63,3 +63,14 @@ def test_resuming_a_link_to_a_live_runs_trace_is_refused_as_that_run(tmp_path):
     resumed = T.TraceWriter(alias, {"problem": "x"}, {}, resume=True)  # once it ends, through the link
     resumed.close("completed")
     assert os.path.islink(alias) and T.load(alias).attrs["resumes"] == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "device"])
+def test_a_config_that_is_not_a_regular_file_is_one_line_not_a_hang(tmp_path, kind):
+    """Issue 32, bug 5: --config naming a FIFO blocked forever in open()."""
+    config = {"fifo": tmp_path / "run.toml", "directory": tmp_path, "device": "/dev/zero"}[kind]
+    if kind == "fifo":
+        os.mkfifo(config)
+    result = solve("--config", config, "--out", tmp_path / "run.h5", timeout=30)
+    assert one_error_line(result) and "is not a regular file" in result.stderr, result.stderr
+    assert not (tmp_path / "run.h5").exists()
