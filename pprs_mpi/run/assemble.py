@@ -46,7 +46,10 @@ def set_up(cfg: config.RunConfig | Callable[[], config.RunConfig], comm, problem
         setup.complete = sync.bcast(setup.complete)  # rank 0 found the resumed run complete: nothing to run
     except SetupFailed:
         raise
-    except Exception as err:  # noqa: BLE001 — any error of one rank must reach every rank, in one line
+    except BaseException as err:  # noqa: BLE001 — any error of one rank (a BaseException too) must reach every rank
+        if isinstance(err, KeyboardInterrupt) and comm.size == 1 or isinstance(err, SystemExit) and not isinstance(
+                cfg, config.RunConfig):
+            raise  # Ctrl-C of a serial run from Python, and --help's exit while reading the command line
         sync.fail(str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}")
     sync.close()
     return setup
@@ -150,7 +153,7 @@ def build_problem(cfg: config.RunConfig) -> Problem:
         what = (f"called sys.exit({err.code!r})" if isinstance(err, SystemExit)
                 else "was interrupted (KeyboardInterrupt)")
         raise ConfigError(f"problem {spec.reference!r}: the builder {what}") from None
-    except Exception as err:  # noqa: BLE001 — a builder's own error, in one line naming it
+    except BaseException as err:  # noqa: BLE001 — a builder's own error (even a BaseException), in one line naming it
         if spec.reference in registry():
             raise ConfigError(f"problem {spec.reference!r}: {err}") from None
         raise ConfigError(f"problem {spec.reference!r}: the builder raised "
