@@ -280,6 +280,38 @@ def test_ctrl_c_stops_at_a_boundary_like_sigterm(tmp_trace):
     assert same_run(T.load(tmp_trace()), T.load(tmp_trace("whole.h5")))
 
 
+# Issue 32, bug 8: Ctrl-C in a run's first second printed a KeyboardInterrupt traceback (once, under load, a
+# NumPy ImportError). SIGINT arrives while a chosen module is first imported: a point of that second, no timing.
+INTERRUPTED_AT = """
+import os, runpy, signal, sys
+module, sys.argv = sys.argv[1], ["pprs_mpi.solve", *sys.argv[2:]]
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, Interrupt())
+runpy.run_module("pprs_mpi.solve", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "h5py", "mpi4py.MPI", "pprs_mpi.problems.planted", "in the builder"])
+def test_ctrl_c_before_the_first_iteration_is_one_line_and_exit_130(tmp_path, module):
+    """Imports (numpy, h5py), MPI's start, the configuration (planted: the built-in problems), the builder: each
+    ends at once, and the trace is not created."""
+    argv = [*SMALL, "--iters", "3"]
+    if module == "in the builder":
+        builder = tmp_path / "interrupted.py"
+        builder.write_text("import os, signal\nfrom pprs_mpi import builder\nfrom pprs_mpi.problems import build as b\n"
+                           "@builder\ndef build():\n    os.kill(os.getpid(), signal.SIGINT)\n"
+                           "    return b('lad', depth=3, dim=4, rows=6)\n")
+        argv = ["--problem", f"{builder}:build", "--iters", "3"]
+    result = run([sys.executable, "-c", INTERRUPTED_AT, module, *argv, "--out", str(tmp_path / "run.h5")], timeout=60)
+    assert result.returncode == 130 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("pprs_mpi.solve: interrupted (SIGINT) before the first iteration")
+    assert not (tmp_path / "run.h5").exists()
+
+
 # 9. --out /dev/null raised a RuntimeError (exit 1).
 def test_out_dev_null_is_refused_in_one_line():
     for extra in ([], ["--overwrite"]):

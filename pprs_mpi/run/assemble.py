@@ -23,9 +23,9 @@ from pprs_mpi.run.presets import apply_preset
 from pprs_mpi.run.trace_io import open_trace
 from pprs_mpi.schedule import SPECS, Schedule, ideal_makespan
 from pprs_mpi.setup_sync import SetupFailed, SetupSync
+from pprs_mpi.solve import PREFIX
 
 
-PREFIX = "pprs_mpi.solve: "  # what begins every line a run's failure prints
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
