@@ -55,7 +55,10 @@ once `flush_every` have accumulated and the last commit's duration, divided by C
 passed, which bounds the writer's time spent on row commits to about COMMIT_SHARE of the run.
 Checkpoints, a resume's rewind and the final status commit at once.
 
-Damage is detected before it is parsed. Each version carries a CRC-32 and the length of its
+Damage is detected before it is parsed, and size before anything is read: the length in our header
+(else the end-of-file address of HDF5's superblock) must match the file's size and stay within
+MAX_TRACE_BYTES, so that a reader's memory is bounded by what the trace declares and a sparse or
+padded file is refused unread. Each version carries a CRC-32 and the length of its
 contents in the HDF5 user block (512 bytes before the superblock, which HDF5 leaves to applications,
 so any HDF5 reader still opens the file); `load` checks them and opens the very bytes it checked,
 so a damaged or truncated file is one TraceError, never a parse of damaged metadata (which can
@@ -101,6 +104,8 @@ from pprs_mpi.engines.timeline import TIMELINE_DTYPE  # the one definition of th
 FORMAT_VERSION = 2  # 2: a checksummed user block; the groups and datasets are those of version 1
 USER_BLOCK = 512  # bytes before the HDF5 superblock, which HDF5 leaves to us: our header
 _MAGIC, _HEADER = b"PPRSTRC2", struct.Struct("<8sIQ")  # magic, CRC-32 and length of what follows the block
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+MAX_TRACE_BYTES = 4 << 30  # the largest trace read (it is held in memory); PPRS_MAX_TRACE_BYTES overrides it
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size")
 
@@ -619,8 +624,6 @@ class _reading:
         if os.path.isdir(self.path):
             raise TraceError(f"{self.path}: not an HDF5 file")
         data, checked = _read_image(self.path)
-        if not checked and not _looks_like_hdf5(data):
-            raise TraceError(f"{self.path}: not an HDF5 file")
         try:
             self.file = h5py.File(io.BytesIO(data), "r")
         except OSError as err:
@@ -649,52 +652,89 @@ def _with_header(image: bytes) -> bytes:
 
 
 def _read_image(path: str) -> tuple[bytes, bool]:
-    """The file's bytes, and whether they carry a version-2 header, checked: TraceError for a damaged
-    or truncated file, before HDF5 parses it (which may raise anything, or hang, on damage)."""
-    data = _read_regular_file(path)
-    if not data.startswith(_MAGIC):
-        return data, False
-    _, crc, length = _HEADER.unpack_from(data)
-    body = memoryview(data)[USER_BLOCK:]
-    if len(body) < length:
-        raise TraceError(f"{path}: truncated trace ({len(data)} of {length + USER_BLOCK} bytes)")
-    if len(body) > length or zlib.crc32(body) != crc:
-        raise TraceError(f"{path}: damaged trace (its checksum does not match its contents; changed in place? "
-                         "use pprs_mpi.trace.edited to change a trace)")
-    return data, True
+    """The file's bytes, and whether they carry a version-2 header, checked: TraceError for a damaged,
+    truncated or oversized file, decided from its metadata (our header, else HDF5's superblock) before
+    anything else is read, so that a sparse 8 GiB file costs a few small reads; then the checksum, before
+    HDF5 parses anything (which may raise anything, or hang, on damage)."""
+    fd = _open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, _HEADER.size, 0)
+        checked = head.startswith(_MAGIC) and len(head) == _HEADER.size
+        if checked:
+            _, crc, length = _HEADER.unpack(head)
+            if size < length + USER_BLOCK:
+                raise TraceError(f"{path}: truncated trace ({size} of {length + USER_BLOCK} bytes)")
+            if size > length + USER_BLOCK:
+                raise _damaged(path)
+            declared = size
+        else:
+            declared = _hdf5_end(fd, size, path)
+        limit = int(os.environ.get("PPRS_MAX_TRACE_BYTES", MAX_TRACE_BYTES))
+        if declared > limit:
+            raise TraceError(f"{path}: declares {declared:,} bytes, more than a trace may hold ({limit:,} bytes; "
+                             "PPRS_MAX_TRACE_BYTES raises it); not read")
+        data = _read_bytes(fd, declared, path)
+    finally:
+        os.close(fd)
+    if checked and zlib.crc32(memoryview(data)[USER_BLOCK:]) != crc:
+        raise _damaged(path)
+    return data, checked
 
 
-def _read_regular_file(path: str) -> bytes:
-    """The bytes of the regular file at `path`; TraceError for anything else (a FIFO would block, /dev/zero
-    never ends), checked on the open file before reading it, and reading only the size it had then."""
+def _damaged(path: str) -> TraceError:
+    return TraceError(f"{path}: damaged trace (its checksum does not match its contents; changed in place? "
+                      "use pprs_mpi.trace.edited to change a trace)")
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at `path`; TraceError for anything else (a FIFO would
+    block, /dev/zero never ends), checked on the open file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise TraceError(f"{path}: cannot read ({_reason(err)})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TraceError(f"{path} is not a regular file, so not a trace")
+    return fd
+
+
+def _hdf5_end(fd: int, size: int, path: str) -> int:
+    """Where HDF5 data ends in a file without our header (a version-1 trace), from the end-of-file address
+    of its superblock, found where HDF5 looks for one (offset 0, 512, 1024, ...): small reads only."""
+    offset = 0
+    while offset + 8 <= size:
+        block = os.pread(fd, 64, offset)
+        if block.startswith(_HDF5_SIGNATURE):
+            version = block[8] if len(block) > 8 else None
+            if version not in (0, 1, 2, 3):  # a layout this reader does not know: HDF5 will judge the file
+                return size
+            width, first = (block[13], 24 + 4 * version) if version in (0, 1) else (block[9], 12)
+            if width not in (2, 4, 8) or len(block) < first + 3 * width:
+                raise TraceError(f"{path}: truncated or corrupted HDF5 file (its superblock is unreadable)")
+            end = int.from_bytes(block[first + 2 * width:first + 3 * width], "little")
+            if end > size:
+                raise TraceError(f"{path}: truncated or corrupted HDF5 file (it declares {end:,} bytes, the file "
+                                 f"has {size:,})")
+            return end
+        offset = 512 if offset == 0 else offset * 2
+    raise TraceError(f"{path}: not an HDF5 file")
+
+
+def _read_bytes(fd: int, count: int, path: str) -> bytes:
+    """The first `count` bytes of the file (fewer if it shrank meanwhile); a TraceError line where memory lacks."""
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise TraceError(f"{path} is not a regular file, so not a trace")
-        chunks, left = [], info.st_size
+        chunks, left = [], count
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
+            chunk = os.pread(fd, min(left, 1 << 24), count - left)
             if not chunk:
                 break
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _looks_like_hdf5(data: bytes) -> bool:
-    """Whether `data` has an HDF5 superblock signature where HDF5 looks for one (0, 512, 1024, ...)."""
-    offset = 0
-    while offset + 8 <= len(data):
-        if data[offset:offset + 8] == b"\x89HDF\r\n\x1a\n":
-            return True
-        offset = 512 if offset == 0 else offset * 2
-    return False
+    except MemoryError:
+        raise TraceError(f"{path}: not enough memory to read its {count:,} bytes") from None
 
 
 def _read_state(path: str) -> _State:
