@@ -41,6 +41,10 @@ the last checkpoint `write_checkpoint` returned from, with the configuration and
   killed writer is taken over by the next one without any staleness guess. The lock file is
   unlinked while still held on close; a writer that locked a just-unlinked inode sees the inode
   at the path differ and retries, so two writers can never both hold it.
+  A path is one name of a file: the writer also marks the inode of the version it published (an
+  open-file-description read lock on one byte far past its end, moved to each new version before its
+  rename, which no reader takes), so a writer reaching that version by another name (a hard link,
+  a bind mount) finds the mark and is refused too.
 - Nothing valuable is overwritten. A fresh run refuses any existing `RUN.h5` (a trace, a text file)
   before writing anything, unless `overwrite=True`; even then the old file is replaced only once the
   new run has something worth more: its first checkpoint, or its end as completed or interrupted.
@@ -310,7 +314,7 @@ class TraceWriter:
             # the next commit comes within a heartbeat and one more gap between rows (an iteration, an evaluation)
             self._state.attrs.update(heartbeat=time.time(),
                                      heartbeat_within=2 * HEARTBEAT_SECONDS + 3 * self._slowest)
-            self._published = _publish(self._file, self._state.image(), self._published)
+            self._published = _publish(self._file, self._state.image(), self._published, self._lock)
             self._beat_due = time.monotonic() + HEARTBEAT_SECONDS
 
 
@@ -371,24 +375,27 @@ class _State:
             group.attrs.update({**{k: v for k, v in attrs.items() if v is not None}, _COMPLETE: True})
 
 
-def _publish(path: str, image: bytes, expected) -> tuple[int, int]:
-    """Make `image` the file at `path`: write it to a temporary file and fsync it, rename it over
-    `path` (which must still be the file `expected` identifies), fsync the directory. HDF5 never
-    writes here, so a full disk is a plain OSError; any failure leaves the previous version.
-    Returns the new file's identity."""
-    temp, created = path + TEMP_SUFFIX, False
+def _publish(path: str, image: bytes, expected, lock: "_WriterLock") -> tuple[int, int]:
+    """Make `image` the file at `path`: write it to a temporary file and fsync it, mark it as `lock`'s
+    (see _mark_inode), rename it over `path` (which must still be the file `expected` identifies),
+    fsync the directory. HDF5 never writes here, so a full disk is a plain OSError; any failure leaves
+    the previous version. Returns the new file's identity."""
+    temp, fd = path + TEMP_SUFFIX, None
     try:
         fd = _create_temporary(temp)
-        created = True
         _write_durably(fd, image)
+        _mark_inode(fd, path)
         if _identity(path) != expected:
             raise TraceError(f"{path}: the file is no longer this run's trace (deleted or replaced?)")
         os.replace(temp, path)
+        lock.hold(fd)
+        fd = None
         published = _identity(path)
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
         return published
     except BaseException as err:
-        if created:
+        if fd is not None:
+            os.close(fd)
             _remove(temp)
         if isinstance(err, OSError):
             raise TraceError(f"{path}: cannot write trace ({_reason(err)}); the last committed version is "
@@ -412,7 +419,7 @@ def edited(path):
         buffer = io.BytesIO(data)
         with h5py.File(buffer, "a") as f:
             yield f
-        _publish(path, _with_header(buffer.getvalue()) if checked else buffer.getvalue(), expected)
+        _publish(path, _with_header(buffer.getvalue()) if checked else buffer.getvalue(), expected, lock)
     finally:
         lock.release()
 
@@ -480,7 +487,8 @@ def abandoned(trace: Trace) -> bool:
 
 
 class _WriterLock:
-    """An exclusive flock on RUN.h5.lock holding the writer's host:pid:start; released by the kernel
+    """An exclusive flock on RUN.h5.lock holding the writer's host:pid:start, and the mark (_mark_inode)
+    on the inode of the trace's current version, reached by whatever name; both released by the kernel
     when the holder dies, so a dead writer's lock is simply taken over."""
 
     def __init__(self, trace_path: str):
@@ -513,11 +521,60 @@ class _WriterLock:
             os.close(fd)  # we locked a lock file its holder unlinked on release: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, (_this_process() + "\n").encode())
-        self.fd = fd
+        self.fd, self.marked = fd, None
+        try:  # the version there now: another run may write it under another name (a hard link)
+            version = os.open(trace_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            self.release()
+            raise TraceError(f"{trace_path}: cannot read ({_reason(err)})") from None
+        try:
+            _mark_inode(version, trace_path)
+        except BaseException:
+            os.close(version)
+            self.release()
+            raise
+        self.hold(version)
+
+    def hold(self, fd: int) -> None:
+        """Keeps `fd`, open on the trace's newest version and marked, instead of the previous version's."""
+        previous, self.marked = self.marked, fd
+        if previous is not None:
+            os.close(previous)
 
     def release(self) -> None:
         _remove(self.path)  # unlinked while still locked: see __init__ for a writer that raced us
         os.close(self.fd)
+        if self.marked is not None:
+            os.close(self.marked)
+            self.marked = None
+
+
+_FLOCK = struct.Struct("hhqqi4x")  # Linux's struct flock: type, whence, start, length, pid
+_MARK_BYTE = 1 << 62  # far past the end of any trace: no reader locks it alone
+
+
+def _mark_inode(fd: int, path: str) -> None:
+    """Marks the file open at `fd` (one version of a trace, its inode whatever names reach it) as the
+    version a live writer holds: an open-file-description read lock on byte _MARK_BYTE, kept until `fd`
+    is closed or the process dies. TraceLocked if another writer's mark is there: a lock on exactly that
+    byte (the whole-file lock HDF5 takes for a reader on NFS is told apart by its range). Where the
+    system or file system has no such locks, the path's lock file alone guards."""
+    command = getattr(fcntl, "F_OFD_SETLK", None)
+    if command is None:
+        return
+    try:
+        fcntl.fcntl(fd, command, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, _MARK_BYTE, 1, 0))
+        kind, _, start, length, _ = _FLOCK.unpack(fcntl.fcntl(
+            fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _MARK_BYTE, 1, 0)))
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            raise TraceLocked(f"{path} is locked for writing by another program; wait for it to end") from None
+        return
+    if kind != fcntl.F_UNLCK and (start, length) == (_MARK_BYTE, 1):
+        raise TraceLocked(f"{path} is being written by another run, under another name (a hard link?); wait "
+                          "for it to end, or stop it (a killed writer's lock is taken over)")
 
 
 def _refuse_special_file(path: str) -> None:
@@ -549,20 +606,17 @@ def _create_temporary(temp: str) -> int:
     if mode is not None:
         os.unlink(temp)
     try:
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except FileExistsError:
         raise TraceError(f"{temp} was created by someone else while this run was writing it") from None
 
 
 def _write_durably(fd: int, data: bytes) -> None:
-    """Write `data` to the new file `fd`, fsync it and close it."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write `data` to the new file `fd` and fsync it (the caller closes it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
 
 
 def _fsync_dir(path: str) -> None:

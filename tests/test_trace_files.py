@@ -117,3 +117,23 @@ def test_the_size_limit_of_a_trace_is_stated_and_can_be_raised(tmp_path):
     small = report(path, env={"PPRS_MAX_TRACE_BYTES": "1000"})
     assert one_error_line(small) and "more than a trace may hold (1,000 bytes; PPRS_MAX_TRACE_BYTES" in small.stderr
     assert report(path).returncode == 0
+
+
+@pytest.mark.parametrize("where", ["same directory", "other directory"])
+def test_resuming_a_hard_link_to_a_live_runs_trace_is_refused_as_that_run(tmp_path, where):
+    """Issue 32, bug 6: the lock was taken on the path, so --resume through a hard link ran a second writer."""
+    real = tmp_path / "real.h5"
+    assert solve(*SMALL, "--checkpoint-every", "1", "--out", real).returncode == 0
+    live = T.TraceWriter(real, T.load(real).config, {}, resume=True)  # a live run, its version published
+    alias = (tmp_path if where == "same directory" else tmp_path / "elsewhere") / "alias.h5"
+    alias.parent.mkdir(exist_ok=True)
+    os.link(real, alias)
+    before = real.read_bytes()
+    result = solve("--resume", alias, "--iters", "6", timeout=60)
+    assert one_error_line(result) and "being written by another run" in result.stderr, result.stderr
+    with pytest.raises(T.TraceLocked, match="being written by another run"):
+        T.TraceWriter(alias, T.load(alias).config, {}, resume=True)
+    assert real.read_bytes() == before and alias.read_bytes() == before and T.load(alias).status == "running"
+    live.close("completed")  # its new version replaces real.h5; alias keeps the old one, a trace of its own
+    assert solve("--resume", alias, "--iters", "6", timeout=60).returncode == 0
+    assert T.load(alias).status == "completed" and T.load(real).attrs["resumes"] == 1
