@@ -212,6 +212,16 @@ def test_crash_harness(tmp_path):
     assert sum(tally.kills.values()) == 30 and tally.max_redone <= max(CHECKPOINT_EVERY)
 
 
+def test_a_kill_that_comes_late_still_lands_before_the_run_ends(tmp_path):
+    """The crash harness under load (issue 32): a parent scheduled late let the child end its run before the
+    kill, and the case counted as unresumable. The child now waits for its kill before its last iteration."""
+    harness = Harness(tmp_path, iters=40)
+    harness.rng.uniform = lambda low, high: 0.3  # the parent's pause before each SIGKILL: 100 times the usual
+    for _ in range(2):
+        harness.kill_case("async")
+    assert harness.tally.unresumable == [] and harness.tally.kills == {"async": 2}
+
+
 # 6. Readers locked the writer out (TraceLocked after 60 s) or made it 12x slower.
 READ_WHILE_WRITING = [*SMALL, "--iters", "800", "--checkpoint-every", "20", "--eval-every", "1"]
 
