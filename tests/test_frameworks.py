@@ -126,7 +126,7 @@ def test_a_function_fixed_to_float32_is_named_by_node_in_both_engines(tmp_path):
     assert single.status == "completed"
 
 
-@pytest.mark.parametrize("function, code", [("torch.log(x)", 1), ("x / (x - x)", 1), ("torch.exp(1e4 * x)", 0)])
+@pytest.mark.parametrize("function, code", [("torch.log(x)", 1), ("torch.exp(1e4 * x)", 0)])
 def test_a_nan_or_inf_at_the_build_time_probe_prints_no_warning(tmp_path, function, code):
     """Issue 32, bug 9: NumPy's RuntimeWarning from the probe used to be printed beside the diverged line
     (and, for a function infinite only at the probe's random rows, beside a run that completes)."""

@@ -76,7 +76,7 @@ def test_the_jax_example_is_bitwise_equal_serially_and_on_2_ranks(tmp_path):
     assert np.array_equal(trace.columns["f_smoothed"], serial.f_smoothed, equal_nan=True)
 
 
-@pytest.mark.parametrize("function, code", [("jnp.log(x)", 1), ("x / (x - x)", 1), ("jnp.exp(1e4 * x)", 0)])
+@pytest.mark.parametrize("function, code", [("x / (x - x)", 1), ("jnp.exp(1e4 * x)", 0)])
 def test_a_nan_or_inf_at_the_build_time_probe_prints_no_warning(tmp_path, function, code):
     """Issue 32, bug 9, for JaxOp: no NumPy RuntimeWarning beside the diverged line, or a completed run."""
     builder = tmp_path / "nan.py"
