@@ -31,7 +31,7 @@ _STRING_ATTRS = ("status", "config", "writer", "graph_hash", "pprs_mpi_version",
 
 def validate(f: h5py.File, file_size: int, statuses: tuple, columns: tuple, timeline_dtype: np.dtype) -> None:
     """Raises ValueError naming the first thing in `f` (opened from `file_size` bytes) a trace cannot hold."""
-    _check_links(f)  # first: nothing below may follow a link out of the file
+    check_links(f)  # first: nothing below may follow a link out of the file
     f.visititems(lambda name, item: _check_storage(name, item, file_size))
     _check_attrs(f.attrs, statuses)
     _check_columns(f, columns)
@@ -52,8 +52,9 @@ def validate(f: h5py.File, file_size: int, statuses: tuple, columns: tuple, time
                 raise ValueError(f"checkpoint attribute {name!r} is not a number")
 
 
-def _check_links(f: h5py.File) -> None:
-    """Every link of every group (those reached by hard links, which `visititems` follows, once each) is hard."""
+def check_links(f: h5py.File, what: str = "a trace") -> None:
+    """Every link of every group (those reached by hard links, which `visititems` follows, once each) is hard:
+    ValueError naming the first that is not. Also used for the classifier's weight files."""
     groups = [f]
     f.visititems(lambda name, item: groups.append(item) if isinstance(item, h5py.Group) else None)
     for group in groups:
@@ -62,12 +63,12 @@ def _check_links(f: h5py.File) -> None:
             try:
                 link = group.get(name, getlink=True)
             except Exception:  # noqa: BLE001 — a link class h5py does not know (user-defined)
-                raise ValueError(f"{where} is a link of an unknown kind: a trace holds no links") from None
+                raise ValueError(f"{where} is a link of an unknown kind: {what} holds no links") from None
             if isinstance(link, h5py.ExternalLink):
-                raise ValueError(f"{where} is an external link (to {link.path} in {link.filename}): a trace holds "
-                                 "no links")
+                raise ValueError(f"{where} is an external link (to {link.path} in {link.filename}): {what} "
+                                 "holds no links")
             if not isinstance(link, h5py.HardLink):
-                raise ValueError(f"{where} is a soft link (to {getattr(link, 'path', '?')}): a trace holds no links")
+                raise ValueError(f"{where} is a soft link (to {getattr(link, 'path', '?')}): {what} holds no links")
 
 
 def _check_storage(name: str, item, file_size: int) -> None:

@@ -7,10 +7,13 @@ any call, and an unmarked file is not even imported."""
 import json
 import os
 import shutil
+import sys
 import textwrap
 
 import pytest
 
+import pprs_mpi
+from conftest import run
 from pprs_mpi import trace as T
 from pprs_mpi.solve import main
 
@@ -119,6 +122,10 @@ def test_a_file_whose_function_is_not_marked_is_never_imported(tmp_path, capsys,
     script.write_text(f"import shutil\nshutil.rmtree({str(victim)!r})\n\ndef main():\n    pass\n")
     refused(capsys, ["--problem", f"{script}:main", "--out", str(tmp_path / "a.h5")], "is not marked as a builder")
     refused(capsys, ["--problem", f"{script}:other", "--out", str(tmp_path / "a.h5")], "defines no function 'other'")
+    with pytest.raises(pprs_mpi.ConfigError, match="is not marked as a builder"):  # the API's string form
+        pprs_mpi.minimize(f"{script}:main", out=str(tmp_path / "b.h5"))
+    checked = run([sys.executable, "-m", "pprs_mpi.check", f"{script}:main"], timeout=60)
+    assert checked.returncode == 2 and checked.stderr.count("\n") == 1 and "is not marked" in checked.stderr
     assert (victim / "data.txt").read_text() == "keep me"
 
 
