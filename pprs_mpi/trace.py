@@ -109,7 +109,8 @@ FORMAT_VERSION = 2  # 2: a checksummed user block; the groups and datasets are t
 USER_BLOCK = 512  # bytes before the HDF5 superblock, which HDF5 leaves to us: our header
 _MAGIC, _HEADER = b"PPRSTRC2", struct.Struct("<8sIQ")  # magic, CRC-32 and length of what follows the block
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-MAX_TRACE_BYTES = 4 << 30  # the largest trace read (it is held in memory); PPRS_MAX_TRACE_BYTES overrides it
+# The largest trace a reader reads (it holds it in memory): 4 GiB unless PPRS_MAX_TRACE_BYTES says otherwise.
+MAX_TRACE_BYTES = int(os.environ.get("PPRS_MAX_TRACE_BYTES", 4 << 30))
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size")
 
@@ -724,10 +725,9 @@ def _read_image(path: str) -> tuple[bytes, bool]:
             declared = size
         else:
             declared = _hdf5_end(fd, size, path)
-        limit = int(os.environ.get("PPRS_MAX_TRACE_BYTES", MAX_TRACE_BYTES))
-        if declared > limit:
-            raise TraceError(f"{path}: declares {declared:,} bytes, more than a trace may hold ({limit:,} bytes; "
-                             "PPRS_MAX_TRACE_BYTES raises it); not read")
+        if declared > MAX_TRACE_BYTES:
+            raise TraceError(f"{path}: declares {declared:,} bytes, more than a trace may hold ({MAX_TRACE_BYTES:,} "
+                             "bytes; PPRS_MAX_TRACE_BYTES raises it); not read")
         data = _read_bytes(fd, declared, path)
     finally:
         os.close(fd)

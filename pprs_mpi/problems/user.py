@@ -126,6 +126,7 @@ def _resolved(annotation, builder) -> list:
 
 
 def _file_source(path: str, reference: str) -> str:
+    """The text of the builder's file, read (not run) to find the builder's mark."""
     if not os.path.isfile(path):
         raise ValueError(f"problem {reference!r}: no such file {path}")
     try:
@@ -139,11 +140,11 @@ def _module_source(name: str, reference: str) -> str:
     """The source of module `name`, found without importing it (its parent packages are imported)."""
     try:
         spec = importlib.util.find_spec(name)
-    except ModuleNotFoundError as err:
-        if err.name and name.startswith(err.name):
+    except KeyboardInterrupt:
+        raise
+    except BaseException as err:  # noqa: BLE001 — a parent package's own error (even SystemExit), in one line
+        if isinstance(err, ModuleNotFoundError) and err.name and name.startswith(err.name):
             raise ValueError(f"problem {reference!r}: no module named {err.name!r}") from None
-        raise ValueError(f"problem {reference!r}: importing {name} failed: {describe_error(err)}") from None
-    except Exception as err:  # noqa: BLE001 — a parent package's own error, in one line
         raise ValueError(f"problem {reference!r}: importing {name} failed: {describe_error(err)}") from None
     if spec is None:
         raise ValueError(f"problem {reference!r}: no module named {name!r}")
