@@ -32,6 +32,7 @@ import numpy as np
 
 from pprs_mpi.ops import Affine, Conv2d, Flatten, MaxPool2d, ReLU
 from pprs_mpi.ops.base import Op
+from pprs_mpi.trace_schema import check_links
 
 FORMAT, VERSION = "pprs_mpi.classifier", 1
 #: For each layer type: the datasets and the attributes its group must hold.
@@ -183,6 +184,10 @@ def load_network(path: str) -> Network:
     except OSError as err:
         raise ClassifierError(f"cannot read network file {path!r}: {str(err).splitlines()[0]}") from None
     with handle as f:
+        try:  # an external link would make HDF5 open another file, named by whoever wrote this one
+            check_links(f, "a weights file")
+        except ValueError as err:
+            raise ClassifierError(f"{path!r}: {err}") from None
         if f.attrs.get("format") != FORMAT or "layers" not in f:
             raise ClassifierError(f"{path!r} is not a {FORMAT} weights file (root attribute format is "
                                   f"{f.attrs.get('format')!r})")

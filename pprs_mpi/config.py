@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import stat
 import sys
 from dataclasses import dataclass, make_dataclass
 from typing import Callable, Collection
@@ -405,11 +406,18 @@ def problem_arg_pairs(items: list[str]) -> dict[str, str]:
 
 
 def _read_toml(path: str) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    try:  # non-blocking, and checked on the open file: a FIFO would wait for a writer forever
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise ConfigError(f"cannot read config file {path!r}: {err.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"config file {path!r} is not a regular file (a FIFO, a device, a directory?)")
+    with os.fdopen(fd, "rb") as handle:
+        try:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path!r}: {err.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"config file {path!r} is larger than {MAX_CONFIG_BYTES // 1024} KiB: not a run's settings")
     try:

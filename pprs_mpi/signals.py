@@ -1,9 +1,36 @@
 """Stop requests by signal: SIGTERM, SIGINT (Ctrl-C), or SIGUSR1 (Slurm's warning before a time limit,
-which mpirun forwards), set a flag that the running loop checks at its next safe point."""
+which mpirun forwards), set a flag that the running loop checks at its next safe point. Outside the
+iterations, where there is nothing to checkpoint, Ctrl-C ends the command line at once (`end_on_interrupt`)."""
 
 from __future__ import annotations
 
+import os
 import signal
+from contextlib import contextmanager
+
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a process that Ctrl-C ended
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")  # set by the launchers
+
+
+@contextmanager
+def end_on_interrupt(prefix: str):
+    """While active (from the first line of the command line's main: Python's imports, the setup, the builder,
+    the last lines), SIGINT ends the process at once: one line (from rank 0 alone under a launcher) and exit
+    code INTERRUPTED_EXIT, no traceback. A KeyboardInterrupt raised there instead could surface anywhere, even
+    as an ImportError from inside NumPy's import; the trace needs nothing, as every commit is atomic (a kill -9
+    leaves it as valid). `StopOnSignal` takes SIGINT over for the iterations, and gives it back after."""
+
+    def end(signum, frame):
+        if all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES):
+            os.write(2, f"{prefix}interrupted (SIGINT) before the first iteration or after the last: stopped at "
+                        "once, with nothing to checkpoint\n".encode())
+        os._exit(INTERRUPTED_EXIT)
+
+    previous = signal.signal(signal.SIGINT, end)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 class StopOnSignal:

@@ -41,6 +41,10 @@ the last checkpoint `write_checkpoint` returned from, with the configuration and
   killed writer is taken over by the next one without any staleness guess. The lock file is
   unlinked while still held on close; a writer that locked a just-unlinked inode sees the inode
   at the path differ and retries, so two writers can never both hold it.
+  A path is one name of a file: the writer also marks the inode of the version it published (an
+  open-file-description read lock on one byte far past its end, moved to each new version before its
+  rename, which no reader takes), so a writer reaching that version by another name (a hard link,
+  a bind mount) finds the mark and is refused too.
 - Nothing valuable is overwritten. A fresh run refuses any existing `RUN.h5` (a trace, a text file)
   before writing anything, unless `overwrite=True`; even then the old file is replaced only once the
   new run has something worth more: its first checkpoint, or its end as completed or interrupted.
@@ -55,7 +59,10 @@ once `flush_every` have accumulated and the last commit's duration, divided by C
 passed, which bounds the writer's time spent on row commits to about COMMIT_SHARE of the run.
 Checkpoints, a resume's rewind and the final status commit at once.
 
-Damage is detected before it is parsed. Each version carries a CRC-32 and the length of its
+Damage is detected before it is parsed, and size before anything is read: the length in our header
+(else the end-of-file address of HDF5's superblock) must match the file's size and stay within
+MAX_TRACE_BYTES, so that a reader's memory is bounded by what the trace declares and a sparse or
+padded file is refused unread. Each version carries a CRC-32 and the length of its
 contents in the HDF5 user block (512 bytes before the superblock, which HDF5 leaves to applications,
 so any HDF5 reader still opens the file); `load` checks them and opens the very bytes it checked,
 so a damaged or truncated file is one TraceError, never a parse of damaged metadata (which can
@@ -101,6 +108,9 @@ from pprs_mpi.engines.timeline import TIMELINE_DTYPE  # the one definition of th
 FORMAT_VERSION = 2  # 2: a checksummed user block; the groups and datasets are those of version 1
 USER_BLOCK = 512  # bytes before the HDF5 superblock, which HDF5 leaves to us: our header
 _MAGIC, _HEADER = b"PPRSTRC2", struct.Struct("<8sIQ")  # magic, CRC-32 and length of what follows the block
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+# The largest trace a reader reads (it holds it in memory): 4 GiB unless PPRS_MAX_TRACE_BYTES says otherwise.
+MAX_TRACE_BYTES = int(os.environ.get("PPRS_MAX_TRACE_BYTES", 4 << 30))
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
 COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size")
 
@@ -305,7 +315,7 @@ class TraceWriter:
             # the next commit comes within a heartbeat and one more gap between rows (an iteration, an evaluation)
             self._state.attrs.update(heartbeat=time.time(),
                                      heartbeat_within=2 * HEARTBEAT_SECONDS + 3 * self._slowest)
-            self._published = _publish(self._file, self._state.image(), self._published)
+            self._published = _publish(self._file, self._state.image(), self._published, self._lock)
             self._beat_due = time.monotonic() + HEARTBEAT_SECONDS
 
 
@@ -366,24 +376,27 @@ class _State:
             group.attrs.update({**{k: v for k, v in attrs.items() if v is not None}, _COMPLETE: True})
 
 
-def _publish(path: str, image: bytes, expected) -> tuple[int, int]:
-    """Make `image` the file at `path`: write it to a temporary file and fsync it, rename it over
-    `path` (which must still be the file `expected` identifies), fsync the directory. HDF5 never
-    writes here, so a full disk is a plain OSError; any failure leaves the previous version.
-    Returns the new file's identity."""
-    temp, created = path + TEMP_SUFFIX, False
+def _publish(path: str, image: bytes, expected, lock: "_WriterLock") -> tuple[int, int]:
+    """Make `image` the file at `path`: write it to a temporary file and fsync it, mark it as `lock`'s
+    (see _mark_inode), rename it over `path` (which must still be the file `expected` identifies),
+    fsync the directory. HDF5 never writes here, so a full disk is a plain OSError; any failure leaves
+    the previous version. Returns the new file's identity."""
+    temp, fd = path + TEMP_SUFFIX, None
     try:
         fd = _create_temporary(temp)
-        created = True
         _write_durably(fd, image)
+        _mark_inode(fd, path)
         if _identity(path) != expected:
             raise TraceError(f"{path}: the file is no longer this run's trace (deleted or replaced?)")
         os.replace(temp, path)
+        lock.hold(fd)
+        fd = None
         published = _identity(path)
         _fsync_dir(os.path.dirname(os.path.abspath(path)))
         return published
     except BaseException as err:
-        if created:
+        if fd is not None:
+            os.close(fd)
             _remove(temp)
         if isinstance(err, OSError):
             raise TraceError(f"{path}: cannot write trace ({_reason(err)}); the last committed version is "
@@ -407,7 +420,7 @@ def edited(path):
         buffer = io.BytesIO(data)
         with h5py.File(buffer, "a") as f:
             yield f
-        _publish(path, _with_header(buffer.getvalue()) if checked else buffer.getvalue(), expected)
+        _publish(path, _with_header(buffer.getvalue()) if checked else buffer.getvalue(), expected, lock)
     finally:
         lock.release()
 
@@ -475,7 +488,8 @@ def abandoned(trace: Trace) -> bool:
 
 
 class _WriterLock:
-    """An exclusive flock on RUN.h5.lock holding the writer's host:pid:start; released by the kernel
+    """An exclusive flock on RUN.h5.lock holding the writer's host:pid:start, and the mark (_mark_inode)
+    on the inode of the trace's current version, reached by whatever name; both released by the kernel
     when the holder dies, so a dead writer's lock is simply taken over."""
 
     def __init__(self, trace_path: str):
@@ -508,11 +522,60 @@ class _WriterLock:
             os.close(fd)  # we locked a lock file its holder unlinked on release: lock the new one
         os.ftruncate(fd, 0)
         os.write(fd, (_this_process() + "\n").encode())
-        self.fd = fd
+        self.fd, self.marked = fd, None
+        try:  # the version there now: another run may write it under another name (a hard link)
+            version = os.open(trace_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            self.release()
+            raise TraceError(f"{trace_path}: cannot read ({_reason(err)})") from None
+        try:
+            _mark_inode(version, trace_path)
+        except BaseException:
+            os.close(version)
+            self.release()
+            raise
+        self.hold(version)
+
+    def hold(self, fd: int) -> None:
+        """Keeps `fd`, open on the trace's newest version and marked, instead of the previous version's."""
+        previous, self.marked = self.marked, fd
+        if previous is not None:
+            os.close(previous)
 
     def release(self) -> None:
         _remove(self.path)  # unlinked while still locked: see __init__ for a writer that raced us
         os.close(self.fd)
+        if self.marked is not None:
+            os.close(self.marked)
+            self.marked = None
+
+
+_FLOCK = struct.Struct("hhqqi4x")  # Linux's struct flock: type, whence, start, length, pid
+_MARK_BYTE = 1 << 62  # far past the end of any trace: no reader locks it alone
+
+
+def _mark_inode(fd: int, path: str) -> None:
+    """Marks the file open at `fd` (one version of a trace, its inode whatever names reach it) as the
+    version a live writer holds: an open-file-description read lock on byte _MARK_BYTE, kept until `fd`
+    is closed or the process dies. TraceLocked if another writer's mark is there: a lock on exactly that
+    byte (the whole-file lock HDF5 takes for a reader on NFS is told apart by its range). Where the
+    system or file system has no such locks, the path's lock file alone guards."""
+    command = getattr(fcntl, "F_OFD_SETLK", None)
+    if command is None:
+        return
+    try:
+        fcntl.fcntl(fd, command, _FLOCK.pack(fcntl.F_RDLCK, os.SEEK_SET, _MARK_BYTE, 1, 0))
+        kind, _, start, length, _ = _FLOCK.unpack(fcntl.fcntl(
+            fd, fcntl.F_OFD_GETLK, _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, _MARK_BYTE, 1, 0)))
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            raise TraceLocked(f"{path} is locked for writing by another program; wait for it to end") from None
+        return
+    if kind != fcntl.F_UNLCK and (start, length) == (_MARK_BYTE, 1):
+        raise TraceLocked(f"{path} is being written by another run, under another name (a hard link?); wait "
+                          "for it to end, or stop it (a killed writer's lock is taken over)")
 
 
 def _refuse_special_file(path: str) -> None:
@@ -544,20 +607,17 @@ def _create_temporary(temp: str) -> int:
     if mode is not None:
         os.unlink(temp)
     try:
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except FileExistsError:
         raise TraceError(f"{temp} was created by someone else while this run was writing it") from None
 
 
 def _write_durably(fd: int, data: bytes) -> None:
-    """Write `data` to the new file `fd`, fsync it and close it."""
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    """Write `data` to the new file `fd` and fsync it (the caller closes it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
 
 
 def _fsync_dir(path: str) -> None:
@@ -619,8 +679,6 @@ class _reading:
         if os.path.isdir(self.path):
             raise TraceError(f"{self.path}: not an HDF5 file")
         data, checked = _read_image(self.path)
-        if not checked and not _looks_like_hdf5(data):
-            raise TraceError(f"{self.path}: not an HDF5 file")
         try:
             self.file = h5py.File(io.BytesIO(data), "r")
         except OSError as err:
@@ -649,52 +707,88 @@ def _with_header(image: bytes) -> bytes:
 
 
 def _read_image(path: str) -> tuple[bytes, bool]:
-    """The file's bytes, and whether they carry a version-2 header, checked: TraceError for a damaged
-    or truncated file, before HDF5 parses it (which may raise anything, or hang, on damage)."""
-    data = _read_regular_file(path)
-    if not data.startswith(_MAGIC):
-        return data, False
-    _, crc, length = _HEADER.unpack_from(data)
-    body = memoryview(data)[USER_BLOCK:]
-    if len(body) < length:
-        raise TraceError(f"{path}: truncated trace ({len(data)} of {length + USER_BLOCK} bytes)")
-    if len(body) > length or zlib.crc32(body) != crc:
-        raise TraceError(f"{path}: damaged trace (its checksum does not match its contents; changed in place? "
-                         "use pprs_mpi.trace.edited to change a trace)")
-    return data, True
+    """The file's bytes, and whether they carry a version-2 header, checked: TraceError for a damaged,
+    truncated or oversized file, decided from its metadata (our header, else HDF5's superblock) before
+    anything else is read, so that a sparse 8 GiB file costs a few small reads; then the checksum, before
+    HDF5 parses anything (which may raise anything, or hang, on damage)."""
+    fd = _open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        head = os.pread(fd, _HEADER.size, 0)
+        checked = head.startswith(_MAGIC) and len(head) == _HEADER.size
+        if checked:
+            _, crc, length = _HEADER.unpack(head)
+            if size < length + USER_BLOCK:
+                raise TraceError(f"{path}: truncated trace ({size} of {length + USER_BLOCK} bytes)")
+            if size > length + USER_BLOCK:
+                raise _damaged(path)
+            declared = size
+        else:
+            declared = _hdf5_end(fd, size, path)
+        if declared > MAX_TRACE_BYTES:
+            raise TraceError(f"{path}: declares {declared:,} bytes, more than a trace may hold ({MAX_TRACE_BYTES:,} "
+                             "bytes; PPRS_MAX_TRACE_BYTES raises it); not read")
+        data = _read_bytes(fd, declared, path)
+    finally:
+        os.close(fd)
+    if checked and zlib.crc32(memoryview(data)[USER_BLOCK:]) != crc:
+        raise _damaged(path)
+    return data, checked
 
 
-def _read_regular_file(path: str) -> bytes:
-    """The bytes of the regular file at `path`; TraceError for anything else (a FIFO would block, /dev/zero
-    never ends), checked on the open file before reading it, and reading only the size it had then."""
+def _damaged(path: str) -> TraceError:
+    return TraceError(f"{path}: damaged trace (its checksum does not match its contents; changed in place? "
+                      "use pprs_mpi.trace.edited to change a trace)")
+
+
+def _open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at `path`; TraceError for anything else (a FIFO would
+    block, /dev/zero never ends), checked on the open file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise TraceError(f"{path}: cannot read ({_reason(err)})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise TraceError(f"{path} is not a regular file, so not a trace")
+    return fd
+
+
+def _hdf5_end(fd: int, size: int, path: str) -> int:
+    """Where HDF5 data ends in a file without our header (a version-1 trace), from the end-of-file address
+    of its superblock, found where HDF5 looks for one (offset 0, 512, 1024, ...): small reads only."""
+    offset = 0
+    while offset + 8 <= size:
+        block = os.pread(fd, 64, offset)
+        if block.startswith(_HDF5_SIGNATURE):
+            version = block[8] if len(block) > 8 else None
+            if version not in (0, 1, 2, 3):  # a layout this reader does not know: HDF5 will judge the file
+                return size
+            width, first = (block[13], 24 + 4 * version) if version in (0, 1) else (block[9], 12)
+            if width not in (2, 4, 8) or len(block) < first + 3 * width:
+                raise TraceError(f"{path}: truncated or corrupted HDF5 file (its superblock is unreadable)")
+            end = int.from_bytes(block[first + 2 * width:first + 3 * width], "little")
+            if end > size:
+                raise TraceError(f"{path}: truncated or corrupted HDF5 file (it declares {end:,} bytes, the file "
+                                 f"has {size:,})")
+            return end
+        offset = 512 if offset == 0 else offset * 2
+    raise TraceError(f"{path}: not an HDF5 file")
+
+
+def _read_bytes(fd: int, count: int, path: str) -> bytes:
+    """The first `count` bytes of the file (fewer if it shrank meanwhile); a TraceError line where memory lacks."""
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise TraceError(f"{path} is not a regular file, so not a trace")
-        chunks, left = [], info.st_size
+        chunks, left = [], count
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
+            chunk = os.pread(fd, min(left, 1 << 24), count - left)
             if not chunk:
                 break
             chunks.append(chunk)
             left -= len(chunk)
         return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _looks_like_hdf5(data: bytes) -> bool:
-    """Whether `data` has an HDF5 superblock signature where HDF5 looks for one (0, 512, 1024, ...)."""
-    offset = 0
-    while offset + 8 <= len(data):
-        if data[offset:offset + 8] == b"\x89HDF\r\n\x1a\n":
-            return True
-        offset = 512 if offset == 0 else offset * 2
-    return False
+    except MemoryError:
+        raise TraceError(f"{path}: not enough memory to read its {count:,} bytes") from None
 
 
 def _read_state(path: str) -> _State:

@@ -5,6 +5,9 @@ it) or written by something else. Reading one must never raise anything but a on
 read a file other than the trace, or allocate more memory than the trace's own size. So, for the file
 opened from the bytes `trace.load` read:
 
+- everything is reached by hard links: no external link (HDF5 would open the file it names, whose
+  contents could pass every check below) and no soft link (one may lead through an external link, or
+  nowhere), in any group;
 - every dataset keeps its data inside the file: no external storage (HDF5 would read any local file
   named in it, and a resume would copy those bytes into the new trace), no virtual sources, no filters
   (the writer never compresses), and no more bytes than the file itself holds (a dataset declaring
@@ -30,6 +33,7 @@ _STRING_ATTRS = ("status", "config", "writer", "graph_hash", "pprs_mpi_version",
 
 def validate(f: h5py.File, file_size: int, statuses: tuple, columns: tuple, timeline_dtype: np.dtype) -> None:
     """Raises ValueError naming the first thing in `f` (opened from `file_size` bytes) a trace cannot hold."""
+    check_links(f)  # first: nothing below may follow a link out of the file
     f.visititems(lambda name, item: _check_storage(name, item, file_size))
     _check_attrs(f.attrs, statuses)
     _check_columns(f, columns)
@@ -48,6 +52,25 @@ def validate(f: h5py.File, file_size: int, statuses: tuple, columns: tuple, time
         for name in ("pipeline_time", "wall_time"):
             if name in attrs and not _is_number(attrs[name]):
                 raise ValueError(f"checkpoint attribute {name!r} is not a number")
+
+
+def check_links(f: h5py.File, what: str = "a trace") -> None:
+    """Every link of every group (those reached by hard links, which `visititems` follows, once each) is hard:
+    ValueError naming the first that is not. Also used for the classifier's weight files."""
+    groups = [f]
+    f.visititems(lambda name, item: groups.append(item) if isinstance(item, h5py.Group) else None)
+    for group in groups:
+        for name in group:
+            where = f"{group.name.rstrip('/')}/{name}"
+            try:
+                link = group.get(name, getlink=True)
+            except Exception:  # noqa: BLE001 — a link class h5py does not know (user-defined)
+                raise ValueError(f"{where} is a link of an unknown kind: {what} holds no links") from None
+            if isinstance(link, h5py.ExternalLink):
+                raise ValueError(f"{where} is an external link (to {link.path} in {link.filename}): {what} "
+                                 "holds no links")
+            if not isinstance(link, h5py.HardLink):
+                raise ValueError(f"{where} is a soft link (to {getattr(link, 'path', '?')}): {what} holds no links")
 
 
 def _check_storage(name: str, item, file_size: int) -> None:

@@ -13,7 +13,10 @@ distance, ends it, and checks that
 Kill points: `async` (the parent's SIGKILL at a random moment of the run, wherever the child is),
 `in-checkpoint` (SIGKILL from a timer started as a checkpoint commit begins, landing at a random
 point of the commit), `step` (SIGKILL at one step of the commit protocol: half-way through writing
-the temporary file, before or after the rename, after the directory's fsync). Full disk: a real
+the temporary file, before or after the rename, after the directory's fsync). A killed child never
+ends its run on its own: before its last iteration it waits for the kill, so a loaded machine (a
+parent scheduled late, a slow commit stretching the in-checkpoint timer) moves where the kill lands,
+never whether it lands; what is checked is the property, for whatever point that is. Full disk: a real
 tmpfs of random size when one can be mounted, else ENOSPC injected into the writer's os.write at a
 random commit. Used by tests/test_durability.py (CI size) and benchmarks/crash_harness.py (long).
 """
@@ -85,7 +88,7 @@ class Harness:
         target = self.rng.randrange(every, self.iters - every - 1)  # a periodic checkpoint before and after
         argv = [*SMALL, "--iters", str(self.iters), "--checkpoint-every", str(every), "--out", path]
         hook = {"async": None, "in-checkpoint": ("timer", target), "step": (self.rng.choice(STEPS), target)}[kind]
-        code, err = self._child(argv, hook, kill_at=target if kind == "async" else None)
+        code, err = self._child(argv, hook, kill_at=target if kind == "async" else None, wait_at=self.iters - 1)
         if code != -signal.SIGKILL:
             self.tally.unresumable.append(f"{kind}: the child was not killed (exit {code}: {err[-300:]})")
             return
@@ -154,8 +157,11 @@ class Harness:
     def _done(self) -> int:
         return struct.unpack("q", self.progress[:8])[0]
 
-    def _child(self, argv: list[str], hook=None, kill_at: int | None = None) -> tuple[int, str]:
-        """Runs solve.main(argv) in a forked child; returns its exit code (-9 when killed) and stderr."""
+    def _child(self, argv: list[str], hook=None, kill_at: int | None = None, wait_at: int | None = None
+               ) -> tuple[int, str]:
+        """Runs solve.main(argv) in a forked child; returns its exit code (-9 when killed) and stderr. With
+        `kill_at` the parent kills it once it has done that many iterations; with `wait_at` the child, having
+        done that many, waits to be killed (by the parent or its own hook) instead of going on."""
         self.progress[:8] = struct.pack("q", 0)
         err_path = os.path.join(self.workdir, "child.err")
         pid = os.fork()
@@ -165,7 +171,7 @@ class Harness:
                 sys.stderr = open(err_path, "w", buffering=1)  # pytest may have replaced sys.stderr
                 sys.stdout = open(os.devnull, "w")
                 os.dup2(sys.stderr.fileno(), 2)
-                self._install(hook)
+                self._install(hook, wait_at)
                 code = self.solve.main(argv, comm=self.comm)
             finally:
                 os._exit(code)
@@ -187,14 +193,17 @@ class Harness:
         with open(err_path) as f:
             return os.waitstatus_to_exitcode(status), f.read()
 
-    def _install(self, hook) -> None:
-        """In the child: count iterations done into shared memory, and arm the kill or ENOSPC hook."""
+    def _install(self, hook, wait_at: int | None) -> None:
+        """In the child: count iterations done into shared memory (and wait for the kill at `wait_at`), and arm
+        the kill or ENOSPC hook."""
         T, progress = self.T, self.progress
         append = T.TraceWriter.append
 
         def counting_append(writer, **row):
             append(writer, **row)
             progress[:8] = struct.pack("q", int(row["iteration"]))
+            if wait_at is not None and row["iteration"] >= wait_at:
+                time.sleep(2 * CHILD_TIMEOUT_S)  # the kill comes first: the parent's deadline at the latest
         T.TraceWriter.append = counting_append
         if hook is None:
             return

@@ -68,6 +68,11 @@ def _corrupt(path, edit):
     (lambda f: f["layers/00_conv2d"].attrs.__delitem__("stride"), "lacks stride"),
     (lambda f: f.attrs.__setitem__("input_shape", (3, 32, 32)), "does not fit its input"),
     (lambda f: f.attrs.__setitem__("classes", 7), "not to 7 logits"),
+    # issue 32: HDF5 would open the file an external link names; a weights file is one a trace may name
+    (lambda f: f["layers"].__setitem__("99_other", h5py.ExternalLink(f.filename, "/layers/00_conv2d")),
+     "/layers/99_other is an external link"),
+    (lambda f: f["layers"].__setitem__("99_other", h5py.SoftLink("/layers/00_conv2d")),
+     "a weights file holds no links"),
 ])
 def test_bad_weights_files_give_one_line_errors(tmp_path, edit, message):
     path = str(tmp_path / "net.h5")

@@ -212,6 +212,16 @@ def test_crash_harness(tmp_path):
     assert sum(tally.kills.values()) == 30 and tally.max_redone <= max(CHECKPOINT_EVERY)
 
 
+def test_a_kill_that_comes_late_still_lands_before_the_run_ends(tmp_path):
+    """The crash harness under load (issue 32): a parent scheduled late let the child end its run before the
+    kill, and the case counted as unresumable. The child now waits for its kill before its last iteration."""
+    harness = Harness(tmp_path, iters=40)
+    harness.rng.uniform = lambda low, high: 0.3  # the parent's pause before each SIGKILL: 100 times the usual
+    for _ in range(2):
+        harness.kill_case("async")
+    assert harness.tally.unresumable == [] and harness.tally.kills == {"async": 2}
+
+
 # 6. Readers locked the writer out (TraceLocked after 60 s) or made it 12x slower.
 READ_WHILE_WRITING = [*SMALL, "--iters", "800", "--checkpoint-every", "20", "--eval-every", "1"]
 
@@ -278,6 +288,38 @@ def test_ctrl_c_stops_at_a_boundary_like_sigterm(tmp_trace):
     assert solve("--resume", tmp_trace(), timeout=120).returncode == 0
     assert solve(*argv, "--out", tmp_trace("whole.h5"), timeout=120).returncode == 0
     assert same_run(T.load(tmp_trace()), T.load(tmp_trace("whole.h5")))
+
+
+# Issue 32, bug 8: Ctrl-C in a run's first second printed a KeyboardInterrupt traceback (once, under load, a
+# NumPy ImportError). SIGINT arrives while a chosen module is first imported: a point of that second, no timing.
+INTERRUPTED_AT = """
+import os, runpy, signal, sys
+module, sys.argv = sys.argv[1], ["pprs_mpi.solve", *sys.argv[2:]]
+class Interrupt:
+    def find_spec(self, name, path=None, target=None):
+        if name == module:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, Interrupt())
+runpy.run_module("pprs_mpi.solve", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "h5py", "mpi4py.MPI", "pprs_mpi.problems.planted", "in the builder"])
+def test_ctrl_c_before_the_first_iteration_is_one_line_and_exit_130(tmp_path, module):
+    """Imports (numpy, h5py), MPI's start, the configuration (planted: the built-in problems), the builder: each
+    ends at once, and the trace is not created."""
+    argv = [*SMALL, "--iters", "3"]
+    if module == "in the builder":
+        builder = tmp_path / "interrupted.py"
+        builder.write_text("import os, signal\nfrom pprs_mpi import builder\nfrom pprs_mpi.problems import build as b\n"
+                           "@builder\ndef build():\n    os.kill(os.getpid(), signal.SIGINT)\n"
+                           "    return b('lad', depth=3, dim=4, rows=6)\n")
+        argv = ["--problem", f"{builder}:build", "--iters", "3"]
+    result = run([sys.executable, "-c", INTERRUPTED_AT, module, *argv, "--out", str(tmp_path / "run.h5")], timeout=60)
+    assert result.returncode == 130 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("pprs_mpi.solve: interrupted (SIGINT) before the first iteration")
+    assert not (tmp_path / "run.h5").exists()
 
 
 # 9. --out /dev/null raised a RuntimeError (exit 1).

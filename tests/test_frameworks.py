@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'pprs_mpi[torch]')")
 
 import pprs_mpi  # noqa: E402
-from conftest import mpirun  # noqa: E402
+from conftest import mpirun, solve  # noqa: E402
 from pprs_mpi import Graph, GraphError, Node, check_gradients  # noqa: E402
 from pprs_mpi.api import engine_for  # noqa: E402
 from pprs_mpi.engines.stage import Sampling  # noqa: E402
@@ -124,6 +124,20 @@ def test_a_function_fixed_to_float32_is_named_by_node_in_both_engines(tmp_path):
     assert load(tmp_path / "s.h5").status == "failed" and load(tmp_path / "m.h5").status == "failed"
     single = pprs_mpi.minimize(f"{builder}:build", iters=2, quiet=True, dtype="float32", out=str(tmp_path / "f.h5"))
     assert single.status == "completed"
+
+
+@pytest.mark.parametrize("function, code", [("torch.log(x)", 1), ("torch.exp(1e4 * x)", 0)])
+def test_a_nan_or_inf_at_the_build_time_probe_prints_no_warning(tmp_path, function, code):
+    """Issue 32, bug 9: NumPy's RuntimeWarning from the probe used to be printed beside the diverged line
+    (and, for a function infinite only at the probe's random rows, beside a run that completes)."""
+    builder = tmp_path / "nan.py"
+    builder.write_text("import torch\nfrom pprs_mpi import Graph, Node\nfrom pprs_mpi.ops import TorchOp, L1Norm\n"
+                       "def build() -> Graph:\n"
+                       f"    return Graph(3, [Node('t', TorchOp(lambda x: {function}), ('theta',)),\n"
+                       "                     Node('l1', L1Norm(), ('t',))])\n")
+    result = solve("--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "run.h5", timeout=60)
+    lines = ["pprs_mpi.solve: diverged"] if code else []  # exit 1 with its one line, or 0 and nothing
+    assert result.returncode == code and [line[:24] for line in result.stderr.splitlines()] == lines, result.stderr
 
 
 def test_without_torch_a_builder_using_it_is_one_line(tmp_path):

@@ -14,11 +14,17 @@ from pprs_mpi.solve import main
 
 BUILDER = """
     import os, sys, time
-    from pprs_mpi import Graph, Node
+    from pprs_mpi import Graph, Node, builder
     from pprs_mpi.ops import Scale, SquaredNorm
 
+    class Stop(BaseException):  # not an Exception: passed through `except Exception` and hung the job
+        pass
+
+    @builder
     def build(how: str = "none", rank: int = 0):
         if int(os.environ.get("OMPI_COMM_WORLD_RANK", "0")) == rank:
+            if how == "base":
+                raise Stop("a BaseException of its own")
             if how == "exit":
                 sys.exit(0)
             if how == "exit3":
@@ -40,6 +46,8 @@ def builder(tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.parametrize("how, cause", [("exit", "rank 1: problem '{b}': the builder called sys.exit(0)"),
+                                        ("base", "rank 1: problem '{b}': the builder raised Stop: a BaseException "
+                                                 "of its own (rank_builder.py, line 13)"),
                                         ("hang", "rank(s) 1 did not finish setting up within 3 s")])
 def test_a_builder_failing_on_one_rank_ends_the_job_in_one_line_naming_it(builder, tmp_trace, how, cause):
     started = time.monotonic()
@@ -52,7 +60,18 @@ def test_a_builder_failing_on_one_rank_ends_the_job_in_one_line_naming_it(builde
     assert time.monotonic() - started < 30 and not Path(tmp_trace()).exists()
 
 
+@pytest.mark.mpi
+def test_a_builder_raising_a_base_exception_on_one_rank_ends_the_job_without_a_comm_timeout(builder, tmp_trace):
+    """Issue 32, bug 4: without --comm-timeout the job hung forever (SIGTERM did not end it)."""
+    result = mpirun(2, "--problem", builder, "--problem-arg", "how=base", "--problem-arg", "rank=1", "--iters", "2",
+                    "--out", tmp_trace(), timeout=60)
+    lines = [line for line in result.stderr.replace("\0", "").splitlines() if line.startswith("pprs_mpi.solve")]
+    assert result.returncode == 2 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "rank 1: problem" in lines[0] and "the builder raised Stop" in lines[0] and not Path(tmp_trace()).exists()
+
+
 @pytest.mark.parametrize("how, cause", [("exit", "the builder called sys.exit(0)"),
+                                        ("base", "the builder raised Stop: a BaseException of its own"),
                                         ("exit3", "the builder called sys.exit(3)"),
                                         ("interrupt", "the builder was interrupted (KeyboardInterrupt)")])
 def test_a_builder_that_exits_or_is_interrupted_is_one_line_and_exit_2(builder, tmp_trace, capsys, how, cause):

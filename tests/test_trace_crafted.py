@@ -91,3 +91,41 @@ def test_a_virtual_dataset_in_a_trace_is_refused(base, tmp_path):
         f.create_virtual_dataset("result/y", layout)
     with pytest.raises(T.TraceError, match="virtual dataset"):
         T.load(crafted(base, tmp_path, virtual))
+
+
+def _link(where, link):
+    def craft(f):
+        if where in f:
+            del f[where]
+        f[where] = link
+    return craft
+
+
+LINKS = {  # issue 32, bug 7: an external /checkpoint was a traceback in report and a raw KeyError line from --resume
+    "/checkpoint external": ("checkpoint", lambda other: h5py.ExternalLink(str(other), "/checkpoint")),
+    "/trace external": ("trace", lambda other: h5py.ExternalLink(str(other), "/trace")),
+    "/result/y external": ("result/y", lambda other: h5py.ExternalLink(str(other), "/result/y")),
+    "/graph/extra external, missing file": ("graph/extra", lambda other: h5py.ExternalLink("/no/such.h5", "/x")),
+    "/checkpoint soft": ("checkpoint", lambda other: h5py.SoftLink("/result")),
+    "/timeline soft, dangling": ("timeline", lambda other: h5py.SoftLink("/nowhere")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LINKS))
+def test_a_link_in_any_group_of_a_trace_is_one_line_for_every_reader_and_changes_nothing(base, tmp_path, capsys,
+                                                                                           name):
+    where, link = LINKS[name]
+    other = tmp_path / "other.h5"
+    shutil.copy(base, other)  # a real trace: what an external link reaches would parse
+    path = crafted(base, tmp_path, _link(where, link(other)))
+    for reader in (T.load, T.read_checkpoint):
+        with pytest.raises(T.TraceError, match=f"malformed pprs_mpi trace \\(/{where} is a") as caught:
+            reader(path)
+        assert "\n" not in str(caught.value) and "a trace holds no links" in str(caught.value)
+    before, other_before = path.read_bytes(), other.read_bytes()
+    capsys.readouterr()
+    assert main(["--resume", str(path), "--iters", "6"]) == 2
+    assert report_main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 2 and err.count("a trace holds no links") == 2 and "Traceback" not in err, err
+    assert path.read_bytes() == before and other.read_bytes() == other_before

@@ -85,9 +85,10 @@ def test_minimize_returns_the_result_and_raises_one_line_for_bad_options(tmp_pat
 
 def test_problem_args_are_typed_from_the_builders_annotations_and_defaults(tmp_path, tmp_trace):
     user = write(tmp_path, """
-        from pprs_mpi import Graph, Node
+        from pprs_mpi import Graph, Node, builder
         from pprs_mpi.ops import Scale, SquaredNorm
 
+        @builder
         def build(dim: int, weight=1.0, label: str = "x", shifted: bool = False):
             assert isinstance(dim, int) and isinstance(weight, float) and isinstance(shifted, bool), (dim, weight)
             return Graph(dim, [Node("sq", SquaredNorm(), ("theta",)), Node("w", Scale(weight), ("sq",))])
@@ -98,21 +99,26 @@ def test_problem_args_are_typed_from_the_builders_annotations_and_defaults(tmp_p
     assert load(tmp_trace()).config["problem_params"] == {"dim": 3, "weight": 2.0, "label": "x", "shifted": True}
 
 
+MARKED = "from pprs_mpi import builder\n@builder\n"  # two lines before a builder's def
+
+
 @pytest.mark.parametrize("source, argv, message", [
     (None, ["--problem", "missing.py:build"], "no such file"),
     ("def other():\n    pass\n", ["--problem", "{user}:build"], "defines no function 'build'"),
-    ("import numpy\nx = 1\nraise RuntimeError('broken on purpose')\n", ["--problem", "{user}:build"],
-     "importing {user} failed: RuntimeError: broken on purpose (user.py, line 3)"),
+    ("def build():\n    pass\n", ["--problem", "{user}:build"], "'build' in {user} is not marked as a builder: "
+     "decorate it with @pprs_mpi.builder or annotate it to return a Problem or a Graph (-> Problem)"),
+    ("import numpy\nx = 1\nraise RuntimeError('broken on purpose')\n" + MARKED + "def build():\n    pass\n",
+     ["--problem", "{user}:build"], "importing {user} failed: RuntimeError: broken on purpose (user.py, line 3)"),
     ("def build(:\n", ["--problem", "{user}:build"], "SyntaxError"),
-    ("def build():\n    return {'a': 1}\n", ["--problem", "{user}:build"],
+    (MARKED + "def build():\n    return {'a': 1}\n", ["--problem", "{user}:build"],
      "error: problem '{user}:build': the builder returned dict, expected a pprs_mpi Problem or Graph\n"),
-    ("def build(n: int = 2):\n    raise ValueError('n too small')\n", ["--problem", "{user}:build"],
-     "the builder raised ValueError: n too small (user.py, line 2)"),
-    ("def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "m=3"],
+    (MARKED + "def build(n: int = 2):\n    raise ValueError('n too small')\n", ["--problem", "{user}:build"],
+     "the builder raised ValueError: n too small (user.py, line 4)"),
+    (MARKED + "def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "m=3"],
      "has no argument 'm'"),
-    ("def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "n=two"],
+    (MARKED + "def build(n: int = 2):\n    pass\n", ["--problem", "{user}:build", "--problem-arg", "n=two"],
      "problem parameter 'n' must be int, got 'two'"),
-    ("def build(n: int):\n    pass\n", ["--problem", "{user}:build"], "needs --problem-arg n=VALUE"),
+    (MARKED + "def build(n: int):\n    pass\n", ["--problem", "{user}:build"], "needs --problem-arg n=VALUE"),
     (None, ["--problem", "no_such_module_xyz:build"], "no module named 'no_such_module_xyz'"),
     (None, ["--problem", "lad", "--problem-arg", "depth"], "--problem-arg must look like NAME=VALUE, got 'depth'"),
 ])
@@ -130,9 +136,10 @@ def test_builder_mistakes_are_one_line_and_exit_2(tmp_path, capsys, source, argv
 def test_ranks_that_build_different_graphs_are_refused_naming_the_node(tmp_path, tmp_trace):
     user = write(tmp_path, """
         import numpy as np
-        from pprs_mpi import Graph, Node
+        from pprs_mpi import Graph, Node, builder
         from pprs_mpi.ops import Affine, L1Norm
 
+        @builder
         def build():
             A = np.random.default_rng().standard_normal((4, 3))  # unseeded: each rank draws its own
             return Graph(3, [Node("fixed", Affine(np.eye(3)), ("theta",)), Node("random", Affine(A), ("fixed",)),
@@ -162,9 +169,10 @@ def test_resume_accepts_the_original_flags_and_refuses_a_changed_one_naming_both
 
 def test_resume_refuses_a_builder_that_now_builds_another_graph(tmp_path, tmp_trace, capsys):
     user = write(tmp_path, """
-        from pprs_mpi import Graph, Node
+        from pprs_mpi import Graph, Node, builder
         from pprs_mpi.ops import Scale, SquaredNorm
 
+        @builder
         def build():
             return Graph(2, [Node("sq", SquaredNorm(), ("theta",)), Node("s", Scale(1.0), ("sq",))])
         """)
@@ -194,7 +202,7 @@ def test_the_checker_names_the_node_of_an_unseeded_builder(tmp_path, capsys):
         from pprs_mpi import Graph, Node
         from pprs_mpi.ops import Affine, L1Norm, ReLU
 
-        def build(dim: int = 3):
+        def build(dim: int = 3) -> Graph:
             A = np.random.default_rng().standard_normal((4, dim))  # no seed
             return Graph(dim, [Node("relu", ReLU(), ("theta",)), Node("mix", Affine(A, np.zeros(4)), ("relu",)),
                                Node("l1", L1Norm(), ("mix",))])
@@ -222,7 +230,7 @@ def test_the_checker_counts_every_node_of_the_graph(tmp_path, capsys):
             def vjp(self, xp, inputs, output, cotangent):
                 return [cotangent]
 
-        def build():
+        def build() -> Graph:
             return Graph.chain(3, [Scale(2.0), Broken(), Abs(), Scale(1.0), L1Norm()])
     """)
     assert check([f"{user}:build"]) == 1

@@ -15,6 +15,14 @@ import numpy as np
 from pprs_mpi.graph import Graph, GraphError
 
 REQUIRED = object()  # the default of a builder argument that has none
+BUILDER_MARK = "__pprs_mpi_builder__"  # the attribute `builder` sets: a reference may name this function
+
+
+def builder(function: Callable) -> Callable:
+    """Marks `function` as a builder, so that a reference (`FILE.py:FUNCTION`, from a command line, a TOML
+    file, a trace or the API) may name it; annotating it `-> Problem` or `-> Graph` does the same."""
+    setattr(function, BUILDER_MARK, True)
+    return function
 
 
 @dataclass

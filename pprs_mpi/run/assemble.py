@@ -23,9 +23,9 @@ from pprs_mpi.run.presets import apply_preset
 from pprs_mpi.run.trace_io import open_trace
 from pprs_mpi.schedule import SPECS, Schedule, ideal_makespan
 from pprs_mpi.setup_sync import SetupFailed, SetupSync
+from pprs_mpi.solve import PREFIX
 
 
-PREFIX = "pprs_mpi.solve: "  # what begins every line a run's failure prints
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
@@ -47,7 +47,10 @@ def set_up(cfg: config.RunConfig | Callable[[], config.RunConfig], comm, problem
         setup.complete = sync.bcast(setup.complete)  # rank 0 found the resumed run complete: nothing to run
     except SetupFailed:
         raise
-    except Exception as err:  # noqa: BLE001 — any error of one rank must reach every rank, in one line
+    except BaseException as err:  # noqa: BLE001 — any error of one rank (a BaseException too) must reach every rank
+        if isinstance(err, KeyboardInterrupt) and comm.size == 1 or isinstance(err, SystemExit) and not isinstance(
+                cfg, config.RunConfig):
+            raise  # Ctrl-C of a serial run from Python, and --help's exit while reading the command line
         sync.fail(str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}")
     sync.close()
     return setup
@@ -166,7 +169,7 @@ def build_problem(cfg: config.RunConfig) -> Problem:
         what = (f"called sys.exit({err.code!r})" if isinstance(err, SystemExit)
                 else "was interrupted (KeyboardInterrupt)")
         raise ConfigError(f"problem {spec.reference!r}: the builder {what}") from None
-    except Exception as err:  # noqa: BLE001 — a builder's own error, in one line naming it
+    except BaseException as err:  # noqa: BLE001 — a builder's own error (even a BaseException), in one line naming it
         if spec.reference in registry():
             raise ConfigError(f"problem {spec.reference!r}: {err}") from None
         raise ConfigError(f"problem {spec.reference!r}: the builder raised "
