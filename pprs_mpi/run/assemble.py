@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,7 +23,7 @@ from pprs_mpi.problems.user import describe_error
 from pprs_mpi.run.presets import apply_preset
 from pprs_mpi.run.trace_io import open_trace
 from pprs_mpi.schedule import SPECS, Schedule, ideal_makespan
-from pprs_mpi.setup_sync import SetupFailed, SetupSync
+from pprs_mpi.setup_sync import SetupFailed, SetupSync, name_ranks
 
 
 PREFIX = "pprs_mpi.solve: "  # what begins every line a run's failure prints
@@ -115,13 +116,12 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     try:
         backend = select(cfg.device.device, cfg.device.dtype, local_rank)
         cuda_aware, decided_by = backend.cuda_awareness()
-        local = {"devices": [backend.device], "transport": [backend.staging(cuda_aware).path], "error": []}
+        local = {"devices": [backend.device], "transport": [backend.staging(cuda_aware).path],
+                 "hosts": [socket.gethostname()], "error": []}
     except BackendError as err:
-        local = {"devices": [], "transport": [], "error": [f"rank {comm.rank}: {err}"]}
-    gathered = sync.gather(local)
-    placement = {key: [item for rank in gathered for item in rank[key]] for key in local}
-    if placement.pop("error"):
-        raise BackendError(_placement_errors(gathered))
+        local = {"devices": [], "transport": [], "hosts": [], "error": [f"rank {comm.rank}: {err}"]}
+    gathered = sync.gather(local, check=_placement_errors) or [local]  # every rank's on rank 0, its own elsewhere
+    placement = {key: [item for rank in gathered for item in rank[key]] for key in local if key != "error"}
     sampling = Sampling(cfg.algorithm.K, float(cfg.algorithm.gamma), cfg.algorithm.seed, cfg.pipeline.microbatch_size,
                         noise_on_device=cfg.device.noise_source == "device")
     _check_sizes(cfg, graph, sampling.n_microbatches, n_stages)
@@ -162,18 +162,25 @@ def _same_graph_everywhere(graph: Graph, sync: SetupSync) -> str:
     constants); a mismatch names the first node that differs and the ranks that disagree with rank 0."""
     digests = graph.fingerprints()
     whole = hashlib.sha256("".join(f"{name}={d};" for name, d in digests.items()).encode()).hexdigest()
-    if len(set(sync.gather(whole))) == 1:
+    differ = sync.agree(whole, lambda wholes: [rank for rank, w in enumerate(wholes) if w != wholes[0]])
+    if not differ:
         return whole
-    every = sync.gather(list(digests.items()))
-    mine = every[0]
-    for position in range(max(len(d) for d in every)):
-        differ = [rank for rank, d in enumerate(every) if d[position:position + 1] != mine[position:position + 1]]
-        if differ:
-            node = mine[position][0] if position < len(mine) else every[differ[0]][position][0]
-            raise ConfigError(f"the ranks built different graphs: node {node!r} differs on rank(s) "
-                              f"{', '.join(map(str, differ))} from rank 0 (a builder runs on every rank and must be "
-                              "deterministic: seed its random numbers)")
-    raise ConfigError("the ranks built different graphs")
+    first = differ[0]  # rank 0 compares its nodes with those of the first rank that differs, and names one
+    ours = list(digests.items()) if sync.rank in (0, first) else None
+    sync.agree(ours, lambda every: _first_difference(every[0], every[first], first, differ))
+    raise ConfigError("the ranks built different graphs")  # not reached: the round above failed
+
+
+def _first_difference(mine: list, theirs: list, rank: int, differ: list[int]) -> None:
+    """Raises the ConfigError naming the first node whose fingerprint differs between rank 0 and `rank`."""
+    for position in range(max(len(mine), len(theirs))):
+        if mine[position:position + 1] != theirs[position:position + 1]:
+            node = (mine if position < len(mine) else theirs)[position][0]
+            others = f" ({len(differ)} ranks differ: {name_ranks(differ)})" if len(differ) > 1 else ""
+            raise ConfigError(f"the ranks built different graphs: node {node!r} differs on rank(s) {rank} from rank 0"
+                              f"{others} (a builder runs on every rank and must be deterministic: seed its random "
+                              "numbers)")
+    raise ConfigError(f"the ranks built different graphs: rank {rank}'s differs from rank 0's")
 
 
 def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
@@ -208,7 +215,8 @@ def _check_sizes(cfg: config.RunConfig, graph: Graph, n_microbatches: int, n_sta
                           f"{MAX_MESSAGE_ENTRIES:,}): lower --microbatch-size")
 
 
-def _placement_errors(gathered: list[dict]) -> str:
-    """The first rank's device error, and how many ranks had one."""
+def _placement_errors(gathered: list[dict]) -> None:
+    """Raises a ConfigError naming the first rank's device error, and how many ranks had one."""
     errors = [e for rank in gathered for e in rank["error"]]
-    return errors[0] + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else "")
+    if errors:
+        raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else ""))

@@ -26,7 +26,7 @@ def open_trace(setup: Setup, comm) -> str | None:
             "makespan": setup.makespan, "n_microbatches": setup.sampling.n_microbatches,
             "stages": len(setup.wiring.stages), "package_version": __version__,
             "rank_devices": ",".join(setup.placement["devices"]),
-            "rank_transport": ",".join(setup.placement["transport"]),
+            "rank_transport": ",".join(setup.placement["transport"]), "rank_hosts": ",".join(setup.placement["hosts"]),
             "cuda_aware_decided_by": setup.placement["cuda_aware_decided_by"], "graph_hash": setup.graph_hash,
             "f_star": math.nan if setup.problem.f_star is None else float(setup.problem.f_star)}
     if cfg.output.resume:
