@@ -192,25 +192,31 @@ def topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[tuple[str, 
 
 
 def _balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
-    """Contiguous split of `weights` into `parts` non-empty ranges minimising the largest sum (exact DP)."""
+    """Contiguous split of `weights` into `parts` non-empty ranges minimising the largest sum (exact DP).
+
+    k parts cover between k and k + n - parts of the first weights, so the table is kept to that band:
+    O(parts × (n - parts + 1)²) time and O(parts × (n - parts + 1)) memory, linear when every stage
+    holds about one node."""
     n = len(weights)
     prefix = [0.0]
     for w in weights:
         prefix.append(prefix[-1] + w)
-    inf = float("inf")
-    # best[k][i]: smallest achievable max-sum splitting the first i weights into k parts.
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]
-    cut = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = 0.0
+    inf, band = float("inf"), n - parts + 1
+    # best[i - k]: smallest achievable max-sum splitting the first i weights into k parts; cuts[k - 1][i - k]
+    # the end of the first k - 1 parts in that split.
+    best, cuts = [0.0] + [inf] * (band - 1), []
     for k in range(1, parts + 1):
-        for i in range(k, n - (parts - k) + 1):
-            for j in range(k - 1, i):
-                value = max(best[k - 1][j], prefix[i] - prefix[j])
-                if value < best[k][i]:
-                    best[k][i], cut[k][i] = value, j
+        current, cut = [inf] * band, [0] * band
+        for i in range(k, k + band):
+            for j in range(k - 1, min(i, k - 1 + band)):
+                value = max(best[j - k + 1], prefix[i] - prefix[j])
+                if value < current[i - k]:
+                    current[i - k], cut[i - k] = value, j
+        best = current
+        cuts.append(cut)
     ranges, i = [], n
     for k in range(parts, 0, -1):
-        j = cut[k][i]
+        j = cuts[k - 1][i - k]
         ranges.append((j, i))
         i = j
     return ranges[::-1]
