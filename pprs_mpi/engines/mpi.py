@@ -57,7 +57,7 @@ from pprs_mpi.faults import Fault
 from pprs_mpi.engines.plan import Channel, channels
 from pprs_mpi.engines.runner import ShapeError, StageRunner
 from pprs_mpi.engines.stage import Sampling, Wiring
-from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline
+from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline, sampled_ranks
 from pprs_mpi.schedule import Schedule
 
 FAILURE_TAG, CLOCK_TAG, GATHER_TAG, FIRST_DATA_TAG = 0, 1, 2, 3  # reserved tags, then one per channel
@@ -392,7 +392,7 @@ class MpiEngine:
         comm = self.comm = comm.Dup()  # this engine's own: a failed pass's leftovers never reach another solve
         comm.Set_errhandler(MPI.ERRORS_RETURN)  # MPI errors as exceptions: a lost rank is named, not fatal
         self.recover = recover
-        self.timeline = Timeline(comm.rank, timeline_every)
+        self.timeline = Timeline(comm.rank, timeline_every, detailed=comm.rank in sampled_ranks(comm.size))
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
         self.poller = Poller(comm, comm_timeout, recover)
         self.staging = backend.staging(cuda_aware)
@@ -409,13 +409,21 @@ class MpiEngine:
         return self.runner.run(t, y, evaluation=True)
 
     def gather(self) -> tuple[np.ndarray, list[dict]]:
-        """Every rank's timeline records since the last gather and its memory figures (off the hot path).
-        Point to point rather than a collective, so that rank 0 notices a rank that failed meanwhile."""
+        """The sampled ranks' timeline records since the last gather, and every rank's summary and memory
+        figures (off the hot path). Point to point rather than a collective, so that rank 0 notices a rank
+        that failed meanwhile; taken in the order they arrive, not rank after rank."""
         self._command(GATHER, 0)
-        gathered = [self._report()] + [
-            self.poller.receive(rank, GATHER_TAG, lambda rank=rank: f"rank {rank}'s timeline", COMMAND_SLACK_SECONDS)
-            for rank in range(1, self.comm.size)]
-        return np.concatenate([records for records, _ in gathered]), [memory for _, memory in gathered]
+        gathered = {0: self._report()}
+        for _ in range(1, self.comm.size):
+            rank, report = self.poller.receive(MPI.ANY_SOURCE, GATHER_TAG, lambda: self._missing(gathered),
+                                               COMMAND_SLACK_SECONDS)
+            gathered[rank] = report
+        reports = [gathered[rank] for rank in range(self.comm.size)]
+        return np.concatenate([records for records, _ in reports]), [figures for _, figures in reports]
+
+    def _missing(self, gathered: dict) -> str:
+        missing = [rank for rank in range(self.comm.size) if rank not in gathered]
+        return f"the timeline of rank(s) {', '.join(map(str, missing[:10]))}" + (" ..." if len(missing) > 10 else "")
 
     def stop(self) -> None:
         self._command(STOP, 0)
@@ -461,14 +469,16 @@ class MpiEngine:
                 self._close()
                 return
             if command == GATHER:
-                request = self.comm.isend(self._report(), dest=0, tag=GATHER_TAG)
+                request = self.comm.isend((self.comm.rank, self._report()), dest=0, tag=GATHER_TAG)
                 self.poller.wait(request, lambda: "rank 0 to take this rank's timeline", slack=COMMAND_SLACK_SECONDS)
             else:
                 self.runner.run(t, evaluation=command == EVALUATE)
 
     def _report(self) -> tuple[np.ndarray, dict]:
+        """This rank's records (none unless sampled), its summary and memory figures."""
         figures = (self.runner.peak_stash, self.staging.allocated_bytes, self.transport.peak_send_bytes)
-        return self.timeline.take(), dict(zip(MEMORY_KEYS, figures))
+        records, summary = self.timeline.take()
+        return records, {**dict(zip(MEMORY_KEYS, figures)), **summary}
 
     def _command(self, command: int | None = None, t: int = 0) -> tuple[int, int]:
         if self.comm.rank == 0:
