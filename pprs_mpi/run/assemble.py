@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import socket
 from dataclasses import dataclass, field
 from typing import Callable
@@ -27,6 +28,8 @@ from pprs_mpi.setup_sync import SetupFailed, SetupSync, name_ranks
 
 
 PREFIX = "pprs_mpi.solve: "  # what begins every line a run's failure prints
+SINGLETONS = ("the launcher started each task as an MPI singleton (its PMI does not reach this MPI library): "
+              "under srun set SRUN_MPI=pmix (srun --mpi=pmix), or use LAUNCHER=mpirun")
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units: the serial engine holds every stage's plan
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
@@ -98,7 +101,8 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     cfg = apply_preset(cfg, problem)
     if cfg.pipeline.expect_ranks not in (None, comm.size):
         raise ConfigError(f"expected {cfg.pipeline.expect_ranks} MPI ranks but this job has {comm.size}: "
-                          "was python started without mpirun/srun, or with another MPI than mpi4py's?")
+                          + (SINGLETONS if comm.size == 1 and launched_rank() is not None else
+                             "was python started without mpirun/srun, or with another MPI than mpi4py's?"))
     engine_name = cfg.pipeline.engine if cfg.pipeline.engine != "auto" else ("mpi" if comm.size > 1 else "serial")
     if engine_name == "serial":
         if comm.size > 1:
@@ -137,6 +141,14 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
                 else schedule.makespan)
     return Setup(cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan,
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash)
+
+
+def launched_rank() -> int | None:
+    """This process's rank in its launch as the launcher tells it (srun, PMIx), or None: run by hand."""
+    for name in ("SLURM_PROCID", "PMIX_RANK", "PMI_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return None
 
 
 def build_problem(cfg: config.RunConfig) -> Problem:
