@@ -23,6 +23,8 @@ for round_ in range(3):
     gathered = sync.gather(value(comm.rank, round_))
     if comm.rank == 0:
         assert gathered == [value(rank, round_) for rank in range(comm.size)], "rank 0 gathered other values"
+    else:  # only rank 0 gets everyone's values: the others' answers stay short, O(P) bytes in all
+        assert gathered is None, "a rank other than 0 was sent everyone's values"
     assert sync.bcast(value(0, round_) if comm.rank == 0 else None) == value(0, round_), "a garbled broadcast"
     assert sync.agree(value(comm.rank, round_), lambda values: sum(map(len, values))) == comm.size * SIZE
 sync.close()
