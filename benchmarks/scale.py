@@ -3,9 +3,10 @@ per-rank plan, trace bytes and report time, with a fitted exponent (y ~ P^e) for
 
 - MPI runs of `lad` with D = P on this machine, oversubscribed (`--ranks`, default 2 … 128): each rank
   times its parts (imports, MPI_Init, the builder, the graph agreement, the schedule and placement, the
-  trace, the engine (clock sync, plan, buffers), the iterations) and counts the bytes its setup rounds
-  send; the slowest rank's time per part is kept, and rank 0's bytes. Then the trace's size per timed
-  iteration and the report's time on it.
+  trace, the engine (clock sync, plan, buffers), the iterations) in CPU seconds (its own work: with P
+  ranks on 2 cores, wall time also counts the other ranks' turns) and in wall seconds, and counts the
+  bytes its setup rounds send; the largest per part over the ranks is kept, and rank 0's bytes. Then
+  the trace's size per timed iteration and the report's time on it.
 - One stage's plan of a chain of P stages in one process (P up to 4096): what every rank builds.
 - A single-process model of the writer at `--model-ranks` (default 1024): the serial engine runs that
   many stages and writes its trace as rank 0 would (the same sampled timeline, every stage's summary);
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import time
 
-_STARTED = time.perf_counter()  # before the imports, which are the first part of a rank's start-up
+_STARTED = time.perf_counter(), time.process_time()  # before the imports: the first part of a start-up
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -53,7 +54,7 @@ from pprs_mpi.schedule import build  # noqa: E402
 from pprs_mpi.setup_sync import SetupSync  # noqa: E402
 from pprs_mpi.trace import load  # noqa: E402
 
-IMPORTED = time.perf_counter()
+IMPORTED = time.perf_counter(), time.process_time()
 RESULTS = Path(__file__).parent / "results" / "scale.json"
 PARTS = ("imports", "mpi_init", "builder", "graph_agreement", "schedule", "trace_open", "setup_total", "engine",
          "iterations")
@@ -88,24 +89,29 @@ class _Counting:
         return getattr(self._comm, name)
 
 
+def _clocks() -> np.ndarray:
+    return np.array([time.perf_counter(), time.process_time()])
+
+
 def _timed(module, name: str, times: dict, part: str) -> None:
+    """Adds the wall and CPU seconds of every call of module.name to times[part]."""
     function = getattr(module, name)
 
     def wrapper(*args, **kwargs):
-        start = time.perf_counter()
+        start = _clocks()
         try:
             return function(*args, **kwargs)
         finally:
-            times[part] = times.get(part, 0.0) + time.perf_counter() - start
+            times[part] = times.get(part, 0.0) + _clocks() - start
     setattr(module, name, wrapper)
 
 
 def worker(out_json: str, argv: list[str]) -> None:
     """One rank: runs the solver on argv with its parts timed; rank 0 writes every rank's figures to out_json."""
-    times = {"imports": IMPORTED - _STARTED}
-    start = time.perf_counter()
+    times = {"imports": np.subtract(IMPORTED, _STARTED)}
+    start = _clocks()
     from mpi4py import MPI
-    times["mpi_init"] = time.perf_counter() - start
+    times["mpi_init"] = _clocks() - start
     comm = MPI.COMM_WORLD
     counter = {"bytes": 0, "messages": 0}
     plain_init = SetupSync.__init__
@@ -121,7 +127,7 @@ def worker(out_json: str, argv: list[str]) -> None:
                                (execute, "execute", "iterations")):
         _timed(module, name, times, part)
     execute.run(lambda: config.load(argv), comm)
-    gathered = comm.gather({"times": times, **counter}, root=0)
+    gathered = comm.gather({"times": {part: list(map(float, t)) for part, t in times.items()}, **counter}, root=0)
     if comm.rank == 0:
         Path(out_json).write_text(json.dumps(gathered))
 
@@ -142,12 +148,14 @@ def mpi_run(P: int, iters: int, directory: Path) -> dict:
     timed = len(np.unique(trace.timeline["iteration"]))
     report = report_seconds(out)
     row = {"ranks": P, "wall_seconds": wall, "status": trace.status,
-           **{part: max(r["times"].get(part, 0.0) for r in ranks) for part in PARTS},
+           **{part: max(r["times"].get(part, (0.0, 0.0))[1] for r in ranks) for part in PARTS},
+           **{f"{part}_wall": max(r["times"].get(part, (0.0, 0.0))[0] for r in ranks) for part in PARTS},
            "setup_bytes_rank0": ranks[0]["bytes"], "setup_messages_rank0": ranks[0]["messages"],
            "setup_bytes_all_ranks": sum(r["bytes"] for r in ranks),
            "trace_bytes": out.stat().st_size, "timed_iterations": timed,
            "timeline_bytes_per_timed_iteration": trace.timeline.nbytes / timed, "report_seconds": report}
-    print(f"P={P:4d}: wall {wall:6.1f} s, " + ", ".join(f"{p} {row[p]:.3f}" for p in PARTS)
+    print(f"P={P:4d}: wall {wall:6.1f} s; CPU s per part (slowest rank) "
+          + ", ".join(f"{p} {row[p]:.3f}" for p in PARTS)
           + f"; setup sent by rank 0 {row['setup_bytes_rank0']:,} B; trace {row['trace_bytes']:,} B; "
             f"report {report:.2f} s", flush=True)
     return row
