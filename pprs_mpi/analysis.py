@@ -183,7 +183,10 @@ def rank_summaries(trace: Trace) -> list[dict]:
     columns = [trace.attrs.get(f"rank_{key}") for key in SUMMARY_KEYS]
     if any(column is None for column in columns):
         return []
-    columns = [np.atleast_1d(np.asarray(column, dtype=np.float64)) for column in columns]
+    try:
+        columns = [np.atleast_1d(np.asarray(column, dtype=np.float64)) for column in columns]
+    except (TypeError, ValueError):
+        return []
     if len({column.shape for column in columns}) != 1 or columns[0].ndim != 1:
         return []
     return [dict(zip(SUMMARY_KEYS, map(float, values))) for values in zip(*columns)]
@@ -192,7 +195,10 @@ def rank_summaries(trace: Trace) -> list[dict]:
 def timeline_ranks(trace: Trace) -> list[int] | None:
     """The ranks whose detailed records the timeline holds (None: every rank, a trace from before sampling)."""
     ranks = trace.attrs.get("timeline_ranks")
-    return None if ranks is None else [int(r) for r in np.atleast_1d(ranks)]
+    try:
+        return None if ranks is None else [int(r) for r in np.atleast_1d(ranks)]
+    except (TypeError, ValueError):
+        return None
 
 
 def rank_memory(trace: Trace) -> list[dict]:

@@ -174,21 +174,28 @@ def _same_graph_everywhere(graph: Graph, sync: SetupSync) -> str:
     constants); a mismatch names the first node that differs and the ranks that disagree with rank 0."""
     digests = graph.fingerprints()
     whole = hashlib.sha256("".join(f"{name}={d};" for name, d in digests.items()).encode()).hexdigest()
-    differ = sync.agree(whole, lambda wholes: [rank for rank, w in enumerate(wholes) if w != wholes[0]])
-    if not differ:
+    verdict = sync.agree(whole, _differing)
+    if verdict is None:
         return whole
-    first = differ[0]  # rank 0 compares its nodes with those of the first rank that differs, and names one
+    first, count, named = verdict  # rank 0 compares its nodes with those of the first rank that differs
     ours = list(digests.items()) if sync.rank in (0, first) else None
-    sync.agree(ours, lambda every: _first_difference(every[0], every[first], first, differ))
+    sync.agree(ours, lambda every: _first_difference(every[0], every[first], first, count, named))
     raise ConfigError("the ranks built different graphs")  # not reached: the round above failed
 
 
-def _first_difference(mine: list, theirs: list, rank: int, differ: list[int]) -> None:
+def _differing(wholes: list[str]) -> tuple[int, int, str] | None:
+    """Rank 0's short verdict on every rank's graph hash: None, or (the first rank that differs from rank 0,
+    how many do, the first of them named)."""
+    differ = [rank for rank, whole in enumerate(wholes) if whole != wholes[0]]
+    return (differ[0], len(differ), name_ranks(differ)) if differ else None
+
+
+def _first_difference(mine: list, theirs: list, rank: int, count: int, named: str) -> None:
     """Raises the ConfigError naming the first node whose fingerprint differs between rank 0 and `rank`."""
     for position in range(max(len(mine), len(theirs))):
         if mine[position:position + 1] != theirs[position:position + 1]:
             node = (mine if position < len(mine) else theirs)[position][0]
-            others = f" ({len(differ)} ranks differ: {name_ranks(differ)})" if len(differ) > 1 else ""
+            others = f" ({count} ranks differ: {named})" if count > 1 else ""
             raise ConfigError(f"the ranks built different graphs: node {node!r} differs on rank(s) {rank} from rank 0"
                               f"{others} (a builder runs on every rank and must be deterministic: seed its random "
                               "numbers)")
