@@ -1,8 +1,10 @@
 """Run under mpirun by tests/test_setup_failures.py: setup rounds whose messages are far above MPI's eager
 limit (rendezvous: MPI reads a send's buffer only once the receiver has matched it), so that a send whose
-buffer is released early delivers garbage. Each rank prints 'ok <rank>' once every round checked out."""
+buffer is released early delivers garbage. Each rank prints 'ok <rank>' once every round checked out.
+With the argument `garbled`, rank 1 sends bytes that are no message at all instead."""
 
 import sys
+import time
 
 import numpy as np
 from mpi4py import MPI
@@ -18,7 +20,12 @@ def value(rank: int, round_: int) -> bytes:
 
 
 comm = MPI.COMM_WORLD
-sync = SetupSync(comm, timeout=60)
+sync = SetupSync(comm, prefix="setup_sync_run: ", timeout=60)
+if sys.argv[1:] == ["garbled"]:  # rank 1's message of the round is not a pickle at all
+    if comm.rank == 1:
+        sync.comm.Send(b"\x00 not a pickle", dest=0, tag=1)
+        time.sleep(30)  # ended by rank 0's abort
+    sync.gather(comm.rank)
 for round_ in range(3):
     gathered = sync.gather(value(comm.rank, round_))
     if comm.rank == 0:

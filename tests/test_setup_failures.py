@@ -89,3 +89,13 @@ def test_setup_rounds_deliver_messages_far_above_the_eager_limit_intact():
                  timeout=60)
     assert result.returncode == 0 and sorted(result.stdout.split("\n")[:-1]) == [f"ok {r}" for r in range(4)], (
         result.stdout + result.stderr)
+
+
+@pytest.mark.mpi
+def test_a_garbled_setup_message_is_named_as_such():
+    here = Path(__file__).parent
+    result = run(["mpirun", "-n", "2", sys.executable, str(here / "setup_sync_run.py"), "garbled"],
+                 env={"PYTHONPATH": str(here)}, timeout=60)
+    lines = [line for line in result.stderr.replace("\0", "").splitlines() if line.startswith("setup_sync_run")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "rank 0: rank 1's setup message arrived garbled (UnpicklingError" in lines[0]
