@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None, comm=None) -> int:
     try:
         result = run(lambda: config.load(argv), comm)
     except ConfigError as err:
-        if comm.rank == 0 and not (SINGLETONS in str(err) and launched_rank()):  # once, not by every singleton
+        if comm.rank == 0 and not (SINGLETONS in str(err) and launched_rank() > 0):  # once, not by each singleton
             print(f"{PREFIX}error: {err}", file=sys.stderr, flush=True)
         return BAD_INPUT
     except RunFailed as err:

@@ -101,7 +101,7 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     cfg = apply_preset(cfg, problem)
     if cfg.pipeline.expect_ranks not in (None, comm.size):
         raise ConfigError(f"expected {cfg.pipeline.expect_ranks} MPI ranks but this job has {comm.size}: "
-                          + (SINGLETONS if comm.size == 1 and launched_rank() is not None else
+                          + (SINGLETONS if comm.size == 1 and _launched("SIZE") > 1 else
                              "was python started without mpirun/srun, or with another MPI than mpi4py's?"))
     engine_name = cfg.pipeline.engine if cfg.pipeline.engine != "auto" else ("mpi" if comm.size > 1 else "serial")
     if engine_name == "serial":
@@ -143,12 +143,19 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash)
 
 
-def launched_rank() -> int | None:
-    """This process's rank in its launch as the launcher tells it (srun, PMIx), or None: run by hand."""
-    for name in ("SLURM_PROCID", "PMIX_RANK", "PMI_RANK"):
+def launched_rank() -> int:
+    """This process's rank in its launch as the launcher tells it (srun, PMI), 0 when started by hand."""
+    return _launched("RANK")
+
+
+def _launched(what: str) -> int:
+    """The launcher's RANK or SIZE of this process's launch, from the variables srun and PMI set (0 if none)."""
+    names = {"RANK": ("SLURM_PROCID", "PMIX_RANK", "PMI_RANK"),
+             "SIZE": ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}[what]
+    for name in names:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
-    return None
+    return 0
 
 
 def build_problem(cfg: config.RunConfig) -> Problem:
