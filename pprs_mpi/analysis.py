@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pprs_mpi.engines.timeline import MEMORY_KEYS, PHASES
+from pprs_mpi.engines.timeline import MEMORY_KEYS, PHASES, SUMMARY_KEYS
 from pprs_mpi.layout import Candidate, Layout
 from pprs_mpi.trace import Trace, abandoned
 
@@ -187,6 +187,36 @@ def rank_fractions(records: np.ndarray) -> list[dict]:
     return fractions
 
 
+def summary_fractions(summaries: list[dict]) -> list[dict]:
+    """Per rank, the fractions of its span computing and waiting, from its summary (`SUMMARY_KEYS`): what
+    `rank_fractions` gives from the records, for every rank, sampled for its records or not."""
+    return [{"rank": rank, "compute": _ratio(s["compute_seconds"], s["span_seconds"]),
+             "wait": _ratio(s["wait_seconds"], s["span_seconds"])} for rank, s in enumerate(summaries)]
+
+
+def rank_summaries(trace: Trace) -> list[dict]:
+    """Per rank, its summary of the sampled gradient passes (empty for traces without one, or a malformed one)."""
+    columns = [trace.attrs.get(f"rank_{key}") for key in SUMMARY_KEYS]
+    if any(column is None for column in columns):
+        return []
+    try:
+        columns = [np.atleast_1d(np.asarray(column, dtype=np.float64)) for column in columns]
+    except (TypeError, ValueError):
+        return []
+    if len({column.shape for column in columns}) != 1 or columns[0].ndim != 1:
+        return []
+    return [dict(zip(SUMMARY_KEYS, map(float, values))) for values in zip(*columns)]
+
+
+def timeline_ranks(trace: Trace) -> list[int] | None:
+    """The ranks whose detailed records the timeline holds (None: every rank, a trace from before sampling)."""
+    ranks = trace.attrs.get("timeline_ranks")
+    try:
+        return None if ranks is None else [int(r) for r in np.atleast_1d(ranks)]
+    except (TypeError, ValueError):
+        return None
+
+
 def rank_memory(trace: Trace) -> list[dict]:
     """Per rank, the most (node, microbatch) inputs it kept at once for a backward, the bytes of its MPI
     message buffers and the most bytes of its pending sends (empty for traces without these figures)."""
@@ -200,16 +230,23 @@ def rank_memory(trace: Trace) -> list[dict]:
 def efficiency(trace: Trace, records: np.ndarray | None) -> dict:
     """Ideal makespan × measured unit cost, over the measured time of an iteration.
 
-    The unit cost is the mean forward/backward record (the mean, not the median: units slowed by
-    contention count in the total). 'pipeline' measures an iteration by its timeline span (bubbles
+    The unit cost is the mean forward/backward action of every rank, from the ranks' summaries (the mean
+    of the records in traces without them; the mean, not the median: units slowed by contention count in
+    the total). The iteration's span comes from the sampled ranks' records, which include the first and
+    the last rank. 'pipeline' measures an iteration by its timeline span (bubbles
     and communication) over complete iterations, 'end_to_end' by the wall time per iteration of the
     rows (optimizer, evaluations and trace included).
     """
     span = makespan(trace)
     unit = iteration_time = None
+    summaries = rank_summaries(trace)
+    actions = sum(s["actions"] for s in summaries)
+    if actions:  # every rank's actions, sampled for its records or not
+        unit = sum(s["compute_seconds"] for s in summaries) / actions
     if records is not None:
         compute = records[np.isin(records["phase"], (FORWARD, BACKWARD))]
-        unit = float(np.mean(compute["end"] - compute["start"])) if compute.size else None
+        if not actions and compute.size:
+            unit = float(np.mean(compute["end"] - compute["start"]))
         complete = records[np.isin(records["iteration"], complete_iterations(records))]
         iteration_time = float(iteration_spans(complete)[1].mean())
     wall = _wall_per_iteration(trace)
@@ -253,7 +290,9 @@ def summarize(trace: Trace, targets: list[float] | None = None) -> dict:
         "pipeline_time": float(trace.columns["pipeline_time"][last]) if trace.n_rows else None,
         "wall_time": float(trace.columns["wall_time"][last]) if trace.n_rows else None,
         "targets": time_to_targets(trace, targets),
-        "rank_fractions": [] if records is None else rank_fractions(records),
+        "rank_fractions": (summary_fractions(rank_summaries(trace)) if rank_summaries(trace) else
+                           [] if records is None else rank_fractions(records)),
+        "timeline_ranks": timeline_ranks(trace),
         "rank_memory": rank_memory(trace),
         **efficiency(trace, records),
     }

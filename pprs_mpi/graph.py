@@ -192,25 +192,62 @@ def topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[tuple[str, 
 
 
 def _balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
-    """Contiguous split of `weights` into `parts` non-empty ranges minimising the largest sum (exact DP)."""
+    """Contiguous split of `weights` into `parts` non-empty ranges minimising the largest sum (exact DP).
+
+    k parts cover between k and k + n - parts of the first weights, so the table is kept to that band:
+    O(parts × (n - parts + 1)) memory. With weights >= 0 each cut is found by bisection (`_first_best_cut`):
+    O(parts × (n - parts + 1) × log n) time, else by trying every cut."""
     n = len(weights)
     prefix = [0.0]
     for w in weights:
         prefix.append(prefix[-1] + w)
-    inf = float("inf")
-    # best[k][i]: smallest achievable max-sum splitting the first i weights into k parts.
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]
-    cut = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = 0.0
+    inf, band, bisect = float("inf"), n - parts + 1, all(w >= 0 for w in weights)
+    # best[i - k]: smallest achievable max-sum splitting the first i weights into k parts; cuts[k - 1][i - k]
+    # the end of the first k - 1 parts in that split (the smallest such end).
+    best, cuts = [0.0] + [inf] * (band - 1), []
     for k in range(1, parts + 1):
-        for i in range(k, n - (parts - k) + 1):
-            for j in range(k - 1, i):
-                value = max(best[k - 1][j], prefix[i] - prefix[j])
-                if value < best[k][i]:
-                    best[k][i], cut[k][i] = value, j
+        current, cut = [inf] * band, [0] * band
+        for i in range(k, k + band):
+            lo, hi = k - 1, min(i, k - 1 + band) - 1  # the cuts j to try: the first k - 1 parts end at j
+            if bisect:
+                j = _first_best_cut(best, lo, prefix, i, lo, hi)
+                current[i - k], cut[i - k] = max(best[j - lo], prefix[i] - prefix[j]), j
+                continue
+            for j in range(lo, hi + 1):
+                value = max(best[j - lo], prefix[i] - prefix[j])
+                if value < current[i - k]:
+                    current[i - k], cut[i - k] = value, j
+        best = current
+        cuts.append(cut)
     ranges, i = [], n
     for k in range(parts, 0, -1):
-        j = cut[k][i]
+        j = cuts[k - 1][i - k]
         ranges.append((j, i))
         i = j
     return ranges[::-1]
+
+
+def _first_best_cut(best: list[float], offset: int, prefix: list[float], i: int, lo: int, hi: int) -> int:
+    """The smallest j in lo..hi minimising max(A(j), B(j)), A(j) = best[j - offset] (non-decreasing in j: more
+    weights never split better) and B(j) = prefix[i] - prefix[j] (non-increasing), as trying every j would
+    find it. t is the first j with A(j) >= B(j): the minimum is A(t), or B(t - 1) reached first at the
+    smallest j with B(j) <= B(t - 1)."""
+    a, b = lo, hi + 1
+    while a < b:
+        middle = (a + b) // 2
+        if best[middle - offset] >= prefix[i] - prefix[middle]:
+            b = middle
+        else:
+            a = middle + 1
+    t = a
+    if t <= hi and (t == lo or best[t - offset] < prefix[i] - prefix[t - 1]):
+        return t
+    value = prefix[i] - prefix[t - 1]
+    a, b = lo, t - 1
+    while a < b:
+        middle = (a + b) // 2
+        if prefix[i] - prefix[middle] <= value:
+            b = middle
+        else:
+            a = middle + 1
+    return a

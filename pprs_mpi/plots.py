@@ -105,11 +105,14 @@ def plot_smoothed_vs_eval(trace: Trace, summary: dict, name: str) -> Figure:
 
 
 def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure:
-    """Gantt chart of one iteration, one row per stage (serial engine) or rank (MPI engine): forward,
-    backward and wait bars, microbatches labelled where they fit, every bar at least MIN_BAR wide."""
+    """Gantt chart of one iteration, one row per stage (serial engine) or rank (MPI engine) whose records the
+    trace holds (a sample of a large job's, said in the title): forward, backward and wait bars, microbatches
+    labelled where they fit, every bar at least MIN_BAR wide."""
     records = pipeline_records(trace)
     records = records[records["iteration"] == iteration]
-    rows = np.unique(records["rank"])
+    ranks = np.unique(records["rank"])
+    position = np.searchsorted(ranks, records["rank"])  # sampled ranks drawn one row apart
+    rows = np.arange(ranks.size)
     t0 = records["start"].min()
     span = records["end"].max() - t0
     unit, scale = _time_unit(span)
@@ -119,30 +122,33 @@ def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure
     widened = False
     for phase in (WAIT, FORWARD, BACKWARD):  # actions drawn over the waits
         for row in rows:
-            mine = records[(records["rank"] == row) & (records["phase"] == phase)]
+            mine = records[(position == row) & (records["phase"] == phase)]
             durations = mine["end"] - mine["start"]
             widened |= phase != WAIT and bool((durations < MIN_BAR * span).any())
             drawn = np.maximum(durations, MIN_BAR * span) if phase != WAIT else durations
             bars = np.column_stack([mine["start"] - t0, drawn]) / scale
             ax.broken_barh(bars, (row - 0.4, 0.8), facecolors=COLOURS[phase], edgecolors="none", linewidth=0)
-    numbered, actions = 0, records[records["phase"] != WAIT]
-    for record in actions:
+    numbered, acting = 0, records["phase"] != WAIT
+    actions = records[acting]
+    for record, row in zip(actions, position[acting]):
         text = str(record["microbatch"])
         if record["end"] - record["start"] >= label_width * len(text):
             numbered += 1
-            ax.text((record["start"] + record["end"] - 2 * t0) / (2 * scale), record["rank"], text,
+            ax.text((record["start"] + record["end"] - 2 * t0) / (2 * scale), row, text,
                     ha="center", va="center", fontsize=8, color="white")
     word = "stage" if summary["engine"] == "serial" else "rank"
     nodes = summary["stage_nodes"]
     ax.set_yticks(rows, [f"{word} {r}" + (f" ({nodes[r]} node{'s' * (nodes[r] > 1)})" if r < len(nodes) else "")
-                         for r in rows])
+                         for r in ranks])
     ax.set_ylim(rows.max() + 0.6, rows.min() - 0.6)  # stage 0 on top, as in the paper's Figure 2
     ax.set_xlim(0, span / scale)
     shortest = f"; actions shorter than {MIN_BAR * span / scale:.2g} {unit} drawn that wide" if widened else ""
     ax.set_xlabel(f"time since the iteration's first record ({unit}){shortest}")
     ax.set_title(f"{_plain(name)}: iteration {iteration}, {summary['schedule'] or 'pipeline'}, "
                  f"M={short_number(summary['n_microbatches'])} microbatches{_numbered(numbered, len(actions))}, "
-                 f"Δ={short_number(summary['depth'])}, {layout_text(summary)}{_simulated(summary)}")
+                 f"Δ={short_number(summary['depth'])}, {layout_text(summary)}{_simulated(summary)}"
+                 + (f"; {ranks.size} of {summary['stages']} {word}s sampled" if ranks.size < (summary["stages"] or 0)
+                    else ""))
     handles = [Patch(facecolor=COLOURS[p], label=LABELS[p]) for p in (FORWARD, BACKWARD, WAIT)]
     handles.append(Patch(facecolor="white", edgecolor="#999999", label="not recorded\n(messages, bookkeeping)"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)

@@ -63,6 +63,10 @@ def format_summary(s: dict, rule: str) -> str:
                       f"pipeline {_num(t['pipeline_time'])} units, wall {_num(t['wall_time'])} s "
                       f"(iteration {t['iteration']})"))
     unit = "stage" if s["engine"] == "serial" else "rank"  # the serial engine runs every stage in one process
+    sampled = s.get("timeline_ranks")
+    if sampled is not None and s["stages"] and len(sampled) < s["stages"]:
+        lines.append(("timeline", f"detailed for {len(sampled)} of {s['stages']} {unit}s "
+                                  f"({_sample(sampled)}); fractions and unit cost from every {unit}'s summary"))
     for i, r in enumerate(s["rank_fractions"]):
         lines.append((f"per {unit}" if i == 0 else "", f"{unit} {r['rank']}: compute {_pct(r['compute'])}, "
                                                        f"wait {_pct(r['wait'])}"))
@@ -116,6 +120,11 @@ def render(traces: list, targets: list[float] | None, as_json: bool) -> tuple[st
     if len(summaries) == 1:
         return format_summary(summaries[0], rule), summaries
     return format_table(summaries, rule), summaries
+
+
+def _sample(ranks: list[int]) -> str:
+    """'0, 33, 66, ..., 1023' for a long list of ranks."""
+    return ", ".join(map(str, ranks)) if len(ranks) <= 6 else f"{ranks[0]}, {ranks[1]}, {ranks[2]}, ..., {ranks[-1]}"
 
 
 def _count(n, word: str) -> str:

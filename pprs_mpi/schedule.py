@@ -66,16 +66,36 @@ Action = Forward | Backward | None  # None is an explicit bubble
 
 @dataclass(frozen=True)
 class Schedule:
-    """Per-stage action lists: `actions[stage][unit]`, every row as long as the makespan."""
+    """Per-stage actions with their time units: `timed[stage]` lists (unit, action) in unit order, bubbles
+    left out, so that a schedule of P stages holds its O(P × M) actions, not P × makespan cells; `row(stage)`
+    is one stage's full row, one entry per unit."""
 
     stages: tuple[tuple[str, ...], ...]
     n_microbatches: int
-    actions: tuple[tuple[Action, ...], ...]
+    timed: tuple[tuple[tuple[int, Action], ...], ...]
+    makespan: int  # number of time units (the rows' length)
+
+    @classmethod
+    def from_rows(cls, stages, n_microbatches: int, actions) -> "Schedule":
+        """A schedule from full rows, `actions[stage][unit]` (None: a bubble), every row as long as the makespan."""
+        makespan = max((len(row) for row in actions), default=0)
+        for s, row in enumerate(actions):
+            if len(row) != makespan:
+                raise ScheduleError(f"stage {s}: {len(row)} units, other stages have {makespan}")
+        timed = tuple(tuple((t, a) for t, a in enumerate(row) if a is not None) for row in actions)
+        return cls(tuple(tuple(nodes) for nodes in stages), n_microbatches, timed, makespan)
+
+    def row(self, stage: int) -> tuple[Action, ...]:
+        """Stage `stage`'s action at every time unit (None: a bubble)."""
+        cells: list[Action] = [None] * self.makespan
+        for t, action in self.timed[stage]:
+            cells[t] = action
+        return tuple(cells)
 
     @property
-    def makespan(self) -> int:
-        """Number of time units of the schedule (its columns)."""
-        return max((len(row) for row in self.actions), default=0)
+    def actions(self) -> tuple[tuple[Action, ...], ...]:
+        """Every stage's full row: P × makespan cells, for small schedules (tests, `grid`)."""
+        return tuple(self.row(s) for s in range(len(self.timed)))
 
     def stage_of(self, node: str) -> int:
         """Index of the stage that owns `node`."""
@@ -90,18 +110,17 @@ class Schedule:
         M = self.n_microbatches
         if M < 1:
             raise ScheduleError(f"n_microbatches must be >= 1, got {M}")
-        if len(self.actions) != len(self.stages):
-            raise ScheduleError(f"{len(self.actions)} action rows for {len(self.stages)} stages")
-        for s, row in enumerate(self.actions):
-            if len(row) != self.makespan:
-                raise ScheduleError(f"stage {s}: {len(row)} units, other stages have {self.makespan}")
-        if self.makespan and all(row[-1] is None for row in self.actions):
+        if len(self.timed) != len(self.stages):
+            raise ScheduleError(f"{len(self.timed)} action rows for {len(self.stages)} stages")
+        if self.makespan and all(not row or row[-1][0] != self.makespan - 1 for row in self.timed):
             raise ScheduleError(f"unit {self.makespan - 1}: every stage idles; the makespan is not tight")
         done: dict[Action, int] = {}
-        for s, row in enumerate(self.actions):
-            for t, action in enumerate(row):
-                if action is None:
-                    continue
+        for s, row in enumerate(self.timed):
+            previous = -1
+            for t, action in row:
+                if not previous < t < self.makespan:
+                    raise ScheduleError(f"stage {s}: unit {t} is out of order or outside 0..{self.makespan - 1}")
+                previous = t
                 if not isinstance(action, (Forward, Backward)):
                     raise ScheduleError(f"stage {s}, unit {t}: {action!r} is not an action")
                 if dag.stage.get(action.node) != s:
@@ -125,9 +144,9 @@ class Schedule:
     def live_activations(self) -> list[int]:
         """Per stage, the peak number of (node, mb) whose forward is done and backward is not (legal schedules)."""
         peaks = []
-        for row in self.actions:
+        for row in self.timed:
             live = peak = 0
-            for action in row:
+            for _, action in row:
                 live += isinstance(action, Forward) - isinstance(action, Backward)
                 peak = max(peak, live)
             peaks.append(peak)
@@ -161,6 +180,8 @@ class ScheduleSpec:
 
     - policy: `policy(stage, ready, state)` picks the action `stage` starts at the current unit among its
       `ready` ones (or None to idle); the list scheduler makes every result legal, and `build` checks it.
+      The choice may depend on the stage, its ready actions and its own nodes' counters in `state` only:
+      a stage that idled is asked again only once one of those changed.
     - placement: `placement(graph, n_stages, costs)` groups the graph's nodes into stages, by default into
       contiguous runs of the topological order of balanced cost (`Graph.stages`); any grouping works in
       both engines, edges may point to an earlier stage (an interleaved schedule places round-robin).
@@ -324,32 +345,43 @@ def _list_schedule(stages, parents, M: int, pick: Callable[[int, list[Action], _
     """Greedy list scheduling: at each unit, every stage runs `pick` of its ready actions (or idles).
 
     A node's only candidates are its next forward and its next backward, so every node handles the
-    microbatches in increasing order in both directions.
+    microbatches in increasing order in both directions. Event-driven: a stage is asked at a unit only if
+    it acted at the unit before or an action it may depend on completed then; otherwise its candidates,
+    their readiness and its counters are those of the unit before, so it idles again. The work is linear
+    in the number of actions, 2M × nodes, not in stages × makespan.
     """
     if M < 1:
         raise ScheduleError(f"n_microbatches must be >= 1, got {M}")
     dag = _Dag(stages, parents)
     state = _State(dag, M, dict.fromkeys(dag.order, 0), dict.fromkeys(dag.order, 0))
+    stage_of = dag.stage
+    wake_forward = {v: {stage_of[v], *(stage_of[c] for c in dag.children[v])} for v in dag.order}
+    wake_backward = {v: {stage_of[v], *(stage_of[p] for p in dag.parents[v])} for v in dag.order}
     done: dict[Action, int] = {}
-    rows: list[list[Action]] = [[] for _ in dag.stages]
-    remaining = 2 * M * len(dag.order)
-    t = 0
+    rows: list[list[tuple[int, Action]]] = [[] for _ in dag.stages]
+    remaining, asked, t = 2 * M * len(dag.order), set(range(len(dag.stages))), 0
     while remaining:
         started = []
-        for s, nodes in enumerate(dag.stages):
+        for s in sorted(asked):
+            nodes = dag.stages[s]
             candidates = [Forward(v, state.next_f[v]) for v in nodes if state.next_f[v] < M]
             candidates += [Backward(v, state.next_b[v]) for v in nodes if state.next_b[v] < state.next_f[v]]
             ready = [a for a in candidates if all(done.get(d, t) < t for d in dag.dependencies(a))]
             action = pick(s, ready, state)
-            rows[s].append(action)
             if action is not None:
+                rows[s].append((t, action))
                 started.append(action)
         if not started:
             raise RuntimeError(f"list scheduler stalled at unit {t}")  # cannot happen, see one_f_one_b
+        asked = set()
         for action in started:
             done[action] = t
-            counter = state.next_f if isinstance(action, Forward) else state.next_b
-            counter[action.node] += 1
+            if isinstance(action, Forward):
+                state.next_f[action.node] += 1
+                asked |= wake_forward[action.node]
+            else:
+                state.next_b[action.node] += 1
+                asked |= wake_backward[action.node]
         remaining -= len(started)
         t += 1
-    return Schedule(dag.stages, M, tuple(tuple(row) for row in rows))
+    return Schedule(dag.stages, M, tuple(tuple(row) for row in rows), t)

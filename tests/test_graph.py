@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from pprs_mpi.graph import Graph, GraphError, Node
 from pprs_mpi.ops import Add, Affine, L1Norm, ReLU, Sum
@@ -53,3 +54,35 @@ def test_stages_are_contiguous_and_balanced():
     assert weighted[0] == ("layer0",)
     with pytest.raises(GraphError, match="between 1 and 7"):
         g.stages(8)
+
+
+def plain_partition(weights, parts):
+    """The balancing DP the plain way, every cut tried: the reference for the bisection."""
+    n, inf = len(weights), float("inf")
+    prefix = [0.0]
+    for w in weights:
+        prefix.append(prefix[-1] + w)
+    best = [[inf] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for k in range(1, parts + 1):
+        for i in range(k, n - (parts - k) + 1):
+            for j in range(k - 1, i):
+                value = max(best[k - 1][j], prefix[i] - prefix[j])
+                if value < best[k][i]:
+                    best[k][i], cut[k][i] = value, j
+    ranges, i = [], n
+    for k in range(parts, 0, -1):
+        ranges.append((cut[k][i], i))
+        i = cut[k][i]
+    return ranges[::-1]
+
+
+@settings(max_examples=400, deadline=None)
+@given(weights=st.lists(st.sampled_from([0.0, 0.5, 1.0, 1.0, 2.0]) | st.floats(0, 1e6) | st.floats(-1, 1),
+                        min_size=1, max_size=14), data=st.data())
+def test_the_balanced_split_is_the_plain_dynamic_programs(weights, data):
+    """Ties, zero weights and (by trying every cut) negative ones included: the same cuts, not only as good."""
+    from pprs_mpi.graph import _balanced_partition
+    parts = data.draw(st.integers(1, len(weights)))
+    assert _balanced_partition(weights, parts) == plain_partition(weights, parts)

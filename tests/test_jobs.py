@@ -178,6 +178,17 @@ def test_term_to_the_whole_job_with_mpirun_checkpoints_and_exits_3(tmp_path):
 
 
 @pytest.mark.mpi
+def test_term_under_slurm_checkpoints_and_leaves_the_requeue_to_slurm(tmp_path):
+    """scontrol requeue (like scancel) TERMs the job: the script neither requeues it nor claims it is not requeued."""
+    out, log = tmp_path / "run.h5", tmp_path / "job.log"
+    code, text = signalled("pprs_cpu.slurm", slurm_env(tmp_path, ITERS=10_000_000, OUT=out), out, log,
+                           lambda proc: proc.send_signal(signal.SIGTERM))
+    assert code == 3, text
+    assert "a job Slurm requeues (scontrol requeue, preemption) resumes from this checkpoint" in text
+    assert "run again" not in text and not (tmp_path / "calls.log").exists()
+
+
+@pytest.mark.mpi
 def test_an_array_task_requeues_only_itself(tmp_path):
     """The highest array task's SLURM_JOB_ID is the array's id: requeueing that would requeue every task."""
     sweep = tmp_path / "sweep"
@@ -199,6 +210,64 @@ def test_a_singleton_launch_is_caught_by_expect_ranks(tmp_path):
     result = bash("pprs_cpu.slurm", env)
     assert result.returncode == 2, result.stderr
     assert "expected 2 MPI ranks but this job has 1" in result.stderr
+
+
+@pytest.mark.mpi
+def test_srun_singletons_report_once_with_the_pmix_hint(tmp_path):
+    """srun whose PMI does not reach the wheel's Open MPI starts every task as a singleton: one line, not one per
+    task, and it names SRUN_MPI=pmix."""
+    env = slurm_env(tmp_path, ITERS=5, OUT=tmp_path / "run.h5")
+    (tmp_path / "fake-slurm" / "srun").write_text(  # two tasks, each its own MPI world, as srun --mpi=none
+        '#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n'
+        'SLURM_PROCID=0 "$@" & SLURM_PROCID=1 "$@" & wait -n; a=$?; wait -n; b=$?; exit $(( a > b ? a : b ))\n')
+    result = bash("pprs_cpu.slurm", env)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("pprs_mpi.solve")]
+    assert len(lines) == 1 and "expected 2 MPI ranks but this job has 1" in lines[0], result.stderr
+    assert "SRUN_MPI=pmix" in lines[0] and "LAUNCHER=mpirun" in lines[0]
+
+
+def launcher_that_loses_its_ranks(tmp_path) -> Path:
+    """A bin folder whose mpirun runs the real one and exits 0 whatever became of the ranks, as Open MPI's mpirun
+    does when it loses communication with a remote daemon (a node failed)."""
+    bin_dir = tmp_path / "lossy"
+    bin_dir.mkdir()
+    (bin_dir / "mpirun").write_text(f'#!/bin/bash\n"{shutil.which("mpirun")}" "$@"\nexit 0\n')
+    (bin_dir / "mpirun").chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("slurm", [False, True])
+def test_a_launcher_that_exits_0_after_losing_ranks_is_not_done_and_resumes_from_the_newer_checkpoint(
+        tmp_path, slurm):
+    """Rank 1 dies at iteration 30 (checkpoints every 10): the job is not reported done; the newer checkpoint
+    requeues the job under Slurm, and without it the job exits 3 naming the command that resumes."""
+    out = tmp_path / "run.h5"
+    settings = dict(ITERS=10_000, OUT=out, CHECKPOINT_EVERY=10, EXTRA_ARGS="--inject-fault 1:30:exit",
+                    LAUNCHER="mpirun")
+    env = slurm_env(tmp_path, **settings) if slurm else job_env(tmp_path, **settings)
+    env["PATH"] = f"{launcher_that_loses_its_ranks(tmp_path)}{os.pathsep}{env['PATH']}"
+    result = bash("pprs_cpu.slurm", env, timeout=120)
+    assert "done:" not in result.stderr and "not completed: ranks were lost" in result.stderr, result.stderr
+    assert read_checkpoint(out)[1]["iteration"] >= 10 and load(out).status != "completed"
+    if slurm:
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / "calls.log").read_text().splitlines() == ["scontrol requeue 4242"]
+    else:
+        assert result.returncode == 3, result.stderr
+        assert f"resume with: mpirun -n 2 {sys.executable} -m pprs_mpi.solve --resume {out}" in result.stderr
+
+
+@pytest.mark.mpi
+def test_a_launcher_that_exits_0_after_losing_ranks_before_any_checkpoint_fails_the_job(tmp_path):
+    out = tmp_path / "run.h5"
+    env = job_env(tmp_path, ITERS=10_000, OUT=out, CHECKPOINT_EVERY=0, EXTRA_ARGS="--inject-fault 1:5:exit",
+                  LAUNCHER="mpirun")
+    env["PATH"] = f"{launcher_that_loses_its_ranks(tmp_path)}{os.pathsep}{env['PATH']}"
+    result = bash("pprs_cpu.slurm", env, timeout=120)
+    assert result.returncode == 4 and "done:" not in result.stderr, result.stderr
+    assert not load(out).has_checkpoint and load(out).status != "completed"
 
 
 @pytest.mark.mpi

@@ -201,3 +201,50 @@ def test_transport_frees_its_persistent_receives_when_closed():
     assert len(requests) == 3 and all(request != MPI.REQUEST_NULL for request in requests)
     transport.close()
     assert all(request == MPI.REQUEST_NULL for request in requests)
+
+
+def chain_wiring(P: int) -> Wiring:
+    """A chain of P nodes, one per stage: the shape of `lad` with D = P."""
+    graph = Graph.chain(2, [Abs()] * (P - 1) + [SquaredNorm()])
+    return Wiring(graph, [(name,) for name in graph.order])
+
+
+def decoded(plan) -> list:
+    """A plan's gradient pass as (unit, action) pairs."""
+    return [(unit, (Forward if isinstance(step, ForwardStep) else Backward)(step.name, step.mb))
+            for unit, step in enumerate(plan.units) if step is not None]
+
+
+def gpipe_row(wiring: Wiring, s: int, M: int) -> list:
+    """Stage s's GPipe row on a chain of P stages in closed form: F(mb) at s + mb, B(mb) at 2P - 2 + M - s + mb."""
+    P, name = len(wiring.stages), wiring.stages[s][0]
+    return ([(s + mb, Forward(name, mb)) for mb in range(M)]
+            + [(2 * P - 2 + M - s + mb, Backward(name, mb)) for mb in range(M)])
+
+
+def test_the_closed_form_of_gpipe_on_a_chain_is_the_schedule():
+    wiring, sampling = chain_wiring(7), Sampling(K=10, gamma=0.3, seed=0, microbatch_size=3)
+    schedule = build_schedule("gpipe", wiring.stages, {n: wiring.graph.parents(n) for n in wiring.graph.order}, 4)
+    for s in range(7):
+        assert decoded(compile_stage(wiring, schedule, sampling, s)) == gpipe_row(wiring, s, 4)
+        assert [(t, a) for t, a in enumerate(schedule.actions[s]) if a is not None] == gpipe_row(wiring, s, 4)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_one_stage_of_a_4096_stage_pipeline_gets_its_plan(name):
+    """What each rank of a 4096-rank run builds: its own stage's plan, from the schedule that every rank
+    computes in time linear in the actions (timings in benchmarks/scale.py). The rows of neighbouring stages
+    keep each microbatch's order, and under GPipe match the closed form."""
+    P, M = 4096, 8
+    wiring, sampling = chain_wiring(P), Sampling(K=16, gamma=0.3, seed=0, microbatch_size=2)
+    schedule = build_schedule(name, wiring.stages, {n: wiring.graph.parents(n) for n in wiring.graph.order}, M)
+    assert schedule.makespan == 2 * (M + P - 1)
+    rows = {s: decoded(compile_stage(wiring, schedule, sampling, s)) for s in (0, 1, 2047, 2048, P - 2, P - 1)}
+    for s, row in rows.items():
+        assert row == list(schedule.timed[s]) and len(row) == 2 * M
+        if name == "gpipe":
+            assert row == gpipe_row(wiring, s, M)
+        if s + 1 in rows:  # F(mb) before the next stage's, B(mb) after it
+            unit = {(type(a), a.mb): t for t, a in rows[s + 1]}
+            assert all(t < unit[Forward, a.mb] if isinstance(a, Forward) else t > unit[Backward, a.mb]
+                       for t, a in row)

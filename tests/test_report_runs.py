@@ -172,3 +172,33 @@ def wait_for(condition, seconds=60):
             pass
         time.sleep(0.05)
     pytest.fail(f"still not true after {seconds} s")
+
+
+def test_a_run_of_more_stages_than_the_sample_keeps_every_stage_summary_and_a_bounded_timeline(tmp_trace, tmp_path):
+    """40 stages: the detailed timeline of 32 evenly spaced stages (the first and last included), in the
+    timed iterations only; every stage's summary, equal to what the records give where there are records."""
+    from pprs_mpi.engines.timeline import TIMELINE_RANKS, sampled_ranks
+    from pprs_mpi.report import format_summary
+    assert main(["--problem", "lad", "--depth", "40", "--dim", "3", "--rows", "4", "-K", "4", "--stages", "40",
+                 "--iters", "6", "--timeline-every", "2", "--quiet", "--out", tmp_trace()]) == 0
+    trace = load(tmp_trace())
+    sampled = sampled_ranks(40)
+    assert len(sampled) == TIMELINE_RANKS and sampled[0] == 0 and sampled[-1] == 39
+    assert list(trace.attrs["timeline_ranks"]) == sampled
+    assert sorted(set(trace.timeline["rank"])) == sampled
+    assert set(trace.timeline["iteration"]) == {0, 2, 4}  # untimed iterations record nothing
+    summary = summarize(trace)
+    assert [f["rank"] for f in summary["rank_fractions"]] == list(range(40))
+    records = trace.timeline[trace.timeline["microbatch"] < 4]
+    for fraction in summary["rank_fractions"]:
+        mine = records[records["rank"] == fraction["rank"]]
+        if fraction["rank"] not in sampled:
+            assert mine.size == 0 and 0 < fraction["compute"] < 1
+            continue
+        span = sum(mine["end"][mine["iteration"] == i].max() - mine["start"][mine["iteration"] == i].min()
+                   for i in np.unique(mine["iteration"]))
+        busy = np.sum((mine["end"] - mine["start"])[mine["phase"] < 2])
+        assert fraction["compute"] == pytest.approx(busy / span)
+    actions = np.asarray(trace.attrs["rank_actions"])
+    assert list(actions) == [2 * 4 * 3] * 40  # 2M actions of each stage's one node in each of the 3 timed passes
+    assert "detailed for 32 of 40 stages (0, 1, 3, ..., 39)" in format_summary(summary, "")

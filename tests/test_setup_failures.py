@@ -97,3 +97,24 @@ def test_a_resume_that_one_rank_cannot_see_ends_the_job_in_one_line_naming_it(tm
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "rank 1: cannot resume: run.h5: no such file" in lines[0]
     assert (seen / "run.h5").read_bytes() == before
+
+
+@pytest.mark.mpi
+def test_setup_rounds_deliver_messages_far_above_the_eager_limit_intact():
+    """Each rank's value is 200 kB: rank 0 once answered every rank with everyone's values in a send whose
+    request it dropped, so that MPI read freed memory (garbled messages, or a segfault, from P ~ 62 on)."""
+    here = Path(__file__).parent
+    result = run(["mpirun", "-n", "4", sys.executable, str(here / "setup_sync_run.py")], env={"PYTHONPATH": str(here)},
+                 timeout=60)
+    assert result.returncode == 0 and sorted(result.stdout.split("\n")[:-1]) == [f"ok {r}" for r in range(4)], (
+        result.stdout + result.stderr)
+
+
+@pytest.mark.mpi
+def test_a_garbled_setup_message_is_named_as_such():
+    here = Path(__file__).parent
+    result = run(["mpirun", "-n", "2", sys.executable, str(here / "setup_sync_run.py"), "garbled"],
+                 env={"PYTHONPATH": str(here)}, timeout=60)
+    lines = [line for line in result.stderr.replace("\0", "").splitlines() if line.startswith("setup_sync_run")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "rank 0: rank 1's setup message arrived garbled (UnpicklingError" in lines[0]

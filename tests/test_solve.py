@@ -75,7 +75,7 @@ def test_theorem3_preset_meets_the_bound_of_eq_13_on_depth_8_lad(tmp_trace):
     (["-K", "100000000", "--iters", "1"], "activation entries per pass (at most 1,073,741,824): lower K"),
     (["--depth", "100000"], "depth must be between 2 and 10000, got 100000"),
     (["--dim", "30000", "--rows", "30000"], "matrix entries (at most 200,000,000)"),
-    (["--depth", "5000", "--engine", "serial"], "cells (at most 20,000,000)"),
+    (["--depth", "5000", "--engine", "serial"], "cells in one process (at most 20,000,000)"),
     (["--preset", "theorem4", "--eps", "1e9", "--smoothing-radius", "1"], "eps=1e+09 is too large"),
     # Found by the durability audit (issue 13, items 8-10): each used to hang, trace back or print 2 lines.
     (["-K", "1000000000", "--microbatch-size", "1000000000"], "lower --microbatch-size"),

@@ -39,8 +39,15 @@
 # signal, or when the run wrote a newer checkpoint, the trace decides (interrupted: exit 3). Without
 # Slurm the script says it would requeue and exits 3: run it again to resume.
 #
+# A launcher's exit code alone is never taken as success: Open MPI's mpirun exits 0 when it loses a
+# remote daemon (a node failed), with the run cut short. Exit 0 needs a `completed` trace. A run that
+# ended otherwise (the launcher failed, or lost ranks) but wrote a newer checkpoint than this attempt
+# started from is requeued like a USR1 (under Slurm; without it, exit 3 and the command that resumes);
+# one with nothing newer to resume from is a failure (exit 4 after a launcher's 0).
+#
 # Exit codes: 0 completed, requeued, or nothing left to do; 1 diverged; 2 bad input (the solver's one
-# line on stderr); 3 checkpointed and not requeued; other: the launcher's failure code.
+# line on stderr); 3 checkpointed and not requeued; 4 the launcher exited 0 but the run did not complete
+# and left no newer checkpoint (ranks lost); other: the launcher's failure code.
 #
 # Launcher: plain `srun` starts one task per rank and connects them through the site's default PMI
 # (MpiDefault; Open MPI 5 needs PMIx): set SRUN_MPI=pmix where that is not the default, or
@@ -214,17 +221,24 @@ run_solver() {
         "${launch[*]} ${solver[*]} (PPRS_CUDA_AWARE=$PPRS_CUDA_AWARE)"
     rc=0
     launch_and_wait || rc=$?
+    if (( rc == 0 )) && [[ "$(trace_state "$out" 2>/dev/null)" != completed* ]]; then
+        read -r status _ <<< "$(trace_state "$out" 2>/dev/null)"
+        log "the launcher exited 0 but $out says '${status:-unreadable}', not completed: ranks were lost" \
+            "(a node failed, or the launcher lost its daemons)"
+        rc=4
+    fi
     if (( rc != 0 && rc != 3 )) && checkpointed_now "$out" "$checkpoint"; then rc=3; fi
     return "$rc"
 }
 
-# checkpointed_now OUT BEFORE: whether the run just ended left OUT interrupted at a checkpoint of its own:
-# after a signal (scancel TERMs mpirun too, which then exits 1), or one newer than BEFORE ('-': none).
+# checkpointed_now OUT BEFORE: whether the run just ended left a checkpoint in OUT to resume from: interrupted
+# after a signal (scancel TERMs mpirun too, which then exits 1), or interrupted or cut short (still
+# 'running': the writer was killed, a node lost) at a checkpoint newer than BEFORE ('-': none).
 checkpointed_now() {
     local status checkpoint
     read -r status checkpoint <<< "$(trace_state "$1" 2>/dev/null)"
-    [[ "$status" == interrupted && "$checkpoint" != - ]] || return 1
-    [[ -n "$signal_seen" || "$2" == - ]] || (( checkpoint > $2 ))
+    [[ "$status" == interrupted || "$status" == running ]] && [[ "$checkpoint" != - ]] || return 1
+    [[ "$status" == interrupted && -n "$signal_seen" ]] || [[ "$2" == - ]] || (( checkpoint > $2 ))
 }
 
 # requeue_target: the job to requeue; an array task is JOBID_TASKID, since the highest task's
@@ -238,21 +252,29 @@ requeue_target() {
 }
 
 # finish CODE OUT: exits with CODE; after a checkpoint (3) under Slurm, first requeues the job, which
-# then resumes from the checkpoint. Not after TERM or INT (scancel, Ctrl-C): those stop for good.
+# then resumes from the checkpoint. Not after TERM or INT (scancel, scontrol requeue, Ctrl-C): Slurm
+# requeues such a job itself when that is what was asked, and this script must not requeue a cancelled one.
 finish() {
     local rc=$1 out=$2 job
     case "$rc" in
         0) log "done: $out (python -m pprs_mpi.report $out)"; exit 0 ;;
         3) ;;
+        4) log "$out holds no checkpoint newer than this attempt started from: nothing to requeue; exit 4"; exit 4 ;;
         *) log "the solver exited with code $rc (trace $out)"; exit "$rc" ;;
     esac
     if [[ "$signal_seen" == TERM || "$signal_seen" == INT ]]; then
-        log "checkpointed in $out after SIG$signal_seen; not requeueing (run again to resume); exit 3"
+        if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+            log "checkpointed in $out after SIG$signal_seen; not requeueing from here: a job Slurm requeues" \
+                "(scontrol requeue, preemption) resumes from this checkpoint, and a new submission with the same" \
+                "settings does too; exit 3"
+        else
+            log "checkpointed in $out after SIG$signal_seen; resume with: $(resume_command "$out"); exit 3"
+        fi
         exit 3
     fi
     if [[ -z "${SLURM_JOB_ID:-}" ]]; then
         log "checkpointed in $out; without Slurm there is no job to requeue: would run" \
-            "'scontrol requeue \$SLURM_JOB_ID'; run this script again to resume"
+            "'scontrol requeue \$SLURM_JOB_ID'; resume with: $(resume_command "$out")"
         exit 3
     fi
     job=$(requeue_target)
@@ -260,6 +282,11 @@ finish() {
     if scontrol requeue "$job"; then exit 0; fi
     log "scontrol requeue failed: submit again with the same settings to resume"
     exit 3
+}
+
+# resume_command OUT: the command that resumes OUT (running this script again with the same settings does too)
+resume_command() {
+    echo "${launch[*]} $PYTHON -m pprs_mpi.solve --resume $1"
 }
 
 # run_one SUFFIX: the one run of pprs_cpu.slurm and pprs_gpu.slurm (SUFFIX ends OUT's default name)

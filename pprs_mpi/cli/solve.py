@@ -15,7 +15,7 @@ import sys
 
 from pprs_mpi import config
 from pprs_mpi.config import ConfigError
-from pprs_mpi.run.assemble import PREFIX
+from pprs_mpi.run.assemble import PREFIX, SINGLETONS, launched_rank
 from pprs_mpi.run.execute import run
 from pprs_mpi.run.result import RunFailed
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None, comm=None) -> int:
     try:
         result = run(lambda: config.load(argv), comm)
     except ConfigError as err:
-        if comm.rank == 0:
+        if comm.rank == 0 and not (SINGLETONS in str(err) and launched_rank() > 0):  # once, not by each singleton
             print(f"{PREFIX}error: {err}", file=sys.stderr, flush=True)
         return BAD_INPUT
     except RunFailed as err:

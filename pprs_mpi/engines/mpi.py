@@ -32,8 +32,8 @@ and marks the trace failed, if rank 0 still runs Python code.
 With `recover` (the Python API, `minimize`, where a sweep in one process must go on to its next solve)
 no rank aborts: rank 0 takes a failing rank's notice as above, or fails itself, marks its trace failed
 and sends the one error line (tag FAILURE) to every other rank, whose waits watch for it; each rank then
-cancels and frees its receives, drops its pending sends and raises (see `settle_failure`). Only a rank 0
-that takes no notice within the grace period still ends the job.
+cancels and frees its receives, keeps its pending sends (with their buffers) until MPI completes them and
+raises (see `settle_failure`). Only a rank 0 that takes no notice within the grace period still ends the job.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ import numpy as np
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
+from pprs_mpi import pending_sends
 from pprs_mpi.backend import Backend, Staging
 from pprs_mpi.faults import Fault
 from pprs_mpi.engines.plan import Channel, channels
 from pprs_mpi.engines.runner import ShapeError, StageRunner
 from pprs_mpi.engines.stage import Sampling, Wiring
-from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline
+from pprs_mpi.engines.timeline import MEMORY_KEYS, WAIT_PHASE, Timeline, sampled_ranks
 from pprs_mpi.schedule import Schedule
 
 FAILURE_TAG, CLOCK_TAG, GATHER_TAG, FIRST_DATA_TAG = 0, 1, 2, 3  # reserved tags, then one per channel
@@ -308,7 +309,8 @@ class MpiTransport:
 
     def abandon(self) -> None:
         """After a failure mid-pass: cancels and frees the posted receives, frees the others, and lets go of
-        the pending sends (their peers may never take them; the engine's communicator is not used again)."""
+        the pending sends, kept with their buffers until MPI completes them (their peers may never take them; the
+        engine's communicator is not used again)."""
         for inbox in filter(None, self._inboxes):
             for _, request, buffer in inbox.posted:
                 request.Cancel()
@@ -316,9 +318,7 @@ class MpiTransport:
                 inbox.free.append((request, buffer))
             inbox.posted.clear()
         self.close()
-        for request in self._send_requests:
-            if request != MPI.REQUEST_NULL:
-                request.Free()
+        pending_sends.keep(self._send_requests, self._send_buffers)  # MPI may still read them: never freed early
         self._send_requests, self._send_buffers, self._send_bytes = [], [], 0
 
     def complete_sends(self) -> None:
@@ -392,7 +392,7 @@ class MpiEngine:
         comm = self.comm = comm.Dup()  # this engine's own: a failed pass's leftovers never reach another solve
         comm.Set_errhandler(MPI.ERRORS_RETURN)  # MPI errors as exceptions: a lost rank is named, not fatal
         self.recover = recover
-        self.timeline = Timeline(comm.rank, timeline_every)
+        self.timeline = Timeline(comm.rank, timeline_every, detailed=comm.rank in sampled_ranks(comm.size))
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
         self.poller = Poller(comm, comm_timeout, recover)
         self.staging = backend.staging(cuda_aware)
@@ -409,13 +409,21 @@ class MpiEngine:
         return self.runner.run(t, y, evaluation=True)
 
     def gather(self) -> tuple[np.ndarray, list[dict]]:
-        """Every rank's timeline records since the last gather and its memory figures (off the hot path).
-        Point to point rather than a collective, so that rank 0 notices a rank that failed meanwhile."""
+        """The sampled ranks' timeline records since the last gather, and every rank's summary and memory
+        figures (off the hot path). Point to point rather than a collective, so that rank 0 notices a rank
+        that failed meanwhile; taken in the order they arrive, not rank after rank."""
         self._command(GATHER, 0)
-        gathered = [self._report()] + [
-            self.poller.receive(rank, GATHER_TAG, lambda rank=rank: f"rank {rank}'s timeline", COMMAND_SLACK_SECONDS)
-            for rank in range(1, self.comm.size)]
-        return np.concatenate([records for records, _ in gathered]), [memory for _, memory in gathered]
+        gathered = {0: self._report()}
+        for _ in range(1, self.comm.size):
+            rank, report = self.poller.receive(MPI.ANY_SOURCE, GATHER_TAG, lambda: self._missing(gathered),
+                                               COMMAND_SLACK_SECONDS)
+            gathered[rank] = report
+        reports = [gathered[rank] for rank in range(self.comm.size)]
+        return np.concatenate([records for records, _ in reports]), [figures for _, figures in reports]
+
+    def _missing(self, gathered: dict) -> str:
+        missing = [rank for rank in range(self.comm.size) if rank not in gathered]
+        return f"the timeline of rank(s) {', '.join(map(str, missing[:10]))}" + (" ..." if len(missing) > 10 else "")
 
     def stop(self) -> None:
         self._command(STOP, 0)
@@ -440,9 +448,7 @@ class MpiEngine:
             deadline = time.monotonic() + FAILURE_GRACE_SECONDS
             while not MPI.Request.Testall(requests) and time.monotonic() < deadline:
                 time.sleep(1e-3)
-            for request in requests:
-                if request != MPI.REQUEST_NULL:
-                    request.Free()
+            pending_sends.keep(requests)  # a rank stuck elsewhere may take its line later, or never
         elif not remote:
             notice = comm.isend(text, dest=0, tag=FAILURE_TAG)  # kept (with its buffer) until rank 0 answers
             deadline = time.monotonic() + FAILURE_GRACE_SECONDS
@@ -451,8 +457,7 @@ class MpiEngine:
                     report_failure_and_abort(comm, text, prefix, notified=True)
                 time.sleep(1e-3)
             text = comm.recv(source=0, tag=FAILURE_TAG)
-            if not notice.Test():  # rank 0 failed itself and never took it: let it go with the communicator
-                notice.Free()
+            pending_sends.keep([notice])  # rank 0 may have failed itself and never take it
         self.transport.abandon()
         return text
 
@@ -464,14 +469,16 @@ class MpiEngine:
                 self._close()
                 return
             if command == GATHER:
-                request = self.comm.isend(self._report(), dest=0, tag=GATHER_TAG)
+                request = self.comm.isend((self.comm.rank, self._report()), dest=0, tag=GATHER_TAG)
                 self.poller.wait(request, lambda: "rank 0 to take this rank's timeline", slack=COMMAND_SLACK_SECONDS)
             else:
                 self.runner.run(t, evaluation=command == EVALUATE)
 
     def _report(self) -> tuple[np.ndarray, dict]:
+        """This rank's records (none unless sampled), its summary and memory figures."""
         figures = (self.runner.peak_stash, self.staging.allocated_bytes, self.transport.peak_send_bytes)
-        return self.timeline.take(), dict(zip(MEMORY_KEYS, figures))
+        records, summary = self.timeline.take()
+        return records, {**dict(zip(MEMORY_KEYS, figures)), **summary}
 
     def _command(self, command: int | None = None, t: int = 0) -> tuple[int, int]:
         if self.comm.rank == 0:
@@ -492,19 +499,20 @@ def _rank0_origin_on_local_clock(comm, exchanges: int = 8) -> float:
     """
     origin = comm.bcast(time.perf_counter() if comm.rank == 0 else None, root=0)
     offset = 0.0  # rank 0's clock minus this rank's
-    for rank in range(1, comm.size):
-        best = float("inf")
-        for _ in range(exchanges):
-            if comm.rank == rank:
-                sent = time.perf_counter()
-                comm.send(None, dest=0, tag=CLOCK_TAG)
-                theirs = comm.recv(source=0, tag=CLOCK_TAG)
-                received = time.perf_counter()
-                if received - sent < best:
-                    best, offset = received - sent, theirs - (sent + received) / 2
-            elif comm.rank == 0:
-                comm.recv(source=rank, tag=CLOCK_TAG)
-                comm.send(time.perf_counter(), dest=rank, tag=CLOCK_TAG)
+    if comm.rank == 0:  # answers whichever rank asks, so that the ranks' exchanges overlap
+        status = MPI.Status()
+        for _ in range(exchanges * (comm.size - 1)):
+            comm.recv(source=MPI.ANY_SOURCE, tag=CLOCK_TAG, status=status)
+            comm.send(time.perf_counter(), dest=status.Get_source(), tag=CLOCK_TAG)
+        return origin
+    best = float("inf")
+    for _ in range(exchanges):
+        sent = time.perf_counter()
+        comm.send(None, dest=0, tag=CLOCK_TAG)
+        theirs = comm.recv(source=0, tag=CLOCK_TAG)
+        received = time.perf_counter()
+        if received - sent < best:
+            best, offset = received - sent, theirs - (sent + received) / 2
     return origin - offset
 
 

@@ -1,5 +1,8 @@
 """Each stage's part of a pass, compiled once from the `Schedule` into integer slots and channels.
 
+A rank compiles its own stage only, from its own row of the schedule: the work and the plan are linear in
+the makespan and the stage's actions, whatever the number of stages.
+
 The schedule stays the single source of truth: a `StagePlan` lists, per time unit, the action the
 schedule gives the stage, with everything a runner needs resolved in advance: where each input
 comes from (a channel or a local slot), where each output and cotangent goes, the shapes to check,
@@ -138,9 +141,10 @@ class _Compiler:
 
     def plan(self) -> StagePlan:
         every = channels(self.wiring)
-        timed = [a for a in self.schedule.actions[self.stage]]
-        units = tuple(None if a is None else self._step(a, readers=self._last_root_readers(timed)) for a in timed)
-        evaluation = tuple(self._step(a, readers=self._last_root_readers(self.eval_actions)) for a in self.eval_actions)
+        timed = self.schedule.row(self.stage)
+        readers, eval_readers = self._last_root_readers(timed), self._last_root_readers(self.eval_actions)
+        units = tuple(None if a is None else self._step(a, readers) for a in timed)
+        evaluation = tuple(self._step(a, eval_readers) for a in self.eval_actions)
         root = self._root_plan() if self.stage == 0 else None
         segments: list[Segment | None] = [None] * len(units)
         for first, segment in _segments(units):
@@ -221,8 +225,9 @@ class _Compiler:
     def _receives(self, actions, root: RootPlan | None, microbatches) -> tuple[tuple[int, tuple[int, ...]], ...]:
         """Per incoming channel, the microbatches this stage receives, in the order it needs them."""
         order: dict[int, list[int]] = {}
+        readers = dict.fromkeys(range(self.M + 1))
         for action in actions:
-            step = self._step(action, readers=dict.fromkeys(range(self.M + 1)))
+            step = self._step(action, readers)
             pairs = step.sources if isinstance(step, ForwardStep) else step.cotangents
             for how, channel in pairs:
                 if how == RECV:
@@ -270,10 +275,10 @@ def _roots_by_first_use(schedule: Schedule, graph) -> tuple[tuple[int, int], ...
     Only the rows of stages holding a child of the root are scanned: this runs at start-up."""
     readers = set(graph.children[graph.root])
     first: dict[int, int] = {}
-    for nodes, row in zip(schedule.stages, schedule.actions):
+    for nodes, row in zip(schedule.stages, schedule.timed):
         if readers.isdisjoint(nodes):
             continue
-        for unit, action in enumerate(row):
+        for unit, action in row:
             if isinstance(action, Forward) and action.node in readers:
                 first[action.mb] = min(unit, first.get(action.mb, unit))
     return tuple(sorted((unit, mb) for mb, unit in first.items()))

@@ -74,7 +74,7 @@ class StageRunner:
 
     def begin(self, t: int, x=None, evaluation: bool = False) -> None:
         """Starts iteration t's gradient pass at x_t, or with `evaluation` a forward pass of x alone."""
-        self.timeline.start(t)
+        self.timeline.start(t, evaluation)
         # Shapes are fixed by the graph: checked on the first pass of each kind, which covers every
         # microbatch's rows, and not again on the hot path.
         self._checking = evaluation in self._unchecked

@@ -8,7 +8,7 @@ from pprs_mpi.backend import Backend
 from pprs_mpi.engines.plan import n_channels
 from pprs_mpi.engines.runner import StageRunner
 from pprs_mpi.engines.stage import Sampling, Wiring
-from pprs_mpi.engines.timeline import MEMORY_KEYS, Timeline
+from pprs_mpi.engines.timeline import MEMORY_KEYS, Timeline, sampled_ranks
 from pprs_mpi.engines.transport import LocalTransport
 from pprs_mpi.faults import Fault
 from pprs_mpi.schedule import Schedule
@@ -22,7 +22,8 @@ class SerialEngine:
     def __init__(self, wiring: Wiring, schedule: Schedule, sampling: Sampling, backend: Backend,
                  fault: Fault | None = None, timeline_every: int = 1):
         transport = LocalTransport(n_channels(wiring), sampling.n_microbatches)
-        self.timelines = [Timeline(s, timeline_every) for s in range(len(wiring.stages))]
+        detailed = set(sampled_ranks(len(wiring.stages)))  # as the MPI engine's ranks
+        self.timelines = [Timeline(s, timeline_every, s in detailed) for s in range(len(wiring.stages))]
         self.runners = [StageRunner(wiring, schedule, s, sampling, backend, transport, self.timelines[s], fault)
                         for s in range(len(wiring.stages))]
         # Unit after unit, stage after stage: stage 0 at every unit (it draws noisy copies), the others
@@ -53,10 +54,12 @@ class SerialEngine:
         return [runner.end(evaluation=True) for runner in self.runners][0]
 
     def gather(self) -> tuple[np.ndarray, list[dict]]:
-        """Every stage's timeline records since the last gather and its memory figures, as if each
-        stage were a rank (an in-process mailbox has no message buffers)."""
-        records = np.concatenate([timeline.take() for timeline in self.timelines])
-        return records, [dict(zip(MEMORY_KEYS, (runner.peak_stash, 0, 0))) for runner in self.runners]
+        """The sampled stages' timeline records since the last gather, and every stage's summary and memory
+        figures, as if each stage were a rank (an in-process mailbox has no message buffers)."""
+        taken = [timeline.take() for timeline in self.timelines]
+        return np.concatenate([records for records, _ in taken]), [
+            {**dict(zip(MEMORY_KEYS, (runner.peak_stash, 0, 0))), **summary}
+            for runner, (_, summary) in zip(self.runners, taken)]
 
     def stop(self) -> None:
         pass

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,12 +24,13 @@ from pprs_mpi.problems.user import describe_error
 from pprs_mpi.run.presets import apply_preset
 from pprs_mpi.run.trace_io import open_trace
 from pprs_mpi.schedule import SPECS, Schedule, ideal_makespan
-from pprs_mpi.setup_sync import SetupFailed, SetupSync
+from pprs_mpi.setup_sync import SetupFailed, SetupSync, name_ranks
 from pprs_mpi.solve import PREFIX
 
-
+SINGLETONS = ("the launcher started each task as an MPI singleton (its PMI does not reach this MPI library): "
+              "under srun set SRUN_MPI=pmix (srun --mpi=pmix), or use LAUNCHER=mpirun")
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
-MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
+MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units: the serial engine holds every stage's plan
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
 MAX_PASS_ENTRIES = 1 << 30  # entries of the activations a pass keeps for its backward (8 GiB in float64)
 
@@ -102,7 +105,8 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     cfg = apply_preset(cfg, problem)
     if cfg.pipeline.expect_ranks not in (None, comm.size):
         raise ConfigError(f"expected {cfg.pipeline.expect_ranks} MPI ranks but this job has {comm.size}: "
-                          "was python started without mpirun/srun, or with another MPI than mpi4py's?")
+                          + (SINGLETONS if comm.size == 1 and _launched("SIZE") > 1 else
+                             "was python started without mpirun/srun, or with another MPI than mpi4py's?"))
     engine_name = cfg.pipeline.engine if cfg.pipeline.engine != "auto" else ("mpi" if comm.size > 1 else "serial")
     if engine_name == "serial":
         if comm.size > 1:
@@ -120,20 +124,19 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     try:
         backend = select(cfg.device.device, cfg.device.dtype, local_rank)
         cuda_aware, decided_by = backend.cuda_awareness()
-        local = {"devices": [backend.device], "transport": [backend.staging(cuda_aware).path], "error": []}
+        local = {"devices": [backend.device], "transport": [backend.staging(cuda_aware).path],
+                 "hosts": [socket.gethostname()], "error": []}
     except BackendError as err:
-        local = {"devices": [], "transport": [], "error": [f"rank {comm.rank}: {err}"]}
-    gathered = sync.gather(local)
-    placement = {key: [item for rank in gathered for item in rank[key]] for key in local}
-    if placement.pop("error"):
-        raise BackendError(_placement_errors(gathered))
+        local = {"devices": [], "transport": [], "hosts": [], "error": [f"rank {comm.rank}: {err}"]}
+    gathered = sync.gather(local, check=_placement_errors) or [local]  # every rank's on rank 0, its own elsewhere
+    placement = {key: [item for rank in gathered for item in rank[key]] for key in local if key != "error"}
     place_nodes = SPECS[cfg.pipeline.schedule].placement
     stages = place_nodes(graph, n_stages, None)
     parallel = engine_name == "mpi" or cfg.pipeline.stages is not None  # --stages emulates that many ranks
     chosen = _choose_layout(cfg, graph, stages, parallel, backend, comm, sync)
     sampling = Sampling(cfg.algorithm.K, float(cfg.algorithm.gamma), cfg.algorithm.seed, chosen.microbatch_size,
                         noise_on_device=cfg.device.noise_source == "device")
-    _check_sizes(cfg, graph, sampling, n_stages)
+    _check_sizes(cfg, graph, sampling, n_stages, engine_name)
     if cfg.problem.check_gradients:
         _check_gradients(problem, comm, sync)
     if cfg.pipeline.balance == "measured":  # measured on rank 0 only, so every rank places nodes alike
@@ -156,6 +159,21 @@ def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, parallel: bool, 
                                layout.max_rows(graph, MAX_MESSAGE_ENTRIES), bool(cfg.pipeline.simulated_depth),
                                cfg.meta.stored_microbatch_size, lambda b: measure_costs(graph, backend, b))
     return sync.bcast(chosen)
+
+
+def launched_rank() -> int:
+    """This process's rank in its launch as the launcher tells it (srun, PMI), 0 when started by hand."""
+    return _launched("RANK")
+
+
+def _launched(what: str) -> int:
+    """The launcher's RANK or SIZE of this process's launch, from the variables srun and PMI set (0 if none)."""
+    names = {"RANK": ("SLURM_PROCID", "PMIX_RANK", "PMI_RANK"),
+             "SIZE": ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}[what]
+    for name in names:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 def build_problem(cfg: config.RunConfig) -> Problem:
@@ -181,18 +199,32 @@ def _same_graph_everywhere(graph: Graph, sync: SetupSync) -> str:
     constants); a mismatch names the first node that differs and the ranks that disagree with rank 0."""
     digests = graph.fingerprints()
     whole = hashlib.sha256("".join(f"{name}={d};" for name, d in digests.items()).encode()).hexdigest()
-    if len(set(sync.gather(whole))) == 1:
+    verdict = sync.agree(whole, _differing)
+    if verdict is None:
         return whole
-    every = sync.gather(list(digests.items()))
-    mine = every[0]
-    for position in range(max(len(d) for d in every)):
-        differ = [rank for rank, d in enumerate(every) if d[position:position + 1] != mine[position:position + 1]]
-        if differ:
-            node = mine[position][0] if position < len(mine) else every[differ[0]][position][0]
-            raise ConfigError(f"the ranks built different graphs: node {node!r} differs on rank(s) "
-                              f"{', '.join(map(str, differ))} from rank 0 (a builder runs on every rank and must be "
-                              "deterministic: seed its random numbers)")
-    raise ConfigError("the ranks built different graphs")
+    first, count, named = verdict  # rank 0 compares its nodes with those of the first rank that differs
+    ours = list(digests.items()) if sync.rank in (0, first) else None
+    sync.agree(ours, lambda every: _first_difference(every[0], every[first], first, count, named))
+    raise ConfigError("the ranks built different graphs")  # not reached: the round above failed
+
+
+def _differing(wholes: list[str]) -> tuple[int, int, str] | None:
+    """Rank 0's short verdict on every rank's graph hash: None, or (the first rank that differs from rank 0,
+    how many do, the first of them named)."""
+    differ = [rank for rank, whole in enumerate(wholes) if whole != wholes[0]]
+    return (differ[0], len(differ), name_ranks(differ)) if differ else None
+
+
+def _first_difference(mine: list, theirs: list, rank: int, count: int, named: str) -> None:
+    """Raises the ConfigError naming the first node whose fingerprint differs between rank 0 and `rank`."""
+    for position in range(max(len(mine), len(theirs))):
+        if mine[position:position + 1] != theirs[position:position + 1]:
+            node = (mine if position < len(mine) else theirs)[position][0]
+            others = f" ({count} ranks differ: {named})" if count > 1 else ""
+            raise ConfigError(f"the ranks built different graphs: node {node!r} differs on rank(s) {rank} from rank 0"
+                              f"{others} (a builder runs on every rank and must be deterministic: seed its random "
+                              "numbers)")
+    raise ConfigError(f"the ranks built different graphs: rank {rank}'s differs from rank 0's")
 
 
 def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
@@ -207,9 +239,10 @@ def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
         raise ConfigError(f"--check-gradients: {failure}")
 
 
-def _check_sizes(cfg: config.RunConfig, graph: Graph, sampling: Sampling, n_stages: int) -> None:
+def _check_sizes(cfg: config.RunConfig, graph: Graph, sampling: Sampling, n_stages: int, engine: str) -> None:
     """Refuses pipelines whose schedule alone would take minutes and gigabytes to build, and microbatches
-    whose arrays could not fit in memory."""
+    whose arrays could not fit in memory. An MPI rank builds its own stage's plan only (linear in the
+    makespan); the serial engine builds every stage's, stages × makespan cells."""
     n_microbatches = sampling.n_microbatches
     actions = n_microbatches * len(graph.order)
     if actions > MAX_ACTIONS_PER_PASS:
@@ -217,10 +250,10 @@ def _check_sizes(cfg: config.RunConfig, graph: Graph, sampling: Sampling, n_stag
                           f"{len(graph.order)} nodes makes {actions:,} forward actions per iteration (at most "
                           f"{MAX_ACTIONS_PER_PASS:,}): raise --microbatch-size or lower K")
     cells = n_stages * 2 * (n_microbatches + len(graph.order))  # about stages × makespan
-    if cells > MAX_SCHEDULE_CELLS:
+    if engine == "serial" and cells > MAX_SCHEDULE_CELLS:
         raise ConfigError(f"{n_stages} stages × ~{2 * (n_microbatches + len(graph.order)):,} time units make a "
-                          f"schedule of ~{cells:,} cells (at most {MAX_SCHEDULE_CELLS:,}): use fewer stages (ranks) "
-                          "or nodes")
+                          f"schedule of ~{cells:,} cells in one process (at most {MAX_SCHEDULE_CELLS:,}): use fewer "
+                          "--stages, or the MPI engine (each rank builds its own stage's plan only)")
     rows = min(cfg.algorithm.K, sampling.microbatch_size)
     largest = max(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
     if rows * largest > MAX_MESSAGE_ENTRIES:
@@ -232,7 +265,8 @@ def _check_sizes(cfg: config.RunConfig, graph: Graph, sampling: Sampling, n_stag
                           f"{MAX_PASS_ENTRIES:,}): lower K")
 
 
-def _placement_errors(gathered: list[dict]) -> str:
-    """The first rank's device error, and how many ranks had one."""
+def _placement_errors(gathered: list[dict]) -> None:
+    """Raises a ConfigError naming the first rank's device error, and how many ranks had one."""
     errors = [e for rank in gathered for e in rank["error"]]
-    return errors[0] + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else "")
+    if errors:
+        raise ConfigError(errors[0] + (f" (and {len(errors) - 1} more rank(s))" if len(errors) > 1 else ""))

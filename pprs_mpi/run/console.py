@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from pprs_mpi import __version__
-from pprs_mpi.analysis import rank_fractions
+from pprs_mpi.analysis import summary_fractions
 
 if TYPE_CHECKING:
     from pprs_mpi.driver import Outcome
@@ -39,17 +37,16 @@ def _per_rank(values: list[str]) -> str:
     return f"{len(values)} × {values[0]}" if len(set(values)) == 1 else ",".join(values)
 
 
-def summary(setup: Setup, outcome: Outcome, records: np.ndarray) -> str:
-    """The closing lines: f(y_T), where the trace is, and (MPI) each rank's compute and wait fractions in the
-    timeline `records` this run gathered (its gradient passes'; evaluation passes have microbatch >= M)."""
+def summary(setup: Setup, outcome: Outcome, figures: list[dict]) -> str:
+    """The closing lines: f(y_T), where the trace is, and (MPI) each rank's compute and wait fractions from
+    the `figures` this run gathered last (its summary of the sampled gradient passes)."""
     f_star = setup.problem.f_star
     lines = [f"done: f(y_T) = {outcome.f_final:.6g}" + (f", f* = {f_star:g}" if f_star is not None else "")
              + f"; trace {setup.cfg.output.out} (python -m pprs_mpi.report {setup.cfg.output.out})"]
     facts = setup.problem.describe_point(outcome.state.y)
     if facts:
         lines.append("  " + ", ".join(f"{key} {value}" for key, value in facts.items()))
-    gradient_passes = records[records["microbatch"] < setup.sampling.n_microbatches]
-    if setup.engine_name == "mpi" and gradient_passes.size:
+    if setup.engine_name == "mpi" and any(rank["span_seconds"] for rank in figures):
         lines += [f"  rank {r['rank']}: compute {r['compute']:.0%}, wait {r['wait']:.0%}"
-                  for r in rank_fractions(gradient_passes)]
+                  for r in summary_fractions(figures)]
     return "\n".join(lines)

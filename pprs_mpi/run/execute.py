@@ -84,27 +84,27 @@ def execute(setup: Setup, comm, engine, stop: StopOnSignal) -> Result | None:
 def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     """Rank 0: Algorithm 1 around the engine, then the result and the closing lines."""
     cfg, trace = setup.cfg, setup.trace
-    records = []  # the timeline gathered from the ranks, as written to the trace: the summary's figures
+    figures = []  # every rank's figures as gathered and written to the trace, each time: the summary's
     if not cfg.output.quiet:
         driver.say(console.banner(setup))
     with np.errstate(**QUIET_FLOATS):
         outcome = driver.minimize(engine, setup.backend, cfg, setup.optimizer, setup.makespan, trace,
                                   driver.progress_for(cfg, setup.start.iteration), setup.start,
-                                  checkpoint=lambda state: records.append(write_checkpoint(setup, engine, state)),
+                                  checkpoint=lambda state: figures.append(write_checkpoint(setup, engine, state)),
                                   stop_requested=lambda: stop.requested,
                                   locate=lambda x, t: first_nonfinite(setup.problem.graph, setup.sampling,
                                                                       setup.backend, x, t),
                                   locate_at=lambda y, t: first_nonfinite_at(setup.problem.graph, setup.backend, y, t))
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
-        records.append(write_checkpoint(setup, engine, outcome.state))
-    records.append(write_gathered(trace, engine))
+        figures.append(write_checkpoint(setup, engine, outcome.state))
+    figures.append(write_gathered(trace, engine))
     trace.write_result(y=outcome.state.y, x=outcome.state.x)
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
     result = Result.of(outcome, trace.columns, cfg.output.out, _why_stopped(outcome, cfg.output.out, trace.replaced))
     engine.stop()  # last: until then the other ranks wait for a command, so they would hear of a failure here
     if outcome.status == "completed" and not cfg.output.quiet:
-        driver.say(console.summary(setup, outcome, np.concatenate(records)))
+        driver.say(console.summary(setup, outcome, figures[-1]))
     return result
 
 

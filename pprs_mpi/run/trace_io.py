@@ -11,6 +11,7 @@ import numpy as np
 
 from pprs_mpi import __version__, config, driver, optim
 from pprs_mpi.config import ConfigError
+from pprs_mpi.engines.timeline import sampled_ranks
 
 if TYPE_CHECKING:
     from pprs_mpi.run.assemble import Setup
@@ -27,7 +28,8 @@ def open_trace(setup: Setup, comm) -> str | None:
             "microbatch_size": setup.sampling.microbatch_size, "layout_choice": json.dumps(setup.layout.as_dict()),
             "stages": len(setup.wiring.stages), "package_version": __version__,
             "rank_devices": ",".join(setup.placement["devices"]),
-            "rank_transport": ",".join(setup.placement["transport"]),
+            "rank_transport": ",".join(setup.placement["transport"]), "rank_hosts": ",".join(setup.placement["hosts"]),
+            "timeline_ranks": np.array(sampled_ranks(len(setup.wiring.stages)), dtype=np.int64),
             "cuda_aware_decided_by": setup.placement["cuda_aware_decided_by"], "graph_hash": setup.graph_hash,
             "f_star": math.nan if setup.problem.f_star is None else float(setup.problem.f_star)}
     if cfg.output.resume:
@@ -103,22 +105,25 @@ def _checkpointed_state(path: str, dim: int, graph_hash: str, optimizer: optim.O
     return state
 
 
-def write_checkpoint(setup: Setup, engine, state: driver.LoopState) -> np.ndarray:
-    """Everything a resume needs, atomically; the timeline gathered so far goes with it (and is returned)."""
-    records = write_gathered(setup.trace, engine)
+def write_checkpoint(setup: Setup, engine, state: driver.LoopState) -> list[dict]:
+    """Everything a resume needs, atomically; the timeline gathered so far goes with it (and the ranks' figures
+    are returned)."""
+    figures = write_gathered(setup.trace, engine)
     setup.trace.write_checkpoint(state.arrays, {
         "iteration": state.iteration, "pipeline_time": state.pipeline_time, "wall_time": state.wall_time,
         "noise_counter": state.iteration, "momentum_t": state.iteration, "seed": setup.cfg.algorithm.seed})
-    return records
+    return figures
 
 
-def write_gathered(trace, engine) -> np.ndarray:
-    """Writes the timeline records gathered from the ranks since the last time, and their memory figures;
-    returns the records."""
-    records, memory = engine.gather()
+def write_gathered(trace, engine) -> list[dict]:
+    """Writes the timeline records gathered from the sampled ranks since the last time, and every rank's
+    summary and memory figures (`rank_<key>`); returns the figures, per rank."""
+    records, figures = engine.gather()
     trace.write_timeline(records, append=True)
-    trace.set_attrs(**{f"rank_{key}": np.array([rank[key] for rank in memory], dtype=np.int64) for key in memory[0]})
-    return records
+    trace.set_attrs(**{f"rank_{key}": np.array([rank[key] for rank in figures],
+                                               dtype=np.float64 if key.endswith("seconds") else np.int64)
+                       for key in figures[0]})
+    return figures
 
 
 def _jsonable(cfg: config.RunConfig) -> dict:
