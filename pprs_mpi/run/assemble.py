@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pprs_mpi import config, driver, faults, optim
+from pprs_mpi import config, driver, faults, optim, threads
 from pprs_mpi.backend import Backend, BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import place
@@ -91,6 +91,7 @@ def assemble(cfg: config.RunConfig, comm, problem: Problem | None = None, sync: 
 
 def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupSync) -> Setup:
     from mpi4py import MPI
+    threads.use(cfg.device.threads)  # before the builder, whose constants are computed too
     problem = problem or build_problem(cfg)
     graph = problem.graph
     graph_hash = _same_graph_everywhere(graph, sync)
