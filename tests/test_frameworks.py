@@ -196,3 +196,18 @@ def test_the_graph_hash_sees_a_torch_modules_layers_and_weights():
     other_weight = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh())
     assert digest(base) == digest(same)
     assert digest(base) != digest(other_layer) and digest(base) != digest(other_weight)
+
+
+def test_check_gradients_checks_the_runs_dtype_only(tmp_path):
+    """A node that computes in float64 only (a float64 tensor in a closure): a float64 run with
+    --check-gradients runs; a float32 run is refused naming float32, as check --dtype both is."""
+    W = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
+    graph = Graph(4, [Node("mine", TorchOp(lambda x: x @ W.T, name="matmul"), ("theta",)),
+                      Node("l1", L1Norm(), ("mine",))])
+    run = pprs_mpi.minimize(graph, check_gradients=True, iters=2, quiet=True, out=str(tmp_path / "a.h5"))
+    assert run.status == "completed"
+    with pytest.raises(pprs_mpi.ConfigError, match=r"--check-gradients: node 'mine' \(TorchOp\(matmul\)\): "):
+        pprs_mpi.minimize(graph, check_gradients=True, dtype="float32", iters=2, quiet=True,
+                          out=str(tmp_path / "b.h5"))
+    assert all(c.ok for c in check_gradients(graph, float32=False))
+    assert not check_gradients(graph)[0].ok

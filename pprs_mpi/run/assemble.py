@@ -127,7 +127,7 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
                         noise_on_device=cfg.device.noise_source == "device")
     _check_sizes(cfg, graph, sampling.n_microbatches, n_stages)
     if cfg.problem.check_gradients:
-        _check_gradients(problem, comm, sync)
+        _check_gradients(problem, comm, sync, float32=cfg.device.dtype == "float32")
     costs = None
     if cfg.pipeline.balance == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, cfg.pipeline.microbatch_size) if comm.rank == 0 else None
@@ -177,12 +177,13 @@ def _same_graph_everywhere(graph: Graph, sync: SetupSync) -> str:
     raise ConfigError("the ranks built different graphs")
 
 
-def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
-    """--check-gradients: rank 0 checks every node against finite differences; a failure is bad input."""
+def _check_gradients(problem: Problem, comm, sync: SetupSync, float32: bool) -> None:
+    """--check-gradients: rank 0 checks every node against finite differences (in float64), and the float32
+    contract only in a float32 run (`check --dtype` is for the other precision); a failure is bad input."""
     from pprs_mpi.check import check_graph
     failure = None
     if comm.rank == 0:
-        failures = [line for line in check_graph(problem.graph, x0=problem.x0) if not line.ok]
+        failures = [line for line in check_graph(problem.graph, x0=problem.x0, float32=float32) if not line.ok]
         failure = failures[0].describe() if failures else None
     failure = sync.bcast(failure)
     if failure:
