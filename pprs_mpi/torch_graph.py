@@ -129,8 +129,13 @@ def _graph(model, loss, input_shape, layout, probe, split, count) -> Graph:
             parents.append("theta")
         for position, value in enumerate(segment.outputs):
             producer[value] = (index, position)
-        part = Part(segment_module(traced, segment), takes, len(segment.outputs) > 1, slices, not input_mode)
-        made.append(Node(names[-1], TorchOp(part, arity=len(parents), name=kinds[0] if len(kinds) == 1 else "Part"),
+        (node,) = segment.nodes if len(segment.nodes) == 1 else (None,)
+        if input_mode and node is not None and node.op == "call_module" and node.args == (segment.inputs[0],) \
+                and not node.kwargs and takes == [(0, None, traced.shapes[segment.inputs[0]])]:
+            fn = submodules[node.target]  # a unit on the value before it: called as it is, without a wrapper
+        else:
+            fn = Part(segment_module(traced, segment), takes, len(segment.outputs) > 1, slices, not input_mode)
+        made.append(Node(names[-1], TorchOp(fn, arity=len(parents), name=kinds[0] if len(kinds) == 1 else "Part"),
                          tuple(parents)))
     made.append(Node("loss", TorchOp(PerCopy(loss), name="loss"), (names[-1],)))
     return Graph(dim, made)
