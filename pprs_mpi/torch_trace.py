@@ -104,12 +104,14 @@ def segment_module(traced: Traced, segment: Segment, const_prefix: str = "_pprs_
         if node not in env:
             if node.op == "get_attr":
                 env[node] = graph.get_attr(node.target)
-            else:  # a θ-independent value: computed once, in float64
+            elif torch.is_tensor(traced.values[node]):  # a θ-independent tensor: computed once, in float64
                 assert node not in mine
                 name = const_prefix + node.name
                 if not hasattr(holder, name):
                     holder.register_buffer(name, traced.values[node])
                 env[node] = graph.get_attr(name)
+            else:  # a θ-independent number or shape, written into the code
+                env[node] = traced.values[node]
         return env[node]
 
     for node in segment.nodes:

@@ -198,3 +198,39 @@ def test_serial_and_three_ranks_are_bitwise_equal_with_the_machines_threads(buil
     for column in ("f_smoothed", "f_eval"):
         assert np.array_equal(a.columns[column], b.columns[column], equal_nan=True), column
     assert np.array_equal(a.result["y"], b.result["y"])
+
+
+class Scaled(torch.nn.Module):
+    """Constants of its own beside its units: a buffer, a number computed from it, a parameter read directly."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+        self.register_buffer("scale", torch.tensor(2.0))
+        self.shift = torch.nn.Parameter(torch.linspace(-1, 1, 3))
+
+    def forward(self, x):
+        copies = self.scale.dim() + 2  # a number that does not depend on θ
+        h = self.a(x) * self.scale
+        return (self.b(h) + self.shift).repeat(1, copies)
+
+
+@pytest.mark.parametrize("use", ["input", "weights"])
+def test_a_models_own_buffers_numbers_and_parameters_enter_the_nodes_that_use_them(use):
+    torch.manual_seed(0)
+    model, inputs = Scaled(), np.linspace(-1, 1, 12).reshape(3, 4)
+    kwargs = {"input_shape": (4,)} if use == "input" else {"params": ["shift", "b.weight"], "inputs": inputs}
+    problem = pprs_mpi.from_torch(model, lambda out: (out ** 2).sum(), **kwargs)
+    theta = np.random.default_rng(0).standard_normal((2, problem.graph.dim))
+    f, _ = value_and_gradient(problem.graph, theta)
+    double = Scaled().double()
+    double.load_state_dict(model.state_dict())
+    for row in range(2):
+        if use == "input":
+            expected = (double(torch.from_numpy(theta[row:row + 1])) ** 2).sum()
+        else:
+            weights = {"shift": torch.from_numpy(theta[row, :3]),
+                       "b.weight": torch.from_numpy(theta[row, 3:]).reshape(3, 6)}
+            expected = (torch.func.functional_call(double, weights, (torch.from_numpy(inputs),)) ** 2).sum()
+        np.testing.assert_allclose(f[row], expected.item(), rtol=1e-13)
+    assert all(check.ok for check in check_gradients(problem))
