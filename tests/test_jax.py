@@ -137,3 +137,12 @@ def test_a_float32_constant_from_jax_imported_first_is_named_in_one_line(tmp_pat
     assert result.stdout.strip().startswith("JaxOp(scale): 'W' is a float32 JAX array made before JAX's float64 mode "
                                             "was on"), result.stdout + result.stderr
     assert len(result.stdout.strip().splitlines()) == 1
+
+
+def test_a_run_with_jax_nodes_says_that_threads_does_not_pin_them(tmp_path, capsys):
+    from pprs_mpi.solve import main
+    assert main(["--problem", EXAMPLE, "--iters", "1", "--out", str(tmp_path / "j.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "1 intra-op thread(s)\nnote: 3 JAX node(s): XLA's CPU kernels follow the cores each process sees" in out
+    assert main(["--problem", "lad", "--iters", "1", "--out", str(tmp_path / "l.h5")]) == 0
+    assert "note:" not in capsys.readouterr().out
