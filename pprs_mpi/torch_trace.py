@@ -33,6 +33,7 @@ torch = _torch()
 fx = torch.fx
 
 CONTAINERS = (torch.nn.Sequential, torch.nn.ModuleList, torch.nn.ModuleDict)
+CONSTANT_PREFIX = "_pprs_const_"  # the buffers holding θ-independent values, in the model's private copy
 
 
 @dataclass
@@ -92,21 +93,19 @@ def trace(model, probe, *, input_mode: bool, params=(), split=None, nodes=None) 
     return Traced(module, segments, placeholder, values, shapes, chosen)
 
 
-def segment_module(traced: Traced, segment: Segment, const_prefix: str = "_pprs_const_"):
+def segment_module(traced: Traced, segment: Segment):
     """The segment as a GraphModule: its inputs as placeholders, the θ-independent values it reads as buffers
     (parameters and buffers of the model as the model's own), its outputs as one tensor or a tuple."""
     graph = fx.Graph()
     env = {value: graph.placeholder(f"input_{i}") for i, value in enumerate(segment.inputs)}
     holder = traced.module
-    mine = set(segment.nodes)
 
     def lookup(node):
         if node not in env:
             if node.op == "get_attr":
                 env[node] = graph.get_attr(node.target)
             elif torch.is_tensor(traced.values[node]):  # a θ-independent tensor: computed once, in float64
-                assert node not in mine
-                name = const_prefix + node.name
+                name = CONSTANT_PREFIX + node.name
                 if not hasattr(holder, name):
                     holder.register_buffer(name, traced.values[node])
                 env[node] = graph.get_attr(name)
