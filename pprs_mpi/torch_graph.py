@@ -186,11 +186,20 @@ class Fixed(torch.nn.Module):
 
 
 class PerCopy(torch.nn.Module):
-    """fn applied to each noisy copy's value on its own (`vmap` over the batch axis)."""
+    """fn applied to each noisy copy's value on its own (`vmap` over the batch axis). The tensors fn closes over
+    (labels, targets) are copied into buffers and its code into the repr, only so that the graph hash sees them."""
 
     def __init__(self, fn: Callable):
         super().__init__()
         self.fn = fn
+        cells = getattr(fn, "__closure__", None) or ()
+        for i, cell in enumerate(cells):
+            if torch.is_tensor(cell.cell_contents):
+                self.register_buffer(f"closure_{i}", cell.cell_contents.detach().clone())
+
+    def extra_repr(self) -> str:
+        code = getattr(self.fn, "__code__", None)
+        return code.co_code.hex() if code is not None else type(self.fn).__qualname__
 
     def forward(self, batch):
         return torch.func.vmap(self.fn)(batch)

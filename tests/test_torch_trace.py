@@ -234,3 +234,13 @@ def test_a_models_own_buffers_numbers_and_parameters_enter_the_nodes_that_use_th
             expected = (torch.func.functional_call(double, weights, (torch.from_numpy(inputs),)) ** 2).sum()
         np.testing.assert_allclose(f[row], expected.item(), rtol=1e-13)
     assert all(check.ok for check in check_gradients(problem))
+
+
+def test_the_hash_sees_the_losss_code_and_the_tensors_it_closes_over():
+    """Labels drawn without a seed give each rank other labels: the loss node's digest must differ."""
+    def digest(labels, scale=1.0):
+        loss = lambda out: scale * torch.nn.functional.cross_entropy(out[None], labels)  # noqa: E731
+        return pprs_mpi.from_torch(resmlp.model(), loss, input_shape=(2048,)).graph.fingerprints()["loss"]
+
+    assert digest(torch.tensor([1])) == digest(torch.tensor([1]))
+    assert digest(torch.tensor([1])) != digest(torch.tensor([2]))
