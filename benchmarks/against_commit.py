@@ -9,8 +9,12 @@ y_T of the two checkouts must be bitwise equal. The baseline is exported with `g
 
     python benchmarks/against_commit.py                      # against the commit before the compiled plan
     python benchmarks/against_commit.py --baseline HEAD~3 --rounds 5
+    python benchmarks/against_commit.py --baseline REV --solve-args "--microbatch-size 1"   # the same b in both
 
-The table goes to benchmarks/results/against_commit.json.
+A different default between the two checkouts (the microbatch size, say) changes the summation order, so y_T
+is bitwise equal only where both run the same layout: give it with --solve-args.
+
+The table goes to benchmarks/results/against_commit.json (against_commit_same_layout.json with --solve-args).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPOSITORY = HERE.parent
-RESULTS = HERE / "results" / "against_commit.json"
+RESULTS_DIR = HERE / "results"
 BEFORE_THE_PLAN = "caae55a^"  # main before issue 14's compiled per-stage plan
 LONG, SHORT = 3000, 300
 ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
@@ -51,9 +55,9 @@ def export(revision: str, folder: Path) -> str:
     return commit
 
 
-def solve(tree: Path, ranks: int, iterations: int, out: Path) -> tuple[float, np.ndarray]:
-    """Wall seconds of one README-default run from `tree`, and its final y."""
-    command = [sys.executable, "-m", "pprs_mpi.solve", "--out", str(out), "--iters", str(iterations)]
+def solve(tree: Path, ranks: int, iterations: int, out: Path, extra: list[str]) -> tuple[float, np.ndarray]:
+    """Wall seconds of one README-default run from `tree` (with the `extra` arguments), and its final y."""
+    command = [sys.executable, "-m", "pprs_mpi.solve", "--out", str(out), "--iters", str(iterations), *extra]
     if ranks > 1:
         command = ["mpirun", "-n", str(ranks)] + command
     start = time.perf_counter()
@@ -73,7 +77,10 @@ def main() -> None:
     p.add_argument("--baseline", default=BEFORE_THE_PLAN,
                    help=f"git revision to compare with (default {BEFORE_THE_PLAN})")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    p.add_argument("--solve-args", default="",
+                   help="extra arguments of both checkouts' solve, e.g. '--microbatch-size 1'")
     args = p.parse_args()
+    extra = args.solve_args.split()
     with tempfile.TemporaryDirectory() as scratch:
         baseline = Path(scratch) / "baseline"
         commit = export(args.baseline, baseline)
@@ -83,12 +90,13 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, tree in trees.items():
                 for ranks in (4, 1):
-                    long, finals[name, ranks] = solve(tree, ranks, LONG, Path(scratch) / "run.h5")
-                    short, _ = solve(tree, ranks, SHORT, Path(scratch) / "run.h5")
+                    long, finals[name, ranks] = solve(tree, ranks, LONG, Path(scratch) / "run.h5", extra)
+                    short, _ = solve(tree, ranks, SHORT, Path(scratch) / "run.h5", extra)
                     ms[name, ranks].append((long - short) / (LONG - SHORT) * 1e3)
                     print(f"{name:<18} {ranks} rank(s): {ms[name, ranks][-1]:.3f} ms per iteration", flush=True)
     (old, new) = trees
     table = {"machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores)", "baseline": old,
+             "solve_args": extra,
              "rounds": args.rounds, "ms_per_iteration": {f"{name}, {ranks} rank(s)": times
                                                           for (name, ranks), times in ms.items()},
              "cases": []}
@@ -96,15 +104,16 @@ def main() -> None:
         before, after = statistics.median(ms[old, ranks]), statistics.median(ms[new, ranks])
         table["cases"].append({"ranks": ranks, "baseline_ms": before, "this_ms": after, "speedup": before / after,
                                "same_y_T_bitwise": bool(np.array_equal(finals[old, ranks], finals[new, ranks]))})
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(table, indent=2))
+    results = RESULTS_DIR / ("against_commit.json" if not extra else "against_commit_same_layout.json")
+    RESULTS_DIR.mkdir(exist_ok=True)
+    results.write_text(json.dumps(table, indent=2))
     print(f"\nmachine: {table['machine']}; README default (lad, depth 8, K = 8), T = {LONG}; "
           f"median of {args.rounds} interleaved rounds")
     for case in table["cases"]:
         where = f"{case['ranks']} ranks" if case["ranks"] > 1 else "serial "
         print(f"  {where}: {old} {case['baseline_ms']:.3f} ms, this checkout {case['this_ms']:.3f} ms per iteration: "
               f"{case['speedup']:.2f}x; y_T bitwise equal: {case['same_y_T_bitwise']}")
-    print(f"saved {RESULTS}")
+    print(f"saved {results}")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ the gradient pipeline only: the records of evaluation passes (microbatch M) are 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
 from pprs_mpi.engines.timeline import MEMORY_KEYS, PHASES
+from pprs_mpi.layout import Candidate, Layout
 from pprs_mpi.trace import Trace, abandoned
 
 FORWARD, BACKWARD, WAIT = (PHASES.index(p) for p in ("forward", "backward", "wait"))
@@ -84,7 +86,8 @@ def n_microbatches(trace: Trace) -> int | None:
     """M: the writer's attribute, else ceil(K / microbatch_size) from the configuration."""
     M = setting(trace, "n_microbatches")
     if M is None and trace.config.get("K") is not None:
-        M = -(-int(trace.config["K"]) // int(trace.config.get("microbatch_size") or 1))
+        b = trace.config.get("microbatch_size")
+        M = -(-int(trace.config["K"]) // (b if isinstance(b, int) else 1))
     return None if M is None else int(M)
 
 
@@ -120,7 +123,20 @@ def layout(trace: Trace) -> dict:
     M, delta = n_microbatches(trace), depth(trace)
     return {"engine": setting(trace, "engine"), "stages": int(stages) if stages is not None else len(nodes) or None,
             "stage_nodes": nodes, "makespan": makespan(trace),
-            "one_node_per_stage_makespan": None if M is None or delta is None else 2 * (M + delta - 1)}
+            "one_node_per_stage_makespan": None if M is None or delta is None else 2 * (M + delta - 1),
+            "microbatch_choice": microbatch_choice(trace)}
+
+
+def microbatch_choice(trace: Trace) -> str | None:
+    """How the run's microbatch size was chosen (`layout.Layout.describe`), from the writer's record; None
+    for traces written before the choice was recorded or whose record is not readable."""
+    try:
+        record = json.loads(trace.attrs["layout_choice"])
+        candidates = tuple(Candidate(int(c["microbatch_size"]), int(c["n_microbatches"]), float(c["predicted_s"]))
+                           for c in record["candidates"])
+        return Layout(int(record["microbatch_size"]), str(record["rule"]), candidates).describe()
+    except (KeyError, TypeError, ValueError, RecursionError):
+        return None
 
 
 def pipeline_records(trace: Trace) -> np.ndarray | None:

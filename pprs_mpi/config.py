@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, make_dataclass
 from typing import Callable, Collection
 
-from pprs_mpi import optim, problems
+from pprs_mpi import layout, optim, problems
 from pprs_mpi.backend import DEVICES, DTYPES
 from pprs_mpi.faults import Fault
 from pprs_mpi.schedule import SPECS
@@ -44,6 +44,13 @@ MAX_CONFIG_BYTES = 1 << 20  # a run's TOML file is a few lines; more is a mistak
 
 def _mu(text: str):
     return text if text == "nesterov" else float(text)
+
+
+def _microbatch_size(text: str) -> int | str:
+    try:
+        return layout.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,9 @@ OPTIONS = (
     Option("smoothing_radius", float, None, "r of Theorem 4",
            valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
     Option("schedule", str, "gpipe", "pipeline schedule (default gpipe)", choices=SPECS.keys()),
-    Option("microbatch_size", int, 1, "noisy copies per message b (default 1)", valid=_at_least(1), rule=">= 1"),
+    Option("microbatch_size", _microbatch_size, layout.AUTO, "noisy copies per message b: a count, auto (default: "
+           "the b that minimises the predicted time per iteration from the ops' declared costs; K in one process) "
+           "or measured (the same from timings on this machine)", valid=layout.valid, rule=">= 1, auto or measured"),
     Option("eval_every", int, 10, "evaluate f(y_t) every N iterations and at the end, 0 = only at the end "
            "(default 10)", valid=_at_least(0), rule=">= 0", resumable=True),
     Option("simulated_depth", int, None, "count pipeline time as if the graph had this depth (labelled simulated)",
@@ -168,6 +177,7 @@ class RunMeta:
     given: tuple[str, ...]  # the names the user set (a preset leaves these alone)
     problem_params: dict  # the builder's arguments
     preset_source: str | None = None  # the theorem whose parameters a preset filled in
+    stored_microbatch_size: int | None = None  # a resumed run's chosen b (for --microbatch-size auto or measured)
 
 
 # One frozen dataclass per section, its fields the section's options (generated from OPTIONS).
@@ -192,7 +202,8 @@ class RunConfig:
         """From a flat dict of every option and the metadata (`given`, `problem_params`, `preset_source`)."""
         sections = {section: kind(**{name: flat[name] for name in SECTIONS[section]})
                     for section, kind in SECTION_TYPES.items()}
-        return cls(**sections, meta=RunMeta(tuple(flat["given"]), flat["problem_params"], flat.get("preset_source")))
+        return cls(**sections, meta=RunMeta(tuple(flat["given"]), flat["problem_params"], flat.get("preset_source"),
+                                            flat.get("stored_microbatch_size")))
 
     def as_dict(self) -> dict:
         """Every option and the metadata by name (`preset_source` only when a preset set it), as traces store it."""
@@ -200,6 +211,8 @@ class RunConfig:
         flat.update(given=list(self.meta.given), problem_params=self.meta.problem_params)
         if self.meta.preset_source is not None:
             flat["preset_source"] = self.meta.preset_source
+        if self.meta.stored_microbatch_size is not None:
+            flat["stored_microbatch_size"] = self.meta.stored_microbatch_size
         return flat
 
     def replace(self, **changes) -> "RunConfig":
@@ -335,9 +348,21 @@ def _resumed(given: dict, problem_object: bool = False) -> RunConfig:
             raise ConfigError(f"cannot resume {path}: {err}") from None
     _refuse_changes(given, stored, spec, stored_params, path)
     cfg = {**stored, "inject_fault": None, "out": path, "problem_params": stored_params, "given": sorted(given),
+           "stored_microbatch_size": _stored_choice(trace.attrs, stored),
            **{k: v for k, v in given.items() if k in BY_NAME and BY_NAME[k].resumable}}
     _check_types(cfg)
     return _finish(cfg)
+
+
+def _stored_choice(attrs: dict, stored: dict) -> int | None:
+    """The microbatch size a stored `auto` or `measured` run chose (its trace's attribute), which its resume
+    keeps: a timing or a newer cost model must not change a run's iterates halfway."""
+    chosen = attrs.get("microbatch_size")
+    if stored.get("microbatch_size") not in layout.REQUESTS or chosen is None:
+        return None
+    if not (isinstance(chosen, int) and not isinstance(chosen, bool) and chosen >= 1):
+        raise ConfigError(f"cannot resume: the trace's microbatch_size {chosen!r} is not a count >= 1")
+    return chosen
 
 
 def _refuse_changes(given: dict, stored: dict, spec, stored_params: dict, path: str) -> None:
@@ -419,6 +444,8 @@ def _typed(key: str, value, action: argparse.Action):
         expected, ok = "true or false", isinstance(value, bool)
     elif action.type is int:
         expected, ok = "an integer", isinstance(value, int) and not isinstance(value, bool)
+    elif action.type is _microbatch_size:
+        expected, ok = "a count, auto or measured", layout.valid(value)
     elif action.type in (float, _mu):
         expected = "a number" + (" or 'nesterov'" if action.type is _mu else "")
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -438,6 +465,10 @@ def _check_types(cfg: dict) -> None:
     for option in OPTIONS:
         value = cfg[option.name] = problems.plain(cfg[option.name])  # np.int64(16) from NumPy code is 16
         if value is None or option.kind is _mu and value == "nesterov":
+            continue
+        if option.kind is _microbatch_size:
+            if not layout.valid(value):
+                raise ConfigError(f"{option.label} must be {option.rule}, got {value!r}")
             continue
         kinds = {int: int, float: (int, float), _mu: (int, float), bool: bool, str: str}[option.kind]
         if not isinstance(value, kinds) or (option.kind is not bool and isinstance(value, bool)):

@@ -43,6 +43,7 @@ def format_summary(s: dict, rule: str) -> str:
         ("layout", f"{s['engine'] or '-'} engine, {_num(s['stages'])} stages {_nodes(s['stage_nodes'])}, "
                    f"{_count(s['ranks'], 'rank')}, {s['schedule'] or '-'}, M={_num(s['n_microbatches'])} "
                    f"microbatches, depth Δ={_num(s['depth'])}{sim}, device {s['device'] or '-'}"),
+        *([("", f"microbatch size {s['microbatch_choice']}")] if s["microbatch_choice"] else []),
         ("", f"pipeline time counts {_num(s['makespan'])} units per iteration (one unit: one forward or "
              f"backward of one node on one microbatch; one node per stage would count 2(M + Δ − 1) = "
              f"{_num(s['one_node_per_stage_makespan'])})"),

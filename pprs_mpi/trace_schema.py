@@ -22,8 +22,10 @@ import json
 import h5py
 import numpy as np
 
-_INTEGER_ATTRS = ("format_version", "resumes", "ranks", "depth", "makespan", "n_microbatches", "stages")
-_STRING_ATTRS = ("status", "config", "writer", "graph_hash", "pprs_mpi_version", "layout_segments")
+_INTEGER_ATTRS = ("format_version", "resumes", "ranks", "depth", "makespan", "n_microbatches", "stages",
+                  "microbatch_size")
+_STRING_ATTRS = ("status", "config", "writer", "graph_hash", "pprs_mpi_version", "layout_segments",
+                 "layout_choice")
 
 
 def validate(f: h5py.File, file_size: int, statuses: tuple, columns: tuple, timeline_dtype: np.dtype) -> None:

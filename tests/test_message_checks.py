@@ -12,7 +12,8 @@ from conftest import mpirun, run, solve
 from pprs_mpi.trace import load
 
 HERE = Path(__file__).parent
-ARGS = ["--problem", f"{HERE / 'faulty_problem.py'}:faulty", "--iters", "3", "-K", "3", "--quiet"]
+ARGS = ["--problem", f"{HERE / 'faulty_problem.py'}:faulty", "--iters", "3", "-K", "3", "--microbatch-size", "1",
+        "--quiet"]
 EXPECTED = {
     "forward-long": "ShapeError: node 'mix' (Mix), the evaluation pass f(y): forward returned shape (1, 5), "
                     "expected (1, 4) (edge 'mix' -> 'abs')",

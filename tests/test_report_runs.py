@@ -19,7 +19,8 @@ from pprs_mpi.problems import build
 from pprs_mpi.solve import main
 from pprs_mpi.trace import load
 
-RUN = ["--problem", "lad", "--depth", "3", "--dim", "6", "--rows", "8", "-K", "4", "--lr", "0.05", "--quiet"]
+RUN = ["--problem", "lad", "--depth", "3", "--dim", "6", "--rows", "8", "-K", "4", "--microbatch-size", "1",
+       "--lr", "0.05", "--quiet"]  # M = 4 microbatches: a pipeline to measure
 
 
 def check_against_columns(summary, trace):

@@ -18,7 +18,8 @@ from pprs_mpi.solve import main
 from pprs_mpi.trace import edited, load
 
 RUN = ["--problem", "branch", "--depth", "4", "--dim", "6", "--rows", "8", "-K", "4", "--gamma", "0.05",
-       "--lr", "0.02", "--mu", "nesterov", "--eval-every", "5", "--seed", "3", "--quiet"]
+       "--lr", "0.02", "--mu", "nesterov", "--eval-every", "5", "--seed", "3", "--quiet",
+       "--microbatch-size", "1"]  # one copy per microbatch: slow enough for a signal to arrive mid-run
 
 
 def same_iterates(a, b):

@@ -60,7 +60,7 @@ def test_a_closed_stdout_does_not_stop_a_serial_run(tmp_path):
 
 def test_a_resume_on_another_layout_records_where_pipeline_time_changes_units(tmp_path):
     out = str(tmp_path / "run.h5")
-    flags = ["--problem", "lad", "--depth", "3", "--dim", "4", "--rows", "6", "--quiet"]
+    flags = ["--problem", "lad", "--depth", "3", "--dim", "4", "--rows", "6", "--microbatch-size", "1", "--quiet"]
     assert main([*flags, "--stages", "3", "--iters", "4", "--checkpoint-every", "2", "--out", out]) == 0
     assert main(["--resume", out, "--stages", "1", "--iters", "6"]) == 0
     segments = json.loads(load(out).attrs["layout_segments"])

@@ -15,6 +15,7 @@ import numpy as np
 
 from pprs_mpi import noise
 from pprs_mpi.backend import Backend
+from pprs_mpi.engines import fusion
 from pprs_mpi.engines.plan import RECV, ROOT_TAKE, SEND, BackwardStep, ForwardStep, RootPlan, compile_stage
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.engines.timeline import BACKWARD_PHASE, FORWARD_PHASE, Timeline
@@ -50,6 +51,7 @@ class StageRunner:
         # before a segment every copy needed up to its end (see RootRole.draw).
         self._heads = tuple(unit for unit, segment in enumerate(self.plan.segments) if segment is not None)
         self._ops = {step.node: self.graph.op(step.name) for step in self.plan.evaluation}
+        self._runs = _fused_runs(self.plan.segments, self._ops)  # per unit: {first step: stop} of fused runs
         self._outputs: list = [None] * self.plan.n_slots
         self._stash: list = [None] * self.plan.n_slots
         self._cotangents: list = [None] * self.plan.n_cotangent_slots
@@ -94,9 +96,9 @@ class StageRunner:
         if segment is None:
             return
         if segment.forward:
-            self._forward(segment.steps, keep_residuals=True)
+            self._forward(segment.steps, keep_residuals=True, runs=self._runs[unit])
         else:
-            self._backward(segment.steps)
+            self._backward(segment.steps, self._runs[unit])
         if root is not None:
             root.fold_arrived()
 
@@ -118,11 +120,11 @@ class StageRunner:
 
     # -- actions -------------------------------------------------------------------------------
 
-    def _forward(self, steps: tuple[ForwardStep, ...], keep_residuals: bool) -> None:
-        """A forward segment: the first step's inputs fetched, then each op applied to the output before it;
-        the last output is sent on."""
-        head, outputs, ops, xp, active = steps[0], self._outputs, self._ops, self.xp, self.timeline.active
-        mb = head.mb
+    def _forward(self, steps: tuple[ForwardStep, ...], keep_residuals: bool, runs: dict | None = None) -> None:
+        """A forward segment: the first step's inputs fetched, then each op applied to the output before it
+        (a fused run of them in one call, see fusion.py); the last output is sent on."""
+        head, outputs = steps[0], self._outputs
+        mb, head_steps = head.mb, steps
         fetched = []
         for how, where in head.sources:
             if how == RECV:
@@ -132,26 +134,15 @@ class StageRunner:
                 if how == ROOT_TAKE:  # the last local reader of this noisy copy
                     outputs[where] = None
         inputs = fetched if head.slots is None else [fetched[i] for i in head.slots]
+        if runs:
+            inputs, steps = self._forward_runs(steps, runs, inputs)
         for step in steps:
-            start = time.perf_counter()
-            try:
-                if keep_residuals:  # a gradient pass: what the VJP will need (by default the inputs) is kept
-                    output, self._stash[step.output] = ops[step.node].forward_with_residuals(xp, *inputs)
-                else:
-                    output = ops[step.node].forward(xp, *inputs)
-            except Exception as err:  # noqa: BLE001 — a user's op may raise anything: named, then re-raised
-                raise self._op_error(step, "forward", err) from err
-            if active:
-                self._record(mb, FORWARD_PHASE, step.node, start)
-            if self._checking:
-                self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
-                            f"({self._destinations(step.name)})")
-            outputs[step.output] = output
-            inputs = [output]
+            inputs = self._forward_one(step, inputs, keep_residuals)
         if keep_residuals:
-            self._live += len(steps)
+            self._live += len(head_steps)
             if self._live > self.peak_stash:
                 self.peak_stash = self._live
+        step, output = head_steps[-1], outputs[head_steps[-1].output]
         if step.sends:
             contiguous = self.backend.contiguous(output)
             for channel in step.sends:
@@ -159,13 +150,23 @@ class StageRunner:
         if step.leaf_value:
             self.root.values[mb] = output
 
-    def _backward(self, steps: tuple[BackwardStep, ...]) -> None:
+    def _backward(self, steps: tuple[BackwardStep, ...], runs: dict | None = None) -> None:
         """A backward segment: the first step's cotangent summed from its children, each VJP's cotangent
-        handed straight to the next step, the last step's sent or kept for their parents."""
+        (or a fused run's, see fusion.py) handed straight to the next step, the last step's sent or kept for
+        their parents."""
         head, outputs, stash, ops, xp = steps[0], self._outputs, self._stash, self._ops, self.xp
         mb, active = head.mb, self.timeline.active
         cotangent = _sum_arrived(head.cotangents, mb, self.transport, self._cotangents) if head.cotangents else None
-        for step in steps:
+        i, n = 0, len(steps)
+        while i < n:
+            stop = runs.get(i) if runs else None
+            if stop is not None:
+                grads, cotangent, i = self._backward_run(steps[i:stop], cotangent), None, stop
+                step = steps[stop - 1]
+                cotangent = grads[0]
+                continue
+            step = steps[i]
+            i += 1
             slot = step.output
             output, outputs[slot] = outputs[slot], None
             if cotangent is None:  # the leaf
@@ -181,13 +182,86 @@ class StageRunner:
             if self._checking:
                 self._check_cotangents(step, grads)
             cotangent = grads[0]
-        self._live -= len(steps)
+        self._live -= n
         per_parent = grads if step.slots is None else _sum_by_parent(step.slots, len(step.destinations), grads)
         for (how, where), grad in zip(step.destinations, per_parent):
             if how == SEND:
                 self.transport.send(where, mb, self.backend.contiguous(grad))
             else:
                 self._cotangents[where] = grad
+
+    def _forward_runs(self, steps, runs: dict, inputs: list) -> tuple[list, tuple]:
+        """Executes the segment's steps up to the last fused run (single steps between runs one by one);
+        returns the inputs and the steps left for the plain loop."""
+        i, outputs, stash = 0, self._outputs, self._stash
+        last_run_stop = max(runs.values())
+        while i < last_run_stop:
+            stop = runs.get(i)
+            if stop is None:
+                inputs, i = self._forward_one(steps[i], inputs, keep_residuals=True), i + 1
+                continue
+            run = steps[i:stop]
+            start = time.perf_counter()
+            try:
+                results, tape = fusion.forward_run([self._ops[step.node] for step in run], self.xp, inputs)
+            except Exception as err:  # noqa: BLE001 — as in _forward
+                raise self._op_error(run[0], "forward", err) from err
+            if self.timeline.active:
+                self._record_run(run[0].mb, FORWARD_PHASE, run, start)
+            for step, output in zip(run, results):
+                if self._checking:
+                    self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
+                                f"({self._destinations(step.name)})")
+                outputs[step.output], stash[step.output] = output, None
+            stash[run[-1].output] = tape  # the run's tape, pulled back when the backward reaches its last node
+            inputs, i = [results[-1]], stop
+        return inputs, steps[last_run_stop:]
+
+    def _forward_one(self, step: ForwardStep, inputs: list, keep_residuals: bool) -> list:
+        """One step's op on `inputs`; returns its output as the next step's inputs."""
+        start = time.perf_counter()
+        try:
+            if keep_residuals:  # a gradient pass: what the VJP will need (by default the inputs) is kept
+                output, self._stash[step.output] = self._ops[step.node].forward_with_residuals(self.xp, *inputs)
+            else:
+                output = self._ops[step.node].forward(self.xp, *inputs)
+        except Exception as err:  # noqa: BLE001 — a user's op may raise anything: named, then re-raised
+            raise self._op_error(step, "forward", err) from err
+        if self.timeline.active:
+            self._record(step.mb, FORWARD_PHASE, step.node, start)
+        if self._checking:
+            self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
+                        f"({self._destinations(step.name)})")
+        self._outputs[step.output] = output
+        return [output]
+
+    def _backward_run(self, run: tuple[BackwardStep, ...], cotangent) -> list:
+        """A fused run's backward (its steps in backward order): one pull-back from the cotangent of its last
+        node (the leaf's ones when it is the leaf) to the inputs of its first."""
+        outputs, stash = self._outputs, self._stash
+        if cotangent is None:
+            cotangent = self.xp.ones_like(outputs[run[0].output])
+        tape = stash[run[0].output]
+        for step in run:
+            outputs[step.output] = stash[step.output] = None
+        start = time.perf_counter()
+        try:
+            grads = fusion.backward_run([self._ops[step.node] for step in reversed(run)], self.xp, tape, cotangent)
+        except Exception as err:  # noqa: BLE001 — as in _backward
+            raise self._op_error(run[-1], "VJP", err) from err
+        if self.timeline.active:
+            self._record_run(run[0].mb, BACKWARD_PHASE, run, start)
+        if self._checking:
+            self._check_cotangents(run[-1], grads)
+        return grads
+
+    def _record_run(self, mb: int, phase: int, run, start: float) -> None:
+        """A fused run's one call, its time split evenly among its nodes (the timeline has one row per node)."""
+        self.backend.synchronize()
+        end = time.perf_counter()
+        share = (end - start) / len(run)
+        for k, step in enumerate(run):
+            self.timeline.record(mb, phase, step.node, start + k * share, start + (k + 1) * share)
 
     def _record(self, mb: int, phase: int, node: int, start: float) -> None:
         """Records an action that began at `start` (in a recorded iteration); a device's kernels are waited
@@ -321,6 +395,42 @@ class RootRole:
             value, self.values[mb] = self.values[mb], None
             return value
         return self.transport.recv(self.plan.value, mb)
+
+
+def _fused_runs(segments, ops: dict) -> list:
+    """Per time unit, {index of a run's first step: index after its last} for the runs of the segment starting
+    there that execute as one call; a run is fused only where the backward segments hold its mirror image."""
+    forward, backward = {}, set()
+    for segment in filter(None, segments):
+        nodes = tuple(step.node for step in segment.steps)
+        if segment.forward:
+            for start, stop in fusion.fused_runs([ops[n] for n in nodes]):
+                forward[nodes[start:stop]] = None
+        else:
+            backward.add(nodes)
+    fused = [run for run in forward
+             if any(_find(nodes, run[::-1]) is not None for nodes in backward)]
+    table = []
+    for segment in segments:
+        if segment is None:
+            table.append(None)
+            continue
+        nodes = tuple(step.node for step in segment.steps)
+        runs = {}
+        for run in fused:
+            at = _find(nodes, run if segment.forward else run[::-1])
+            if at is not None:
+                runs[at] = at + len(run)
+        table.append(runs or None)
+    return table
+
+
+def _find(sequence: tuple, part: tuple) -> int | None:
+    """The index where `part` occurs contiguously in `sequence`, or None."""
+    for i in range(len(sequence) - len(part) + 1):
+        if sequence[i:i + len(part)] == part:
+            return i
+    return None
 
 
 def _sum_arrived(sources, mb: int, transport: Transport, cotangents: list):

@@ -29,6 +29,7 @@ class AutodiffOp(Op):
 
     framework = ""
     mixing_hint = ""  # the usual cause of impure or batch-mixing functions in this framework, ending in "; "
+    fusable = False  # whether consecutive ops of this class may run as one call (engines/fusion.py)
 
     def __init__(self, fn, *, arity: int | None = 1, name: str | None = None, cost: float | None = None,
                  stash: bool = True):
@@ -95,6 +96,16 @@ class AutodiffOp(Op):
             digest.update(f"{key}{array.dtype.str}{array.shape}".encode())
             digest.update(np.ascontiguousarray(array).tobytes())
         return digest.digest()
+
+    def fuses_with(self, other) -> bool:
+        """Whether `other`, fed by this op alone, may run in one call with it: one tape over both."""
+        return (self.fusable and type(other) is type(self) and self.stash and other.stash
+                and self._arity == 1 and other._arity == 1)
+
+    def chain_tape(self, leaves: list, tapes: list):
+        """The tape of a fused run (engines/fusion.py) that `_pull_back` takes: from the last op's output back
+        to the first op's inputs `leaves`, given each op's own tape in order."""
+        raise NotImplementedError
 
     # -- the build-time probe --------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class JaxOp(AutodiffOp):
     forward in the backward instead of keeping the pullback; `jit=False` runs it as it is, op by op."""
 
     framework = "jax"
+    fusable = True
 
     def __init__(self, fn, *, arity: int | None = 1, name: str | None = None, cost: float | None = None,
                  stash: bool = True, jit: bool = True):
@@ -90,6 +91,15 @@ class JaxOp(AutodiffOp):
     def _structure(self) -> str:
         code = getattr(self._plain, "__code__", None)
         return code.co_code.hex() if code is not None else type(self._plain).__qualname__
+
+    def chain_tape(self, leaves: list, tapes: list):
+        """The run's pullbacks composed, last op's first (each op has one input)."""
+        def pull_back(cotangent):
+            grads = (cotangent,)
+            for tape in reversed(tapes):
+                grads = tape(grads[0])
+            return grads
+        return pull_back
 
     def _state(self, working: bool = False) -> list[tuple[str, np.ndarray]]:
         """Arrays the function closes over (JAX arrays are immutable: forward cannot change them)."""

@@ -56,6 +56,7 @@ class TorchOp(AutodiffOp):
     the forward in the backward instead of keeping autograd's tape."""
 
     framework = "torch"
+    fusable = True
     mixing_hint = "a BatchNorm in train mode, or Dropout? call model.eval(); "
 
     def __init__(self, fn, *, arity: int | None = 1, name: str | None = None, cost: float | None = None,
@@ -117,6 +118,10 @@ class TorchOp(AutodiffOp):
             return [self._torch.zeros_like(leaf) for leaf in leaves]
         grads = self._run_backward((output,), (cotangent,), False, False, tuple(leaves), True, False)
         return [self._torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
+
+    def chain_tape(self, leaves: list, tapes: list):
+        """One backward through the whole run: the first op's input leaves and the last op's output."""
+        return leaves, tapes[-1][1]
 
     def _structure(self) -> str:
         """A module's repr (its children's types and hyper-parameters); a function's code."""

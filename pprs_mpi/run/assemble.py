@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pprs_mpi import config, driver, faults, optim, threads
+from pprs_mpi import config, driver, faults, layout, optim, threads
 from pprs_mpi.backend import Backend, BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import place
@@ -29,6 +29,7 @@ PREFIX = "pprs_mpi.solve: "  # what begins every line a run's failure prints
 MAX_ACTIONS_PER_PASS = 1_000_000  # microbatches × nodes; beyond it the schedule alone would take minutes
 MAX_SCHEDULE_CELLS = 20_000_000  # stages × time units of one schedule
 MAX_MESSAGE_ENTRIES = 1 << 28  # entries of one microbatch's largest array (2 GiB in float64)
+MAX_PASS_ENTRIES = 1 << 30  # entries of the activations a pass keeps for its backward (8 GiB in float64)
 
 
 def set_up(cfg: config.RunConfig | Callable[[], config.RunConfig], comm, problem: Problem | None = None) -> "Setup":
@@ -67,6 +68,7 @@ class Setup:
     cuda_aware: bool
     placement: dict  # every rank's device and transport path, and how CUDA awareness was decided
     graph_hash: str
+    layout: layout.Layout  # the microbatch size, why, and the candidates weighed
     trace: object = None  # the TraceWriter, on rank 0
     start: driver.LoopState | None = None
     complete: bool = False  # a resume of a completed run with nothing left to do
@@ -123,21 +125,35 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     placement = {key: [item for rank in gathered for item in rank[key]] for key in local}
     if placement.pop("error"):
         raise BackendError(_placement_errors(gathered))
-    sampling = Sampling(cfg.algorithm.K, float(cfg.algorithm.gamma), cfg.algorithm.seed, cfg.pipeline.microbatch_size,
+    place_nodes = SPECS[cfg.pipeline.schedule].placement
+    stages = place_nodes(graph, n_stages, None)
+    parallel = engine_name == "mpi" or cfg.pipeline.stages is not None  # --stages emulates that many ranks
+    chosen = _choose_layout(cfg, graph, stages, parallel, backend, comm, sync)
+    sampling = Sampling(cfg.algorithm.K, float(cfg.algorithm.gamma), cfg.algorithm.seed, chosen.microbatch_size,
                         noise_on_device=cfg.device.noise_source == "device")
-    _check_sizes(cfg, graph, sampling.n_microbatches, n_stages)
+    _check_sizes(cfg, graph, sampling, n_stages)
     if cfg.problem.check_gradients:
         _check_gradients(problem, comm, sync, float32=cfg.device.dtype == "float32")
-    costs = None
     if cfg.pipeline.balance == "measured":  # measured on rank 0 only, so every rank places nodes alike
-        costs = measure_costs(graph, backend, cfg.pipeline.microbatch_size) if comm.rank == 0 else None
-        costs = sync.bcast(costs)
-    stages = SPECS[cfg.pipeline.schedule].placement(graph, n_stages, costs)
+        costs = measure_costs(graph, backend, chosen.microbatch_size) if comm.rank == 0 else None
+        stages = place_nodes(graph, n_stages, sync.bcast(costs))
     wiring, schedule = place(graph, stages, cfg.pipeline.schedule, sampling.n_microbatches)
     makespan = (ideal_makespan(sampling.n_microbatches, cfg.pipeline.simulated_depth) if cfg.pipeline.simulated_depth
                 else schedule.makespan)
     return Setup(cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan,
-                 cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash)
+                 cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash, chosen)
+
+
+def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, parallel: bool, backend: Backend, comm,
+                   sync: SetupSync) -> layout.Layout:
+    """The microbatch size (see `layout`): chosen on rank 0, where `measured` times the nodes, and sent to
+    every rank, so that all of them run the same schedule."""
+    chosen = None
+    if comm.rank == 0:
+        chosen = layout.choose(cfg.pipeline.microbatch_size, cfg.algorithm.K, stages, graph, parallel,
+                               layout.max_rows(graph, MAX_MESSAGE_ENTRIES), bool(cfg.pipeline.simulated_depth),
+                               cfg.meta.stored_microbatch_size, lambda b: measure_costs(graph, backend, b))
+    return sync.bcast(chosen)
 
 
 def build_problem(cfg: config.RunConfig) -> Problem:
@@ -190,12 +206,13 @@ def _check_gradients(problem: Problem, comm, sync: SetupSync, float32: bool) -> 
         raise ConfigError(f"--check-gradients: {failure}")
 
 
-def _check_sizes(cfg: config.RunConfig, graph: Graph, n_microbatches: int, n_stages: int) -> None:
+def _check_sizes(cfg: config.RunConfig, graph: Graph, sampling: Sampling, n_stages: int) -> None:
     """Refuses pipelines whose schedule alone would take minutes and gigabytes to build, and microbatches
     whose arrays could not fit in memory."""
+    n_microbatches = sampling.n_microbatches
     actions = n_microbatches * len(graph.order)
     if actions > MAX_ACTIONS_PER_PASS:
-        raise ConfigError(f"K={cfg.algorithm.K} in microbatches of {cfg.pipeline.microbatch_size} over "
+        raise ConfigError(f"K={cfg.algorithm.K} in microbatches of {sampling.microbatch_size} over "
                           f"{len(graph.order)} nodes makes {actions:,} forward actions per iteration (at most "
                           f"{MAX_ACTIONS_PER_PASS:,}): raise --microbatch-size or lower K")
     cells = n_stages * 2 * (n_microbatches + len(graph.order))  # about stages × makespan
@@ -203,11 +220,15 @@ def _check_sizes(cfg: config.RunConfig, graph: Graph, n_microbatches: int, n_sta
         raise ConfigError(f"{n_stages} stages × ~{2 * (n_microbatches + len(graph.order)):,} time units make a "
                           f"schedule of ~{cells:,} cells (at most {MAX_SCHEDULE_CELLS:,}): use fewer stages (ranks) "
                           "or nodes")
-    rows = min(cfg.algorithm.K, cfg.pipeline.microbatch_size)
+    rows = min(cfg.algorithm.K, sampling.microbatch_size)
     largest = max(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
     if rows * largest > MAX_MESSAGE_ENTRIES:
         raise ConfigError(f"a microbatch of {rows:,} noisy copies makes arrays of {rows * largest:,} entries (at most "
                           f"{MAX_MESSAGE_ENTRIES:,}): lower --microbatch-size")
+    kept = cfg.algorithm.K * sum(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
+    if kept > MAX_PASS_ENTRIES:  # GPipe keeps every copy's inputs of every node until its backward, whatever b
+        raise ConfigError(f"K={cfg.algorithm.K:,} noisy copies keep {kept:,} activation entries per pass (at most "
+                          f"{MAX_PASS_ENTRIES:,}): lower K")
 
 
 def _placement_errors(gathered: list[dict]) -> str:

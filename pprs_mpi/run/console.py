@@ -23,7 +23,9 @@ def banner(setup: Setup) -> str:
             f"| {algorithm.algo} K={algorithm.K} γ={algorithm.gamma:g} η={algorithm.lr:g} μ={algorithm.mu} "
             f"T={algorithm.iters} "
             f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {cfg.pipeline.schedule}, "
-            f"{setup.sampling.n_microbatches} microbatches, {setup.makespan} time units/iteration\n"
+            f"{_count(setup.sampling.n_microbatches, 'microbatch', 'microbatches')}, "
+            f"{setup.makespan} time units/iteration\n"
+            f"microbatch size {setup.layout.describe()}\n"
             f"devices {_per_rank(setup.placement['devices'])}, transport {_per_rank(setup.placement['transport'])} "
             f"(rank 0: {setup.backend.choice}), {cfg.device.threads} intra-op thread(s)" + _unpinned(graph))
 
@@ -36,6 +38,10 @@ def _unpinned(graph) -> str:
         return ""
     return (f"\nnote: {len(jax_nodes)} JAX node(s): XLA's CPU kernels follow the cores each process sees, which "
             "--threads does not pin; serial and MPI runs may differ in the last bits")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _per_rank(values: list[str]) -> str:

@@ -1,0 +1,169 @@
+"""The microbatch size b chosen for the user: the candidate that minimises the predicted time per iteration.
+
+A pass of M = ⌈K/b⌉ microbatches over P stages that work in parallel (one rank each) takes about
+(M + P − 1) times its slowest stage's forward and backward of one microbatch; in one process nothing
+overlaps and it takes M times the sum of the stages'. A stage's forward and backward of b copies costs
+
+    T_s(b) = Σ_nodes (α + β · w · (b + b₀)) + μ · (its messages)
+
+for a node doing w multiply-adds per copy (from its op's declared `cost`): a fixed α per action (the
+engine's and the op's Python), β per multiply-add once b₀ rows keep the matrix kernels busy, μ per message.
+With `--microbatch-size auto` (the default) these are the constants below, so the choice is a function of the
+configuration and the graph alone and the same command always computes the same iterates; with `measured`
+T_s(b) comes from timing the stage's nodes at a few batch sizes on this machine (recorded in the trace, and
+reused by a resume). Runs whose pipeline time follows the paper's units (`--simulated-depth`) keep b = 1.
+
+Like torch pipelining's `_simulate_comms_compute`, this predicts the makespan instead of running it; it knows
+nothing of MPI or the trace.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
+
+from pprs_mpi.graph import Graph
+from pprs_mpi.ops._util import MACS_PER_COST_UNIT
+
+AUTO, MEASURED = "auto", "measured"
+REQUESTS = (AUTO, MEASURED)
+#: the fixed machine model of `auto`: seconds per action, per multiply-add (forward and VJP), per message,
+#: and the rows below which matrix kernels are not yet efficient (fitted on a 2-core x86 VM, float64).
+ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 1e-10, 5e-6, 8
+
+
+class LayoutError(ValueError):
+    """A microbatch size no run can use; the message is one line naming the value and the limit."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    microbatch_size: int
+    n_microbatches: int
+    predicted_s: float  # per iteration (gradient pass), by the model
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The chosen microbatch size, why (`rule`), and the candidates weighed (empty when none were)."""
+
+    microbatch_size: int
+    rule: str
+    candidates: tuple[Candidate, ...] = ()
+
+    def as_dict(self) -> dict:
+        return {"microbatch_size": self.microbatch_size, "rule": self.rule,
+                "candidates": [asdict(c) for c in self.candidates]}
+
+    def describe(self) -> str:
+        """b and why, with the predicted time per iteration of the choice and of the runner-up."""
+        ranked = sorted(self.candidates, key=lambda c: c.predicted_s)
+        if len(ranked) < 2:
+            return f"b={self.microbatch_size} ({self.rule})"
+        return (f"b={self.microbatch_size} ({self.rule}; predicted {_ms(ranked[0])} per iteration, "
+                f"next best b={ranked[1].microbatch_size}: {_ms(ranked[1])})")
+
+
+def _ms(candidate: Candidate) -> str:
+    return f"{candidate.predicted_s * 1e3:.3g} ms"
+
+
+def parse(text: str) -> int | str:
+    """A --microbatch-size value: a count of copies, `auto` or `measured`."""
+    if text in REQUESTS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"microbatch-size must be a count >= 1, auto or measured, got {text!r}") from None
+
+
+def valid(value) -> bool:
+    return value in REQUESTS or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
+def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: Graph, parallel: bool,
+           max_rows: int, simulated: bool = False, stored: int | None = None,
+           measure: Callable[[int], dict[str, float]] | None = None) -> Layout:
+    """The layout for `request` (a forced b, `auto` or `measured`) of K copies over `stages`; `parallel` when
+    each stage has its own rank, `max_rows` the most copies one microbatch may hold (memory), `stored` a
+    resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies."""
+    if isinstance(request, int):
+        if request > K:
+            raise LayoutError(f"microbatch-size {request} is larger than K = {K}: a microbatch holds at most the "
+                              "K noisy copies")
+        return Layout(request, "given")
+    if stored is not None:
+        if stored > K:
+            raise LayoutError(f"the resumed run's microbatch size {stored} is larger than K = {K}")
+        return Layout(stored, "the resumed run's choice")
+    if simulated:
+        return Layout(1, "paper units (--simulated-depth): one copy per microbatch")
+    sizes = _sizes(K, len(stages) if parallel else 1, max_rows)
+    if request == MEASURED and measure is not None:
+        cost = _measured_costs(stages, graph, measure, sorted({1, min(K, max_rows), sizes[len(sizes) // 2]}))
+        rule = "measured on this machine"
+    else:
+        cost = _declared_costs(stages, graph)
+        rule = "the ops' declared costs"
+    rule += (f", {len(stages)} ranks in parallel" if parallel and len(stages) > 1
+             else ", one process: nothing overlaps")
+    candidates = tuple(Candidate(b, -(-K // b), _predict(cost, b, -(-K // b), parallel)) for b in sizes)
+    best = min(candidates, key=lambda c: (c.predicted_s, -c.microbatch_size))
+    return Layout(best.microbatch_size, rule, candidates)
+
+
+def _sizes(K: int, P: int, max_rows: int) -> list[int]:
+    """Candidate b: ⌈K/M⌉ for M up to 4P microbatches (the pipeline's useful depth), largest first."""
+    return sorted({min(max_rows, -(-K // M)) for M in range(1, min(K, 4 * P) + 1)}, reverse=True)
+
+
+def _predict(stage_cost: Callable[[int], list[float]], b: int, M: int, parallel: bool) -> float:
+    costs = stage_cost(b)
+    return (M + len(costs) - 1) * max(costs) if parallel else M * sum(costs)
+
+
+def _declared_costs(stages, graph: Graph) -> Callable[[int], list[float]]:
+    """T_s(b) from the fixed constants and each op's declared cost (multiply-adds per copy)."""
+    def macs(name: str) -> float:
+        cost = graph.cost(name)
+        return cost * MACS_PER_COST_UNIT if cost > 1.0 else 0.0
+    fixed = [len(names) * ACTION_S + _messages(s, stages, graph) * MESSAGE_S for s, names in enumerate(stages)]
+    work = [sum(macs(n) for n in names) * MAC_S for names in stages]
+    return lambda b: [f + w * (b + EFFICIENT_ROWS) for f, w in zip(fixed, work)]
+
+
+def _measured_costs(stages, graph: Graph, measure, points: list[int]) -> Callable[[int], list[float]]:
+    """T_s(b) interpolated linearly between the stage's nodes timed at `points` copies, plus its messages."""
+    timed = {b: measure(b) for b in points}
+    table = [[sum(timed[b][n] for n in names) for b in points] for names in stages]
+    messages = [_messages(s, stages, graph) * MESSAGE_S for s in range(len(stages))]
+
+    def at(b: int) -> list[float]:
+        return [_interpolate(points, row, b) + m for row, m in zip(table, messages)]
+    return at
+
+
+def _interpolate(xs: list[int], ys: list[float], x: int) -> float:
+    for i in range(1, len(xs)):
+        if x <= xs[i] or i == len(xs) - 1:
+            x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return ys[0]
+
+
+def _messages(stage: int, stages, graph: Graph) -> int:
+    """Messages stage `stage` sends per microbatch, forward and backward: its edges to and from other stages
+    (the root θ lives on stage 0)."""
+    names = stages[stage]
+    inside = set(names) | ({graph.root} if stage == 0 else set())
+    out = sum(1 for n in names for c in graph.children[n] if c not in inside)
+    back = sum(1 for n in names for p in graph.parents(n) if p not in inside)
+    return out + back
+
+
+def max_rows(graph: Graph, max_entries: int) -> int:
+    """The most copies a microbatch may hold for its largest array to have at most `max_entries` entries."""
+    largest = max(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
+    return max(1, max_entries // largest)

@@ -1,0 +1,87 @@
+"""Consecutive framework nodes of one stage run as one call (engines/fusion.py): bitwise the gradients of the
+same nodes run one by one, one pull-back per microbatch instead of one per node, and NumPy ops between them
+splitting the runs. Skipped, with the reason, where torch (or JAX) is not installed."""
+
+import numpy as np
+import pytest
+
+from pprs_mpi import Graph, Node
+from pprs_mpi.api import engine_for
+from pprs_mpi.engines.fusion import fused_runs
+from pprs_mpi.engines.stage import Sampling
+from pprs_mpi.ops import Affine, ReLU
+
+SAMPLING = Sampling(K=6, gamma=0.1, seed=4, microbatch_size=3)
+
+
+def chain(ops, dim):
+    return Graph(dim, [Node(f"n{i}", op, ("theta",) if i == 0 else (f"n{i - 1}",)) for i, op in enumerate(ops)])
+
+
+def gradients(graph, stages, t=2):
+    engine = engine_for(graph, stages, SAMPLING)
+    x = np.linspace(-1.0, 1.0, graph.dim)
+    return engine.gradient(x, t)
+
+
+def counted(op_class, monkeypatch):
+    calls = []
+    original = op_class._pull_back
+
+    def pull_back(self, tape, cotangent):
+        calls.append(self.name)
+        return original(self, tape, cotangent)
+
+    monkeypatch.setattr(op_class, "_pull_back", pull_back)
+    return calls
+
+
+def torch_chain(with_numpy_between: bool = False):
+    torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'pprs_mpi[torch]')")
+    from pprs_mpi.ops import TorchOp
+    torch.manual_seed(0)
+    ops = [TorchOp(torch.nn.Linear(5, 7).double()), TorchOp(torch.tanh), TorchOp(torch.nn.Linear(7, 4).double())]
+    if with_numpy_between:
+        ops.append(ReLU())
+    ops += [TorchOp(torch.sin), TorchOp(lambda a: (a * a).sum(1), name="loss")]
+    return chain(ops, 5), TorchOp
+
+
+def test_a_stage_of_torch_nodes_is_one_pull_back_per_microbatch_and_bitwise_the_same(monkeypatch):
+    graph, op_class = torch_chain()
+    calls = counted(op_class, monkeypatch)
+    one_by_one = gradients(graph, [(n,) for n in graph.order])  # a node per stage: nothing to fuse
+    assert len(calls) == len(graph.order) * SAMPLING.n_microbatches
+    calls.clear()
+    fused = gradients(graph, [tuple(graph.order)])
+    assert len(calls) == SAMPLING.n_microbatches
+    assert np.array_equal(fused[0], one_by_one[0]) and np.array_equal(fused[1], one_by_one[1])
+
+
+def test_numpy_ops_between_framework_nodes_split_the_runs(monkeypatch):
+    graph, op_class = torch_chain(with_numpy_between=True)
+    assert fused_runs([graph.op(n) for n in graph.order]) == ((0, 3), (4, 6))
+    calls = counted(op_class, monkeypatch)
+    fused = gradients(graph, [tuple(graph.order)])
+    assert len(calls) == 2 * SAMPLING.n_microbatches
+    one_by_one = gradients(graph, [(n,) for n in graph.order])
+    assert np.array_equal(fused[0], one_by_one[0]) and np.array_equal(fused[1], one_by_one[1])
+
+
+def test_numpy_graphs_have_nothing_to_fuse():
+    ops = [Affine(np.eye(3)), ReLU(), Affine(np.ones((1, 3)))]
+    assert fused_runs(ops) == ()
+
+
+def test_jax_nodes_fuse_too(monkeypatch):
+    jax = pytest.importorskip("jax", reason="JAX is not installed (pip install 'pprs_mpi[jax]')")
+    from pprs_mpi.ops import JaxOp
+    jnp = jax.numpy
+    graph = chain([JaxOp(jnp.sin), JaxOp(lambda a: a * 3.0 + 1.0, name="affine"), JaxOp(jnp.tanh),
+                   JaxOp(lambda a: (a * a).sum(1), name="loss")], 4)
+    calls = counted(JaxOp, monkeypatch)
+    one_by_one = gradients(graph, [(n,) for n in graph.order])
+    calls.clear()
+    fused = gradients(graph, [tuple(graph.order)])
+    assert len(calls) == SAMPLING.n_microbatches
+    assert np.array_equal(fused[0], one_by_one[0]) and np.array_equal(fused[1], one_by_one[1])

@@ -1,0 +1,150 @@
+"""The microbatch size chosen for the user (pprs_mpi.layout): the cost model's arithmetic, the rules that fix b,
+its record in the trace and the report, bad values in one line, and bitwise equality where the choice is equal."""
+
+import numpy as np
+import pytest
+
+from conftest import mpirun, solve
+from pprs_mpi import layout
+from layout_problems import mlp_graph
+from pprs_mpi.graph import Graph
+from pprs_mpi.layout import LayoutError, choose
+from pprs_mpi.problems import build
+from pprs_mpi.cli.report import main as report_main
+from pprs_mpi.solve import main
+from pprs_mpi.trace import load
+
+MLP = "tests/layout_problems.py:mlp"
+
+
+def halves(graph: Graph) -> list[tuple[str, ...]]:
+    return graph.stages(2)
+
+
+def test_one_process_takes_all_copies_in_one_microbatch():
+    """Nothing overlaps in one process, so every extra microbatch only adds per-action costs: b = K."""
+    graph = mlp_graph(64, 4)
+    chosen = choose(layout.AUTO, 64, graph.stages(len(graph.order)), graph, parallel=False, max_rows=10**6)
+    assert chosen.microbatch_size == 64 and "one process" in chosen.rule
+    by_size = {c.microbatch_size: c.predicted_s for c in chosen.candidates}
+    assert len(by_size) > 1 and min(by_size, key=by_size.get) == 64
+
+
+def test_declared_model_matches_its_formula_and_pipelines_heavy_stages():
+    """Two ranks over a width-512 MLP: the predicted time of each candidate is (M + P − 1)·max_s T_s(b) with
+    T_s(b) = Σ (α + β·w·(b + b₀)) + μ·messages, and a microbatch smaller than K wins (the stages overlap)."""
+    graph, K = mlp_graph(512, 8), 64
+    stages = halves(graph)
+    chosen = choose(layout.AUTO, K, stages, graph, parallel=True, max_rows=10**6)
+    macs = [sum(512 * 512 for n in names if n.startswith("a")) for names in stages]
+    messages = [1, 1]  # stage 0 sends its last activation, stage 1 the cotangent back
+    for c in chosen.candidates:
+        T = [len(names) * layout.ACTION_S + messages[s] * layout.MESSAGE_S
+             + macs[s] * layout.MAC_S * (c.microbatch_size + layout.EFFICIENT_ROWS) for s, names in enumerate(stages)]
+        assert c.n_microbatches == -(-K // c.microbatch_size)
+        assert c.predicted_s == pytest.approx((c.n_microbatches + 1) * max(T), rel=1e-12)
+    best = min(chosen.candidates, key=lambda c: c.predicted_s)
+    assert chosen.microbatch_size == best.microbatch_size < K
+
+
+def test_cheap_stages_keep_one_microbatch_even_on_several_ranks():
+    """lad's 32 × 16 layers cost less than one action's overhead per copy: splitting K only adds actions."""
+    graph = build("lad", depth=8, dim=16, rows=32, radius=1.0, problem_seed=0).graph
+    chosen = choose(layout.AUTO, 8, graph.stages(4), graph, parallel=True, max_rows=10**6)
+    assert chosen.microbatch_size == 8
+
+
+def test_measured_costs_drive_the_choice_and_a_resume_keeps_the_stored_one():
+    graph, K = mlp_graph(16, 4), 16
+    stages = halves(graph)
+    seen = []
+
+    def per_copy_heavy(b):  # each node costs 1 ms per copy and nothing fixed: as many microbatches as allowed
+        seen.append(b)
+        return {name: 1e-3 * b for name in graph.order}
+
+    chosen = choose(layout.MEASURED, K, stages, graph, parallel=True, max_rows=10**6, measure=per_copy_heavy)
+    assert "measured" in chosen.rule and chosen.microbatch_size == 2 and 1 in seen and K in seen
+
+    def fixed_heavy(b):  # 1 s fixed per node call: one microbatch
+        return {name: 1.0 + 1e-9 * b for name in graph.order}
+
+    assert choose(layout.MEASURED, K, stages, graph, True, 10**6, measure=fixed_heavy).microbatch_size == K
+
+    def never(b):
+        raise AssertionError("a resume must not measure again")
+
+    resumed = choose(layout.MEASURED, K, stages, graph, True, 10**6, stored=4, measure=never)
+    assert (resumed.microbatch_size, resumed.rule) == (4, "the resumed run's choice")
+
+
+def test_paper_units_and_memory_cap():
+    graph = mlp_graph(16, 2)
+    assert choose(layout.AUTO, 8, halves(graph), graph, True, 10**6, simulated=True).microbatch_size == 1
+    capped = choose(layout.AUTO, 64, [tuple(graph.order)], graph, False, max_rows=5)
+    assert capped.microbatch_size == 5 and all(c.microbatch_size <= 5 for c in capped.candidates)
+
+
+def test_a_forced_size_above_K_is_refused_naming_both():
+    graph = mlp_graph(16, 2)
+    with pytest.raises(LayoutError, match="microbatch-size 9 is larger than K = 8"):
+        choose(9, 8, halves(graph), graph, True, 10**6)
+    assert choose(3, 8, halves(graph), graph, True, 10**6).microbatch_size == 3
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("0", "microbatch-size must be >= 1, auto or measured, got 0"),
+    ("fast", "microbatch-size must be a count >= 1, auto or measured, got 'fast'"),
+    ("9", "microbatch-size 9 is larger than K = 8"),
+])
+def test_bad_sizes_are_one_line(tmp_trace, value, expected):
+    result = solve("--microbatch-size", value, "--iters", "2", "--quiet", "--out", tmp_trace())
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+
+
+def test_the_choice_is_in_the_trace_and_the_report(tmp_trace, capsys):
+    out = tmp_trace()
+    assert main(["--iters", "3", "--quiet", "--out", out]) == 0
+    trace = load(out)
+    assert trace.attrs["microbatch_size"] == 8 and trace.attrs["n_microbatches"] == 1
+    assert trace.config["microbatch_size"] == "auto" and trace.attrs["makespan"] == 16
+    capsys.readouterr()
+    assert report_main([out]) == 0
+    assert "microbatch size b=8 (the ops' declared costs, one process" in capsys.readouterr().out
+
+
+def test_toml_takes_a_count_or_a_rule(tmp_path, tmp_trace):
+    for value, b in (("2", 2), ('"auto"', 8)):
+        config = tmp_path / "run.toml"
+        config.write_text(f"microbatch_size = {value}\niters = 2\nquiet = true\n")
+        assert main(["--config", str(config), "--out", tmp_trace(f"{b}.h5")]) == 0
+        assert load(tmp_trace(f"{b}.h5")).attrs["microbatch_size"] == b
+
+
+@pytest.mark.mpi
+def test_default_choice_is_bitwise_the_same_serially_with_stages_and_on_ranks(tmp_trace):
+    """The default depends on the configuration and the graph only: `--stages 2` emulates two ranks, so the
+    serial engine and mpirun -n 2 choose the same b < K and compute the same iterates."""
+    args = ["--problem", MLP, "-K", "32", "--iters", "3", "--eval-every", "0", "--quiet"]
+    serial = solve(*args, "--stages", "2", "--out", tmp_trace("serial.h5"))
+    ranks = mpirun(2, *args, "--out", tmp_trace("mpi.h5"), timeout=120)
+    assert serial.returncode == 0 and ranks.returncode == 0, serial.stderr + ranks.stderr
+    a, b = load(tmp_trace("serial.h5")), load(tmp_trace("mpi.h5"))
+    assert a.attrs["microbatch_size"] == b.attrs["microbatch_size"] < 32
+    assert np.array_equal(a.result["y"], b.result["y"])
+
+
+def test_a_resumed_measured_run_continues_bitwise(tmp_trace):
+    """A run whose b was measured is resumed with the b it recorded: bitwise the uninterrupted run of that b."""
+    first, whole = tmp_trace("first.h5"), tmp_trace("whole.h5")
+    args = ["--problem", MLP, "-K", "16", "--stages", "2", "--eval-every", "0", "--quiet"]
+    assert main([*args, "--microbatch-size", "measured", "--iters", "4", "--checkpoint-every", "2",
+                 "--out", first]) == 0
+    b = load(first).attrs["microbatch_size"]
+    assert main(["--resume", first, "--iters", "8", "--quiet"]) == 0
+    assert main([*args, "--microbatch-size", str(b), "--iters", "8", "--out", whole]) == 0
+    resumed = load(first)
+    assert resumed.attrs["microbatch_size"] == b and "resumed" in resumed.attrs["layout_choice"]
+    assert np.array_equal(resumed.result["y"], load(whole).result["y"])
+
