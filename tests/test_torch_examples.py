@@ -52,3 +52,23 @@ def test_the_example_is_bitwise_equal_serially_and_on_2_and_4_ranks(example, tmp
         assert np.array_equal(trace.columns["f_smoothed"], serial.f_smoothed, equal_nan=True)
         assert np.array_equal(trace.columns["f_eval"], serial.f_eval, equal_nan=True)
         assert np.array_equal(trace.result["y"], serial.y)
+
+
+@pytest.mark.parametrize("use", ["input", "weights"])
+def test_attention_on_thetas_path_passes_the_check(use):
+    """θ through nn.MultiheadAttention: without a tape, attention took a fused kernel that rounds otherwise than
+    the recorded one (the evaluation pass differed) and has no derivative (θ = the attention's weights)."""
+    import sys
+    sys.path.insert(0, str(EXAMPLES))
+    from torch_transformer import Encoder
+    torch.manual_seed(0)
+    model, sequences, labels = Encoder().eval(), torch.randn(4, 5, 6), torch.randint(0, 3, (4,))
+    if use == "input":
+        problem = pprs_mpi.from_torch(model, lambda out: out.sum(), input_shape=(5, 6),
+                                      split=["block.attention", "block.mlp", "head"])
+    else:
+        problem = pprs_mpi.from_torch(model, lambda out: torch.nn.functional.cross_entropy(out, labels),
+                                      params=["block.attention.out_proj.weight", "block.mlp.0.weight"],
+                                      inputs=sequences.numpy())
+    checks = check_gradients(problem, points=1)
+    assert all(c.ok for c in checks), [c.describe() for c in checks if not c.ok]

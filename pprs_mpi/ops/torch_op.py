@@ -65,6 +65,11 @@ class TorchOp(AutodiffOp):
         super().__init__(fn, arity=arity, name=name, cost=cost, stash=stash)
         self._working: dict = {}  # (dtype, device) -> the callable computing in them
         self._run_backward = _engine_grad(self._torch)
+        nn = self._torch.nn
+        if isinstance(fn, nn.Module) and any(isinstance(m, nn.MultiheadAttention) for m in fn.modules()):
+            # Without a tape (an evaluation pass, vmap over weights) attention takes a fused kernel that rounds
+            # otherwise than the one autograd records, and has no derivative: one kernel for every pass
+            self._torch.backends.mha.set_fastpath_enabled(False)
 
     def _measure(self, row) -> None:
         """The cost from the floating-point operations torch counts in one row's forward (the same on every
