@@ -110,18 +110,7 @@ def _graph(model, loss, input_shape, layout, probe, split, count) -> Graph:
         label = (f"{segment.units[0]}_{kinds[0]}" if len(kinds) == 1 else
                  f"{segment.units[0]}..{segment.units[-1]}" if kinds else segment.nodes[0].name)
         names.append(label if label not in names else f"{label}#{index}")
-        parents, takes = [], []
-        for value in segment.inputs:
-            if value is traced.placeholder:
-                parent, offset = "input", None
-            else:
-                source, position = producer[value]
-                outputs = traced.segments[source].outputs
-                parent = names[source]
-                offset = (sum(math.prod(traced.shapes[v]) for v in outputs[:position]) if len(outputs) > 1 else None)
-            if parent not in parents:
-                parents.append(parent)
-            takes.append((parents.index(parent), offset, traced.shapes[value]))
+        parents, takes = _inputs(traced, segment, names, producer)
         mine = set(segment.nodes)
         slices = {key: layout[key] for key, users in traced.chosen.items()
                   if any(u in mine or (u.op == "get_attr" and not mine.isdisjoint(u.users)) for u in users)}
@@ -139,6 +128,24 @@ def _graph(model, loss, input_shape, layout, probe, split, count) -> Graph:
                          tuple(parents)))
     made.append(Node("loss", TorchOp(PerCopy(loss), name="loss"), (names[-1],)))
     return Graph(dim, made)
+
+
+def _inputs(traced, segment, names: list[str], producer: dict) -> tuple[list[str], list]:
+    """A segment's parent nodes, and for each value it reads: (its parent's position, the value's offset in
+    that parent's packed output or None, its per-copy shape)."""
+    parents, takes = [], []
+    for value in segment.inputs:
+        if value is traced.placeholder:
+            parent, offset = "input", None
+        else:
+            source, position = producer[value]
+            outputs = traced.segments[source].outputs
+            parent = names[source]
+            offset = sum(math.prod(traced.shapes[v]) for v in outputs[:position]) if len(outputs) > 1 else None
+        if parent not in parents:
+            parents.append(parent)
+        takes.append((parents.index(parent), offset, traced.shapes[value]))
+    return parents, takes
 
 
 class Part(torch.nn.Module):
