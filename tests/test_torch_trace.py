@@ -151,11 +151,29 @@ class Pair(torch.nn.Module):
      "from_torch: nodes=9, but ResMLP has 6 unit(s) to group"),
     (lambda: resmlp.finetune(split="blocks.1"),
      "from_torch: split point 'blocks.1' is not on θ's path through ResMLP"),
+    (lambda: pprs_mpi.from_torch(resmlp.model(), torch.sum, input_shape=(2048,), nodes=2, split=["head"]),
+     "from_torch: give split (where nodes start) or nodes (how many), not both"),
+    (lambda: pprs_mpi.from_torch(resmlp.model(), torch.sum, input_shape=(2048,), nodes=0),
+     "from_torch: nodes must be an integer >= 1, got 0"),
+    (lambda: pprs_mpi.from_torch("resnet", torch.sum, input_shape=(2048,)),
+     "from_torch takes an nn.Module (or a list of modules), got str"),
 ])
 def test_each_mistake_is_one_line_naming_it(make, says):
-    with pytest.raises(ValueError) as refused:
+    with pytest.raises((ValueError, TypeError)) as refused:
         make()
     assert str(refused.value).startswith(says) and "\n" not in str(refused.value), str(refused.value)
+
+
+def test_a_list_of_modules_runs_in_sequence_one_node_each():
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)]
+    problem = pprs_mpi.from_torch(layers, lambda out: out.abs().sum(), input_shape=(4,))
+    assert problem.graph.order == ("input", "0_Linear", "1_Tanh", "2_Linear", "loss")
+    theta = np.random.default_rng(0).standard_normal((2, 4))
+    f, _ = value_and_gradient(problem.graph, theta)
+    with torch.no_grad():
+        expected = torch.nn.Sequential(*layers).double()(torch.from_numpy(theta)).abs().sum(1)
+    np.testing.assert_allclose(f, expected.numpy(), rtol=1e-14)
 
 
 def test_the_untraceable_models_fallback_is_one_node(tmp_path):
