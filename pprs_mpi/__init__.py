@@ -8,6 +8,11 @@ that `python -m pprs_mpi.solve --help` stays fast.
 """
 
 import importlib
+import os
+
+# pprs_mpi computes in float64: JAX's float64 mode on before a builder makes its arrays (JAX reads this when it
+# is imported; a JAX imported earlier is switched by the first JaxOp, see pprs_mpi.ops.jax_op)
+os.environ.setdefault("JAX_ENABLE_X64", "1")
 
 __version__ = "0.1.0"
 

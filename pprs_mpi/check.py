@@ -61,15 +61,16 @@ class NodeCheck:
 
 
 def check_gradients(target: Graph | Op, *, input_shapes=None, x0=None, points: int = 3, seed: int = 0,
-                    scale: float | None = None, rtol: float = RTOL) -> list[NodeCheck]:
+                    scale: float | None = None, rtol: float = RTOL, float32: bool = True) -> list[NodeCheck]:
     """Checks a Graph (or a Problem: its graph from its x0) node by node, or one Op on random inputs of
-    `input_shapes` (per-sample shapes, one per input). One NodeCheck per node; `.ok` says it passed."""
+    `input_shapes` (per-sample shapes, one per input). One NodeCheck per node; `.ok` says it passed.
+    `float32=False` leaves out the float32 contract of a graph's nodes."""
     from pprs_mpi.problems import Problem
     if isinstance(target, Problem):
         return check_graph(target.graph, x0=target.x0 if x0 is None else x0, points=points, seed=seed,
-                           scale=scale, rtol=rtol)
+                           scale=scale, rtol=rtol, float32=float32)
     if isinstance(target, Graph):
-        return check_graph(target, x0=x0, points=points, seed=seed, scale=scale, rtol=rtol)
+        return check_graph(target, x0=x0, points=points, seed=seed, scale=scale, rtol=rtol, float32=float32)
     if isinstance(target, Op):
         if input_shapes is None:
             raise ValueError("checking a single op needs input_shapes=[per-sample shape of each input]")
@@ -81,8 +82,9 @@ def check_gradients(target: Graph | Op, *, input_shapes=None, x0=None, points: i
 
 
 def check_graph(graph: Graph, x0=None, points: int = 3, seed: int = 0, scale: float | None = None,
-                rtol: float = RTOL, batch: int = 2) -> list[NodeCheck]:
-    """Every node of `graph`, at the values its parents take for `points` random batches of θ near x0."""
+                rtol: float = RTOL, batch: int = 2, float32: bool = True) -> list[NodeCheck]:
+    """Every node of `graph`, at the values its parents take for `points` random batches of θ near x0;
+    `float32=False` leaves out the float32 contract (a float64 run's --check-gradients)."""
     rng = np.random.default_rng(seed)
     x0 = np.zeros(graph.dim) if x0 is None else np.asarray(x0, dtype=np.float64)
     scale = 0.1 * max(1.0, float(np.max(np.abs(x0), initial=0.0))) if scale is None else scale
@@ -91,7 +93,7 @@ def check_graph(graph: Graph, x0=None, points: int = 3, seed: int = 0, scale: fl
         values = {graph.root: x0 + scale * rng.standard_normal((batch, graph.dim))}
         for name in graph.order:
             inputs = [values[p] for p in graph.parents(name)]
-            errors, broken, output = _check_node(graph, name, inputs, rng)
+            errors, broken, output = _check_node(graph, name, inputs, rng, float32)
             per_node[name].append((errors, broken))
             if output is None:  # the op cannot run here: later nodes have no inputs to check at this point
                 return [_combine(name_, graph.op(name_).describe(), per_node[name_], rtol)
@@ -100,11 +102,11 @@ def check_graph(graph: Graph, x0=None, points: int = 3, seed: int = 0, scale: fl
     return [_combine(name, graph.op(name).describe(), per_node[name], rtol) for name in graph.order]
 
 
-def _check_node(graph: Graph, name: str, inputs, rng):
+def _check_node(graph: Graph, name: str, inputs, rng, float32: bool):
     """(errors, broken, output) of one node; output is None where the children cannot be fed from it."""
     op = graph.op(name)
     try:
-        errors, broken = check_op(op, inputs, rng=rng, declared=graph.shape(name))
+        errors, broken = check_op(op, inputs, rng=rng, declared=graph.shape(name), float32=float32)
         output = op.forward(np, *inputs)
     except Exception as err:  # noqa: BLE001 — a user's op may raise anything; it is the check's finding
         return [], f"raised {type(err).__name__}: {err}", None
@@ -113,9 +115,9 @@ def _check_node(graph: Graph, name: str, inputs, rng):
 
 
 def check_op(op: Op, inputs: list[np.ndarray], cotangent=None, rng=None, declared: tuple[int, ...] | None = None,
-             full_basis: int = FULL_BASIS) -> tuple[list[float], str]:
+             full_basis: int = FULL_BASIS, float32: bool = True) -> tuple[list[float], str]:
     """(relative VJP error per input slot, the contract broken or ''), for batched float64 `inputs`; inputs
-    of at most `full_basis` entries are differenced along every entry."""
+    of at most `full_basis` entries are differenced along every entry; `float32`: the float32 contract too."""
     rng = np.random.default_rng(0) if rng is None else rng
     inputs = [np.asarray(x, dtype=np.float64) for x in inputs]
     before = [x.copy() for x in inputs]
@@ -136,7 +138,7 @@ def check_op(op: Op, inputs: list[np.ndarray], cotangent=None, rng=None, declare
         broken = "changed one of its inputs in place (ops must be pure)"
     if not broken and not (np.array_equal(kept[0], output) and np.array_equal(kept[1], cotangent)):
         broken = "vjp changed its output or cotangent argument in place (ops must be pure)"
-    if not broken:
+    if not broken and float32:
         broken = _float32_contract(op, inputs, declared)
     if broken:
         return [], broken

@@ -127,6 +127,8 @@ OPTIONS = (
     Option("noise_source", str, "device", "GPU ranks: draw X_k on the device (default) or on the host, bitwise as "
            "on a CPU run", choices=NOISE_SOURCES),
     Option("dtype", str, "float64", "float64 (default) or float32", choices=DTYPES),
+    Option("threads", int, 1, "intra-op threads of PyTorch and NumPy's BLAS on every rank (default 1, so that "
+           "serial and MPI runs, on any machine, are bitwise equal)", valid=_at_least(1), rule=">= 1"),
     Option("expect_ranks", int, None, "fail unless the job has exactly N MPI ranks (job scripts pass the tasks "
            "Slurm granted)", valid=_at_least(1), rule=">= 1", resumable=True),
     Option("comm_timeout", float, None, "abort if a rank waits longer than S seconds",
@@ -152,7 +154,7 @@ SECTIONS = {
     "algorithm": ("algo", "optimizer", "K", "gamma", "lr", "mu", "iters", "seed", "preset", "eps", "smoothing_radius"),
     "pipeline": ("schedule", "microbatch_size", "simulated_depth", "engine", "balance", "stages", "expect_ranks",
                  "comm_timeout", "inject_fault"),
-    "device": ("device", "noise_source", "dtype"),
+    "device": ("device", "noise_source", "dtype", "threads"),
     "output": ("eval_every", "out", "overwrite", "checkpoint_every", "timeline_every", "resume", "progress_every",
                "quiet"),
 }
@@ -329,8 +331,8 @@ def _resumed(given: dict, problem_object: bool = False) -> RunConfig:
     if not trace.has_checkpoint:
         raise ConfigError(f"cannot resume: {path} holds no checkpoint")
     stored = trace.config
-    if set(DEFAULTS) - set(stored) - {"resume", "overwrite", "check_gradients", "optimizer"} or not isinstance(
-            stored.get("problem_params"), dict):
+    newer = {"resume", "overwrite", "check_gradients", "optimizer", "threads"}  # options older traces lack
+    if set(DEFAULTS) - set(stored) - newer or not isinstance(stored.get("problem_params"), dict):
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
     stored = {**DEFAULTS, **stored}
     if stored["problem"].startswith(OBJECT_PREFIX) and not problem_object:

@@ -163,7 +163,7 @@ class Graph:
         if not 1 <= n_stages <= n:
             raise GraphError(f"cannot place {n} node(s) on {n_stages} stage(s): need between 1 and {n} stages")
         weights = [float((costs or {}).get(name, self.cost(name))) for name in self.order]
-        return [tuple(self.order[a:b]) for a, b in _balanced_partition(weights, n_stages)]
+        return [tuple(self.order[a:b]) for a, b in balanced_partition(weights, n_stages)]
 
 def topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[tuple[str, ...], list[str]]:
     """Kahn's algorithm over `parents` (node -> its parents; names that are not keys, like the root, are
@@ -191,7 +191,7 @@ def topological_order(parents: Mapping[str, Sequence[str]]) -> tuple[tuple[str, 
     return tuple(order), [v for v in parents if v not in placed]
 
 
-def _balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
+def balanced_partition(weights: list[float], parts: int) -> list[tuple[int, int]]:
     """Contiguous split of `weights` into `parts` non-empty ranges minimising the largest sum (exact DP).
 
     k parts cover between k and k + n - parts of the first weights, so the table is kept to that band:

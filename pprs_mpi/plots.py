@@ -190,9 +190,15 @@ def _common_f_star(traces: list[Trace]) -> float | None:
 
 def _title(summaries: list[dict], keys) -> str:
     """The problem and the settings every run shares."""
-    problems = sorted({_plain(str(s["problem"])) for s in summaries})
+    problems = sorted({_plain(_short(str(s["problem"]))) for s in summaries})
     shared = settings_text(summaries[0], keys)
     return ", ".join(problems) + (f" — {shared}" if shared else "")
+
+
+def _short(problem: str) -> str:
+    """A builder reference without its directories (`mine.py:build`): a long path would run off the title."""
+    where, colon, function = problem.rpartition(":")
+    return f"{Path(where).name}{colon}{function}" if colon and "/" in where else problem
 
 
 def _plain(text: str) -> str:

@@ -167,8 +167,8 @@ class TraceWriter:
                 self._state.attrs["resumes"] = int(self._state.attrs.get("resumes", 0)) + 1
             else:
                 if self._published and not overwrite:
-                    raise TraceError(f"{self.path} already exists: pass --overwrite to replace it, "
-                                     "or --resume to continue the trace in it")
+                    raise TraceError(f"{self.path} already exists: pass --overwrite (from Python: overwrite=True) "
+                                     "to replace it, or --resume (resume=PATH) to continue the trace in it")
                 self._state = _State(attrs={"resumes": 0})
             self._state.attrs.update(format_version=FORMAT_VERSION, status="running", writer=_this_process(),
                                      pprs_mpi_version=pprs_mpi.__version__,

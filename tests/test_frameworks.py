@@ -21,6 +21,13 @@ from pprs_mpi.problems import build  # noqa: E402
 from pprs_mpi.trace import load  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+try:  # the shipped digits CNN's examples need the digits data set
+    import sklearn  # noqa: F401
+    HAVE_SKLEARN = True
+except ImportError:
+    HAVE_SKLEARN = False
+needs_sklearn = pytest.mark.skipif(not HAVE_SKLEARN, reason="scikit-learn is not installed (the digits data set "
+                                   "of the shipped CNN): pip install scikit-learn")
 RUN = dict(K=6, gamma=0.05, lr=0.01, mu=0.5, iters=4, eval_every=2, seed=3, quiet=True, microbatch_size=2)
 
 
@@ -121,6 +128,7 @@ def test_a_function_fixed_to_float32_is_named_by_node_in_both_engines(tmp_path):
         pprs_mpi.minimize(f"{builder}:build", iters=2, quiet=True, out=str(tmp_path / "s.h5"))
     parallel = mpirun(2, "--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "m.h5")
     assert parallel.returncode != 0 and line in parallel.stderr, parallel.stderr
+    assert "write w.to(x) so that it follows the run's --dtype" in parallel.stderr
     assert load(tmp_path / "s.h5").status == "failed" and load(tmp_path / "m.h5").status == "failed"
     single = pprs_mpi.minimize(f"{builder}:build", iters=2, quiet=True, dtype="float32", out=str(tmp_path / "f.h5"))
     assert single.status == "completed"
@@ -150,6 +158,7 @@ def test_without_torch_a_builder_using_it_is_one_line(tmp_path):
 # -- the shipped digits CNN written with torch.nn, against the NumPy graph ------------------------------
 
 
+@needs_sklearn
 def test_the_torch_attack_matches_the_numpy_graph_to_rounding(tmp_path):
     """Same f, sample values (the gradient estimates' losses) and iterates as the built-in adversarial problem."""
     mine, builtin = build(f"{EXAMPLES / 'torch_attack.py'}:build"), build("adversarial")
@@ -169,6 +178,7 @@ def test_the_torch_attack_matches_the_numpy_graph_to_rounding(tmp_path):
         np.testing.assert_allclose(values_mine, values_own, rtol=1e-12)
 
 
+@needs_sklearn
 def test_the_torch_finetune_matches_the_numpy_fewshot_graph_to_rounding(tmp_path):
     """θ = weights: vmap over copies of functional_call gives the NumPy ParamAffine graph's values and iterates."""
     mine, builtin = build(f"{EXAMPLES / 'torch_finetune.py'}:build"), build("fewshot")
@@ -180,7 +190,8 @@ def test_the_torch_finetune_matches_the_numpy_fewshot_graph_to_rounding(tmp_path
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("example, ranks", [("torch_attack.py", 3), ("torch_quickstart.py", 2)])
+@pytest.mark.parametrize("example, ranks", [pytest.param("torch_attack.py", 3, marks=needs_sklearn),
+                                            ("torch_quickstart.py", 2)])
 def test_torch_examples_are_bitwise_equal_serially_and_under_mpirun(example, ranks, tmp_path):
     """The serial run in this process, the MPI run under mpirun: the same iterates, bit for bit."""
     options = {"K": 6, "microbatch_size": 2, "iters": 3, "eval_every": 1, "gamma": 0.02, "lr": 0.001}
@@ -210,3 +221,41 @@ def test_the_graph_hash_sees_a_torch_modules_layers_and_weights():
     other_weight = torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.Tanh())
     assert digest(base) == digest(same)
     assert digest(base) != digest(other_layer) and digest(base) != digest(other_weight)
+
+
+def test_check_gradients_checks_the_runs_dtype_only(tmp_path):
+    """A node that computes in float64 only (a float64 tensor in a closure): a float64 run with
+    --check-gradients runs; a float32 run is refused naming float32, as check --dtype both is."""
+    W = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(3, 4)
+    graph = Graph(4, [Node("mine", TorchOp(lambda x: x @ W.T, name="matmul"), ("theta",)),
+                      Node("l1", L1Norm(), ("mine",))])
+    run = pprs_mpi.minimize(graph, check_gradients=True, iters=2, quiet=True, out=str(tmp_path / "a.h5"))
+    assert run.status == "completed"
+    with pytest.raises(pprs_mpi.ConfigError, match=r"--check-gradients: node 'mine' \(TorchOp\(matmul\)\): "):
+        pprs_mpi.minimize(graph, check_gradients=True, dtype="float32", iters=2, quiet=True,
+                          out=str(tmp_path / "b.h5"))
+    assert all(c.ok for c in check_gradients(graph, float32=False))
+    assert not check_gradients(graph)[0].ok
+
+
+def test_without_scikit_learn_the_digits_tests_skip_with_the_reason():
+    hide = ("import sys; sys.modules['sklearn'] = None; import pytest; sys.exit(pytest.main(['-q', '-rs', '-p', "
+            "'no:cacheprovider', '-k', 'matches_the_numpy', '" + __file__ + "']))")
+    result = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parent)
+    assert result.returncode == 0 and "2 skipped" in result.stdout, result.stdout[-2000:]
+    assert "scikit-learn is not installed" in result.stdout
+
+
+def test_a_multi_margin_loss_runs_without_torchs_vmap_warning(tmp_path):
+    """multi_margin_loss has no batching rule: vmap loops over the copies, and torch said so on every rank."""
+    builder = tmp_path / "margin.py"
+    builder.write_text("import torch\nimport pprs_mpi\nfrom pprs_mpi import Problem\n"
+                       "def build() -> Problem:\n"
+                       "    torch.manual_seed(0)\n"
+                       "    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh())\n"
+                       "    target = torch.tensor([1])\n"
+                       "    loss = lambda out: torch.nn.functional.multi_margin_loss(out[None], target)\n"
+                       "    return pprs_mpi.from_torch(model, loss, input_shape=(4,))\n")
+    result = solve("--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "r.h5")
+    assert result.returncode == 0 and result.stderr == "", result.stderr

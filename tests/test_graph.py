@@ -83,6 +83,6 @@ def plain_partition(weights, parts):
                         min_size=1, max_size=14), data=st.data())
 def test_the_balanced_split_is_the_plain_dynamic_programs(weights, data):
     """Ties, zero weights and (by trying every cut) negative ones included: the same cuts, not only as good."""
-    from pprs_mpi.graph import _balanced_partition
+    from pprs_mpi.graph import balanced_partition
     parts = data.draw(st.integers(1, len(weights)))
-    assert _balanced_partition(weights, parts) == plain_partition(weights, parts)
+    assert balanced_partition(weights, parts) == plain_partition(weights, parts)

@@ -50,7 +50,7 @@ def test_a_gradient_pass_runs_each_forward_once_unless_recomputing(stash, tmp_pa
         calls[0] += 1
         return jnp.tanh(x)
 
-    graph = Graph.chain(4, [JaxOp(counted, stash=stash), L1Norm()])
+    graph = Graph.chain(4, [JaxOp(counted, stash=stash, jit=False), L1Norm()])  # jitted, Python runs it to trace
     built = calls[0]
     result = pprs_mpi.minimize(graph, out=str(tmp_path / "run.h5"), **{**RUN, "eval_every": 0, "iters": 3})
     assert result.status == "completed"
@@ -88,3 +88,75 @@ def test_a_nan_or_inf_at_the_build_time_probe_prints_no_warning(tmp_path, functi
     result = solve("--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "run.h5", timeout=90)
     lines = ["pprs_mpi.solve: diverged"] if code else []  # exit 1 with its one line, or 0 and nothing
     assert result.returncode == code and [line[:24] for line in result.stderr.splitlines()] == lines, result.stderr
+
+
+def test_a_jaxop_is_jitted_by_default_and_runs_its_python_only_to_trace(tmp_path):
+    calls = [0]
+
+    def counted(x):
+        calls[0] += 1
+        return jnp.tanh(x)
+
+    graph = Graph.chain(4, [JaxOp(counted), L1Norm()])
+    built = calls[0]
+    result = pprs_mpi.minimize(graph, out=str(tmp_path / "run.h5"), **{**RUN, "eval_every": 0, "iters": 3})
+    assert result.status == "completed" and calls[0] - built <= 2  # a trace per new batch shape, not per call
+    plain = pprs_mpi.minimize(Graph.chain(4, [JaxOp(jnp.tanh, jit=False), L1Norm()]), out=str(tmp_path / "p.h5"),
+                              **{**RUN, "eval_every": 0, "iters": 3})
+    np.testing.assert_allclose(plain.y, result.y, rtol=1e-13, atol=1e-15)
+
+
+def test_the_graph_hash_sees_a_jitted_functions_code_and_closure_constants():
+    import jax
+
+    def layer(W):
+        return lambda x: x @ W.T.astype(x.dtype)
+
+    def digest(fn):
+        return Graph.chain(4, [JaxOp(fn), L1Norm()]).fingerprints()["layer0"]
+
+    assert digest(jax.jit(layer(A))) == digest(jax.jit(layer(A.copy())))
+    assert digest(jax.jit(layer(A))) != digest(jax.jit(layer(A + 1e-9)))  # the constant, through jit
+    assert digest(jax.jit(jnp.sin)) != digest(jax.jit(jnp.cos))
+
+
+def _fresh(code, tmp_path):
+    """`code` in a new Python whose environment leaves JAX's float64 mode off (as a user's shell does)."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_a_constant_made_before_the_first_jaxop_is_float64_and_check_passes(tmp_path):
+    """jnp.asarray in the builder, before its JaxOp: check builds the graph twice, the same both times (it
+    blamed unseeded randomness when the first build's constant was float32, made before a JaxOp existed)."""
+    builder = tmp_path / "early.py"
+    builder.write_text("import jax.numpy as jnp\nimport numpy as np\nfrom pprs_mpi import Graph\n"
+                       "from pprs_mpi.ops import JaxOp, L1Norm\n"
+                       "def build() -> Graph:\n"
+                       "    W = jnp.asarray(np.linspace(0.1, 1.2, 12).reshape(3, 4))\n"
+                       "    return Graph.chain(4, [JaxOp(lambda x: x @ W.T.astype(x.dtype)), L1Norm()])\n")
+    result = _fresh(f"import sys; from pprs_mpi.cli.check import main; sys.argv[1:] = ['{builder}:build']; "
+                    "sys.exit(main())", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_float32_constant_from_jax_imported_first_is_named_in_one_line(tmp_path):
+    result = _fresh("import jax.numpy as jnp\nimport pprs_mpi\nfrom pprs_mpi.ops import JaxOp\n"
+                    "def build(W=jnp.ones(4)):\n    return JaxOp(lambda x: x * W, name='scale')\n"
+                    "try:\n    build()\nexcept TypeError as err:\n    print(err)\n", tmp_path)
+    assert result.stdout.strip().startswith("JaxOp(scale): 'W' is a float32 JAX array made before JAX's float64 mode "
+                                            "was on"), result.stdout + result.stderr
+    assert len(result.stdout.strip().splitlines()) == 1
+
+
+def test_a_run_with_jax_nodes_says_that_threads_does_not_pin_them(tmp_path, capsys):
+    from pprs_mpi.solve import main
+    assert main(["--problem", EXAMPLE, "--iters", "1", "--out", str(tmp_path / "j.h5")]) == 0
+    out = capsys.readouterr().out
+    assert "1 intra-op thread(s)\nnote: 3 JAX node(s): XLA's CPU kernels follow the cores each process sees" in out
+    assert main(["--problem", "lad", "--iters", "1", "--out", str(tmp_path / "l.h5")]) == 0
+    assert "note:" not in capsys.readouterr().out

@@ -377,3 +377,13 @@ def test_dollar_signs_in_names_are_drawn_as_text_not_mathtext(tmp_path):
     run = write_trace(tmp_path / "cost$.h5", config={**CONFIG, "problem": "price_$\\frac{x"})
     assert report_main([str(run), "--plot", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "cost$_f_smoothed_vs_f_eval.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_builder_reference_is_titled_without_its_directories(tmp_path):
+    """A long FILE.py:FUNCTION path cut the plot titles off: they show the file's name and the function."""
+    pytest.importorskip("matplotlib")
+    from pprs_mpi import plots
+    deep = "/home/someone/projects/a/rather/long/path/to/the/experiments/of/this/week/my_objective.py:build"
+    trace = load(write_trace(tmp_path / "a.h5", config={**CONFIG, "problem": deep}))
+    ax = plots.plot_objective([trace], [report.summarize(trace, [])], ["a"], "pipeline_time").axes[0]
+    assert ax.get_title() == "my_objective.py:build — pprs K=8 γ=0.1 lr=0.5 μ=nesterov"

@@ -180,7 +180,8 @@ def test_a_run_of_more_stages_than_the_sample_keeps_every_stage_summary_and_a_bo
     from pprs_mpi.engines.timeline import TIMELINE_RANKS, sampled_ranks
     from pprs_mpi.report import format_summary
     assert main(["--problem", "lad", "--depth", "40", "--dim", "3", "--rows", "4", "-K", "4", "--stages", "40",
-                 "--iters", "6", "--timeline-every", "2", "--quiet", "--out", tmp_trace()]) == 0
+                 "--microbatch-size", "1", "--iters", "6", "--timeline-every", "2", "--quiet",
+                 "--out", tmp_trace()]) == 0
     trace = load(tmp_trace())
     sampled = sampled_ranks(40)
     assert len(sampled) == TIMELINE_RANKS and sampled[0] == 0 and sampled[-1] == 39

@@ -33,4 +33,6 @@ def test_a_pipeline_of_many_ranks_completes_bitwise_equal_to_the_serial_engine(t
     assert parallel.attrs["rank_hosts"] == ",".join([socket.gethostname()] * RANKS)
     assert sorted(set(parallel.timeline["rank"])) == sampled_ranks(RANKS)
     assert len(sampled_ranks(RANKS)) == min(RANKS, TIMELINE_RANKS)
-    assert np.all(np.asarray(parallel.attrs["rank_actions"]) == 2 * 8 * 3)  # 2M actions in each of the 3 passes
+    M = parallel.attrs["n_microbatches"]  # the default layout's, the same serially with --stages RANKS
+    assert M == serial.attrs["n_microbatches"]
+    assert np.all(np.asarray(parallel.attrs["rank_actions"]) == 2 * M * 3)  # 2M actions in each of the 3 passes

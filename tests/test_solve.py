@@ -130,3 +130,42 @@ def test_resume_of_a_completed_trace_says_so_and_how_to_extend_it_leaving_the_fi
     assert open(out, "rb").read() == before
     assert main(["--resume", out, "--iters", "7"]) == 0  # the hint works
     assert load(out).columns["iteration"][-1] == 7 and load(out).attrs["resumes"] == 1
+
+
+def test_an_existing_trace_from_python_names_the_keyword_that_replaces_it(tmp_trace):
+    import pprs_mpi
+    out = tmp_trace()
+    pprs_mpi.minimize("lad", iters=1, quiet=True, out=out)
+    with pytest.raises(pprs_mpi.ConfigError, match=r"already exists: pass --overwrite \(from Python: overwrite=True\)"):
+        pprs_mpi.minimize("lad", iters=1, quiet=True, out=out)
+    assert pprs_mpi.minimize("lad", iters=1, quiet=True, out=out, overwrite=True).status == "completed"
+
+
+def test_threads_is_recorded_and_a_bad_count_is_one_line(tmp_trace, capsys):
+    out = tmp_trace()
+    assert main(["--problem", "lad", "--iters", "1", "--threads", "2", "--quiet", "--out", out]) == 0
+    assert load(out).config["threads"] == 2
+    assert main(["--threads", "0", "--out", tmp_trace("b.h5")]) == 2
+    assert "threads" in capsys.readouterr().err
+
+
+def test_the_pprs_console_script_runs_each_command_line(tmp_trace, capsys):
+    """pyproject's [project.scripts] `pprs` names a main that dispatches to the python -m command lines."""
+    import importlib
+    from pathlib import Path
+
+    from pprs_mpi.cli.pprs import main as pprs
+    from pprs_mpi.config import tomllib
+    scripts = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"][
+        "scripts"]
+    module, _, function = scripts["pprs"].partition(":")
+    assert getattr(importlib.import_module(module), function) is pprs
+    out = tmp_trace()
+    assert pprs(["solve", "--problem", "lad", "--iters", "2", "--quiet", "--out", out]) == 0
+    assert load(out).status == "completed"
+    capsys.readouterr()
+    assert pprs(["report", out]) == 0 and "completed" in capsys.readouterr().out
+    assert pprs(["check", "lad"]) == 0 and "pass" in capsys.readouterr().out
+    for wrong in (["sovle"], []):
+        assert pprs(wrong) == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1

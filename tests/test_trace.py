@@ -350,7 +350,8 @@ def test_writer_errors_are_trace_errors(tmp_path):
 def test_an_existing_file_is_replaced_only_with_overwrite_and_a_complete_first_version(tmp_path):
     path = tmp_path / "run.h5"
     path.write_text("my notes")
-    with pytest.raises(T.TraceError, match="already exists: pass --overwrite to replace it, or --resume"):
+    with pytest.raises(T.TraceError, match=r"already exists: pass --overwrite \(from Python: overwrite=True\) to "
+                                           r"replace it, or --resume"):
         T.TraceWriter(path, CONFIG, META)
     with pytest.raises((OverflowError, TypeError)):  # a value HDF5 cannot hold: refused before the file is touched
         T.TraceWriter(path, CONFIG, {"makespan": 10 ** 30}, overwrite=True)

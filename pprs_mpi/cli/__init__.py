@@ -6,6 +6,7 @@ code (0 done, 1 failed or diverged, 2 bad input, in one line). Nothing in the li
     report.py   python -m pprs_mpi.report   summarise, plot or follow traces (pprs_mpi.report)
     theory.py   python -m pprs_mpi.theory   the theorems' bounds and presets (pprs_mpi.theory)
     train.py    python -m pprs_mpi.train    train the shipped classifier (pprs_mpi.classifier)
+    pprs.py     pprs COMMAND ...            all of them as one console script (pprs solve, pprs report, ...)
 """
 
 import functools

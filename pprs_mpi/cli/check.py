@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="an argument of the builder (repeatable)")
     parser.add_argument("--points", type=int, default=3, help="random points per node (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the points (default 0)")
+    parser.add_argument("--dtype", choices=("both", "float64"), default="both",
+                        help="both (default): the float64 VJPs and the float32 contract; float64: the VJPs only, "
+                        "as solve --check-gradients checks a float64 run")
     parser.add_argument("--rtol", type=float, default=RTOL,
                         help=f"largest relative error that passes (default {RTOL:g})")
     try:
@@ -38,7 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL  the builder is not deterministic: two builds differ at {differs} (seed its random numbers: "
               "serial runs would not be reproducible, and the ranks of an MPI run would build different graphs)")
         return 1
-    checks = check_gradients(problem, points=args.points, seed=args.seed, rtol=args.rtol)
+    checks = check_gradients(problem, points=args.points, seed=args.seed, rtol=args.rtol,
+                             float32=args.dtype == "both")
     width = max(len(c.node) for c in checks)
     for c in checks:
         detail = c.describe().partition(": ")[2]

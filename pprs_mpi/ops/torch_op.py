@@ -41,6 +41,15 @@ def _engine_grad(torch):
     return grad
 
 
+def _with_dtype_hint(err: RuntimeError) -> RuntimeError:
+    """torch's error, with the fix when it is two dtypes meeting: a tensor in a closure keeps its own."""
+    text = str(err)
+    if "dtype" in text or "scalar type" in text:
+        return RuntimeError(f"{text} (a tensor the function closes over keeps its dtype: write w.to(x) so that it "
+                            "follows the run's --dtype)")
+    return err
+
+
 class TorchOp(AutodiffOp):
     """A PyTorch callable on the batch of noisy copies; see the module docstring. `arity`: its number of
     tensor arguments (None: any); `cost`: its relative cost for balancing stages; `stash=False` recomputes
@@ -56,6 +65,11 @@ class TorchOp(AutodiffOp):
         super().__init__(fn, arity=arity, name=name, cost=cost, stash=stash)
         self._working: dict = {}  # (dtype, device) -> the callable computing in them
         self._run_backward = _engine_grad(self._torch)
+        nn = self._torch.nn
+        if isinstance(fn, nn.Module) and any(isinstance(m, nn.MultiheadAttention) for m in fn.modules()):
+            # Without a tape (an evaluation pass, vmap over weights) attention takes a fused kernel that rounds
+            # otherwise than the one autograd records, and has no derivative: one kernel for every pass
+            self._torch.backends.mha.set_fastpath_enabled(False)
 
     def _measure(self, row) -> None:
         """The cost from the floating-point operations torch counts in one row's forward (the same on every
@@ -88,13 +102,19 @@ class TorchOp(AutodiffOp):
         return tensor.detach().numpy() if xp is np else xp.from_dlpack(tensor.detach())
 
     def _evaluate(self, inputs):
-        with self._torch.no_grad():
-            return self._fn_for(inputs[0])(*inputs)
+        try:
+            with self._torch.no_grad():
+                return self._fn_for(inputs[0])(*inputs)
+        except RuntimeError as err:
+            raise _with_dtype_hint(err) from None
 
     def _record(self, inputs):
         leaves = [tensor.requires_grad_() for tensor in inputs]
-        with self._torch.enable_grad():
-            output = self._fn_for(leaves[0])(*leaves)
+        try:
+            with self._torch.enable_grad():
+                output = self._fn_for(leaves[0])(*leaves)
+        except RuntimeError as err:
+            raise _with_dtype_hint(err) from None
         return output, (leaves, output)
 
     def _pull_back(self, tape, cotangent) -> list:

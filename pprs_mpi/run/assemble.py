@@ -11,7 +11,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pprs_mpi import config, driver, faults, layout, optim
+from pprs_mpi import config, driver, faults, layout, optim, threads
 from pprs_mpi.backend import Backend, BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import place
@@ -99,6 +99,7 @@ def assemble(cfg: config.RunConfig, comm, problem: Problem | None = None, sync: 
 
 def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupSync) -> Setup:
     from mpi4py import MPI
+    threads.use(cfg.device.threads)  # before the builder, whose constants are computed too
     problem = problem or build_problem(cfg)
     graph = problem.graph
     graph_hash = _same_graph_everywhere(graph, sync)
@@ -138,7 +139,7 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
                         noise_on_device=cfg.device.noise_source == "device")
     _check_sizes(cfg, graph, sampling, n_stages, engine_name)
     if cfg.problem.check_gradients:
-        _check_gradients(problem, comm, sync)
+        _check_gradients(problem, comm, sync, float32=cfg.device.dtype == "float32")
     if cfg.pipeline.balance == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, chosen.microbatch_size) if comm.rank == 0 else None
         stages = place_nodes(graph, n_stages, sync.bcast(costs))
@@ -227,12 +228,13 @@ def _first_difference(mine: list, theirs: list, rank: int, count: int, named: st
     raise ConfigError(f"the ranks built different graphs: rank {rank}'s differs from rank 0's")
 
 
-def _check_gradients(problem: Problem, comm, sync: SetupSync) -> None:
-    """--check-gradients: rank 0 checks every node against finite differences; a failure is bad input."""
+def _check_gradients(problem: Problem, comm, sync: SetupSync, float32: bool) -> None:
+    """--check-gradients: rank 0 checks every node against finite differences (in float64), and the float32
+    contract only in a float32 run (`check --dtype` is for the other precision); a failure is bad input."""
     from pprs_mpi.check import check_graph
     failure = None
     if comm.rank == 0:
-        failures = [line for line in check_graph(problem.graph, x0=problem.x0) if not line.ok]
+        failures = [line for line in check_graph(problem.graph, x0=problem.x0, float32=float32) if not line.ok]
         failure = failures[0].describe() if failures else None
     failure = sync.bcast(failure)
     if failure:

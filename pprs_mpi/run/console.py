@@ -25,7 +25,17 @@ def banner(setup: Setup) -> str:
             f"{setup.makespan} time units/iteration\n"
             f"microbatch size {setup.layout.describe()}\n"
             f"devices {_per_rank(setup.placement['devices'])}, transport {_per_rank(setup.placement['transport'])} "
-            f"(rank 0: {setup.backend.choice})")
+            f"(rank 0: {setup.backend.choice}), {cfg.device.threads} intra-op thread(s)" + _unpinned(graph))
+
+
+def _unpinned(graph) -> str:
+    """What --threads cannot pin: XLA's CPU kernels split sums by the cores a process sees (a serial run sees
+    every core, an mpirun rank one), so a graph with JAX nodes may differ in the last bits between layouts."""
+    jax_nodes = [name for name in graph.order if getattr(graph.op(name), "framework", "") == "jax"]
+    if not jax_nodes:
+        return ""
+    return (f"\nnote: {len(jax_nodes)} JAX node(s): XLA's CPU kernels follow the cores each process sees, which "
+            "--threads does not pin; serial and MPI runs may differ in the last bits")
 
 
 def _count(n: int, one: str, many: str) -> str:
