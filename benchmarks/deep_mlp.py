@@ -5,6 +5,9 @@ Gaussian weights, small Gaussian biases), a ReLU between consecutive ones and an
 started at a Gaussian point; 2·depth nodes in a chain. Deterministic for a `problem_seed`.
 
     python -m pprs_mpi.solve --problem benchmarks/deep_mlp.py:deep_mlp --problem-arg width=512 -K 64
+
+`torch_mlp` is the same network, weights and start as torch modules through `from_torch` (one TorchOp node
+per Linear and per ReLU, and the L1 loss): what a PyTorch user's `nn.Sequential` becomes (needs torch).
 """
 
 from __future__ import annotations
@@ -27,3 +30,24 @@ def deep_mlp(width: int = 64, depth: int = 8, problem_seed: int = 0) -> Problem:
         ops += [Affine(W, 0.1 * rng.standard_normal(width))] + ([ReLU()] if layer < depth - 1 else [])
     names = [f"{type(op).__name__.lower()}{i // 2}" for i, op in enumerate(ops)]
     return Problem("deep_mlp", Graph.chain(width, [*ops, L1Norm()], [*names, "l1"]), rng.standard_normal(width))
+
+
+def torch_mlp(width: int = 64, depth: int = 8, problem_seed: int = 0) -> Problem:
+    """`deep_mlp`'s network as an `nn.Sequential` of Linear and ReLU modules through `from_torch`."""
+    import torch
+
+    from pprs_mpi.torch_graph import from_torch
+    reference = deep_mlp(width, depth, problem_seed)
+    modules = []
+    for name in reference.graph.order[:-1]:
+        op = reference.graph.op(name)
+        if isinstance(op, Affine):
+            linear = torch.nn.Linear(width, width, dtype=torch.float64)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(op.W))
+                linear.bias.copy_(torch.from_numpy(op.b))
+            modules.append(linear)
+        else:
+            modules.append(torch.nn.ReLU())
+    return from_torch(torch.nn.Sequential(*modules), lambda out: out.abs().sum(), input_shape=(width,),
+                      x0=reference.x0, name="torch_mlp")

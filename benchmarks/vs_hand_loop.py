@@ -14,7 +14,8 @@ reference, with `--microbatch-size K` (one microbatch of all K copies).
 Cases: `lad` (the README job: depth 8, d = 16, K = 8, γ = 0.01, η = 0.01, μ = 0), `adversarial` (the
 built-in attack with its defaults: K = 8, γ = 0.01, η = 0.01, λ = 300), and a deep MLP
 (benchmarks/deep_mlp.py: 8 Affine layers of width 64 or 512 with ReLUs and an L1 loss, θ = its input)
-at K = 16 and 64.
+at K = 16 and 64, and the same width-512 network as torch modules through `from_torch` (`torch_mlp`: one
+TorchOp node per layer, which the engine runs as one call per stage) against the same hand loops.
 
 How. Every variant runs as its own process, in interleaved rounds (A B C ... A B C ...), so that load
 from elsewhere hits all alike. Per iteration = the gradient and the step (noise, copies, forward,
@@ -65,6 +66,7 @@ from pprs_mpi.problems import Problem, build
 
 RESULTS = HERE / "results" / "vs_hand_loop.json"
 MLP = str(HERE / "deep_mlp.py") + ":deep_mlp"
+TORCH_MLP = str(HERE / "deep_mlp.py") + ":torch_mlp"
 SKIP = 3  # first iterations left out of the per-iteration median (warm-up, JAX's compile)
 CHECK, RTOL = 3, 1e-10  # iterations whose f, ‖G‖ and iterate must agree with pprs_mpi's, and how closely
 TIMEOUT = 300  # seconds for any one command
@@ -89,9 +91,13 @@ class Case:
     seed: int = 0
     iters: int = 100
     quick_iters: int = 10
+    hand_problem: str = ""  # the problem the hand loops read their weights from, if not `problem`
 
     def build(self) -> Problem:
         return build(self.problem, **self.args)
+
+    def build_for_hand(self) -> Problem:
+        return build(self.hand_problem or self.problem, **self.args)
 
     def solve_options(self) -> list[str]:
         """`python -m pprs_mpi.solve`'s options for this problem and these parameters."""
@@ -109,6 +115,8 @@ CASES = {
     "mlp64_K64": Case(MLP, {"width": 64}, K=64, iters=100),
     "mlp512_K16": Case(MLP, {"width": 512}, K=16, iters=60),
     "mlp512_K64": Case(MLP, {"width": 512}, K=64, iters=30),
+    # the same network as torch modules through from_torch (one TorchOp per layer), the hand loops as above
+    "torch_mlp512_K64": Case(TORCH_MLP, {"width": 512}, K=64, iters=30, hand_problem=MLP),
 }
 QUICK_CASES = ("lad", "adversarial", "mlp64_K16")
 HAND = {"torch, 1 thread": ("torch", 1), "torch, 2 threads": ("torch", 2), "jax jit(vmap(grad))": ("jax", 0)}
@@ -257,7 +265,7 @@ def worker(args) -> None:
     """One hand-loop run: prints its per-iteration times, f and ‖G‖ per iteration, and y after CHECK
     iterations as one JSON line."""
     case = CASES[args.case]
-    problem = case.build()
+    problem = case.build_for_hand()
     step, asarray, to_numpy = hand_step(args.worker, problem, case, args.threads)
     x = y = asarray(problem.x0.copy())
     times, f, norms, y_check = [], [], [], None
