@@ -51,7 +51,7 @@ class StageRunner:
         # before a segment every copy needed up to its end (see RootRole.draw).
         self._heads = tuple(unit for unit, segment in enumerate(self.plan.segments) if segment is not None)
         self._ops = {step.node: self.graph.op(step.name) for step in self.plan.evaluation}
-        self._runs = _fused_runs(self.plan.segments, self._ops)  # per unit: {first step: stop} of fused runs
+        self._runs = _fused_runs(self.plan.segments, self._ops)  # per unit: (first step, stop) of each fused run
         self._outputs: list = [None] * self.plan.n_slots
         self._stash: list = [None] * self.plan.n_slots
         self._cotangents: list = [None] * self.plan.n_cotangent_slots
@@ -120,11 +120,11 @@ class StageRunner:
 
     # -- actions -------------------------------------------------------------------------------
 
-    def _forward(self, steps: tuple[ForwardStep, ...], keep_residuals: bool, runs: dict | None = None) -> None:
+    def _forward(self, steps: tuple[ForwardStep, ...], keep_residuals: bool, runs: tuple = ()) -> None:
         """A forward segment: the first step's inputs fetched, then each op applied to the output before it
         (a fused run of them in one call, see fusion.py); the last output is sent on."""
         head, outputs = steps[0], self._outputs
-        mb, head_steps = head.mb, steps
+        mb = head.mb
         fetched = []
         for how, where in head.sources:
             if how == RECV:
@@ -134,15 +134,16 @@ class StageRunner:
                 if how == ROOT_TAKE:  # the last local reader of this noisy copy
                     outputs[where] = None
         inputs = fetched if head.slots is None else [fetched[i] for i in head.slots]
-        if runs:
-            inputs, steps = self._forward_runs(steps, runs, inputs)
-        for step in steps:
-            inputs = self._forward_one(step, inputs, keep_residuals)
+        done = 0
+        for first, stop in runs:
+            inputs = self._forward_steps(steps[done:first], inputs, keep_residuals)
+            inputs, done = self._forward_run(steps[first:stop], inputs), stop
+        output = self._forward_steps(steps[done:] if done else steps, inputs, keep_residuals)[0]
         if keep_residuals:
-            self._live += len(head_steps)
+            self._live += len(steps)
             if self._live > self.peak_stash:
                 self.peak_stash = self._live
-        step, output = head_steps[-1], outputs[head_steps[-1].output]
+        step = steps[-1]
         if step.sends:
             contiguous = self.backend.contiguous(output)
             for channel in step.sends:
@@ -150,23 +151,76 @@ class StageRunner:
         if step.leaf_value:
             self.root.values[mb] = output
 
-    def _backward(self, steps: tuple[BackwardStep, ...], runs: dict | None = None) -> None:
+    def _forward_steps(self, steps, inputs: list, keep_residuals: bool) -> list:
+        """Each step's op applied to the output before it, one by one; returns the last output as a list."""
+        outputs, ops, xp, active = self._outputs, self._ops, self.xp, self.timeline.active
+        for step in steps:
+            start = time.perf_counter()
+            try:
+                if keep_residuals:  # a gradient pass: what the VJP will need (by default the inputs) is kept
+                    output, self._stash[step.output] = ops[step.node].forward_with_residuals(xp, *inputs)
+                else:
+                    output = ops[step.node].forward(xp, *inputs)
+            except Exception as err:  # noqa: BLE001 — a user's op may raise anything: named, then re-raised
+                raise self._op_error(step, "forward", err) from err
+            if active:
+                self._record(step.mb, FORWARD_PHASE, step.node, start)
+            if self._checking:
+                self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
+                            f"({self._destinations(step.name)})")
+            outputs[step.output] = output
+            inputs = [output]
+        return inputs
+
+    def _forward_run(self, run, inputs: list) -> list:
+        """A fused run's forward in one call (fusion.py): every node's output kept, the run's tape stashed with
+        its last node's; returns the last output as a list."""
+        outputs, stash = self._outputs, self._stash
+        start = time.perf_counter()
+        try:
+            results, tape = fusion.forward_run([self._ops[step.node] for step in run], self.xp, inputs)
+        except Exception as err:  # noqa: BLE001 — as in _forward_steps
+            raise self._op_error(run[0], "forward", err) from err
+        if self.timeline.active:
+            self._record_run(run[0].mb, FORWARD_PHASE, run, start)
+        for step, output in zip(run, results):
+            if self._checking:
+                self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
+                            f"({self._destinations(step.name)})")
+            outputs[step.output], stash[step.output] = output, None
+        stash[run[-1].output] = tape  # pulled back when the backward reaches the run's last node
+        return [results[-1]]
+
+    def _backward(self, steps: tuple[BackwardStep, ...], runs: tuple = ()) -> None:
         """A backward segment: the first step's cotangent summed from its children, each VJP's cotangent
         (or a fused run's, see fusion.py) handed straight to the next step, the last step's sent or kept for
         their parents."""
-        head, outputs, stash, ops, xp = steps[0], self._outputs, self._stash, self._ops, self.xp
-        mb, active = head.mb, self.timeline.active
+        head = steps[0]
+        mb = head.mb
         cotangent = _sum_arrived(head.cotangents, mb, self.transport, self._cotangents) if head.cotangents else None
-        i, n = 0, len(steps)
-        while i < n:
-            stop = runs.get(i) if runs else None
-            if stop is not None:
-                grads, cotangent, i = self._backward_run(steps[i:stop], cotangent), None, stop
-                step = steps[stop - 1]
+        done, grads = 0, None
+        for first, stop in runs:
+            if first > done:
+                grads = self._backward_steps(steps[done:first], cotangent)
                 cotangent = grads[0]
-                continue
-            step = steps[i]
-            i += 1
+            grads, done = self._backward_run(steps[first:stop], cotangent), stop
+            cotangent = grads[0]
+        if done < len(steps):
+            grads = self._backward_steps(steps[done:] if done else steps, cotangent)
+        self._live -= len(steps)
+        step = steps[-1]
+        per_parent = grads if step.slots is None else _sum_by_parent(step.slots, len(step.destinations), grads)
+        for (how, where), grad in zip(step.destinations, per_parent):
+            if how == SEND:
+                self.transport.send(where, mb, self.backend.contiguous(grad))
+            else:
+                self._cotangents[where] = grad
+
+    def _backward_steps(self, steps, cotangent) -> list:
+        """Each step's VJP, one by one, from `cotangent` (None: the leaf's ones); returns the last step's
+        cotangents, one per parent slot."""
+        outputs, stash, ops, xp, active = self._outputs, self._stash, self._ops, self.xp, self.timeline.active
+        for step in steps:
             slot = step.output
             output, outputs[slot] = outputs[slot], None
             if cotangent is None:  # the leaf
@@ -175,65 +229,14 @@ class StageRunner:
             start = time.perf_counter()
             try:
                 grads = ops[step.node].vjp_with_residuals(xp, residuals, output, cotangent)
-            except Exception as err:  # noqa: BLE001 — as in _forward
+            except Exception as err:  # noqa: BLE001 — as in _forward_steps
                 raise self._op_error(step, "VJP", err) from err
             if active:
-                self._record(mb, BACKWARD_PHASE, step.node, start)
+                self._record(step.mb, BACKWARD_PHASE, step.node, start)
             if self._checking:
                 self._check_cotangents(step, grads)
             cotangent = grads[0]
-        self._live -= n
-        per_parent = grads if step.slots is None else _sum_by_parent(step.slots, len(step.destinations), grads)
-        for (how, where), grad in zip(step.destinations, per_parent):
-            if how == SEND:
-                self.transport.send(where, mb, self.backend.contiguous(grad))
-            else:
-                self._cotangents[where] = grad
-
-    def _forward_runs(self, steps, runs: dict, inputs: list) -> tuple[list, tuple]:
-        """Executes the segment's steps up to the last fused run (single steps between runs one by one);
-        returns the inputs and the steps left for the plain loop."""
-        i, outputs, stash = 0, self._outputs, self._stash
-        last_run_stop = max(runs.values())
-        while i < last_run_stop:
-            stop = runs.get(i)
-            if stop is None:
-                inputs, i = self._forward_one(steps[i], inputs, keep_residuals=True), i + 1
-                continue
-            run = steps[i:stop]
-            start = time.perf_counter()
-            try:
-                results, tape = fusion.forward_run([self._ops[step.node] for step in run], self.xp, inputs)
-            except Exception as err:  # noqa: BLE001 — as in _forward
-                raise self._op_error(run[0], "forward", err) from err
-            if self.timeline.active:
-                self._record_run(run[0].mb, FORWARD_PHASE, run, start)
-            for step, output in zip(run, results):
-                if self._checking:
-                    self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
-                                f"({self._destinations(step.name)})")
-                outputs[step.output], stash[step.output] = output, None
-            stash[run[-1].output] = tape  # the run's tape, pulled back when the backward reaches its last node
-            inputs, i = [results[-1]], stop
-        return inputs, steps[last_run_stop:]
-
-    def _forward_one(self, step: ForwardStep, inputs: list, keep_residuals: bool) -> list:
-        """One step's op on `inputs`; returns its output as the next step's inputs."""
-        start = time.perf_counter()
-        try:
-            if keep_residuals:  # a gradient pass: what the VJP will need (by default the inputs) is kept
-                output, self._stash[step.output] = self._ops[step.node].forward_with_residuals(self.xp, *inputs)
-            else:
-                output = self._ops[step.node].forward(self.xp, *inputs)
-        except Exception as err:  # noqa: BLE001 — a user's op may raise anything: named, then re-raised
-            raise self._op_error(step, "forward", err) from err
-        if self.timeline.active:
-            self._record(step.mb, FORWARD_PHASE, step.node, start)
-        if self._checking:
-            self._check(output, step.shape, step, "forward returned {kind} {actual}, expected {expected} "
-                        f"({self._destinations(step.name)})")
-        self._outputs[step.output] = output
-        return [output]
+        return grads
 
     def _backward_run(self, run: tuple[BackwardStep, ...], cotangent) -> list:
         """A fused run's backward (its steps in backward order): one pull-back from the cotangent of its last
@@ -247,7 +250,7 @@ class StageRunner:
         start = time.perf_counter()
         try:
             grads = fusion.backward_run([self._ops[step.node] for step in reversed(run)], self.xp, tape, cotangent)
-        except Exception as err:  # noqa: BLE001 — as in _backward
+        except Exception as err:  # noqa: BLE001 — as in _backward_steps
             raise self._op_error(run[-1], "VJP", err) from err
         if self.timeline.active:
             self._record_run(run[0].mb, BACKWARD_PHASE, run, start)
@@ -398,8 +401,8 @@ class RootRole:
 
 
 def _fused_runs(segments, ops: dict) -> list:
-    """Per time unit, {index of a run's first step: index after its last} for the runs of the segment starting
-    there that execute as one call; a run is fused only where the backward segments hold its mirror image."""
+    """Per time unit, the (first step, index after the last) of the runs of the segment starting there that
+    execute as one call, in order; a run is fused only where the backward segments hold its mirror image."""
     forward, backward = {}, set()
     for segment in filter(None, segments):
         nodes = tuple(step.node for step in segment.steps)
@@ -413,7 +416,7 @@ def _fused_runs(segments, ops: dict) -> list:
     table = []
     for segment in segments:
         if segment is None:
-            table.append(None)
+            table.append(())
             continue
         nodes = tuple(step.node for step in segment.steps)
         runs = {}
@@ -421,7 +424,7 @@ def _fused_runs(segments, ops: dict) -> list:
             at = _find(nodes, run if segment.forward else run[::-1])
             if at is not None:
                 runs[at] = at + len(run)
-        table.append(runs or None)
+        table.append(tuple(sorted(runs.items())))
     return table
 
 
