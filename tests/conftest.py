@@ -47,6 +47,17 @@ def mpirun(ranks, *args, timeout=90, env=None):
                timeout=timeout, env=env)
 
 
+def solve_one_node(tmp_path, imports: str, node: str, timeout: int = 90):
+    """Runs two iterations of a builder whose graph is the op `node` (code, after the lines `imports`) on θ
+    in R^3 and an L1 norm; returns the CompletedProcess."""
+    builder = tmp_path / "one_node.py"
+    builder.write_text(f"{imports}\nfrom pprs_mpi import Graph, Node\nfrom pprs_mpi.ops import L1Norm\n"
+                       "def build() -> Graph:\n"
+                       f"    return Graph(3, [Node('n', {node}, ('theta',)), Node('l1', L1Norm(), ('n',))])\n")
+    return solve("--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "run.h5",
+                 timeout=timeout)
+
+
 @pytest.fixture
 def tmp_trace(tmp_path):
     return lambda name="run.h5": str(tmp_path / name)

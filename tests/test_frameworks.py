@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'pprs_mpi[torch]')")
 
 import pprs_mpi  # noqa: E402
-from conftest import mpirun, solve  # noqa: E402
+from conftest import mpirun, solve, solve_one_node  # noqa: E402
 from pprs_mpi import Graph, GraphError, Node, check_gradients  # noqa: E402
 from pprs_mpi.api import engine_for  # noqa: E402
 from pprs_mpi.engines.stage import Sampling  # noqa: E402
@@ -138,12 +138,8 @@ def test_a_function_fixed_to_float32_is_named_by_node_in_both_engines(tmp_path):
 def test_a_nan_or_inf_at_the_build_time_probe_prints_no_warning(tmp_path, function, code):
     """Issue 32, bug 9: NumPy's RuntimeWarning from the probe used to be printed beside the diverged line
     (and, for a function infinite only at the probe's random rows, beside a run that completes)."""
-    builder = tmp_path / "nan.py"
-    builder.write_text("import torch\nfrom pprs_mpi import Graph, Node\nfrom pprs_mpi.ops import TorchOp, L1Norm\n"
-                       "def build() -> Graph:\n"
-                       f"    return Graph(3, [Node('t', TorchOp(lambda x: {function}), ('theta',)),\n"
-                       "                     Node('l1', L1Norm(), ('t',))])\n")
-    result = solve("--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "run.h5", timeout=60)
+    result = solve_one_node(tmp_path, "from pprs_mpi.ops import TorchOp\nimport torch",
+                            f"TorchOp(lambda x: {function})")
     lines = ["pprs_mpi.solve: diverged"] if code else []  # exit 1 with its one line, or 0 and nothing
     assert result.returncode == code and [line[:24] for line in result.stderr.splitlines()] == lines, result.stderr
 

@@ -9,7 +9,7 @@ import pytest
 jnp = pytest.importorskip("jax.numpy", reason="JAX is not installed (pip install 'pprs_mpi[jax]')")
 
 import pprs_mpi  # noqa: E402
-from conftest import mpirun, solve  # noqa: E402
+from conftest import mpirun, solve_one_node  # noqa: E402
 from pprs_mpi import Graph, GraphError, Node, check_gradients  # noqa: E402
 from pprs_mpi.ops import Affine, JaxOp, L1Norm, ReLU  # noqa: E402
 from pprs_mpi.problems import build  # noqa: E402
@@ -79,13 +79,8 @@ def test_the_jax_example_is_bitwise_equal_serially_and_on_2_ranks(tmp_path):
 @pytest.mark.parametrize("function, code", [("x / (x - x)", 1), ("jnp.exp(1e4 * x)", 0)])
 def test_a_nan_or_inf_at_the_build_time_probe_prints_no_warning(tmp_path, function, code):
     """Issue 32, bug 9, for JaxOp: no NumPy RuntimeWarning beside the diverged line, or a completed run."""
-    builder = tmp_path / "nan.py"
-    builder.write_text("import jax.numpy as jnp\nfrom pprs_mpi import Graph, Node\n"
-                       "from pprs_mpi.ops import JaxOp, L1Norm\n"
-                       "def build() -> Graph:\n"
-                       f"    return Graph(3, [Node('j', JaxOp(lambda x: {function}), ('theta',)),\n"
-                       "                     Node('l1', L1Norm(), ('j',))])\n")
-    result = solve("--problem", f"{builder}:build", "--iters", "2", "--quiet", "--out", tmp_path / "run.h5", timeout=90)
+    result = solve_one_node(tmp_path, "import jax.numpy as jnp\nfrom pprs_mpi.ops import JaxOp",
+                            f"JaxOp(lambda x: {function})")
     lines = ["pprs_mpi.solve: diverged"] if code else []  # exit 1 with its one line, or 0 and nothing
     assert result.returncode == code and [line[:24] for line in result.stderr.splitlines()] == lines, result.stderr
 
