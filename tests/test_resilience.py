@@ -26,10 +26,10 @@ def same_iterates(a, b):
     return np.array_equal(a.result["y"], b.result["y"]) and np.array_equal(a.result["x"], b.result["x"])
 
 
-def start(command, out, env=None):
+def start(command, out, env=None, stderr=subprocess.PIPE):
     """Starts a long run and waits until its trace shows progress (rows are flushed every 10)."""
     import os
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True,
                                env={**os.environ, **MPI_ENV, **(env or {})})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -90,6 +90,23 @@ def test_sigterm_to_mpirun_prints_the_resume_line_and_exits_with_mpiruns_code(tm
     assert process.returncode == 1 and stopped.status == "interrupted" and stopped.has_checkpoint
     assert len(lines) == 1 and lines[0].startswith("pprs_mpi.solve: stopped by a signal after iteration ")
     assert lines[0].endswith(f"; resume with --resume; trace {tmp_trace()} marked interrupted")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGTERM])
+def test_the_resume_line_is_in_mpiruns_log_file_once(tmp_trace, tmp_path, sig):
+    """mpirun's stderr a log file (`2> job.log`, a batch job's log): mpirun writes its notice that rank 0
+    exited 3 at its own offset, over a line another process appended, so the resume line comes through
+    mpirun's forwarding too (SIGUSR1 keeps it running, SIGTERM stops it): exactly one copy is left."""
+    log = tmp_path / "job.log"
+    with open(log, "w") as err:
+        process = start(["mpirun", "-n", "3", sys.executable, "-m", "pprs_mpi.solve", *RUN, "--iters", "100000",
+                         "--out", tmp_trace()], tmp_trace(), stderr=err)
+        process.send_signal(sig)
+        process.communicate(timeout=60)
+    lines = [line for line in log.read_text().splitlines() if line.startswith("pprs_mpi.solve")]
+    assert load(tmp_trace()).status == "interrupted"
+    assert len(lines) == 1 and lines[0].endswith(f"; resume with --resume; trace {tmp_trace()} marked interrupted")
 
 
 @pytest.mark.mpi

@@ -11,6 +11,7 @@ ends every rank, is reported once, marks the trace `failed` and exits non-zero.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 
 from pprs_mpi import config
@@ -52,15 +53,29 @@ def _to_launcher(line: str) -> bool:
 
     On SIGTERM or Ctrl-C, Open MPI's mpirun stops forwarding its ranks' output at once (it forwards the
     signal and kills the ranks shortly after), so rank 0's interrupted line, printed once its checkpoint
-    is written, would be lost; written straight to mpirun's own stderr it reaches the user. False when
-    the parent is no launcher here (Slurm's srun, a remote daemon): then print as usual."""
+    is written, would be lost; written straight to mpirun's own stderr it reaches the user. Returns whether
+    that is sure: False when the parent is no launcher here (Slurm's srun, a remote daemon), and when its
+    stderr is a regular file it writes at its own offset (`2> job.log`, a batch log), where its next lines
+    (the notice that rank 0 exited 3) overwrite a line added at the end: the caller then prints the line
+    through the launcher's forwarding too, which SIGUSR1 leaves running and SIGTERM stops, so one copy stays."""
     parent = os.getppid()
     try:
         with open(f"/proc/{parent}/comm") as f:
             if f.read().strip() not in LAUNCHERS:
                 return False
+        overwritable = _overwritable(f"/proc/{parent}/fd/2", f"/proc/{parent}/fdinfo/2")
         with open(f"/proc/{parent}/fd/2", "a") as f:  # appended: a job's log file is not truncated
             f.write(line + "\n")
     except OSError:
         return False
-    return True
+    return not overwritable
+
+
+def _overwritable(path: str, info: str) -> bool:
+    """Whether the file behind `path` is a regular file its owner writes without O_APPEND (flags in `info`,
+    /proc's fdinfo), so that a line added at its end by another process is overwritten by the owner's next."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        return False
+    with open(info) as f:
+        flags = next((line.split()[1] for line in f if line.startswith("flags:")), "0")
+    return not int(flags, 8) & os.O_APPEND
