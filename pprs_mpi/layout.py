@@ -28,9 +28,11 @@ from pprs_mpi.ops._util import MACS_PER_COST_UNIT
 
 AUTO, MEASURED = "auto", "measured"
 REQUESTS = (AUTO, MEASURED)
-#: the fixed machine model of `auto`: seconds per action, per multiply-add (forward and VJP), per message,
-#: and the rows below which matrix kernels are not yet efficient (fitted on a 2-core x86 VM, float64).
-ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 1e-10, 5e-6, 8
+#: the fixed machine model of `auto`, from this project's 2-core x86 VM, float64, one BLAS thread: seconds per
+#: action (engine and op call, benchmarks/engine_overhead.py), per multiply-add of a forward and its VJP, per
+#: message (pipeline_efficiency.py's empty pipeline), and the rows b₀ a product costs beyond its b (a
+#: b × 512 × 512 NumPy product takes about (b + 17) × 8.2 µs for b from 8 to 64).
+ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
 
 
 class LayoutError(ValueError):
