@@ -5,8 +5,9 @@ per layer) costs what its stages cost, not a framework round trip per node.
 A run is a stretch of a forward segment whose ops fuse with each other (`AutodiffOp.fuses_with`: the same
 framework, one input, the tape kept); the backward segment of the same chain is its mirror image (plan.Segment:
 a chain of the stage's own nodes, nothing between them), so the run's tape is pulled back in one go from the
-cotangent of its last node to the input of its first. The arithmetic is the framework's own, in the same order
-as node by node: fused and unfused passes give bitwise the same gradients.
+cotangent of its last node to the input of its first (`AutodiffOp.forward_run`, `vjp_run`). The arithmetic
+is the framework's own, in the same order as node by node: fused and unfused passes give bitwise the same
+gradients.
 """
 
 from __future__ import annotations
@@ -26,20 +27,37 @@ def fused_runs(ops: list) -> tuple[tuple[int, int], ...]:
     return tuple(runs)
 
 
-def forward_run(ops: list, xp, inputs: list) -> tuple[list, object]:
-    """Each op's output (arrays of `xp`) along the run, and the run's tape (kept with the last node's output)."""
-    first = ops[0]
-    tensors = first._crossed(inputs)
-    leaves, outputs, tapes = tensors, [], []
-    for op in ops:
-        output, tape = op._record(tensors)
-        tapes.append(tape)
-        outputs.append(output)
-        tensors = [output]
-    return [first._from_framework(xp, output) for output in outputs], first.chain_tape(leaves, tapes)
+def runs_per_unit(segments, ops: dict) -> list:
+    """Per time unit, the (first step, index after the last) of the runs of the segment starting there that
+    execute as one call, in order; a run is fused only where the backward segments hold its mirror image."""
+    forward, backward = {}, set()
+    for segment in filter(None, segments):
+        nodes = tuple(step.node for step in segment.steps)
+        if segment.forward:
+            for start, stop in fused_runs([ops[n] for n in nodes]):
+                forward[nodes[start:stop]] = None
+        else:
+            backward.add(nodes)
+    fused = [run for run in forward
+             if any(_find(nodes, run[::-1]) is not None for nodes in backward)]
+    table = []
+    for segment in segments:
+        if segment is None:
+            table.append(())
+            continue
+        nodes = tuple(step.node for step in segment.steps)
+        runs = {}
+        for run in fused:
+            at = _find(nodes, run if segment.forward else run[::-1])
+            if at is not None:
+                runs[at] = at + len(run)
+        table.append(tuple(sorted(runs.items())))
+    return table
 
 
-def backward_run(ops: list, xp, tape, cotangent) -> list:
-    """The cotangents of the run's first node's inputs, from the cotangent of its last node's output."""
-    first = ops[0]
-    return [first._from_framework(xp, grad) for grad in first._pull_back(tape, first._to_framework(cotangent))]
+def _find(sequence: tuple, part: tuple) -> int | None:
+    """The index where `part` occurs contiguously in `sequence`, or None."""
+    for i in range(len(sequence) - len(part) + 1):
+        if sequence[i:i + len(part)] == part:
+            return i
+    return None

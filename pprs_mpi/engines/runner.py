@@ -51,7 +51,7 @@ class StageRunner:
         # before a segment every copy needed up to its end (see RootRole.draw).
         self._heads = tuple(unit for unit, segment in enumerate(self.plan.segments) if segment is not None)
         self._ops = {step.node: self.graph.op(step.name) for step in self.plan.evaluation}
-        self._runs = _fused_runs(self.plan.segments, self._ops)  # per unit: (first step, stop) of each fused run
+        self._runs = fusion.runs_per_unit(self.plan.segments, self._ops)  # per unit: (first, stop) of each fused run
         self._outputs: list = [None] * self.plan.n_slots
         self._stash: list = [None] * self.plan.n_slots
         self._cotangents: list = [None] * self.plan.n_cotangent_slots
@@ -178,7 +178,8 @@ class StageRunner:
         outputs, stash = self._outputs, self._stash
         start = time.perf_counter()
         try:
-            results, tape = fusion.forward_run([self._ops[step.node] for step in run], self.xp, inputs)
+            ops = [self._ops[step.node] for step in run]
+            results, tape = ops[0].forward_run(self.xp, inputs, ops)
         except Exception as err:  # noqa: BLE001 — as in _forward_steps
             raise self._op_error(run[0], "forward", err) from err
         if self.timeline.active:
@@ -249,7 +250,7 @@ class StageRunner:
             outputs[step.output] = stash[step.output] = None
         start = time.perf_counter()
         try:
-            grads = fusion.backward_run([self._ops[step.node] for step in reversed(run)], self.xp, tape, cotangent)
+            grads = self._ops[run[-1].node].vjp_run(self.xp, tape, cotangent)  # run[-1]: the run's first node
         except Exception as err:  # noqa: BLE001 — as in _backward_steps
             raise self._op_error(run[-1], "VJP", err) from err
         if self.timeline.active:
@@ -398,42 +399,6 @@ class RootRole:
             value, self.values[mb] = self.values[mb], None
             return value
         return self.transport.recv(self.plan.value, mb)
-
-
-def _fused_runs(segments, ops: dict) -> list:
-    """Per time unit, the (first step, index after the last) of the runs of the segment starting there that
-    execute as one call, in order; a run is fused only where the backward segments hold its mirror image."""
-    forward, backward = {}, set()
-    for segment in filter(None, segments):
-        nodes = tuple(step.node for step in segment.steps)
-        if segment.forward:
-            for start, stop in fusion.fused_runs([ops[n] for n in nodes]):
-                forward[nodes[start:stop]] = None
-        else:
-            backward.add(nodes)
-    fused = [run for run in forward
-             if any(_find(nodes, run[::-1]) is not None for nodes in backward)]
-    table = []
-    for segment in segments:
-        if segment is None:
-            table.append(())
-            continue
-        nodes = tuple(step.node for step in segment.steps)
-        runs = {}
-        for run in fused:
-            at = _find(nodes, run if segment.forward else run[::-1])
-            if at is not None:
-                runs[at] = at + len(run)
-        table.append(tuple(sorted(runs.items())))
-    return table
-
-
-def _find(sequence: tuple, part: tuple) -> int | None:
-    """The index where `part` occurs contiguously in `sequence`, or None."""
-    for i in range(len(sequence) - len(part) + 1):
-        if sequence[i:i + len(part)] == part:
-            return i
-    return None
 
 
 def _sum_arrived(sources, mb: int, transport: Transport, cotangents: list):

@@ -103,9 +103,25 @@ class AutodiffOp(Op):
         return (self.fusable and type(other) is type(self) and self.stash and other.stash
                 and self._arity == 1 and other._arity == 1)
 
-    def chain_tape(self, leaves: list, tapes: list):
-        """The tape of a fused run (engines/fusion.py) that `_pull_back` takes: from the last op's output back
-        to the first op's inputs `leaves`, given each op's own tape in order."""
+    def forward_run(self, xp, inputs, ops: list) -> tuple[list, object]:
+        """A fused run (engines/fusion.py) in one call: `ops`, this op first, each fed by the one before. Returns
+        each op's output as an `xp` array and the run's tape, which `vjp_run` pulls back."""
+        tensors = leaves = self._crossed(inputs)
+        outputs, tapes = [], []
+        for op in ops:
+            output, tape = op._record(tensors)
+            outputs.append(output)
+            tapes.append(tape)
+            tensors = [output]
+        return [self._from_framework(xp, output) for output in outputs], self._chain_tape(leaves, tapes)
+
+    def vjp_run(self, xp, tape, cotangent) -> list:
+        """The cotangents of a fused run's inputs (this op is its first) from that of its last op's output."""
+        return [self._from_framework(xp, grad) for grad in self._pull_back(tape, self._to_framework(cotangent))]
+
+    def _chain_tape(self, leaves: list, tapes: list):
+        """The tape of a fused run that `_pull_back` takes: from the last op's output back to the first op's
+        inputs `leaves`, given each op's own tape in order."""
         raise NotImplementedError
 
     # -- the build-time probe --------------------------------------------------------------------

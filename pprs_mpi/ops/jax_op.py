@@ -92,7 +92,7 @@ class JaxOp(AutodiffOp):
         code = getattr(self._plain, "__code__", None)
         return code.co_code.hex() if code is not None else type(self._plain).__qualname__
 
-    def chain_tape(self, leaves: list, tapes: list):
+    def _chain_tape(self, leaves: list, tapes: list):
         """The run's pullbacks composed, last op's first (each op has one input)."""
         def pull_back(cotangent):
             grads = (cotangent,)

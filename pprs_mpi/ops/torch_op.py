@@ -124,7 +124,7 @@ class TorchOp(AutodiffOp):
         grads = self._run_backward((output,), (cotangent,), False, False, tuple(leaves), True, False)
         return [self._torch.zeros_like(leaf) if grad is None else grad for leaf, grad in zip(leaves, grads)]
 
-    def chain_tape(self, leaves: list, tapes: list):
+    def _chain_tape(self, leaves: list, tapes: list):
         """One backward through the whole run: the first op's input leaves and the last op's output."""
         return leaves, tapes[-1][1]
 
