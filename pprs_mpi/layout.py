@@ -31,7 +31,7 @@ REQUESTS = (AUTO, MEASURED)
 #: the fixed machine model of `auto`, from this project's 2-core x86 VM, float64, one BLAS thread: seconds per
 #: action (engine and op call, benchmarks/engine_overhead.py), per multiply-add of a forward and its VJP, per
 #: message (pipeline_efficiency.py's empty pipeline), and the rows b₀ a product costs beyond its b (a
-#: b × 512 × 512 NumPy product takes about (b + 17) × 8.2 µs for b from 8 to 64).
+#: b × 512 × 512 NumPy product takes about (b + 15) × 8.2 µs for b from 8 to 64: microbatch_sweep.py).
 ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
 
 
