@@ -278,7 +278,7 @@ def test_a_hung_rank_0_is_blamed_once(tmp_trace):
 
 # 9. Ctrl-C on a serial run gave a KeyboardInterrupt traceback and left the trace `running`.
 def test_ctrl_c_stops_at_a_boundary_like_sigterm(tmp_trace):
-    argv = [*SMALL, "--iters", "1500"]
+    argv = [*SMALL, "--iters", "50000"]  # seconds of work left when its first rows show: the signal lands mid-run
     process = popen([sys.executable, "-m", "pprs_mpi.solve", *argv, "--out", tmp_trace()])
     wait_for_rows(tmp_trace())
     process.send_signal(signal.SIGINT)

@@ -22,6 +22,9 @@ RUN = ["--problem", "branch", "--depth", "4", "--dim", "6", "--rows", "8", "-K",
        "--microbatch-size", "1"]  # one copy per microbatch: slow enough for a signal to arrive mid-run
 
 
+ITERS = 5000  # a signal sent once the trace has 20 rows lands with seconds of the run left, however fast it goes
+
+
 def same_iterates(a, b):
     return np.array_equal(a.result["y"], b.result["y"]) and np.array_equal(a.result["x"], b.result["x"])
 
@@ -44,19 +47,19 @@ def start(command, out, env=None, stderr=subprocess.PIPE):
 
 
 @pytest.fixture(scope="module")
-def whole_1500(tmp_path_factory):
-    """The uninterrupted serial run of 1500 iterations, the same for both launchers: run once for the module."""
+def whole_run(tmp_path_factory):
+    """The uninterrupted serial run of ITERS iterations, the same for both launchers: run once for the module."""
     path = str(tmp_path_factory.mktemp("whole") / "whole.h5")
-    assert main([*RUN, "--iters", "1500", "--engine", "serial", "--out", path]) == 0
+    assert main([*RUN, "--iters", str(ITERS), "--engine", "serial", "--out", path]) == 0
     return path
 
 
 @pytest.mark.parametrize("launcher, sig", [("serial", signal.SIGTERM), ("mpirun", signal.SIGUSR1)])
-def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, whole_1500, launcher, sig):
+def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, whole_run, launcher, sig):
     """SIGTERM to a process, or SIGUSR1 to mpirun (which forwards it; Slurm's --signal=B:USR1 path):
     a checkpoint, status 'interrupted', exit code 3; resuming (on another rank count) ends where an
     uninterrupted run ends, bit for bit."""
-    iters = ["--iters", "1500"]
+    iters = ["--iters", str(ITERS)]
     command = [sys.executable, "-m", "pprs_mpi.solve", *RUN, *iters, "--out", tmp_trace()]
     if launcher == "mpirun":
         command = ["mpirun", "-n", "3", *command]
@@ -66,11 +69,11 @@ def test_signal_stops_at_a_boundary_and_resume_is_bitwise_identical(tmp_trace, w
     stopped = load(tmp_trace())
     assert process.returncode == 3, err
     assert stopped.status == "interrupted" and stopped.has_checkpoint and "resume with --resume" in err
-    assert stopped.columns["iteration"][-1] < 1500
+    assert stopped.columns["iteration"][-1] < ITERS
     resumed = (solve("--resume", tmp_trace(), timeout=120) if launcher == "mpirun"
                else mpirun(2, "--resume", tmp_trace(), timeout=120))
     assert resumed.returncode == 0, resumed.stderr
-    final, whole = load(tmp_trace()), load(whole_1500)
+    final, whole = load(tmp_trace()), load(whole_run)
     assert final.status == "completed" and final.attrs["resumes"] == 1
     assert same_iterates(final, whole)
     assert np.array_equal(final.columns["iteration"], whole.columns["iteration"])
