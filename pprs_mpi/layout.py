@@ -1,4 +1,5 @@
-"""The microbatch size b chosen for the user: the candidate that minimises the predicted time per iteration.
+"""The layout chosen for the user: the microbatch size b, and the grouping of nodes into stages, that minimise
+the predicted time per iteration.
 
 A pass of M = ⌈K/b⌉ microbatches over P stages that work in parallel (one rank each) takes about
 (M + P − 1) times its slowest stage's forward and backward of one microbatch; in one process nothing
@@ -6,8 +7,10 @@ overlaps and it takes M times the sum of the stages'. A stage's forward and back
 
     T_s(b) = Σ_nodes (α + β · w · (b + b₀)) + μ · (its messages)
 
-for a node doing w multiply-adds per copy (from its op's declared `cost`): a fixed α per action (the
-engine's and the op's Python), β per multiply-add once b₀ rows keep the matrix kernels busy, μ per message.
+for a node doing w multiply-adds per copy (its op's `macs`): a fixed α per action (the engine's and the op's
+Python), β per multiply-add once b₀ rows keep the matrix kernels busy, μ per message. When there are fewer
+stages than nodes, each candidate b groups the nodes into contiguous stages balanced by the same per-node
+costs at b (`--balance auto`, the default), so a stage of many cheap nodes pays for its actions.
 With `--microbatch-size auto` (the default) these are the constants below, so the choice is a function of the
 configuration and the graph alone and the same command always computes the same iterates; with `measured`
 T_s(b) comes from timing the stage's nodes at a few batch sizes on this machine (recorded in the trace, and
@@ -35,6 +38,9 @@ REQUESTS = (AUTO, MEASURED)
 ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
 
 
+Regroup = Callable[[dict[str, float]], Sequence[Sequence[str]]]  # per-node seconds -> the nodes of each stage
+
+
 class LayoutError(ValueError):
     """A microbatch size no run can use; the message is one line naming the value and the limit."""
 
@@ -44,17 +50,21 @@ class Candidate:
     microbatch_size: int
     n_microbatches: int
     predicted_s: float  # per iteration (gradient pass), by the model
+    nodes_per_stage: tuple[int, ...] = ()  # the grouping weighed with it (empty in traces written before it)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The chosen microbatch size, why (`rule`), and the candidates weighed (empty when none were)."""
+    """The chosen microbatch size, why (`rule`), the candidates weighed (empty when none were), and the
+    nodes of each stage where the planner grouped them (None: the caller's grouping stands)."""
 
     microbatch_size: int
     rule: str
     candidates: tuple[Candidate, ...] = ()
+    stages: tuple[tuple[str, ...], ...] | None = None
 
     def as_dict(self) -> dict:
+        """What the trace records (its stage_nodes hold the grouping)."""
         return {"microbatch_size": self.microbatch_size, "rule": self.rule,
                 "candidates": [asdict(c) for c in self.candidates]}
 
@@ -87,33 +97,57 @@ def valid(value) -> bool:
 
 def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: Graph, parallel: bool,
            max_rows: int, simulated: bool = False, stored: int | None = None,
-           measure: Callable[[int], dict[str, float]] | None = None) -> Layout:
-    """The layout for `request` (a forced b, `auto` or `measured`) of K copies over `stages`; `parallel` when
-    each stage has its own rank, `max_rows` the most copies one microbatch may hold (memory), `stored` a
-    resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies."""
+           measure: Callable[[int], dict[str, float]] | None = None, regroup: Regroup | None = None) -> Layout:
+    """The layout for `request` (a forced b, `auto` or `measured`) of K copies over len(stages) stages; `parallel`
+    when each stage has its own rank, `max_rows` the most copies one microbatch may hold (memory), `stored` a
+    resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies.
+
+    With `regroup` (which groups the nodes into len(stages) stages by per-node seconds) each candidate b is
+    weighed with the nodes regrouped by the model's cost of each node at b, and the layout holds the grouping
+    chosen; without it every candidate keeps `stages`."""
+    fixed = _fixed(request, K, stored, simulated)
+    if fixed is not None and regroup is None:
+        return Layout(*fixed)
+    if fixed is None and request == MEASURED and measure is not None:
+        sizes = _sizes(K, len(stages) if parallel else 1, max_rows)
+        seconds = _measured_seconds(graph, measure, sorted({1, min(K, max_rows), sizes[len(sizes) // 2]}))
+        rule = "measured on this machine"
+    else:
+        seconds, rule = _declared_seconds(graph), "the ops' declared costs"
+
+    def grouping(b: int) -> tuple[tuple[str, ...], ...]:
+        return tuple(map(tuple, stages if regroup is None else regroup(seconds(b))))
+
+    if fixed is not None:
+        return Layout(*fixed, stages=grouping(fixed[0]))
+    rule += (f", {len(stages)} ranks in parallel" if parallel and len(stages) > 1
+             else ", one process: nothing overlaps")
+    if regroup is not None and parallel and len(stages) > 1:
+        rule += ", nodes grouped into stages by the same model"
+    candidates = []
+    for b in _sizes(K, len(stages) if parallel else 1, max_rows):
+        grouped, M = grouping(b), -(-K // b)
+        costs = _stage_seconds(grouped, seconds(b), graph)
+        predicted = (M + len(costs) - 1) * max(costs) if parallel else M * sum(costs)
+        candidates.append(Candidate(b, M, predicted, tuple(map(len, grouped))))
+    best = min(candidates, key=lambda c: (c.predicted_s, -c.microbatch_size))
+    return Layout(best.microbatch_size, rule, tuple(candidates), grouping(best.microbatch_size) if regroup else None)
+
+
+def _fixed(request: int | str, K: int, stored: int | None, simulated: bool) -> tuple[int, str] | None:
+    """(b, why) where no candidates are weighed: a forced b, a resumed run's, paper units; else None."""
     if isinstance(request, int):
         if request > K:
             raise LayoutError(f"microbatch-size {request} is larger than K = {K}: a microbatch holds at most the "
                               "K noisy copies")
-        return Layout(request, "given")
+        return request, "given"
     if stored is not None:
         if stored > K:
             raise LayoutError(f"the resumed run's microbatch size {stored} is larger than K = {K}")
-        return Layout(stored, "the resumed run's choice")
+        return stored, "the resumed run's choice"
     if simulated:
-        return Layout(1, "paper units (--simulated-depth): one copy per microbatch")
-    sizes = _sizes(K, len(stages) if parallel else 1, max_rows)
-    if request == MEASURED and measure is not None:
-        cost = _measured_costs(stages, graph, measure, sorted({1, min(K, max_rows), sizes[len(sizes) // 2]}))
-        rule = "measured on this machine"
-    else:
-        cost = _declared_costs(stages, graph)
-        rule = "the ops' declared costs"
-    rule += (f", {len(stages)} ranks in parallel" if parallel and len(stages) > 1
-             else ", one process: nothing overlaps")
-    candidates = tuple(Candidate(b, -(-K // b), _predict(cost, b, -(-K // b), parallel)) for b in sizes)
-    best = min(candidates, key=lambda c: (c.predicted_s, -c.microbatch_size))
-    return Layout(best.microbatch_size, rule, candidates)
+        return 1, "paper units (--simulated-depth): one copy per microbatch"
+    return None
 
 
 def _sizes(K: int, P: int, max_rows: int) -> list[int]:
@@ -121,30 +155,26 @@ def _sizes(K: int, P: int, max_rows: int) -> list[int]:
     return sorted({min(max_rows, -(-K // M)) for M in range(1, min(K, 4 * P) + 1)}, reverse=True)
 
 
-def _predict(stage_cost: Callable[[int], list[float]], b: int, M: int, parallel: bool) -> float:
-    costs = stage_cost(b)
-    return (M + len(costs) - 1) * max(costs) if parallel else M * sum(costs)
+def _stage_seconds(stages, node_seconds: dict[str, float], graph: Graph) -> list[float]:
+    """T_s(b): the stage's nodes' seconds at b plus its messages."""
+    return [sum(node_seconds[n] for n in names) + _messages(s, stages, graph) * MESSAGE_S
+            for s, names in enumerate(stages)]
 
 
-def _declared_costs(stages, graph: Graph) -> Callable[[int], list[float]]:
-    """T_s(b) from the fixed constants and each op's declared cost (multiply-adds per copy)."""
+def _declared_seconds(graph: Graph) -> Callable[[int], dict[str, float]]:
+    """Each node's α + β·w·(b + b₀), w its op's declared multiply-adds per copy (`Op.macs`, else from a `cost`
+    above the default)."""
     def macs(name: str) -> float:
-        cost = graph.cost(name)
-        return cost * MACS_PER_COST_UNIT if cost > 1.0 else 0.0
-    fixed = [len(names) * ACTION_S + _messages(s, stages, graph) * MESSAGE_S for s, names in enumerate(stages)]
-    work = [sum(macs(n) for n in names) * MAC_S for names in stages]
-    return lambda b: [f + w * (b + EFFICIENT_ROWS) for f, w in zip(fixed, work)]
+        op = graph.op(name)
+        return op.macs or (op.cost * MACS_PER_COST_UNIT if op.cost > 1.0 else 0.0)
+    work = {name: macs(name) * MAC_S for name in graph.order}
+    return lambda b: {name: ACTION_S + w * (b + EFFICIENT_ROWS) for name, w in work.items()}
 
 
-def _measured_costs(stages, graph: Graph, measure, points: list[int]) -> Callable[[int], list[float]]:
-    """T_s(b) interpolated linearly between the stage's nodes timed at `points` copies, plus its messages."""
-    timed = {b: measure(b) for b in points}
-    table = [[sum(timed[b][n] for n in names) for b in points] for names in stages]
-    messages = [_messages(s, stages, graph) * MESSAGE_S for s in range(len(stages))]
-
-    def at(b: int) -> list[float]:
-        return [_interpolate(points, row, b) + m for row, m in zip(table, messages)]
-    return at
+def _measured_seconds(graph: Graph, measure, points: list[int]) -> Callable[[int], dict[str, float]]:
+    """Each node's seconds at b, interpolated linearly between its timings at `points` copies."""
+    timed = [measure(b) for b in points]
+    return lambda b: {name: _interpolate(points, [t[name] for t in timed], b) for name in graph.order}
 
 
 def _interpolate(xs: list[int], ys: list[float], x: int) -> float:

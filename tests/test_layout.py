@@ -6,7 +6,7 @@ import pytest
 
 from conftest import mpirun, solve
 from pprs_mpi import layout
-from layout_problems import mlp_graph
+from layout_problems import cheap_then_dense_graph, mlp_graph
 from pprs_mpi.graph import Graph
 from pprs_mpi.layout import LayoutError, choose
 from pprs_mpi.problems import build
@@ -45,6 +45,49 @@ def test_declared_model_matches_its_formula_and_pipelines_heavy_stages():
         assert c.predicted_s == pytest.approx((c.n_microbatches + 1) * max(T), rel=1e-12)
     best = min(chosen.candidates, key=lambda c: c.predicted_s)
     assert chosen.microbatch_size == best.microbatch_size < K
+
+
+def model_seconds(graph: Graph, stages, b: int, M: int) -> float:
+    """The model's time per iteration of `stages` on their own ranks, from its formula (one message each way
+    between consecutive stages of a chain)."""
+    def node(name):
+        return layout.ACTION_S + graph.op(name).macs * layout.MAC_S * (b + layout.EFFICIENT_ROWS)
+    T = [sum(map(node, names)) + (2 if 0 < s < len(stages) - 1 else 1) * layout.MESSAGE_S
+         for s, names in enumerate(stages)]
+    return (M + len(stages) - 1) * max(T)
+
+
+def test_the_planner_groups_nodes_by_their_cost_at_b_not_by_count():
+    """Six cheap nodes, then two 64 × 64 layers: the declared costs (1.0 each) split the nine nodes 4 | 5; the
+    planner weighs every candidate b with its own grouping, and the one it keeps is the best contiguous split
+    of all (found here by trying every cut) and faster by the model than the declared one."""
+    graph, K = cheap_then_dense_graph(), 64
+    declared = graph.stages(2)
+    chosen = choose(layout.AUTO, K, declared, graph, True, 10**6, regroup=lambda costs: graph.stages(2, costs))
+    b, M = chosen.microbatch_size, -(-K // chosen.microbatch_size)
+    order = graph.order
+    every_cut = [(order[:i], order[i:]) for i in range(1, len(order))]
+    best = min(every_cut, key=lambda stages: model_seconds(graph, stages, b, M))
+    assert chosen.stages == best != tuple(declared) and [len(s) for s in declared] == [4, 5]
+    kept = next(c for c in chosen.candidates if c.microbatch_size == b)
+    assert kept.predicted_s == pytest.approx(model_seconds(graph, best, b, M), rel=1e-12)
+    assert kept.predicted_s < model_seconds(graph, declared, b, M)
+    assert kept.nodes_per_stage == tuple(map(len, best)) and "grouped into stages" in chosen.rule
+    given = choose(4, K, declared, graph, True, 10**6, regroup=lambda costs: graph.stages(2, costs))
+    assert given.microbatch_size == 4 and given.stages == min(
+        every_cut, key=lambda stages: model_seconds(graph, stages, 4, K // 4))
+
+
+def test_the_grouping_reaches_the_trace_and_declared_keeps_the_old_one(tmp_trace):
+    """At b = 64 a dense layer costs more than three cheap nodes: the planner's grouping is 6 | 3."""
+    args = ["--problem", "tests/layout_problems.py:cheap_then_dense", "--stages", "2", "-K", "64",
+            "--microbatch-size", "64", "--iters", "2", "--eval-every", "0", "--quiet"]
+    assert main([*args, "--out", tmp_trace("auto.h5")]) == 0
+    assert main([*args, "--balance", "declared", "--out", tmp_trace("declared.h5")]) == 0
+    auto, declared = load(tmp_trace("auto.h5")), load(tmp_trace("declared.h5"))
+    assert np.bincount(auto.graph["stage_of"]).tolist() == [6, 3]
+    assert np.bincount(declared.graph["stage_of"]).tolist() == [4, 5]
+    assert np.array_equal(auto.result["y"], declared.result["y"])  # the grouping never changes the iterates
 
 
 def test_cheap_stages_keep_one_microbatch_even_on_several_ranks():
