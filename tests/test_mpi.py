@@ -53,7 +53,7 @@ def test_1f1b_bounds_the_kept_activations_by_the_depth_and_message_buffers_do_no
     """3 ranks, 2 nodes each: GPipe keeps every microbatch's inputs (K per node), 1F1B at most P − s
     microbatches on rank s; receive buffers are a window per channel, whatever K. Serial agrees."""
     args = ["--problem", "lad", "--depth", "6", "--iters", "2", "--microbatch-size", "1", "--quiet", "--dim", "6",
-            "--rows", "8"]
+            "--rows", "8", "--balance", "declared"]  # two nodes each (the planner would move 1F1B's boundaries)
     peaks, buffers = {}, {}
     for schedule in ("gpipe", "1f1b"):
         for K in (16, 64):
