@@ -1,24 +1,26 @@
 """The CPU job script on a two-node Slurm (tests/slurm/cluster.sh start-two-nodes): nodes pprs-n1 and pprs-n2,
 each its own network, UTS and mount namespace, joined by a bridge. Two ranks per node, under srun's PMIx and
 under Open MPI's mpirun: bitwise the serial engine's run; `scontrol requeue` resumes bitwise; a node lost
-(kill -9 of everything on it) never ends the job as done.
+(kill -9 of everything on it) never ends the job as done: it fails, or with a checkpoint it is requeued and
+resumes bitwise once the node is back.
 
 The cluster is started here, in $PPRS_SLURM_TWO_NODES_DIR (.ci/run sets it, and stops it on exit whatever
 happens here) or in a folder of pytest's, and stopped after the last test. Where Slurm or namespaces are
-missing the tests skip with the reason; with PPRS_REQUIRE_SLURM=1 (CI) they fail instead. The lost node is
-the last test: the cluster is one node short after it. Every wait has a deadline.
+missing the tests skip with the reason; with PPRS_REQUIRE_SLURM=1 (CI) they fail instead. A node killed by a
+test is started again before the next. Every wait has a deadline.
 """
 
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pprs_mpi.solve import main
-from pprs_mpi.trace import load
+from pprs_mpi.trace import TraceError, load
 from test_slurm import CLUSTER, DONE, PROBLEM, ROOT, Client, same_iterates, wait_for_rows
 
 pytestmark = [pytest.mark.slurm, pytest.mark.mpi]
@@ -107,17 +109,78 @@ def test_scontrol_requeue_resumes_bitwise_on_both_nodes(cluster, tmp_path):
     assert same_iterates(trace, serial_with_four_stages(tmp_path, LONG))
 
 
-def test_a_lost_node_is_never_reported_done(two_nodes, cluster, tmp_path):
-    """Everything on pprs-n2 killed (slurmd, Open MPI's daemon, ranks 2 and 3) under LAUNCHER=mpirun, whose
-    mpirun exits 0 when it loses a node's daemon; no checkpoint to resume from (CHECKPOINT_EVERY=0), so the
-    job fails instead of requeueing. Last in this file: the node stays dead."""
+class NodeLoss:
+    """kill(): kill -9 of everything on pprs-n2 (slurmd, Open MPI's daemon, ranks 2 and 3), as when the node dies;
+    revive(): its slurmd started again, as after a reboot, once Slurm has both nodes idle."""
+
+    def __init__(self, directory):
+        self.directory, self.dead = directory, False
+
+    def kill(self):
+        result = _cluster(self.directory, "kill-node", NODES[1])
+        assert result.returncode == 0, result.stderr
+        self.dead = True
+
+    def revive(self):
+        result = _cluster(self.directory, "revive-node", NODES[1])
+        assert result.returncode == 0, result.stderr
+        self.dead = False
+
+
+@pytest.fixture
+def node_loss(two_nodes, cluster):
+    """A NodeLoss; a node left dead is revived after the test (its jobs cancelled first), so the cluster is whole."""
+    loss = NodeLoss(two_nodes)
+    yield loss
+    if loss.dead:
+        cluster.command("scancel", *cluster.jobs, check=False)
+        loss.revive()
+
+
+def wait_for_checkpoint(trace: Path, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if trace.exists() and load(trace).has_checkpoint:
+                return
+        except TraceError:
+            pass  # being created, or locked by the writer for a moment
+        time.sleep(0.2)
+    raise AssertionError(f"{trace} got no checkpoint in {timeout} s")
+
+
+def test_a_lost_node_without_a_checkpoint_fails_the_job(cluster, node_loss, tmp_path):
+    """Under LAUNCHER=mpirun, whose mpirun exits 0 when it loses a node's daemon ('PRTE has lost communication');
+    nothing to resume from (CHECKPOINT_EVERY=0), so the job fails instead of requeueing."""
     out = tmp_path / "run.h5"
     job = cluster.sbatch("pprs_cpu.slurm", *TWO_BY_TWO, ITERS=10_000_000, OUT=out, LAUNCHER="mpirun",
                          CHECKPOINT_EVERY=0, **PROBLEM)
     wait_for_rows(out)
-    killed = _cluster(two_nodes, "kill-node", NODES[1])
-    assert killed.returncode == 0, killed.stderr
+    node_loss.kill()
     record = cluster.wait(job, lambda r: r["-"]["ExitCode"] != "0:0" or r["-"]["JobState"] in DONE)["-"]
     text = cluster.log(f"*-{job}.out")
     assert record["JobState"] != "COMPLETED" and record["ExitCode"] != "0:0", text
     assert "done:" not in text and load(out).status != "completed"
+
+
+def test_a_lost_node_after_a_checkpoint_requeues_the_job_and_it_resumes_bitwise(cluster, node_loss, tmp_path):
+    """The same loss after a checkpoint: the script requeues the job itself (Slurm would not: it marks the node
+    down only after SlurmdTimeout), and once the node is back the job resumes and ends where the serial run ends."""
+    out = tmp_path / "run.h5"
+    job = cluster.sbatch("pprs_cpu.slurm", *TWO_BY_TWO, ITERS=LONG, OUT=out, LAUNCHER="mpirun", CHECKPOINT_EVERY=50,
+                         **PROBLEM)
+    wait_for_checkpoint(out)
+    node_loss.kill()
+    deadline = time.monotonic() + 120  # not cluster.wait, which would start the requeued job on the dead node
+    while cluster.records(job)["-"]["Restarts"] != "1":
+        assert time.monotonic() < deadline, f"job {job} was not requeued: {cluster.log(f'*-{job}.out')}"
+        time.sleep(0.5)
+    assert load(out).status != "completed"
+    node_loss.revive()
+    record = cluster.wait_done(job, timeout=180)["-"]
+    text = cluster.log(f"*-{job}.out")
+    assert (record["JobState"], record["ExitCode"], record["Restarts"]) == ("COMPLETED", "0:0", "1"), text
+    assert "ranks were lost" in text and f"requeueing job {job}" in text and "resuming" in text, text
+    trace = load(out)
+    assert trace.status == "completed" and trace.attrs["resumes"] == 1
+    assert same_iterates(trace, serial_with_four_stages(tmp_path, LONG))

@@ -7,6 +7,7 @@
 #   tests/slurm/cluster.sh start-two-nodes  # two nodes (below); clients run as DIR/client COMMAND...
 #   tests/slurm/cluster.sh status           # exit 0 when the cluster answers
 #   tests/slurm/cluster.sh kill-node NODE   # kill -9 every process of NODE (two nodes): a node that died
+#   tests/slurm/cluster.sh revive-node NODE # NODE's slurmd again, as after a reboot, until the node is idle
 #   tests/slurm/cluster.sh stop             # stop every daemon it started, cancelling its jobs first
 #
 # DIR is $PPRS_SLURM_DIR (default /tmp/pprs-slurm): the munge key and socket, slurm.conf (from
@@ -177,7 +178,7 @@ echo ready
 exec sleep infinity'
 
 start_two_nodes() {
-    local started ctl node netns i=0 shared=() path holder
+    local started ctl node netns i=0 shared=() path
     started=$(date +%s.%N)
     if status; then log "already running: . $DIR/env; $DIR/client COMMAND..."; return 0; fi
     prepare munged slurmctld slurmd scontrol ip nsenter unshare || return 2
@@ -225,11 +226,25 @@ start_two_nodes() {
             log "cannot make $node's UTS and mount namespaces: $(cat "$DIR/$node.holder.log")"
             return 2
         fi
-        holder=$(pid_of "$node.holder" sleep) || { log "$node's holder died"; return 2; }
-        nsenter -t "$holder" --net --uts --mount -- slurmd -f "$SLURM_CONF" -N "$node" \
-            || { log "slurmd failed on $node: $DIR/slurmd-$node.log"; return 2; }
+        start_slurmd "$node" || return 2
     done
     wait_up "$started" "nodes ${TWO_NODES[*]} ($CPUS CPUs each) in network namespaces $NETNS-*"
+}
+
+# start_slurmd NODE: slurmd of NODE (two nodes), in the namespaces of the node's holder
+start_slurmd() {
+    local holder
+    holder=$(pid_of "$1.holder" sleep) || { log "no node $1 here (or its holder died)"; return 2; }
+    SLURM_CONF="$DIR/slurm.conf" nsenter -t "$holder" --net --uts --mount -- slurmd -f "$DIR/slurm.conf" -N "$1" \
+        || { log "slurmd failed on $1: $DIR/slurmd-$1.log"; return 2; }
+}
+
+# revive_node NODE: NODE back after kill-node, as after a reboot: its slurmd again, until Slurm has it idle
+revive_node() {
+    local started
+    started=$(date +%s.%N)
+    start_slurmd "$1" || return 2
+    wait_up "$started" "$1 again"
 }
 
 # kill_node NODE: kill -9 every process in NODE's namespaces (its slurmd, job steps and ranks) but the holder
@@ -245,8 +260,22 @@ kill_node() {
     log "killed $node: $(echo "$pids" | wc -w) processes"
 }
 
+# stop_daemons NAME...: TERM to the daemons whose pid files are DIR/NAME.pid, then up to 5 s for them to end
+# (kill -9 after that)
+stop_daemons() {
+    local name pid stopping=()
+    for name in "$@"; do
+        pid=$(pid_of "$name" "${name%%-*}") || continue
+        kill "$pid" && stopping+=("$pid") && log "stopping $name ($pid)"
+    done
+    for pid in "${stopping[@]}"; do
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
+    done
+}
+
 stop() {
-    local name pid node netns pids
+    local node netns pids daemons=()
     if [[ -f "$DIR/slurmctld.log" ]]; then
         log "the cluster ran $(grep -c 'sched: Allocate JobId=' "$DIR/slurmctld.log") job starts"
     fi
@@ -257,13 +286,10 @@ stop() {
             sleep 0.2
         done
     fi
-    for name in $(for node in $(nodes); do echo "slurmd-$node"; done) slurmctld munged; do
-        pid=$(pid_of "$name" "${name%%-*}") || continue
-        kill "$pid"
-        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid"; fi
-        log "stopped $name ($pid)"
-    done
+    # the Slurm daemons together (each takes a second or two), then munged, which they use until they end
+    for node in $(nodes); do daemons+=("slurmd-$node"); done
+    stop_daemons ${daemons[@]+"${daemons[@]}"} slurmctld
+    stop_daemons munged
     while read -r netns; do  # two nodes: whatever still runs in the namespaces, holders included
         [[ -n "$netns" && -e "/run/netns/$netns" ]] || continue
         pids=$(ip netns pids "$netns")
@@ -280,7 +306,9 @@ case "${1:-}" in
     start) start ;;
     start-two-nodes) start_two_nodes ;;
     kill-node) kill_node "${2:?kill-node NODE}" ;;
+    revive-node) revive_node "${2:?revive-node NODE}" ;;
     stop) stop ;;
     status) status ;;
-    *) log "usage: tests/slurm/cluster.sh install|start|start-two-nodes|status|kill-node NODE|stop"; exit 2 ;;
+    *) log "usage: tests/slurm/cluster.sh install|start|start-two-nodes|status|kill-node NODE|revive-node NODE|stop"
+       exit 2 ;;
 esac
