@@ -43,7 +43,8 @@ def two_nodes(tmp_path_factory):
               *(Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).is_dir())}
     missing = [tool for tool in ("slurmctld", "ip", "nsenter", "unshare") if shutil.which(tool) is None]
     if missing or os.geteuid() != 0:
-        started, reason = None, (f"not installed: {', '.join(missing)}" if missing else "a Slurm node must run as root")
+        started, reason = None, (f"not installed: {', '.join(missing)} (tests/slurm/cluster.sh install; apt-get "
+                                 "install iproute2 util-linux)" if missing else "a Slurm node must run as root")
     else:
         started = _cluster(directory, "start-two-nodes", shared=sorted(map(str, shared)))
         reason = f"tests/slurm/cluster.sh start-two-nodes failed: {started.stderr.strip()}"
@@ -61,6 +62,7 @@ def two_nodes(tmp_path_factory):
 
 @pytest.fixture
 def cluster(two_nodes, tmp_path):
+    """A client of the two-node cluster working in tmp_path; cancels the jobs it submitted at the end."""
     client = Client(two_nodes / "slurm.conf", tmp_path, via=[two_nodes / "client"])
     # mpirun maps the ranks as Slurm placed the tasks: an oversubscribing mapping policy puts all on the first node
     client.env.pop("PRTE_MCA_rmaps_default_mapping_policy")
