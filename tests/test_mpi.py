@@ -120,6 +120,19 @@ def test_a_lost_rank_is_named_and_the_trace_says_failed_under_ulfm(tmp_trace):
     assert load(tmp_trace()).status == "failed"
 
 
+def test_only_rank_0_learns_every_ranks_host():
+    """The host names a rank can put in a LostRank line: all of them on rank 0, which prints the job's line;
+    elsewhere only its own, rank 0's and its peers' (O(P) bytes in all; every rank once got all P names)."""
+    import sys
+    from pathlib import Path
+    from conftest import run
+    here = Path(__file__).parent
+    result = run(["mpirun", "-n", "4", sys.executable, str(here / "host_table_run.py")], env={"PYTHONPATH": str(here)},
+                 timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["0: 0 1 2 3", "1: 0 1 2", "2: 0 1 2 3", "3: 0 2 3"]
+
+
 def test_minimize_under_mpirun_raises_the_same_run_failed_on_every_rank_and_the_sweep_goes_on(tmp_path):
     """The Python API does not abort the job: rank 2's error reaches every rank (through rank 0, which marks
     the trace failed), each leaves the engine and raises RunFailed with the same line, and the next solve
