@@ -139,7 +139,8 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
     candidates = {b: Candidate(b, -(-K // b), predict(grouped, b), tuple(map(len, grouped)))
                   for b, grouped in groupings.items()}
     b = min(candidates.values(), key=lambda c: (c.predicted_s, -c.microbatch_size)).microbatch_size
-    if regroup is not None and simulating:  # the best b's stage boundaries moved while its simulated time falls
+    searching = regroup is not None and simulating and _contiguous(groupings[b], graph)
+    if searching:  # the best b's stage boundaries moved while its simulated time falls
         groupings[b], predicted = _improve(groupings[b], lambda grouped: predict(grouped, b))
         candidates[b] = Candidate(b, -(-K // b), predicted, tuple(map(len, groupings[b])))
     if fixed is not None:
@@ -149,8 +150,14 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
         rule += ", its schedule simulated"
     if regroup is not None and P > 1:
         rule += ", nodes grouped into stages by the same model" + (
-            " and moved while the simulated time falls" if simulating else "")
+            " and moved while the simulated time falls" if searching else "")
     return Layout(b, rule, tuple(candidates.values()), groupings[b] if regroup else None)
+
+
+def _contiguous(stages: tuple, graph: Graph) -> bool:
+    """Whether the stages are consecutive runs of the topological order (a schedule's own placement may not be,
+    and its grouping then stands)."""
+    return [name for group in stages for name in group] == list(graph.order)
 
 
 def _simulable(P: int, Ms: list[int], nodes: int) -> bool:

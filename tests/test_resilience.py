@@ -129,7 +129,7 @@ def test_injected_fault_fails_the_trace_and_the_last_checkpoint_resumes(tmp_trac
 def test_comm_timeout_names_the_peer_and_ends_the_job(tmp_trace):
     begun = time.monotonic()
     result = mpirun(3, *RUN, "--iters", "50", "--inject-fault", "1:3:hang", "--comm-timeout", "2",
-                    "--out", tmp_trace(), timeout=60)
+                    "--balance", "declared", "--out", tmp_trace(), timeout=60)  # rank 0's peer is the hung rank 1
     assert result.returncode != 0 and time.monotonic() - begun < 30
     assert "waited more than 2 s for" in result.stderr and "from rank 1" in result.stderr
     assert load(tmp_trace()).status == "failed"
