@@ -11,8 +11,9 @@ import pytest
 
 from pprs_mpi import problems
 from pprs_mpi.check import check_graph
-from pprs_mpi.experiments import depth, inprocess, lowerbounds
+from pprs_mpi.experiments import depth, inprocess, lowerbounds, nonconvex
 from pprs_mpi.experiments.__main__ import main as experiments_main
+from pprs_mpi.experiments.runner import ExperimentError
 from pprs_mpi.problems import Problem
 from pprs_mpi.problems.worstcase import difference_matrix, span_bound
 
@@ -117,3 +118,49 @@ def test_depth_and_lowerbounds_quick_runs_write_their_documents(tmp_path, capsys
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all("error" in line for line in errors)
     assert lowerbounds.judged({"error": [1.0, 0.5], "bound": [1.0, 0.6], "time": [0, 10]})["first_below"] == 10
+
+
+def test_nonconvex_quick_run_measures_the_walk_to_the_band(tmp_path):
+    """On `ring` (D = 1, r = 0.3) PPRS with Theorem 4's preset reaches f ≤ r after about (D − r)/η iterations (the
+    straight walk: the smoothed gradient is nearly a unit vector away from the sphere), far inside the preset's T;
+    an ε at or above the floor √(1 − r²/(ρ + r)²) is refused, since T_(r,ε) would then be another event."""
+    assert experiments_main(["nonconvex", "--quick", "--out", str(tmp_path), "--docs", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "nonconvex.json").read_text())["rows"][0]
+    walk = (row["D"] - row["r"]) / row["lr"]
+    assert all(walk <= h <= 1.2 * walk + 1 for h in row["hits"]) and max(row["hits"]) < row["T_bound"]
+    assert "every seed reached T_(r,ε) within the bound" in (tmp_path / "nonconvex.md").read_text()
+    proto = {**nonconvex.QUICK, "eps": [0.99]}
+    with pytest.raises(ExperimentError, match="not below the floor"):
+        nonconvex.measure(proto)
+
+
+def _min_norm_in_hull(vectors: np.ndarray, steps: int = 3000) -> float:
+    """Frank-Wolfe on the simplex: the smallest norm of a convex combination of the rows of `vectors`."""
+    point = vectors[0].copy()
+    for k in range(steps):
+        vertex = vectors[np.argmin(vectors @ point)]
+        point += 2 / (k + 2) * (vertex - point)
+    return float(np.linalg.norm(point))
+
+
+@pytest.mark.parametrize("z_norm, r, expected", [(2.0, 0.5, math.sqrt(1 - 0.25 / 4)), (1.2, 0.3, 0.0),
+                                                 (0.2, 0.3, 0.0), (0.5, 0.2, math.sqrt(1 - 0.04 / 0.25))])
+def test_ring_clarke_subdifferential_closed_form_against_sampled_gradients(z_norm, r, expected):
+    """The closed-form smallest norm of the Clarke r-subdifferential of |‖z‖ − 1| against the hull of the engine's
+    own gradients at 100 of 4000 points drawn in the ball (its boundary included), in d = 3 through a depth-4 graph."""
+    built = problems.build("ring", depth=4, dim=3, problem_seed=2, ring_radius=1.0, gap=1.0)
+    assert all(c.ok for c in check_graph(built.graph, x0=np.random.default_rng(0).standard_normal(3)))
+    graph_z = built.theta_star / np.linalg.norm(built.theta_star)  # θ* lies on the sphere, 2 from the centre's image
+    centre = 2 * built.theta_star  # θ whose z is 0: θ* is halfway (‖c‖ = ρ + D = 2ρ)
+    x = centre - graph_z * z_norm  # a point with ‖z‖ = z_norm
+    rng = np.random.default_rng(1)
+    directions = rng.standard_normal((4000, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    points = x + r * directions * rng.uniform(0.0, 1.0, (4000, 1)) ** (1 / 3)
+    points[:2000] = x + r * directions[:2000]  # the boundary, where the hull's closest point lives
+    grads = np.array([x0 - inprocess.solve_curve(Problem("ring", built.graph, x0=x0), algo="gd", lr=1.0,
+                                                 iters=1)["y"] for x0 in points[::40]])
+    assert np.allclose(np.linalg.norm(grads, axis=1), 1.0)  # unit gradients off the sphere
+    from pprs_mpi.problems.ring import clarke_min_norm
+    assert float(clarke_min_norm(z_norm, 1.0, r)) == pytest.approx(expected)
+    assert _min_norm_in_hull(grads) == pytest.approx(expected, abs=0.03)
