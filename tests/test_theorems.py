@@ -11,7 +11,7 @@ import pytest
 
 from pprs_mpi import problems
 from pprs_mpi.check import check_graph
-from pprs_mpi.experiments import depth, inprocess, lowerbounds, nonconvex
+from pprs_mpi.experiments import depth, inprocess, lowerbounds, nonconvex, reproduction
 from pprs_mpi.experiments.__main__ import main as experiments_main
 from pprs_mpi.experiments.runner import ExperimentError
 from pprs_mpi.problems import Problem
@@ -118,6 +118,11 @@ def test_depth_and_lowerbounds_quick_runs_write_their_documents(tmp_path, capsys
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 2 and all("error" in line for line in errors)
     assert lowerbounds.judged({"error": [1.0, 0.5], "bound": [1.0, 0.6], "time": [0, 10]})["first_below"] == 10
+    (tmp_path / "d").rename(tmp_path / "depth_lad")  # as under docs/data: reproduction --theorems rebuilds and links
+    (tmp_path / "l").rename(tmp_path / "lowerbounds")
+    linked = reproduction.theorem_lines(tmp_path, tmp_path / "rebuilt")
+    assert [line.split("](")[1] for line in linked if line.startswith("- [")] == ["depth_lad.md)", "lowerbounds.md)"]
+    assert (tmp_path / "rebuilt" / "lowerbounds.md").read_text() == text
 
 
 def test_nonconvex_quick_run_measures_the_walk_to_the_band(tmp_path):

@@ -7,8 +7,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 COLOURS = {"PPRS": "#4c72b0", "PPRS (m rows)": "#8da0cb", "GD": "#c44e52", "AGD": "#dd8452", "GPipe": "#55a868",
-           "GPipe+momentum": "#2ca02c",
-           "PPRS μ=0": "#1b3a6b", "AGD μ=0.99": "#937860"}
+           "GPipe+momentum": "#2ca02c"}
 
 
 def depth_png(proto: dict, lines: list[dict], shape: dict, path: Path) -> Path:

@@ -70,8 +70,36 @@ SOURCES = {"fig3": ("summary.h5", "sessions.json", "pairs.json"), "erm": ("summa
            "fig3_paper_lam": ("summary.h5", "sessions.json", "pairs.json"), "rates": ("rates.json",)}
 
 
+THEOREMS = (("depth_lad", "depth.json", "depth", "Theorem 3 against the depth, and §5's finite-sum reading, on the "
+              "planted least absolute deviations"),
+            ("depth_chain_nonsmooth", "depth.json", "depth", "Theorem 3 against the depth on Theorem 2's worst-case "
+             "chain"),
+            ("lowerbounds", "lowerbounds.json", "lowerbounds", "Theorems 1 and 2: every method against the span "
+             "lower bound of the worst-case chains split across Δ nodes"),
+            ("nonconvex", "nonconvex.json", "nonconvex", "Theorem 4: T_(r,ε) along PPRS runs with its preset, against "
+             "the bound"))
+
+
+def theorem_lines(folder: Path, docs: Path) -> list[str]:
+    """Rebuilds the theorem experiments' documents (docs/<name>.md and figures) from their committed JSON under
+    `folder` (each module's own collect) and links them."""
+    import contextlib
+    import importlib
+    import io
+    lines = ["## Theorems 1–4 and §5 on convex problems", "",
+             "Separate documents, each rebuilt by this command from its committed JSON (its run's scale, machine and "
+             "wall time in its first lines):", ""]
+    for name, source, module, what in THEOREMS:
+        if not (folder / name / source).exists():
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            importlib.import_module(f"pprs_mpi.experiments.{module}").collect(folder / name, docs)
+        lines.append(f"- [{what}]({name}.md)")
+    return lines
+
+
 def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None, docs: Path, command: str,
-          paper_lam: Path | None = None) -> Path:
+          paper_lam: Path | None = None, theorems: Path | None = None) -> Path:
     """Writes docs/reproduction.md, docs/fig3.png, docs/fig3_table.txt (and docs/erm.png, docs/erm_table.txt,
     docs/fig3_paper_lam.png, docs/fig3_paper_lam_table.txt, docs/rates.png) from the sources, copying those into
     docs/data/ when they are elsewhere."""
@@ -117,6 +145,7 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
           if old else []),
         "", *_erm(erm_run),
         "", *_closed_form(checks), "", *_rates(rates_result),
+        *(["", *theorem_lines(theorems, docs)] if theorems else []),
         "", "## Cost and machine", "", "Figure 3: " + " ".join(document.cost_lines(table, sessions)),
         *(["", "ERM: " + " ".join(document.cost_lines(erm_run["table"], erm_run["sessions"]))] if erm_run else []),
         *(["", "Figure 3 at λ = 300: " + " ".join(document.cost_lines(lam_run["table"], lam_run["sessions"]))]
@@ -310,9 +339,12 @@ def main(argv: list[str]) -> int:
                                        "docs/data/fig3_paper_lam)")
     p.add_argument("--earlier", help="an earlier fig3 table.json to re-judge by the same rule "
                                      "(docs/data/fig3_lam300/table.json)")
+    p.add_argument("--theorems", help="the folder holding the theorem experiments' data (depth_lad, "
+                                      "depth_chain_nonsmooth, lowerbounds, nonconvex: docs/data): their documents are "
+                                      "rebuilt and linked")
     p.add_argument("--docs", default="docs", help="where to write reproduction.md and its files (default docs)")
     args = p.parse_args(argv)
     command = "python -m pprs_mpi.experiments reproduction " + " ".join(argv)
     write(Path(args.run), *(Path(v) if v else None for v in (args.rates, args.erm, args.earlier)), Path(args.docs),
-          command, Path(args.paper_lam) if args.paper_lam else None)
+          command, Path(args.paper_lam) if args.paper_lam else None, Path(args.theorems) if args.theorems else None)
     return 0
