@@ -153,7 +153,7 @@ def _min_norm_in_hull(vectors: np.ndarray, steps: int = 3000) -> float:
 def test_ring_clarke_subdifferential_closed_form_against_sampled_gradients(z_norm, r, expected):
     """The closed-form smallest norm of the Clarke r-subdifferential of |‖z‖ − 1| against the hull of the engine's
     own gradients at 100 of 4000 points drawn in the ball (its boundary included), in d = 3 through a depth-4 graph."""
-    built = problems.build("ring", depth=4, dim=3, problem_seed=2, ring_radius=1.0, gap=1.0)
+    built = problems.build("ring", depth=4, dim=3, problem_seed=2, ring_radius=1.0, ring_gap=1.0)
     assert all(c.ok for c in check_graph(built.graph, x0=np.random.default_rng(0).standard_normal(3)))
     graph_z = built.theta_star / np.linalg.norm(built.theta_star)  # θ* lies on the sphere, 2 from the centre's image
     centre = 2 * built.theta_star  # θ whose z is 0: θ* is halfway (‖c‖ = ρ + D = 2ρ)

@@ -39,7 +39,7 @@ def measure(proto: dict) -> dict:
     rows, started = [], time.time()
     for d in proto["dims"]:
         args = {"depth": proto["graph_depth"], "dim": d, "problem_seed": 0, "ring_radius": proto["ring_radius"],
-                "gap": proto["gap"]}
+                "ring_gap": proto["gap"]}
         problem = problems.build("ring", **args)
         D = problem.radius
         for r in proto["rs"]:

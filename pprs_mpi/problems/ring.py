@@ -1,6 +1,7 @@
 """A planted non-convex, non-smooth objective whose Clarke r-subdifferential is known in closed form (Theorem 4).
 
     f(θ) = | ‖Qθ − c‖ − ρ |,   Q orthogonal (a chain of depth − 2 random rotations), ‖c‖ = ρ + D
+    (ρ = --ring-radius, D = --ring-gap)
 
 f is 1-Lipschitz, f* = 0 on the sphere ‖Qθ − c‖ = ρ (a non-convex set of minimisers), f(0) − f* = D. Its gradient
 at z = Qθ − c ≠ 0 off the sphere is sign(‖z‖ − ρ)·Qᵀz/‖z‖, a unit vector, so the Clarke r-subdifferential at θ
@@ -48,18 +49,18 @@ class RingDistance(Op):
 
 PARAMETERS = {**{name: COMMON[name] for name in ("depth", "dim", "problem_seed")},
               "ring_radius": Parameter(float, 1.0, "ring: ρ, the radius of the sphere of minimisers"),
-              "gap": Parameter(float, 1.0, "ring: D = f(0) − f*, the start's distance to the sphere")}
+              "ring_gap": Parameter(float, 1.0, "ring: D = f(0) − f*, the start's distance to the sphere")}
 
 
-def ring(depth: int, dim: int, problem_seed: int, ring_radius: float, gap: float) -> Problem:
+def ring(depth: int, dim: int, problem_seed: int, ring_radius: float, ring_gap: float) -> Problem:
     if not 3 <= depth <= 10_000 or dim < 1:
         raise GraphError(f"ring needs 3 <= depth <= 10000 and dim >= 1, got depth={depth}, dim={dim}")
-    if not (ring_radius > 0 and gap > 0):
-        raise GraphError(f"ring_radius and gap must be > 0, got {ring_radius} and {gap}")
+    if not (ring_radius > 0 and ring_gap > 0):
+        raise GraphError(f"ring_radius and ring_gap must be > 0, got {ring_radius} and {ring_gap}")
     rng = np.random.default_rng(problem_seed)
     layers = [np.linalg.qr(rng.standard_normal((dim, dim)))[0] for _ in range(depth - 2)]
     direction = rng.standard_normal(dim)
-    centre = (ring_radius + gap) * direction / np.linalg.norm(direction)
+    centre = (ring_radius + ring_gap) * direction / np.linalg.norm(direction)
     nodes, parent = [], "theta"
     for i, Q in enumerate(layers):
         nodes.append(Node(f"rotate{i}", Affine(Q, -centre if i == len(layers) - 1 else None), (parent,)))
@@ -67,7 +68,7 @@ def ring(depth: int, dim: int, problem_seed: int, ring_radius: float, gap: float
     nodes.append(Node("ring", RingDistance(ring_radius), (parent,)))
     Q = np.linalg.multi_dot([*reversed(layers), np.eye(dim)]) if len(layers) > 1 else layers[0]
     star = Q.T @ (centre * (1 - ring_radius / np.linalg.norm(centre)))  # the minimiser nearest to θ0 = 0
-    return Problem("ring", Graph(dim, nodes), np.zeros(dim), 0.0, star, lipschitz=1.0, radius=gap)
+    return Problem("ring", Graph(dim, nodes), np.zeros(dim), 0.0, star, lipschitz=1.0, radius=ring_gap)
 
 
 def clarke_min_norm(z_norm, ring_radius: float, r: float) -> np.ndarray:
