@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from pprs_mpi.experiments import verdict
+from pprs_mpi.experiments import stats, verdict
 from pprs_mpi.experiments.document import scale_lines
 from pprs_mpi.experiments.fig3 import span
 from pprs_mpi.schedule import ideal_makespan
@@ -82,16 +82,18 @@ def _mu_scope(fig3: dict, lam300: dict | None, earlier: dict | None) -> str:
             continue
         c = verdict.against_the_method([x for x in found if (x["depth"], x["budget"]) == (depth, budget)
                                         and x["method"] in pick["PPRS +momentum"] and x["against"] in pick["baseline"]])
-        parts.append(f"Δ = {depth}: {c['method']} vs {c['against']} lower on {c['lower']}/{c['pairs']} pairs, median "
-                     f"{c['median']:+.3g}, sign test p = {c['sign_p']:.2g}")
+        zero = next(x for x in found if x["main"] and x["depth"] == depth)
+        parts.append(f"Δ = {depth}: {c['method']} vs {c['against']} {stats.outcome(c, c['sign_p'])} (lower on "
+                     f"{c['lower']}/{c['pairs']} pairs, median {c['median']:+.3g}, sign test p = {c['sign_p']:.2g}), "
+                     f"where μ = 0 ({zero['method']}) was {zero['outcome']} (lower on {zero['lower']}/{zero['pairs']})")
     p = earlier["protocol"]
     return text + (" The only momentum rows this project has are the earlier λ = 300 run's (commit 0c38934, "
                    f"{earlier['pair_counts']['tune']['attackable']} attackable tuning pairs, the old grid, budgets "
                    + ", ".join(f"Δ = {d}: {b:,}" for d, b in p["budgets"].items()) + "): its tuning-chosen PPRS "
                    "+momentum against its tuning-chosen best baseline, the same rule as a main comparison but not "
-                   "pre-declared: " + "; ".join(parts) + ". With momentum, PPRS was below AGD where μ = 0 was "
-                   "above it; the momentum rows were not rerun under the current protocol (issue #31 item 1: "
-                   "not done, for lack of compute).")
+                   "pre-declared: " + "; ".join(parts) + ". The momentum rows were not rerun under the current "
+                   "protocol (issue #31 item 1: not done, for lack of compute), so whether PPRS with momentum beats "
+                   "AGD there is open.")
 
 
 def _ties_text(tables: list[dict]) -> str:

@@ -86,7 +86,7 @@ def theorem_lines(folder: Path, docs: Path) -> list[str]:
     import contextlib
     import importlib
     import io
-    lines = ["## Theorems 1–4 and §5 on convex problems", "",
+    lines = ["## Theorems 1–4 and §5 on problems with known structure", "",
              "Separate documents, each rebuilt by this command from its committed JSON (its run's scale, machine and "
              "wall time in its first lines):", ""]
     for name, source, module, what in THEOREMS:
