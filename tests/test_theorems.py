@@ -120,6 +120,11 @@ def test_depth_and_lowerbounds_quick_runs_write_their_documents(tmp_path, capsys
     assert lowerbounds.judged({"error": [1.0, 0.5], "bound": [1.0, 0.6], "time": [0, 10]})["first_below"] == 10
     (tmp_path / "d").rename(tmp_path / "depth_lad")  # as under docs/data: reproduction --theorems rebuilds and links
     (tmp_path / "l").rename(tmp_path / "lowerbounds")
+    found = reproduction._finite_sum(tmp_path)  # §5's ratios, by hand: PPRS 2(Km + Δ − 1) against GPipe 2(m + Δ − 1)
+    row = data["rows"][-1]
+    P, G = row["iters"]["PPRS"], min(row["iters"]["GD"], row["iters"]["AGD"])
+    assert found["ratios"][-1]["ratios"] == pytest.approx(
+        [P * (row["K"] * 8 + D - 1) / (G * (8 + D - 1)) for D in (8, 80, 800)])
     linked = reproduction.theorem_lines(tmp_path, tmp_path / "rebuilt")
     assert [line.split("](")[1] for line in linked if line.startswith("- [")] == ["depth_lad.md)", "lowerbounds.md)"]
     assert (tmp_path / "rebuilt" / "lowerbounds.md").read_text() == text

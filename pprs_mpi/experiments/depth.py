@@ -271,25 +271,37 @@ def reading(rows: list[dict], depths: list[int], problem: str) -> list[str]:
     return out
 
 
+FINITE_SUM_DEPTHS = (1, 10, 100)  # Δ = m (m ≈ Δ), 10m and 100m (m ≪ Δ)
+
+
+def finite_sum_ratios(rows: list[dict]) -> list[dict]:
+    """§5 (eq. 16) on the finite-sum reading: per (d, ε) row, PPRS's time to ε (K·m inputs per iteration) over the
+    faster GPipe's (GD or AGD, m inputs) at Δ = m, 10m, 100m (None where one never reached ε); < 1: PPRS sooner."""
+    found = []
+    for row in (row for row in rows if "GPipe" in row["iters"]):
+        iters, ratios = iterations(row), []
+        for D in (k * row["m"] for k in FINITE_SUM_DEPTHS):
+            gpipe = [iters[g] * per_iteration(g, row["K"], row["m"], D) for g in ("GPipe", "GPipe+momentum")
+                     if iters[g] is not None]
+            pprs = iters["PPRS (m rows)"]
+            ratios.append(None if pprs is None or not gpipe
+                          else pprs * per_iteration("PPRS (m rows)", row["K"], row["m"], D) / min(gpipe))
+        found.append({"d": row["d"], "m": row["m"], "eps_rel": row["eps_rel"], "ratios": ratios})
+    return found
+
+
 def finite_sum(rows: list[dict]) -> list[str]:
-    """§5 (eq. 16) on the finite-sum reading: PPRS pipelining K·m inputs against GPipe (GD or AGD, the faster at
-    each Δ) at m ≪ Δ and m ≈ Δ, as the ratio of their times to ε (< 1: PPRS sooner)."""
-    mine = [row for row in rows if "GPipe" in row["iters"]]
-    if not mine:
+    """The §5 table of finite_sum_ratios."""
+    found = finite_sum_ratios(rows)
+    if not found:
         return []
     out = ["", "§5, eq. (16), on this convex finite sum (the m = 2d rows read as examples): time to ε of PPRS "
            "(Theorem 3's preset, K·m inputs per iteration) over that of the faster GPipe (GD or AGD, m inputs, best "
            "step in hindsight), at Δ = m (m ≈ Δ) and Δ = 10m, 100m (m ≪ Δ); < 1: PPRS reaches ε sooner.", "",
            "| d | m | ε/(LR) | Δ = m | Δ = 10m | Δ = 100m |", "|---|---|---|---|---|---|"]
-    for row in mine:
-        iters, cells = iterations(row), []
-        for D in (row["m"], 10 * row["m"], 100 * row["m"]):
-            gpipe = [iters[g] * per_iteration(g, row["K"], row["m"], D) for g in ("GPipe", "GPipe+momentum")
-                     if iters[g] is not None]
-            pprs = iters["PPRS (m rows)"]
-            cells.append("–" if pprs is None or not gpipe else
-                         f"{pprs * per_iteration('PPRS (m rows)', row['K'], row['m'], D) / min(gpipe):.3g}")
-        out.append(f"| {row['d']} | {row['m']} | {row['eps_rel']:g} | " + " | ".join(cells) + " |")
+    for x in found:
+        out.append(f"| {x['d']} | {x['m']} | {x['eps_rel']:g} | "
+                   + " | ".join("–" if v is None else f"{v:.3g}" for v in x["ratios"]) + " |")
     return out
 
 

@@ -28,7 +28,7 @@ LAM_HISTORY = ("λ = 6.25 (the paper's 300 scaled by this network's d = 64 over 
 
 
 def reading_lines(fig3: dict, lam300: dict | None, erm: dict | None, earlier: dict | None,
-                  rates: dict | None) -> list[str]:
+                  rates: dict | None, finite_sum: dict | None = None) -> list[str]:
     """'How to read this document': the scope of every verdict, computed from the tables."""
     lines = ["## How to read this document", ""]
     mains = [c for t in (fig3, lam300) if t for c in t["comparisons"] if c["main"]]
@@ -46,6 +46,8 @@ def reading_lines(fig3: dict, lam300: dict | None, erm: dict | None, earlier: di
                  "alphabetical order decides anything. " + _ties_text([t for t in (fig3, lam300, erm) if t]))
     if erm:
         lines.append("- " + _erm_scope(erm))
+    if finite_sum:
+        lines.append("- " + _finite_sum_text(finite_sum))
     if rates:
         lines.append("- " + _rates_weakness(rates))
     return lines
@@ -121,6 +123,21 @@ def _erm_scope(table: dict) -> str:
             f"the shots to loss ≤ {level:g} in " + ", ".join(iters) + " iterations (mean tuning curve), so the "
             "regime where the paper says PPRS wins is never reached. Its verdicts below are reported as measured "
             "but read \"not tested in the claim's regime\", not \"not supported\".")
+
+
+def _finite_sum_text(result: dict) -> str:
+    """§5 on a convex finite sum (experiments depth on lad, the rows as examples): PPRS over GPipe's time to ε."""
+    found = result["ratios"]
+    ratios = [v for x in found for v in x["ratios"] if v is not None]
+    deep = [x["ratios"][-1] for x in found if x["ratios"][-1] is not None]
+    return ("**§5 on a convex finite sum** (`depth_lad.md`: least absolute deviations over m = 2d rows read as "
+            f"examples, d ≤ {max(x['d'] for x in found)}, ε down to {min(x['eps_rel'] for x in found):g}·LR, so "
+            "m ≪ Δ and d ≪ (RL/ε)⁴ hold at the largest Δ): PPRS with Theorem 3's accelerated parameters needs "
+            f"{min(ratios):.3g}–{max(ratios):,.0f} times GPipe's time to ε over Δ = m, 10m, 100m "
+            f"({min(deep):.3g}–{max(deep):.3g} at Δ = 100m): the claim is **not supported** on this problem. It "
+            "is small, untuned for PPRS and tuned in hindsight for GPipe (no held-out split), and the problem is "
+            f"sharp (GD's iterations grow like (RL/ε)^{result['gd_exponent']:.2f}, not the worst case's (RL/ε)²); see "
+            "that document.")
 
 
 def _rates_weakness(result: dict) -> str:

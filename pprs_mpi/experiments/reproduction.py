@@ -80,6 +80,19 @@ THEOREMS = (("depth_lad", "depth.json", "depth", "Theorem 3 against the depth, a
              "the bound"))
 
 
+def _finite_sum(theorems: Path | None) -> dict | None:
+    """§5 from the committed depth run on lad (experiments depth), where given: PPRS over GPipe's time ratios and
+    GD's fitted exponent of iterations in RL/ε."""
+    source = theorems / "depth_lad" / "depth.json" if theorems else None
+    if source is None or not source.exists():
+        return None
+    from pprs_mpi.experiments import depth
+    data = _read_json(source, "run `experiments depth --problem lad` first")
+    fitted = [e["exponent"] for e in depth.exponents(depth.lines(data["rows"], data["protocol"]["depths"]))
+              if (e["method"], e["in"]) == ("GD", "RL/ε")]
+    return {"ratios": depth.finite_sum_ratios(data["rows"]), "gd_exponent": float(np.mean(fitted))}
+
+
 def theorem_lines(folder: Path, docs: Path) -> list[str]:
     """Rebuilds the theorem experiments' documents (docs/<name>.md and figures) from their committed JSON under
     `folder` (each module's own collect) and links them."""
@@ -132,7 +145,7 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
         *(_glance(f"ERM (§5, not tested in the claim's regime), m = {erm_run['table']['protocol']['examples']}",
                   erm_run["table"]) if erm_run else []),
         "", *framing.reading_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"], old,
-                                   rates_result),
+                                   rates_result, _finite_sum(theorems)),
         "", *framing.deviations_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"],
                                       rates_result),
         "", "### Figure 3 at the scaled λ", "", *document.verdict_lines(table, "Figure 3"),
