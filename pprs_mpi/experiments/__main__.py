@@ -1,5 +1,5 @@
-"""`python -m pprs_mpi.experiments {fig3,erm,rates,reproduction} ...` (also under `mpirun -n P`);
-bad input: one line, exit 2."""
+"""`python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,reproduction} ...` (fig3, erm and
+rates also under `mpirun -n P`); bad input: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 from pprs_mpi.experiments.runner import ExperimentError
 
-USAGE = ("usage: python -m pprs_mpi.experiments {fig3,erm,rates,reproduction} [options]"
+USAGE = ("usage: python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,reproduction} [options]"
          "   (--help after the name for its options)")
 
 
@@ -23,11 +23,17 @@ def main(argv: list[str] | None = None) -> int:
         from pprs_mpi.experiments.erm import main as run
     elif name == "rates":
         from pprs_mpi.experiments.rates import main as run
+    elif name == "depth":
+        from pprs_mpi.experiments.depth import main as run
+    elif name == "lowerbounds":
+        from pprs_mpi.experiments.lowerbounds import main as run
+    elif name == "nonconvex":
+        from pprs_mpi.experiments.nonconvex import main as run
     elif name == "reproduction":
         from pprs_mpi.experiments.reproduction import main as run
     else:
-        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, erm, rates or reproduction",
-              file=sys.stderr)
+        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, erm, rates, depth, "
+              "lowerbounds, nonconvex or reproduction", file=sys.stderr)
         return 2
     try:
         return run(rest)

@@ -18,8 +18,9 @@ def verdict_lines(table: dict, what: str) -> list[str]:
     lines = [f"The main comparison of {what}, one per depth and declared before any report run: the paper's PPRS "
              "(μ = 0; K the one with the best tuning score) against the best baseline (best tuning score), at the "
              "depth's longest budget, on the held-out report pairs, paired (same pair, same budget), on the "
-             f"{metric_text(table['protocol'])}, by an exact two-sided sign test at α = 0.05 (tuning ties go to the "
-             "lower tuning final loss, then to the alphabetically first name). Every choice is made on "
+             f"{metric_text(table['protocol'])}, by an exact two-sided sign test at α = 0.05 (a tie on the tuning "
+             "score goes to the lower tuning final loss; rows still tied are all compared and the outcome least "
+             "favourable to PPRS is the verdict). Every choice is made on "
              "the tuning pairs alone; report pairs enter only the statistics. 'lower'/'higher' means the test "
              "rejects, in the direction of the median difference.", ""]
     for c in (c for c in found if c["main"]):
@@ -27,7 +28,9 @@ def verdict_lines(table: dict, what: str) -> list[str]:
                      f"{c['outcome']}.** Median difference {c['median']:+.3g}, PPRS lower on {c['lower']} of "
                      f"{c['pairs']} pairs (higher on {c['higher']}, tied on {c['tied']}), sign test p = "
                      f"{c['sign_p']:.2g}" + ("" if c["wilcoxon_p"] is None else f", Wilcoxon p = {c['wilcoxon_p']:.2g}")
-                     + f"; mean difference {mean_text(c)} (95% bootstrap).")
+                     + f"; mean difference {mean_text(c)} (95% bootstrap)"
+                     + (f"; tied on the tuning pairs with {', '.join(c['tied_with'])}, less unfavourable to PPRS"
+                        if c.get("tied_with") else "") + ".")
     lines += ["", "Exploratory (every other PPRS row against every baseline, at every budget, and +momentum against "
                   "μ = 0; sign-test p Holm-corrected over all of them; not a verdict):", ""]
     lines += [f"- {comparison_text(c)}" for c in found if not c["main"]]

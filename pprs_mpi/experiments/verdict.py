@@ -8,8 +8,9 @@ read the tuning score and nothing else:
   - the representative of each PPRS family (μ = 0, +momentum) is its row with the lowest tuning loss, which
     fixes K;
   - the best baseline is the baseline row with the lowest tuning loss
-(ties, e.g. two rows reaching a level at the same time, go to the lower tuning final loss, then to the method's
-name in alphabetical order: fixed before any report run).
+(a tie on the tuning score is broken by the lower tuning final loss; rows still tied are all candidates, and ties go
+against the method under test: its comparison is made with every tied candidate on either side and the outcome
+least favourable to it is the one reported, with the others named. No name order decides anything.)
 Comparisons then read the report pairs:
   - main, one per depth, declared before any report run: PPRS μ = 0 (its representative) against the best
     baseline at the depth's longest budget, tested alone at α = 0.05 (sign test);
@@ -53,36 +54,55 @@ def kept(rows: list[dict], setting: tuple[int, int]) -> dict[str, dict]:
     return {r["method"]: r for r in rows if (int(r["depth"]), int(r["budget"])) == setting and r.get("selected")}
 
 
-def choices(rows: list[dict]) -> dict[tuple[int, int], dict[str, str]]:
-    """setting → {'PPRS μ=0': method, 'PPRS +momentum': method, 'baseline': method}, by tuning loss alone."""
+def choices(rows: list[dict]) -> dict[tuple[int, int], dict[str, list[str]]]:
+    """setting → {'PPRS μ=0': [...], 'PPRS +momentum': [...], 'baseline': [...]}: per role, the rows with the best
+    tuning score (tune_reach, then tune_final), by tuning losses alone; more than one only on an exact tie."""
     found = {}
     for setting in settings(rows):
         mine, chosen = kept(rows, setting), {}
-        groups = {f"PPRS {f}": [m for m in kept(rows, setting) if family(m) == f] for f in FAMILIES}
+        groups = {f"PPRS {f}": [m for m in mine if family(m) == f] for f in FAMILIES}
         groups["baseline"] = [m for m in mine if not is_pprs(m)]
         for role, methods in groups.items():
             if methods:
-                chosen[role] = min(methods, key=lambda m: (mine[m].get("tune_reach", math.inf), mine[m]["tune_final"],
-                                                           m))
+                score = {m: (mine[m].get("tune_reach", math.inf), mine[m]["tune_final"]) for m in methods}
+                best = min(score.values())
+                chosen[role] = [m for m in methods if score[m] == best]
         found[setting] = chosen
     return found
 
 
+OUTCOME_RANK = {"higher": 0, "no significant difference": 1, "lower": 2}  # from the tested method's worst to best
+
+
+def against_the_method(found: list[dict]) -> dict:
+    """Of comparisons of tied candidates (the tested method − its opponent), the one least favourable to the tested
+    method: the worst outcome, then the largest median difference; the others' pairs are named in 'tied_with'."""
+    worst = min(found, key=lambda c: (OUTCOME_RANK[stats.outcome(c, c["sign_p"])], -c["median"]))
+    others = [(c["method"], c["against"]) for c in found if c is not worst]
+    return {**worst, "tied_with": [f"{m} vs {a}" for m, a in others]}
+
+
 def comparisons(rows: list[dict], metric: str = "pair_finals") -> list[dict]:
     """Every comparison of the table on `metric` (the rows' per-pair values) with its statistics (stats.compare),
-    'main' or exploratory, its p as tested (main: the sign test's own; exploratory: Holm-adjusted), its outcome."""
+    'main' or exploratory, its p as tested (main: the sign test's own; exploratory: Holm-adjusted), its outcome.
+    Where a role is tied on the tuning pairs, the main comparison (and +momentum against μ = 0) is the least
+    favourable of those with every tied candidate (against_the_method)."""
     chosen, mains = choices(rows), set(main_settings(rows))
     found = []
     for setting in settings(rows):
         mine, pick = kept(rows, setting), chosen[setting]
+        main = None
         if setting in mains and "PPRS μ=0" in pick and "baseline" in pick:
-            found.append(_compare(mine, pick["PPRS μ=0"], pick["baseline"], setting, True, metric))
+            main = against_the_method([_compare(mine, m, b, setting, True, metric)
+                                       for m in pick["PPRS μ=0"] for b in pick["baseline"]])
+            found.append(main)
         for method in (m for m in mine if is_pprs(m)):
             for baseline in (m for m in mine if not is_pprs(m)):
-                if not (setting in mains and (method, baseline) == (pick.get("PPRS μ=0"), pick.get("baseline"))):
+                if main is None or (method, baseline) != (main["method"], main["against"]):
                     found.append(_compare(mine, method, baseline, setting, False, metric))
         if "PPRS μ=0" in pick and "PPRS +momentum" in pick:
-            found.append(_compare(mine, pick["PPRS +momentum"], pick["PPRS μ=0"], setting, False, metric))
+            found.append(against_the_method([_compare(mine, m, z, setting, False, metric)
+                                             for m in pick["PPRS +momentum"] for z in pick["PPRS μ=0"]]))
     exploratory = [c for c in found if not c["main"]]
     for c, adjusted in zip(exploratory, stats.holm([c["sign_p"] for c in exploratory])):
         c["p"] = adjusted

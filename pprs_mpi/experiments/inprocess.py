@@ -1,0 +1,51 @@
+"""One small solve in this process, its curve returned: what the theorem experiments (depth, lowerbounds,
+nonconvex) run, many times, on problems small enough that a trace file is only a temporary.
+
+Each call is `pprs_mpi.minimize` with the serial engine on MPI.COMM_SELF, evaluating f(y_t) at every iteration,
+its trace written into a temporary folder and read back: so the iterates are the package's own (the same code
+as `solve`), and the experiments stay bitwise reproducible from their seeds.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pprs_mpi.trace import load
+
+
+def solve_curve(problem, **options) -> dict:
+    """{'iteration', 'f', 'pipeline_time', 'status', 'y'} of one run: f(y_t) at t = 0..T (+inf where a diverged run
+    never got), the trace's pipeline time per row (the paper's 2(M + Δ − 1) per iteration, at --simulated-depth
+    where given), the final iterate."""
+    from mpi4py import MPI
+
+    from pprs_mpi import api
+    with tempfile.TemporaryDirectory() as folder:
+        out = str(Path(folder) / "run.h5")
+        result = api.minimize(problem, comm=MPI.COMM_SELF, engine="serial", quiet=True, eval_every=1, out=out,
+                              overwrite=True, **options)
+        trace = load(out)
+        iteration, f = trace.columns["iteration"], trace.columns["f_eval"]
+        ok = np.isfinite(f)
+        iters = int(trace.config["iters"])
+        curve = np.full(iters + 1, np.inf)
+        curve[iteration[ok].astype(int)] = f[ok]
+        time = np.full(iters + 1, np.nan)
+        time[iteration.astype(int)] = trace.columns["pipeline_time"]
+        return {"iteration": np.arange(iters + 1), "f": curve, "pipeline_time": time, "status": result.status,
+                "y": np.asarray(result.y)}
+
+
+def first_hit(errors: np.ndarray, level: float) -> int | None:
+    """The first index at which errors ≤ level (an iteration count); None if never."""
+    hits = np.flatnonzero(np.asarray(errors) <= level)
+    return int(hits[0]) if hits.size else None
+
+
+def fit_power(x, y) -> tuple[float, float]:
+    """(exponent p, constant c) of the least-squares line log y = log c + p log x."""
+    p, log_c = np.polyfit(np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float)), 1)
+    return float(p), float(np.exp(log_c))
