@@ -1,4 +1,4 @@
-"""`python -m pprs_mpi.experiments {fig3,erm,rates,reproduction} ...` (also under `mpirun -n P`);
+"""`python -m pprs_mpi.experiments {fig3,erm,rates,reproduction,anytime} ...` (also under `mpirun -n P`);
 bad input: one line, exit 2."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import sys
 
 from pprs_mpi.experiments.runner import ExperimentError
 
-USAGE = ("usage: python -m pprs_mpi.experiments {fig3,erm,rates,reproduction} [options]"
+USAGE = ("usage: python -m pprs_mpi.experiments {fig3,erm,rates,reproduction,anytime} [options]"
          "   (--help after the name for its options)")
 
 
@@ -23,10 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         from pprs_mpi.experiments.erm import main as run
     elif name == "rates":
         from pprs_mpi.experiments.rates import main as run
+    elif name == "anytime":
+        from pprs_mpi.experiments.anytime import main as run
     elif name == "reproduction":
         from pprs_mpi.experiments.reproduction import main as run
     else:
-        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, erm, rates or reproduction",
+        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, erm, rates, reproduction or "
+              "anytime",
               file=sys.stderr)
         return 2
     try:
