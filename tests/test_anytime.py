@@ -12,6 +12,7 @@ import pytest
 
 import reference
 from conftest import mpirun, solve
+from fake_device import FakeDevice
 from pprs_mpi import averaging, interval, noise, parameters
 from pprs_mpi.engines.factory import engine_for
 from pprs_mpi.engines.stage import Sampling
@@ -76,6 +77,14 @@ def test_antithetic_rows_negate_their_even_partner_whatever_the_grouping():
     paired = noise.perturbations(9, 4, range(0, 6), 5, antithetic=True)
     assert np.array_equal(paired[0::2], plain[0::2]) and np.array_equal(paired[1::2], -plain[0::2])
     assert np.array_equal(noise.Rows(9, 3, 5, antithetic=True).draw(4, range(3, 6)), paired[3:])
+
+
+def test_device_noise_pairs_its_samples_too():
+    source = FakeDevice().noise_source(Sampling(6, 0.3, 3, 6, antithetic=True), 4)
+    plain = FakeDevice().noise_source(Sampling(6, 0.3, 3, 6), 4).draw(7, range(6))
+    paired = source.draw(7, range(6))
+    assert np.array_equal(paired[0::2], plain[0::2]) and np.array_equal(paired[1::2], -plain[0::2])
+    assert np.array_equal(source.draw(7, range(3, 6)), paired[3:])
 
 
 def test_averages_are_the_means_of_the_iterates_they_cover():
@@ -207,6 +216,31 @@ def test_a_suffix_average_cannot_change_its_horizon_on_resume(tmp_trace):
     refused = solve("--resume", tmp_trace(), "--iters", "12")
     assert refused.returncode == 2 and "a resume cannot change --iters" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_a_theorem3_schedule_needs_the_problems_constants(tmp_path, tmp_trace):
+    builder = tmp_path / "plain.py"
+    builder.write_text("from pprs_mpi import Graph, Node\nfrom pprs_mpi.ops import L1Norm\n"
+                       "def build() -> Graph:\n    return Graph(3, [Node('l1', L1Norm(), ('theta',))])\n")
+    refused = solve("--problem", f"{builder}:build", "--gamma-schedule", "theorem3", "--out", tmp_trace())
+    assert refused.returncode == 2 and "theorem3 schedule needs L and R" in refused.stderr, refused.stderr
+    assert "give --gamma" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    given = solve("--problem", f"{builder}:build", "--gamma-schedule", "theorem3", "--gamma", "0.1", "--iters", "3",
+                  "--quiet", "--out", tmp_trace())
+    assert given.returncode == 0, given.stderr
+
+
+def test_the_plot_draws_the_band_the_average_and_the_schedules(tmp_path, tmp_trace):
+    pytest.importorskip("matplotlib")
+    from pprs_mpi import plots
+    assert solve(*COMMON, *VARIANTS["theorem3-polyak"], "--out", tmp_trace()).returncode == 0
+    trace = load(tmp_trace())
+    figure = plots.plot_smoothed_vs_eval(trace, summarize(trace), "run")
+    top, below = figure.axes
+    assert len(top.collections) == 1  # the 95% band
+    assert any("polyak average" in line.get_label() for line in top.lines)
+    assert [line.get_label() for line in below.lines] == [r"smoothing $\gamma_t$", r"step $\eta_t$"]
+    assert np.array_equal(below.lines[0].get_ydata(), trace.columns["gamma"])
 
 
 def test_an_old_trace_reads_with_the_new_columns_empty():
