@@ -8,6 +8,11 @@ from pathlib import Path
 import numpy as np
 
 
+OUTCOMES = ("lower", "no significant difference", "higher")  # stats.outcome's words, the variant's gap first
+WORDS = {"lower": "helps (lower gap)", "no significant difference": "does not help (no significant difference)",
+         "higher": "hurts (higher gap)"}
+
+
 def write(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines(results)) + "\n")
 
@@ -26,15 +31,27 @@ def lines(results: dict) -> list[str]:
              "half of it (target 2); time to a target is the pipeline time of the first evaluation at or below it.",
              "", "## Verdicts (the main question, declared before any report run)", "",
              "| problem | best variant (by tuning) | median gap, constant | median gap, best variant | ratio | "
-             "seeds below 0.5× constant | sign p | Wilcoxon p | gap ≤ 0.5× constant? |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "seeds below 0.5× constant | sign p | Wilcoxon p | gap ≤ 0.5× constant? | median time to target 1, "
+             "constant → best variant | to target 2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["problems"]:
-        m, best = r["main"], r["best_variant"]
+        m, best, times = r["main"], r["best_variant"], r["times"]
         found.append(f"| {r['problem']} | {best} | {_num(np.median(r['gaps']['constant']))} | "
                      f"{_num(np.median(r['gaps'][best]))} | {_num(m['median_ratio'])} | {m['below']}/{m['seeds']} | "
-                     f"{_num(m['sign_p'])} | {_num(m['wilcoxon_p'])} | {'**yes**' if m['met'] else 'no'} |")
+                     f"{_num(m['sign_p'])} | {_num(m['wilcoxon_p'])} | {'**yes**' if m['met'] else 'no'} | "
+                     f"{_num(np.median(times['constant'][0]))} → {_num(np.median(times[best][0]))} | "
+                     f"{_num(np.median(times['constant'][1]))} → {_num(np.median(times[best][1]))} |")
     found += ["", "A row says yes only when the median of gap_variant − 0.5·gap_constant over the report seeds is "
-              "below 0 and the sign test rejects at α = 0.05.", ""]
+              "below 0 and the sign test rejects at α = 0.05. Times are pipeline units ('never': the median seed "
+              "did not reach the target within T).", "", "## Where each variant helps and where it does not", "",
+              "Final gap of each variant against constant PPRS on the report seeds (exploratory: sign test, "
+              "Holm-corrected over each problem's comparisons):", ""]
+    for r in results["problems"]:
+        by_outcome = {outcome: [c["method"] for c in r["exploratory"]
+                                if c["metric"] == "final gap" and c["outcome"] == outcome] for outcome in OUTCOMES}
+        found.append(f"- **{r['problem']}**: " + "; ".join(
+            f"{WORDS[outcome]}: {', '.join(methods)}" for outcome, methods in by_outcome.items() if methods))
+    found.append("")
     for r in results["problems"]:
         found += problem_lines(r)
     return found
