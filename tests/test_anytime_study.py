@@ -49,3 +49,7 @@ def test_a_tiny_study_writes_its_results_and_document(tmp_path):
     assert "| linf |" in text and record["best_variant"] in text
     assert experiments_main(["anytime", "--out", str(tmp_path), "--document", "--doc", str(doc)]) == 0
     assert doc.read_text() == text
+    written = (tmp_path / "results.json").stat().st_mtime_ns  # the same command again: nothing left to run
+    assert experiments_main(["anytime", "--out", str(tmp_path), "--problems", "linf", "--iters", "12",
+                             "--tune-seeds", "0:1", "--report-seeds", "5:8", "--doc", str(doc)]) == 0
+    assert (tmp_path / "results.json").stat().st_mtime_ns == written and doc.read_text() == text

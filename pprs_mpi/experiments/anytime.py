@@ -126,7 +126,8 @@ def study(problem: str, args, common: dict, say) -> dict:
     targets = [constant_gap, 0.5 * constant_gap]
     times = {m: [[time_to(r, ref + level) for r, ref in zip(report[m], reference)] for level in targets]
              for m in METHODS}
-    return {"problem": problem, "f_star": f_star, "tune_seeds": tune_seeds, "report_seeds": report_seeds,
+    return {"problem": problem, "grid": grid_of(problem), "f_star": f_star, "tune_seeds": tune_seeds,
+            "report_seeds": report_seeds,
             "tuning": tuning, "kept": {m: {"lr": k["lr"], "gamma": k["gamma"], "tune_mean": float(np.mean(k["finals"]))}
                                        for m, k in kept.items()},
             "best_variant": best, "gaps": gaps, "targets": targets, "times": times,
@@ -166,8 +167,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=400, help="iterations T of every run (default 400)")
     p.add_argument("-K", type=int, default=8, help="samples per iteration (default 8, even for antithetic)")
     p.add_argument("--tune-seeds", type=_seeds, default=range(0, 3), help="first:stop of the tuning seeds (0:3)")
-    p.add_argument("--report-seeds", type=_seeds, default=range(100, 110),
-                   help="first:stop of the report seeds (default 100:110)")
+    p.add_argument("--report-seeds", type=_seeds, default=range(100, 112),
+                   help="first:stop of the report seeds (default 100:112)")
     p.add_argument("--doc", default="docs/anytime.md", help="the document to write (default docs/anytime.md)")
     p.add_argument("--document", action="store_true", help="only write --doc from OUT/results.json")
     return p
@@ -197,14 +198,25 @@ def main(argv: list[str]) -> int:
                               "--iters must be >= 1 and -K even and >= 2 (antithetic pairs)")
     out.mkdir(parents=True, exist_ok=True)
     common = {"K": args.K, "iters": args.iters, "mu": 0.0, "eval_every": max(1, args.iters // 40)}
+    protocol = {"methods": METHODS, **common, "alpha": stats.ALPHA, "tune_seeds": list(args.tune_seeds),
+                "report_seeds": list(args.report_seeds)}
+    done = _finished(out / "results.json", protocol)
     started = time.perf_counter()
-    records = [study(p, args, common, lambda text: print(f"[{time.perf_counter() - started:,.0f} s] {text}",
-                                                        flush=True)) for p in problems]
-    wall = time.perf_counter() - started
-    results = {"protocol": {"methods": METHODS, "grids": {p: grid_of(p) for p in problems}, **common,
-                            "alpha": stats.ALPHA}, "problems": records}
-    (out / "results.json").write_text(json.dumps(results, indent=1))  # +inf as Infinity, which json reads
-    record_session(out, wall, 1, "python -m pprs_mpi.experiments anytime " + " ".join(argv))
-    write(results, Path(args.doc))
+    for problem in problems:
+        if problem not in done:  # a study stopped part-way keeps the problems it finished
+            done[problem] = study(problem, args, common, lambda text: print(
+                f"[{time.perf_counter() - started:,.0f} s] {text}", flush=True))
+            results = {"protocol": protocol, "problems": [done[p] for p in PROBLEMS if p in done]}
+            (out / "results.json").write_text(json.dumps(results, indent=1))  # +inf as Infinity, which json reads
+    record_session(out, time.perf_counter() - started, 1, "python -m pprs_mpi.experiments anytime " + " ".join(argv))
+    write(json.loads((out / "results.json").read_text()), Path(args.doc))
     return 0
 
+
+def _finished(path: Path, protocol: dict) -> dict[str, dict]:
+    """problem → record of an earlier session's results.json with the same protocol (none otherwise)."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = json.loads(json.dumps(earlier.get("protocol"))) == json.loads(json.dumps(protocol))
+    return {record["problem"]: record for record in earlier["problems"]} if same else {}

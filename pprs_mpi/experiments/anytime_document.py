@@ -25,7 +25,7 @@ def lines(results: dict) -> list[str]:
              "`pprs_mpi/experiments/anytime.py`.", "",
              f"Every run: PPRS, μ = 0, K = {p['K']}, T = {p['iters']} iterations, f evaluated every "
              f"{p['eval_every']} iterations; so every method spends the same pipeline time. Each method is tuned "
-             f"on the same (η, γ) grid ({_grids(p['grids'])}; τ = 10 and p = 0.5 of the decays fixed at their "
+             f"on the same (η, γ) grid ({_grids(results['problems'])}; τ = 10 and p = 0.5 of the decays fixed at their "
              "defaults, not tuned). The gap is f(ŷ_T) − f*, ŷ_T the averaged iterate for `polyak` and "
              "`suffix:0.5`, y_T otherwise. Targets: the constant method's mean tuning final gap (target 1) and "
              "half of it (target 2); time to a target is the pipeline time of the first evaluation at or below it.",
@@ -80,9 +80,9 @@ def problem_lines(r: dict) -> list[str]:
     return found
 
 
-def _grids(grids: dict) -> str:
-    return "; ".join(f"{problem}: lr {', '.join(map(_num, g['lr']))} × γ {', '.join(map(_num, g['gamma']))}"
-                     for problem, g in grids.items())
+def _grids(records: list[dict]) -> str:
+    return "; ".join(f"{r['problem']}: lr {', '.join(map(_num, r['grid']['lr']))} × γ "
+                     f"{', '.join(map(_num, r['grid']['gamma']))}" for r in records)
 
 
 def _seeds(seeds: list[int]) -> str:
