@@ -52,4 +52,4 @@ def test_a_tiny_study_writes_its_results_and_document(tmp_path):
     written = (tmp_path / "results.json").stat().st_mtime_ns  # the same command again: nothing left to run
     assert experiments_main(["anytime", "--out", str(tmp_path), "--problems", "linf", "--iters", "12",
                              "--tune-seeds", "0:1", "--report-seeds", "5:8", "--doc", str(doc)]) == 0
-    assert (tmp_path / "results.json").stat().st_mtime_ns == written and doc.read_text() == text
+    assert (tmp_path / "results.json").stat().st_mtime_ns == written and "in 2 session(s)" in doc.read_text()

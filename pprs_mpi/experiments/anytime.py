@@ -189,7 +189,7 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     out = Path(args.out)
     if args.document:
-        write(json.loads((out / "results.json").read_text()), Path(args.doc))
+        write(json.loads((out / "results.json").read_text()), Path(args.doc), _sessions(out))
         return 0
     problems = [p for p in args.problems.split(",") if p]
     unknown = [p for p in problems if p not in PROBLEMS]
@@ -209,8 +209,13 @@ def main(argv: list[str]) -> int:
             results = {"protocol": protocol, "problems": [done[p] for p in PROBLEMS if p in done]}
             (out / "results.json").write_text(json.dumps(results, indent=1))  # +inf as Infinity, which json reads
     record_session(out, time.perf_counter() - started, 1, "python -m pprs_mpi.experiments anytime " + " ".join(argv))
-    write(json.loads((out / "results.json").read_text()), Path(args.doc))
+    write(json.loads((out / "results.json").read_text()), Path(args.doc), _sessions(out))
     return 0
+
+
+def _sessions(out: Path) -> list[dict]:
+    path = out / "sessions.json"
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def _finished(path: Path, protocol: dict) -> dict[str, dict]:

@@ -13,8 +13,19 @@ WORDS = {"lower": "helps (lower gap)", "no significant difference": "does not he
          "higher": "hurts (higher gap)"}
 
 
-def write(results: dict, path: Path) -> None:
-    path.write_text("\n".join(lines(results)) + "\n")
+def write(results: dict, path: Path, sessions: list[dict]) -> None:
+    path.write_text("\n".join([*lines(results), *cost_lines(sessions)]) + "\n")
+
+
+def cost_lines(sessions: list[dict]) -> list[str]:
+    """How long the study took and where, from OUT/sessions.json."""
+    if not sessions:
+        return []
+    last = sessions[-1]
+    return ["## Cost and machine", "",
+            f"{sum(s['wall_s'] for s in sessions) / 60:.1f} minutes of wall time in {len(sessions)} session(s) "
+            f"(`{last['command'].strip()}`), one process on a machine with nproc = "
+            f"{last['nproc']} ({last['cpu']}) shared with other jobs; finished {last['finished']}.", ""]
 
 
 def lines(results: dict) -> list[str]:
@@ -43,7 +54,8 @@ def lines(results: dict) -> list[str]:
                      f"{_num(np.median(times['constant'][1]))} → {_num(np.median(times[best][1]))} |")
     found += ["", "A row says yes only when the median of gap_variant − 0.5·gap_constant over the report seeds is "
               "below 0 and the sign test rejects at α = 0.05. Times are pipeline units ('never': the median seed "
-              "did not reach the target within T).", "", "## Where each variant helps and where it does not", "",
+              "did not reach the target within T). Before the suffix average starts (t ≤ T/2) its ŷ_t is y_t, so "
+              "its early times are constant PPRS's.", "", "## Where each variant helps and where it does not", "",
               "Final gap of each variant against constant PPRS on the report seeds (exploratory: sign test, "
               "Holm-corrected over each problem's comparisons):", ""]
     for r in results["problems"]:
@@ -70,7 +82,8 @@ def problem_lines(r: dict) -> list[str]:
                      f" | {_num(np.median(r['gaps'][method]))} | {_num(np.median(times[0]))} | {_reached(times[0])} | "
                      f"{_num(np.median(times[1]))} | {_reached(times[1])} |")
     found += ["", "Each variant against constant (exploratory; difference variant − constant per report seed, "
-              "sign-test p Holm-corrected over this problem's comparisons):", "",
+              "sign-test p Holm-corrected over this problem's comparisons; a median time difference of −∞: on the "
+              "median seed the variant reached the target and constant PPRS never did, 'never' the other way):", "",
               "| variant | metric | median difference | lower / higher / tied | p (Holm) | Wilcoxon p | outcome |",
               "|---|---|---|---|---|---|---|"]
     for c in r["exploratory"]:
