@@ -13,9 +13,12 @@ import pytest
 import reference
 from conftest import mpirun, solve
 from fake_device import FakeDevice
-from pprs_mpi import averaging, interval, noise, parameters
+from pprs_mpi import Graph, Node, averaging, interval, noise, parameters
+from pprs_mpi.backend import select
 from pprs_mpi.engines.factory import engine_for
 from pprs_mpi.engines.stage import Sampling
+from pprs_mpi.nonfinite import first_nonfinite
+from pprs_mpi.ops import Square, Sum
 from pprs_mpi.problems import build
 from pprs_mpi.report import summarize
 from pprs_mpi.trace import load
@@ -119,6 +122,16 @@ def test_the_engine_draws_with_gamma_t_and_antithetic_noise():
     forward = reference.evaluate(graph, theta)
     assert np.allclose(values, forward[graph.leaf].ravel(), rtol=1e-13)
     assert np.allclose(grad, reference.backprop(graph, forward).mean(axis=0), rtol=1e-12)
+
+
+def test_the_divergence_locator_redoes_the_pass_with_gamma_t():
+    """x_t + γ_t X overflows a square at t = 0 (γ_0 = 1e200) and not at t = 5 (γ_5 ≈ 1e133): the locator blames
+    the square at t = 0 only."""
+    graph = Graph(2, [Node("sq", Square(), ("theta",)), Node("sum", Sum(), ("sq",))])
+    schedule = parameters.Schedule("decay", 1e200, tau=1e-6, power=10.0)
+    sampling = Sampling(2, 1e200, 0, 2, gamma_schedule=schedule)
+    assert "'sq'" in first_nonfinite(graph, sampling, select(), np.zeros(2), 0)
+    assert first_nonfinite(graph, sampling, select(), np.zeros(2), 5) is None
 
 
 # -- runs ---------------------------------------------------------------------------------------------------------
