@@ -5,7 +5,8 @@ stage's forward or backward on one microbatch, measured alone) and an MPI ping-p
 prints runtime efficiency = 2(K + P − 1)·c / measured (with c measured alone, and with the median
 unit inside the run, which shows contention between the ranks), the speedup over the serial engine
 on the same problem, and the per-message overhead (measured − ideal) / messages against the
-ping-pong.
+ping-pong; for the empty pipeline also the serial engine's time for the same work, the floor that two
+ranks can at best halve.
 
 A "small problem" row runs the README's default job (lad, depth 8, d = 16, K = 8) through
 `pprs_mpi.minimize`: iteration time (the trace's per-iteration wall time) and pipeline efficiency
@@ -191,11 +192,13 @@ def worker(args) -> None:
     else:
         per_message = mean_iteration(empty, backend, 20) / (3 * 64)
         empty.stop()
+        # the same work in one process, no MPI: the ops, the noise and the engine's bookkeeping of both stages
+        serial_per_message = mean_iteration(engines(chain(1), 64, backend), backend, 20) / (3 * 64)
         table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
                  "mpi": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "ranks": RANKS,
                  "devices": devices,
                  "unit_cost_s": c, "ping_pong_latency_s": latency, "empty_pipeline_s_per_message": per_message,
-                 "rows": rows}
+                 "empty_serial_s_per_message": serial_per_message, "rows": rows}
         results = RESULTS_DIR / f"pipeline_efficiency{'_gpu' if backend.on_gpu else ''}.json"
         results.parent.mkdir(exist_ok=True)
         results.write_text(json.dumps(table, indent=2))
@@ -262,6 +265,9 @@ def print_table(table: dict) -> None:
     print(f"empty stages, K=64: {table['empty_pipeline_s_per_message'] * 1e6:.1f} us per message "
           f"({table['empty_pipeline_s_per_message'] / table['ping_pong_latency_s']:.1f}x the ping-pong latency; "
           "this includes the Python work of posting, testing and recording each message)")
+    if "empty_serial_s_per_message" in table:
+        print(f"  the serial engine on the same empty stages: {table['empty_serial_s_per_message'] * 1e6:.1f} us per "
+              "message-equivalent (the same ops, noise and bookkeeping, no MPI: what two ranks can at best halve)")
     small = table.get("small_problem")
     if small:
         print(f"small problem ({small['command']}), median of interleaved rounds:")

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 ENGINES = ("auto", "serial", "mpi")
 PRESETS = ("none", "theorem3", "theorem4")
-BALANCES = ("declared", "measured")
+BALANCES = ("auto", "declared", "measured")
 NOISE_SOURCES = ("device", "host")
 NOISES = ("gaussian", "antithetic")
 MAX_CONFIG_BYTES = 1 << 20  # a run's TOML file is a few lines; more is a mistake (e.g. --config /dev/zero)
@@ -133,8 +133,9 @@ OPTIONS = (
            "--overwrite (or --resume it)", valid=lambda v: v != "", rule="a file path"),
     Option("overwrite", bool, False, "replace an existing --out file", resumable=True),
     Option("engine", str, "auto", "auto (default): mpi when run on several ranks", choices=ENGINES, resumable=True),
-    Option("balance", str, "declared", "group nodes into stages by the ops' declared costs (default) or by "
-           "measured times", choices=BALANCES, resumable=True),
+    Option("balance", str, "auto", "group nodes into stages with the microbatch size's cost model (auto, default: "
+           "each node's per-action and per-multiply-add cost), by the ops' declared costs, or by measured times",
+           choices=BALANCES, resumable=True),
     Option("stages", int, None, "serial engine: pipeline stages to emulate (default: one per node)",
            valid=_at_least(1), rule=">= 1", resumable=True),
     Option("device", str, "cpu", "cpu (default), gpu, or auto", choices=DEVICES),

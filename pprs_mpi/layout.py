@@ -1,4 +1,5 @@
-"""The microbatch size b chosen for the user: the candidate that minimises the predicted time per iteration.
+"""The layout chosen for the user: the microbatch size b, and the grouping of nodes into stages, that minimise
+the predicted time per iteration.
 
 A pass of M = ⌈K/b⌉ microbatches over P stages that work in parallel (one rank each) takes about
 (M + P − 1) times its slowest stage's forward and backward of one microbatch; in one process nothing
@@ -6,25 +7,32 @@ overlaps and it takes M times the sum of the stages'. A stage's forward and back
 
     T_s(b) = Σ_nodes (α + β · w · (b + b₀)) + μ · (its messages)
 
-for a node doing w multiply-adds per copy (from its op's declared `cost`): a fixed α per action (the
-engine's and the op's Python), β per multiply-add once b₀ rows keep the matrix kernels busy, μ per message.
+for a node doing w multiply-adds per copy (its op's `macs`): a fixed α per action (the engine's and the op's
+Python), β per multiply-add once b₀ rows keep the matrix kernels busy, μ per message. When there are fewer
+stages than nodes, each candidate b groups the nodes into contiguous stages balanced by the same per-node
+costs at b (`--balance auto`, the default), so a stage of many cheap nodes pays for its actions.
 With `--microbatch-size auto` (the default) these are the constants below, so the choice is a function of the
 configuration and the graph alone and the same command always computes the same iterates; with `measured`
 T_s(b) comes from timing the stage's nodes at a few batch sizes on this machine (recorded in the trace, and
 reused by a resume). Runs whose pipeline time follows the paper's units (`--simulated-depth`) keep b = 1.
 
-Like torch pipelining's `_simulate_comms_compute`, this predicts the makespan instead of running it; it knows
-nothing of MPI or the trace.
+That formula holds for equal stages. Where the layout is small (`SIMULATED_ACTIONS`), the planner instead
+simulates the run's own schedule with these action times, as torch pipelining's `_simulate_comms_compute`
+does, and moves stage boundaries while the simulated makespan falls: under 1F1B the stage holding the leaf
+runs a microbatch's forward and backward back to back, so giving it fewer nodes than an even split can
+shorten the pass. The planner predicts the makespan instead of running it; it knows nothing of MPI or the trace.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops._util import MACS_PER_COST_UNIT
+from pprs_mpi.schedule import Forward, Schedule
 
 AUTO, MEASURED = "auto", "measured"
 REQUESTS = (AUTO, MEASURED)
@@ -33,6 +41,12 @@ REQUESTS = (AUTO, MEASURED)
 #: message (pipeline_efficiency.py's empty pipeline), and the rows b₀ a product costs beyond its b (a
 #: b × 512 × 512 NumPy product takes about (b + 15) × 8.2 µs for b from 8 to 64: microbatch_sweep.py).
 ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
+#: the planner simulates the candidates' schedules when they have at most SIMULATED_ACTIONS actions in all and
+#: SEARCHED_STAGES stages (a few tenths of a second of start-up); larger layouts are predicted by the formula
+SIMULATED_ACTIONS, SEARCHED_STAGES = 20_000, 16
+
+
+Regroup = Callable[[dict[str, float]], Sequence[Sequence[str]]]  # per-node seconds -> the nodes of each stage
 
 
 class LayoutError(ValueError):
@@ -44,17 +58,21 @@ class Candidate:
     microbatch_size: int
     n_microbatches: int
     predicted_s: float  # per iteration (gradient pass), by the model
+    nodes_per_stage: tuple[int, ...] = ()  # the grouping weighed with it (empty in traces written before it)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The chosen microbatch size, why (`rule`), and the candidates weighed (empty when none were)."""
+    """The chosen microbatch size, why (`rule`), the candidates weighed (empty when none were), and the
+    nodes of each stage where the planner grouped them (None: the caller's grouping stands)."""
 
     microbatch_size: int
     rule: str
     candidates: tuple[Candidate, ...] = ()
+    stages: tuple[tuple[str, ...], ...] | None = None
 
     def as_dict(self) -> dict:
+        """What the trace records (its stage_nodes hold the grouping)."""
         return {"microbatch_size": self.microbatch_size, "rule": self.rule,
                 "candidates": [asdict(c) for c in self.candidates]}
 
@@ -87,33 +105,120 @@ def valid(value) -> bool:
 
 def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: Graph, parallel: bool,
            max_rows: int, simulated: bool = False, stored: int | None = None,
-           measure: Callable[[int], dict[str, float]] | None = None) -> Layout:
-    """The layout for `request` (a forced b, `auto` or `measured`) of K copies over `stages`; `parallel` when
-    each stage has its own rank, `max_rows` the most copies one microbatch may hold (memory), `stored` a
-    resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies."""
+           measure: Callable[[int], dict[str, float]] | None = None, regroup: Regroup | None = None,
+           schedule: Callable[[tuple, int], Schedule] | None = None) -> Layout:
+    """The layout for `request` (a forced b, `auto` or `measured`) of K copies over len(stages) stages; `parallel`
+    when each stage has its own rank, `max_rows` the most copies one microbatch may hold (memory), `stored` a
+    resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies.
+
+    With `regroup` (which groups the nodes into len(stages) stages by per-node seconds) each candidate b is
+    weighed with the nodes regrouped by the model's cost of each node at b, and the layout holds the grouping
+    chosen; without it every candidate keeps `stages`. With `schedule(stages, M)` (the run's schedule) and a
+    small enough layout, each candidate's time is its schedule simulated with the model's action times
+    rather than the formula, and the grouping is improved by moving stage boundaries while that helps."""
+    fixed = _fixed(request, K, stored, simulated)
+    if fixed is not None and regroup is None:
+        return Layout(*fixed)
+    P = len(stages) if parallel else 1
+    sizes = [fixed[0]] if fixed is not None else _sizes(K, P, max_rows)
+    if fixed is None and request == MEASURED and measure is not None:
+        seconds = _measured_seconds(graph, measure, sorted({1, min(K, max_rows), sizes[len(sizes) // 2]}))
+        rule = "measured on this machine"
+    else:
+        seconds, rule = _declared_seconds(graph), "the ops' declared costs"
+    simulating = P > 1 and schedule is not None and _simulable(P, [-(-K // b) for b in sizes], len(graph.order))
+
+    def predict(grouped: tuple, b: int) -> float:
+        M, node_seconds = -(-K // b), seconds(b)
+        if simulating:
+            return _simulate(schedule(grouped, M), graph, node_seconds)
+        costs = _stage_seconds(grouped, node_seconds, graph)
+        return (M + len(costs) - 1) * max(costs) if P > 1 else M * sum(costs)
+
+    groupings = {b: tuple(map(tuple, stages if regroup is None else regroup(seconds(b)))) for b in sizes}
+    candidates = {b: Candidate(b, -(-K // b), predict(grouped, b), tuple(map(len, grouped)))
+                  for b, grouped in groupings.items()}
+    b = min(candidates.values(), key=lambda c: (c.predicted_s, -c.microbatch_size)).microbatch_size
+    if regroup is not None and simulating:  # the best b's stage boundaries moved while its simulated time falls
+        groupings[b], predicted = _improve(groupings[b], lambda grouped: predict(grouped, b))
+        candidates[b] = Candidate(b, -(-K // b), predicted, tuple(map(len, groupings[b])))
+    if fixed is not None:
+        return Layout(*fixed, stages=groupings[b])
+    rule += f", {P} ranks in parallel" if P > 1 else ", one process: nothing overlaps"
+    if simulating:
+        rule += ", its schedule simulated"
+    if regroup is not None and P > 1:
+        rule += ", nodes grouped into stages by the same model" + (
+            " and moved while the simulated time falls" if simulating else "")
+    return Layout(b, rule, tuple(candidates.values()), groupings[b] if regroup else None)
+
+
+def _simulable(P: int, Ms: list[int], nodes: int) -> bool:
+    """Whether the planner simulates the candidates' schedules (of Ms microbatches): few stages, few actions."""
+    return P <= SEARCHED_STAGES and 2 * nodes * sum(Ms) <= SIMULATED_ACTIONS
+
+
+def _simulate(plan: Schedule, graph: Graph, node_seconds: dict[str, float]) -> float:
+    """The makespan of `plan` when each stage runs its actions in the schedule's order, each as soon as its
+    inputs are done: a forward or a backward takes half its node's modelled seconds plus MESSAGE_S per edge
+    it sends over to another stage."""
+    stage_of = {name: s for s, names in enumerate(plan.stages) for name in names}
+    stage_of[graph.root] = 0
+    sends_forward = {v: sum(stage_of[c] != stage_of[v] for c in graph.children[v]) for v in graph.order}
+    sends_backward = {v: sum(stage_of[p] != stage_of[v] for p in graph.parents(v)) for v in graph.order}
+    forward_done, backward_done, free = {}, {}, [0.0] * len(plan.stages)
+    for _, s, action in sorted(((t, s, a) for s, row in enumerate(plan.timed) for t, a in row),
+                               key=lambda event: event[:2]):
+        v, mb = action.node, action.mb
+        if isinstance(action, Forward):
+            ready = [forward_done[p, mb] for p in graph.parents(v) if p != graph.root]
+            seconds, done = node_seconds[v] / 2 + MESSAGE_S * sends_forward[v], forward_done
+        else:
+            ready = [forward_done[v, mb], *(backward_done[c, mb] for c in graph.children[v])]
+            seconds, done = node_seconds[v] / 2 + MESSAGE_S * sends_backward[v], backward_done
+        free[s] = done[v, mb] = max([free[s], *ready]) + seconds
+    return max(free)
+
+
+def _improve(stages: tuple, predict: Callable[[tuple], float]) -> tuple[tuple, float]:
+    """A local search from `stages`: moves one boundary between neighbouring stages by one node, keeping every
+    move that lowers the prediction (beyond rounding), until none does; returns the grouping and its prediction."""
+    best, best_s, improved = stages, predict(stages), True
+    while improved:
+        improved = False
+        for i in range(len(best) - 1):
+            for step in (-1, 1):
+                moved = _move_boundary(best, i, step)
+                if moved is not None and (seconds := predict(moved)) < best_s * (1 - 1e-9):  # not a rounding
+                    best, best_s, improved = moved, seconds, True
+    return best, best_s
+
+
+def _move_boundary(stages: tuple, i: int, step: int) -> tuple | None:
+    """`stages` (contiguous in one order) with the boundary after stage i moved `step` nodes later; None when a
+    stage would be left empty."""
+    names = [name for group in stages for name in group]
+    bounds = [0, *itertools.accumulate(map(len, stages))]
+    bounds[i + 1] += step
+    if any(a >= b for a, b in zip(bounds, bounds[1:])):
+        return None
+    return tuple(tuple(names[a:b]) for a, b in zip(bounds, bounds[1:]))
+
+
+def _fixed(request: int | str, K: int, stored: int | None, simulated: bool) -> tuple[int, str] | None:
+    """(b, why) where no candidates are weighed: a forced b, a resumed run's, paper units; else None."""
     if isinstance(request, int):
         if request > K:
             raise LayoutError(f"microbatch-size {request} is larger than K = {K}: a microbatch holds at most the "
                               "K noisy copies")
-        return Layout(request, "given")
+        return request, "given"
     if stored is not None:
         if stored > K:
             raise LayoutError(f"the resumed run's microbatch size {stored} is larger than K = {K}")
-        return Layout(stored, "the resumed run's choice")
+        return stored, "the resumed run's choice"
     if simulated:
-        return Layout(1, "paper units (--simulated-depth): one copy per microbatch")
-    sizes = _sizes(K, len(stages) if parallel else 1, max_rows)
-    if request == MEASURED and measure is not None:
-        cost = _measured_costs(stages, graph, measure, sorted({1, min(K, max_rows), sizes[len(sizes) // 2]}))
-        rule = "measured on this machine"
-    else:
-        cost = _declared_costs(stages, graph)
-        rule = "the ops' declared costs"
-    rule += (f", {len(stages)} ranks in parallel" if parallel and len(stages) > 1
-             else ", one process: nothing overlaps")
-    candidates = tuple(Candidate(b, -(-K // b), _predict(cost, b, -(-K // b), parallel)) for b in sizes)
-    best = min(candidates, key=lambda c: (c.predicted_s, -c.microbatch_size))
-    return Layout(best.microbatch_size, rule, candidates)
+        return 1, "paper units (--simulated-depth): one copy per microbatch"
+    return None
 
 
 def _sizes(K: int, P: int, max_rows: int) -> list[int]:
@@ -121,30 +226,26 @@ def _sizes(K: int, P: int, max_rows: int) -> list[int]:
     return sorted({min(max_rows, -(-K // M)) for M in range(1, min(K, 4 * P) + 1)}, reverse=True)
 
 
-def _predict(stage_cost: Callable[[int], list[float]], b: int, M: int, parallel: bool) -> float:
-    costs = stage_cost(b)
-    return (M + len(costs) - 1) * max(costs) if parallel else M * sum(costs)
+def _stage_seconds(stages, node_seconds: dict[str, float], graph: Graph) -> list[float]:
+    """T_s(b): the stage's nodes' seconds at b plus its messages."""
+    return [sum(node_seconds[n] for n in names) + _messages(s, stages, graph) * MESSAGE_S
+            for s, names in enumerate(stages)]
 
 
-def _declared_costs(stages, graph: Graph) -> Callable[[int], list[float]]:
-    """T_s(b) from the fixed constants and each op's declared cost (multiply-adds per copy)."""
+def _declared_seconds(graph: Graph) -> Callable[[int], dict[str, float]]:
+    """Each node's α + β·w·(b + b₀), w its op's declared multiply-adds per copy (`Op.macs`, else from a `cost`
+    above the default)."""
     def macs(name: str) -> float:
-        cost = graph.cost(name)
-        return cost * MACS_PER_COST_UNIT if cost > 1.0 else 0.0
-    fixed = [len(names) * ACTION_S + _messages(s, stages, graph) * MESSAGE_S for s, names in enumerate(stages)]
-    work = [sum(macs(n) for n in names) * MAC_S for names in stages]
-    return lambda b: [f + w * (b + EFFICIENT_ROWS) for f, w in zip(fixed, work)]
+        op = graph.op(name)
+        return op.macs or (op.cost * MACS_PER_COST_UNIT if op.cost > 1.0 else 0.0)
+    work = {name: macs(name) * MAC_S for name in graph.order}
+    return lambda b: {name: ACTION_S + w * (b + EFFICIENT_ROWS) for name, w in work.items()}
 
 
-def _measured_costs(stages, graph: Graph, measure, points: list[int]) -> Callable[[int], list[float]]:
-    """T_s(b) interpolated linearly between the stage's nodes timed at `points` copies, plus its messages."""
-    timed = {b: measure(b) for b in points}
-    table = [[sum(timed[b][n] for n in names) for b in points] for names in stages]
-    messages = [_messages(s, stages, graph) * MESSAGE_S for s in range(len(stages))]
-
-    def at(b: int) -> list[float]:
-        return [_interpolate(points, row, b) + m for row, m in zip(table, messages)]
-    return at
+def _measured_seconds(graph: Graph, measure, points: list[int]) -> Callable[[int], dict[str, float]]:
+    """Each node's seconds at b, interpolated linearly between its timings at `points` copies."""
+    timed = [measure(b) for b in points]
+    return lambda b: {name: _interpolate(points, [t[name] for t in timed], b) for name in graph.order}
 
 
 def _interpolate(xs: list[int], ys: list[float], x: int) -> float:

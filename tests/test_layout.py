@@ -6,10 +6,11 @@ import pytest
 
 from conftest import mpirun, solve
 from pprs_mpi import layout
-from layout_problems import mlp_graph
+from layout_problems import cheap_then_dense_graph, mlp_graph
 from pprs_mpi.graph import Graph
 from pprs_mpi.layout import LayoutError, choose
 from pprs_mpi.problems import build
+from pprs_mpi.schedule import SPECS
 from pprs_mpi.cli.report import main as report_main
 from pprs_mpi.solve import main
 from pprs_mpi.trace import load
@@ -45,6 +46,83 @@ def test_declared_model_matches_its_formula_and_pipelines_heavy_stages():
         assert c.predicted_s == pytest.approx((c.n_microbatches + 1) * max(T), rel=1e-12)
     best = min(chosen.candidates, key=lambda c: c.predicted_s)
     assert chosen.microbatch_size == best.microbatch_size < K
+
+
+def model_seconds(graph: Graph, stages, b: int, M: int) -> float:
+    """The model's time per iteration of `stages` on their own ranks, from its formula (one message each way
+    between consecutive stages of a chain)."""
+    def node(name):
+        return layout.ACTION_S + graph.op(name).macs * layout.MAC_S * (b + layout.EFFICIENT_ROWS)
+    T = [sum(map(node, names)) + (2 if 0 < s < len(stages) - 1 else 1) * layout.MESSAGE_S
+         for s, names in enumerate(stages)]
+    return (M + len(stages) - 1) * max(T)
+
+
+def test_the_planner_groups_nodes_by_their_cost_at_b_not_by_count():
+    """Six cheap nodes, then two 64 × 64 layers: the declared costs (1.0 each) split the nine nodes 4 | 5; the
+    planner weighs every candidate b with its own grouping, and the one it keeps is the best contiguous split
+    of all (found here by trying every cut) and faster by the model than the declared one."""
+    graph, K = cheap_then_dense_graph(), 64
+    declared = graph.stages(2)
+    chosen = choose(layout.AUTO, K, declared, graph, True, 10**6, regroup=lambda costs: graph.stages(2, costs))
+    b, M = chosen.microbatch_size, -(-K // chosen.microbatch_size)
+    order = graph.order
+    every_cut = [(order[:i], order[i:]) for i in range(1, len(order))]
+    best = min(every_cut, key=lambda stages: model_seconds(graph, stages, b, M))
+    assert chosen.stages == best != tuple(declared) and [len(s) for s in declared] == [4, 5]
+    kept = next(c for c in chosen.candidates if c.microbatch_size == b)
+    assert kept.predicted_s == pytest.approx(model_seconds(graph, best, b, M), rel=1e-12)
+    assert kept.predicted_s < model_seconds(graph, declared, b, M)
+    assert kept.nodes_per_stage == tuple(map(len, best)) and "grouped into stages" in chosen.rule
+    given = choose(4, K, declared, graph, True, 10**6, regroup=lambda costs: graph.stages(2, costs))
+    assert given.microbatch_size == 4 and given.stages == min(
+        every_cut, key=lambda stages: model_seconds(graph, stages, 4, K // 4))
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_the_simulation_with_unit_actions_is_the_schedules_own_makespan(schedule):
+    """Every action taking the same time, the planner's simulation (each stage runs its row as soon as inputs are
+    done) must end when the list scheduler's unit-time schedule does: two independent computations of one pass."""
+    graph = mlp_graph(16, 3)
+    parents = {name: graph.parents(name) for name in graph.order}
+    unit = {name: 1000.0 for name in graph.order}  # a node's forward and backward: 500 s each; messages negligible
+    for P in (1, 2, 3, 7):
+        for M in (1, 2, 5):
+            plan = SPECS[schedule].build(graph.stages(P), parents, M)
+            assert layout._simulate(plan, graph, unit) == pytest.approx(500.0 * plan.makespan, rel=1e-6)
+
+
+def test_under_1f1b_the_planner_gives_the_leafs_stage_fewer_nodes():
+    """1F1B on two ranks, two microbatches of seven equal nodes: the stage holding the leaf runs each microbatch's
+    forward and backward back to back, so 4 | 3 takes 10 units where the balanced 3 | 4 takes 11; the planner's
+    local search finds the best of all cuts (tried here one by one in the simulation)."""
+    graph = mlp_graph(16, 3)  # seven nodes of equal measured cost
+    parents = {name: graph.parents(name) for name in graph.order}
+    unit = {name: 1000.0 for name in graph.order}
+    chosen = choose(layout.MEASURED, 2, graph.stages(2), graph, True, 1, measure=lambda b: unit,
+                    regroup=lambda costs: graph.stages(2, costs),
+                    schedule=lambda stages, M: SPECS["1f1b"].build(stages, parents, M))
+    order = graph.order
+    cuts = {i: layout._simulate(SPECS["1f1b"].build((order[:i], order[i:]), parents, 2), graph, unit)
+            for i in range(1, len(order))}
+    best = min(cuts, key=cuts.get)
+    assert chosen.microbatch_size == 1 and [len(s) for s in chosen.stages] == [best, len(order) - best]
+    even = len(graph.stages(2)[0])  # the balanced split by cost: 3 | 4, the leaf's stage holding more
+    assert (even, best) == (3, 4) and cuts[best] == pytest.approx(10_000, rel=1e-6) and cuts[even] >= 11_000
+    assert chosen.candidates[0].predicted_s == pytest.approx(cuts[best], rel=1e-12)
+    assert "simulated" in chosen.rule
+
+
+def test_the_grouping_reaches_the_trace_and_declared_keeps_the_old_one(tmp_trace):
+    """At b = 64 a dense layer costs more than three cheap nodes: the planner's grouping is 6 | 3."""
+    args = ["--problem", "tests/layout_problems.py:cheap_then_dense", "--stages", "2", "-K", "64",
+            "--microbatch-size", "64", "--iters", "2", "--eval-every", "0", "--quiet"]
+    assert main([*args, "--out", tmp_trace("auto.h5")]) == 0
+    assert main([*args, "--balance", "declared", "--out", tmp_trace("declared.h5")]) == 0
+    auto, declared = load(tmp_trace("auto.h5")), load(tmp_trace("declared.h5"))
+    assert np.bincount(auto.graph["stage_of"]).tolist() == [6, 3]
+    assert np.bincount(declared.graph["stage_of"]).tolist() == [4, 5]
+    assert np.array_equal(auto.result["y"], declared.result["y"])  # the grouping never changes the iterates
 
 
 def test_cheap_stages_keep_one_microbatch_even_on_several_ranks():
@@ -123,15 +201,17 @@ def test_toml_takes_a_count_or_a_rule(tmp_path, tmp_trace):
 
 
 @pytest.mark.mpi
-def test_default_choice_is_bitwise_the_same_serially_with_stages_and_on_ranks(tmp_trace):
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_default_choice_is_bitwise_the_same_serially_with_stages_and_on_ranks(tmp_trace, schedule):
     """The default depends on the configuration and the graph only: `--stages 2` emulates two ranks, so the
-    serial engine and mpirun -n 2 choose the same b < K and compute the same iterates."""
-    args = ["--problem", MLP, "-K", "64", "--iters", "3", "--eval-every", "0", "--quiet"]
+    serial engine and mpirun -n 2 choose the same b < K and grouping and compute the same iterates."""
+    args = ["--problem", MLP, "-K", "64", "--iters", "3", "--eval-every", "0", "--quiet", "--schedule", schedule]
     serial = solve(*args, "--stages", "2", "--out", tmp_trace("serial.h5"))
     ranks = mpirun(2, *args, "--out", tmp_trace("mpi.h5"), timeout=120)
     assert serial.returncode == 0 and ranks.returncode == 0, serial.stderr + ranks.stderr
     a, b = load(tmp_trace("serial.h5")), load(tmp_trace("mpi.h5"))
     assert a.attrs["microbatch_size"] == b.attrs["microbatch_size"] < 64
+    assert np.array_equal(a.graph["stage_of"], b.graph["stage_of"])
     assert np.array_equal(a.result["y"], b.result["y"])
 
 

@@ -53,7 +53,7 @@ def test_1f1b_bounds_the_kept_activations_by_the_depth_and_message_buffers_do_no
     """3 ranks, 2 nodes each: GPipe keeps every microbatch's inputs (K per node), 1F1B at most P − s
     microbatches on rank s; receive buffers are a window per channel, whatever K. Serial agrees."""
     args = ["--problem", "lad", "--depth", "6", "--iters", "2", "--microbatch-size", "1", "--quiet", "--dim", "6",
-            "--rows", "8"]
+            "--rows", "8", "--balance", "declared"]  # two nodes each (the planner would move 1F1B's boundaries)
     peaks, buffers = {}, {}
     for schedule in ("gpipe", "1f1b"):
         for K in (16, 64):
@@ -118,6 +118,19 @@ def test_a_lost_rank_is_named_and_the_trace_says_failed_under_ulfm(tmp_trace):
     assert result.returncode != 0 and len(lines) == 1, result.stderr
     assert "LostRank: rank 2 (host " in lines[0] and ") was lost: it exited or its host became unreachable" in lines[0]
     assert load(tmp_trace()).status == "failed"
+
+
+def test_only_rank_0_learns_every_ranks_host():
+    """The host names a rank can put in a LostRank line: all of them on rank 0, which prints the job's line;
+    elsewhere only its own, rank 0's and its peers' (O(P) bytes in all; every rank once got all P names)."""
+    import sys
+    from pathlib import Path
+    from conftest import run
+    here = Path(__file__).parent
+    result = run(["mpirun", "-n", "4", sys.executable, str(here / "host_table_run.py")], env={"PYTHONPATH": str(here)},
+                 timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(result.stdout.splitlines()) == ["0: 0 1 2 3", "1: 0 1 2", "2: 0 1 2 3", "3: 0 2 3"]
 
 
 def test_minimize_under_mpirun_raises_the_same_run_failed_on_every_rank_and_the_sweep_goes_on(tmp_path):

@@ -69,17 +69,18 @@ def cluster(slurm_conf, tmp_path):
 
 
 class Client:
-    """sbatch, scontrol and scancel against the test cluster, with the job scripts' environment."""
+    """sbatch, scontrol and scancel against the test cluster, with the job scripts' environment; `via`: the
+    command they run through (the two-node cluster's DIR/client, which enters the controller's namespace)."""
 
-    def __init__(self, slurm_conf, workdir: Path):
-        self.workdir, self.jobs = workdir, []
+    def __init__(self, slurm_conf, workdir: Path, via=()):
+        self.workdir, self.jobs, self.via = workdir, [], [str(part) for part in via]
         self.env = {name: value for name, value in os.environ.items() if not name.startswith(("SLURM_", "SBATCH_"))}
         self.env.update(MPI_ENV, SLURM_CONF=slurm_conf, PYTHON=sys.executable, PROGRESS_EVERY="1000000",
                         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
 
     def command(self, *args, check=True, env=None):
-        result = subprocess.run(args, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=60,
-                                cwd=self.workdir)
+        result = subprocess.run([*self.via, *args], env={**self.env, **(env or {})}, capture_output=True, text=True,
+                                timeout=60, cwd=self.workdir)
         assert result.returncode == 0 or not check, f"{args}: {result.stderr}"
         return result
 

@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 from mpi4py import MPI
@@ -96,9 +97,9 @@ class LostRank(RuntimeError):
 PROCESS_FAILURES = (MPI.ERR_PROC_FAILED, MPI.ERR_PROC_FAILED_PENDING, MPI.ERR_REVOKED)
 
 
-def lost_rank_error(comm, err: Exception, hosts: list[str], waiting_for: str) -> Exception:
-    """`err` as a LostRank naming the failed ranks of `comm` and their hosts, if MPI reported a process
-    failure; any other error as it is."""
+def lost_rank_error(comm, err: Exception, hosts: dict[int, str], waiting_for: str) -> Exception:
+    """`err` as a LostRank naming the failed ranks of `comm` and their hosts (where `hosts` has them, see
+    host_table), if MPI reported a process failure; any other error as it is."""
     if not isinstance(err, MPI.Exception) or err.Get_error_class() not in PROCESS_FAILURES:
         return err
     try:
@@ -107,18 +108,40 @@ def lost_rank_error(comm, err: Exception, hosts: list[str], waiting_for: str) ->
                  if r != MPI.UNDEFINED]
     except (MPI.Exception, NotImplementedError):
         ranks = []
-    lost = ", ".join(f"rank {r} (host {hosts[r]})" for r in ranks) or "a rank"
+    lost = ", ".join(f"rank {r} (host {hosts[r]})" if r in hosts else f"rank {r}" for r in ranks) or "a rank"
     return LostRank(f"{lost} was lost: it exited or its host became unreachable (rank {comm.rank} was waiting "
                     f"for {waiting_for})")
 
 
+def host_table(comm, links: Sequence[Channel] = ()) -> dict[int, str]:
+    """Rank -> host name, for the ranks this rank may have to name as lost: every rank on rank 0 (which
+    prints the job's error line), and elsewhere this rank, rank 0 and the ranks it
+    exchanges messages with (the `links` between stages), whose failures it is the one to see. Rank 0
+    gathers the names and sends each rank its few: O(P) bytes at rank 0 and in all, where every rank
+    receiving every name was O(P^2). Collectives, like the rest of the engine's set-up: nothing before
+    them can fail on one rank alone."""
+    host = socket.gethostname()
+    if comm.size == 1:
+        return {0: host}
+    hosts = comm.gather(host, root=0)
+    tables = None
+    if comm.rank == 0:
+        peers = [{0, rank} for rank in range(comm.size)]
+        for link in links:
+            peers[link.source].add(link.destination)
+            peers[link.destination].add(link.source)
+        tables = [{r: hosts[r] for r in sorted(peers[rank])} for rank in range(comm.size)]
+    table = comm.scatter(tables, root=0)
+    return dict(enumerate(hosts)) if comm.rank == 0 else table
+
+
 class Poller:
     """Waits on MPI requests without blocking inside MPI, so that rank 0 can notice failures elsewhere
-    and any rank can give up after `timeout` seconds."""
+    and any rank can give up after `timeout` seconds. `links`: the engine's channels (see host_table)."""
 
-    def __init__(self, comm, timeout: float | None, recover: bool = False):
+    def __init__(self, comm, timeout: float | None, recover: bool = False, links: Sequence[Channel] = ()):
         self.comm, self.timeout = comm, timeout
-        self.hosts = comm.allgather(socket.gethostname()) if comm.size > 1 else [socket.gethostname()]
+        self.hosts = host_table(comm, links)
         self._listen = recover and comm.rank != 0  # watch for rank 0's verdict on a failure elsewhere
         self._status = MPI.Status()
         if comm.size > 1:  # where rank 0 runs, for report_failure_and_abort to wake a stuck rank 0
@@ -394,9 +417,10 @@ class MpiEngine:
         self.recover = recover
         self.timeline = Timeline(comm.rank, timeline_every, detailed=comm.rank in sampled_ranks(comm.size))
         self.timeline.origin = _rank0_origin_on_local_clock(comm)
-        self.poller = Poller(comm, comm_timeout, recover)
+        links = channels(wiring)
+        self.poller = Poller(comm, comm_timeout, recover, links)
         self.staging = backend.staging(cuda_aware)
-        self.transport = MpiTransport(comm, channels(wiring), sampling, self.staging, self.timeline, self.poller)
+        self.transport = MpiTransport(comm, links, sampling, self.staging, self.timeline, self.poller)
         self.runner = StageRunner(wiring, schedule, comm.rank, sampling, backend, self.transport, self.timeline, fault)
         self._command_buffer = np.zeros(2, dtype=np.int64)
 

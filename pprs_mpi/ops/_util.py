@@ -1,4 +1,4 @@
-"""Helpers shared by the ops: parameter checks and flop-based stage costs."""
+"""Helpers shared by the ops: parameter checks and the unit of declared cost."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ from numbers import Integral
 
 #: Multiply-adds per sample that count as one unit of `Op.cost`; cheaper ops keep the default 1.0.
 MACS_PER_COST_UNIT = 2**16
-
-
-def flop_cost(macs: int) -> float:
-    """Relative cost of an op doing `macs` multiply-adds per sample (at least the default 1.0).
-
-    Ops whose work depends on their input shape set `cost` in `output_shape`, which `Graph` calls once per node.
-    """
-    return max(1.0, macs / MACS_PER_COST_UNIT)
 
 
 def size(shape: tuple[int, ...]) -> int:

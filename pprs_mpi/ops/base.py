@@ -6,6 +6,8 @@ import hashlib
 
 import numpy as np
 
+from pprs_mpi.ops._util import MACS_PER_COST_UNIT
+
 
 class OpContractError(ValueError):
     """Raised by `output_shape` for an op that breaks the contract whatever its inputs' shapes (not
@@ -29,6 +31,14 @@ class Op:
 
     #: Relative cost of one forward or backward on one microbatch, used to balance stages.
     cost: float = 1.0
+    #: Multiply-adds of one forward per copy, where the op declares them (`declare_macs`): the layout
+    #: planner's work term (pprs_mpi/layout.py); 0 where unknown or negligible.
+    macs: float = 0.0
+
+    def declare_macs(self, macs: float) -> None:
+        """Declares `macs` multiply-adds per copy: the planner's work, and `cost` (at least the default 1.0).
+        Ops whose work depends on their input shape declare it in `output_shape`, which `Graph` calls once."""
+        self.macs, self.cost = float(macs), max(1.0, macs / MACS_PER_COST_UNIT)
 
     def output_shape(self, *input_shapes: tuple[int, ...]) -> tuple[int, ...]:
         """Per-sample output shape for per-sample input shapes; raises ValueError if they do not fit."""
@@ -72,8 +82,12 @@ class Op:
         rank that built the same op: ranks compare graphs by it before a run. Override it for an op whose
         constants are not plain attributes."""
         digest = hashlib.sha256(f"{type(self).__module__}.{type(self).__qualname__}".encode())
-        _feed(digest, {k: v for k, v in vars(self).items() if k != "_const_cache"}, depth=0)
+        _feed(digest, {k: v for k, v in vars(self).items() if k not in _DERIVED}, depth=0)
         return digest.digest()
+
+
+#: attributes computed from the op's constants and shapes, left out of its fingerprint (the constants are in it)
+_DERIVED = ("_const_cache", "macs")
 
 
 def _feed(digest, value, depth: int) -> None:

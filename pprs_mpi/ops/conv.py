@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pprs_mpi.ops._util import flop_cost, pair
+from pprs_mpi.ops._util import pair
 from pprs_mpi.ops.base import Op
 
 
@@ -59,7 +59,7 @@ class Conv2d(Op):
     def output_shape(self, shape):
         _check_image(shape, self.weight.shape[1])
         ho, wo = self._out_hw(*shape[1:])
-        self.cost = flop_cost(self.weight.size * ho * wo)
+        self.declare_macs(self.weight.size * ho * wo)
         return (self.weight.shape[0], ho, wo)
 
     def forward(self, xp, x):

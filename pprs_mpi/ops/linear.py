@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pprs_mpi.ops._util import flop_cost, size
+from pprs_mpi.ops._util import size
 from pprs_mpi.ops.base import Op
 
 
@@ -18,12 +18,12 @@ class Affine(Op):
         self.b = None if b is None else np.asarray(b)
         if self.b is not None and self.b.shape != self.W.shape[:1]:
             raise ValueError(f"Affine: b must have shape {self.W.shape[:1]}, got {self.b.shape}")
-        self.cost = flop_cost(self.W.size)
+        self.declare_macs(self.W.size)
 
     def output_shape(self, shape):
         if len(shape) < 1 or shape[-1] != self.W.shape[1]:
             raise ValueError(f"last axis must have length {self.W.shape[1]}, got shape {tuple(shape)}")
-        self.cost = flop_cost(size(shape) * self.W.shape[0])
+        self.declare_macs(size(shape) * self.W.shape[0])
         return tuple(shape[:-1]) + self.W.shape[:1]
 
     def forward(self, xp, x):
@@ -49,7 +49,7 @@ class MaxAffine(Op):
         self.A, self.c = np.asarray(A), np.asarray(c)
         if self.A.ndim != 2 or self.c.shape != self.A.shape[:1]:
             raise ValueError(f"MaxAffine: need A (k, n) and c (k,), got {self.A.shape} and {self.c.shape}")
-        self.cost = flop_cost(self.A.size)
+        self.declare_macs(self.A.size)
 
     def output_shape(self, shape):
         if tuple(shape) != self.A.shape[1:]:
@@ -110,7 +110,7 @@ class ParamAffine(Op):
         if self.x.ndim != 2:
             raise ValueError(f"ParamAffine: data must be (m, n_in), got shape {self.x.shape}")
         self.n_out = int(n_out)
-        self.cost = flop_cost(self.x.size * self.n_out)
+        self.declare_macs(self.x.size * self.n_out)
 
     @property
     def n_params(self) -> int:
@@ -149,7 +149,7 @@ class ParamAffineInput(Op):
         if len(a_shape) < 1:
             raise ValueError("activations must have at least one axis (..., n_in)")
         _check_params(p_shape, a_shape[-1], self.n_out)
-        self.cost = flop_cost(size(a_shape) * self.n_out)
+        self.declare_macs(size(a_shape) * self.n_out)
         return tuple(a_shape[:-1]) + (self.n_out,)
 
     def forward(self, xp, a, params):

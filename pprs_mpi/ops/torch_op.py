@@ -15,7 +15,6 @@ import copy
 
 import numpy as np
 
-from pprs_mpi.ops._util import flop_cost
 from pprs_mpi.ops.autodiff import AutodiffOp
 
 
@@ -78,7 +77,7 @@ class TorchOp(AutodiffOp):
             from torch.utils.flop_counter import FlopCounterMode
             with FlopCounterMode(display=False) as counter:
                 self._evaluate(self._crossed(row))
-            self.cost = flop_cost(counter.get_total_flops() // 2)
+            self.declare_macs(counter.get_total_flops() // 2)
 
     def _fn_for(self, tensor):
         key = (tensor.dtype, tensor.device)

@@ -9,6 +9,7 @@ import math
 import os
 import socket
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 from pprs_mpi import averaging, config, driver, faults, layout, optim, parameters, threads
@@ -132,10 +133,17 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
         local = {"devices": [], "transport": [], "hosts": [], "error": [f"rank {comm.rank}: {err}"]}
     gathered = sync.gather(local, check=_placement_errors) or [local]  # every rank's on rank 0, its own elsewhere
     placement = {key: [item for rank in gathered for item in rank[key]] for key in local if key != "error"}
-    place_nodes = SPECS[cfg.pipeline.schedule].placement
-    stages = place_nodes(graph, n_stages, None)
+    spec = SPECS[cfg.pipeline.schedule]
+    place_nodes, parents = spec.placement, {name: graph.parents(name) for name in graph.order}
     parallel = engine_name == "mpi" or cfg.pipeline.stages is not None  # --stages emulates that many ranks
-    chosen = _choose_layout(cfg, graph, stages, parallel, backend, comm, sync)
+    regroup = partial(place_nodes, graph, n_stages) if parallel and cfg.pipeline.balance == "auto" else None
+
+    def schedule_of(stages, M: int):  # a candidate layout's schedule, for the planner to simulate
+        return spec.build(stages, parents, M)
+
+    chosen = _choose_layout(cfg, graph, place_nodes(graph, n_stages, None), regroup, schedule_of, parallel,
+                            backend, comm, sync)
+    stages = chosen.stages or place_nodes(graph, n_stages, None)
     gamma = parameters.smoothing(cfg.algorithm)
     sampling = Sampling(cfg.algorithm.K, gamma.base, cfg.algorithm.seed, chosen.microbatch_size,
                         noise_on_device=cfg.device.noise_source == "device",
@@ -154,15 +162,17 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash, chosen)
 
 
-def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, parallel: bool, backend: Backend, comm,
-                   sync: SetupSync) -> layout.Layout:
-    """The microbatch size (see `layout`): chosen on rank 0, where `measured` times the nodes, and sent to
-    every rank, so that all of them run the same schedule."""
+def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, regroup, schedule, parallel: bool, backend: Backend,
+                   comm, sync: SetupSync) -> layout.Layout:
+    """The microbatch size, and with `regroup` the grouping (see `layout`; `schedule(stages, M)` builds the run's
+    schedule for the planner to simulate): chosen on rank 0, where `measured` times the nodes, and sent to every
+    rank, so that all of them run the same schedule."""
     chosen = None
     if comm.rank == 0:
         chosen = layout.choose(cfg.pipeline.microbatch_size, cfg.algorithm.K, stages, graph, parallel,
                                layout.max_rows(graph, MAX_MESSAGE_ENTRIES), bool(cfg.pipeline.simulated_depth),
-                               cfg.meta.stored_microbatch_size, lambda b: measure_costs(graph, backend, b))
+                               cfg.meta.stored_microbatch_size, lambda b: measure_costs(graph, backend, b), regroup,
+                               schedule)
     return sync.bcast(chosen)
 
 
