@@ -290,11 +290,39 @@ def summarize(trace: Trace, targets: list[float] | None = None) -> dict:
         "pipeline_time": float(trace.columns["pipeline_time"][last]) if trace.n_rows else None,
         "wall_time": float(trace.columns["wall_time"][last]) if trace.n_rows else None,
         "targets": time_to_targets(trace, targets),
+        **anytime(trace, rows),
         "rank_fractions": (summary_fractions(rank_summaries(trace)) if rank_summaries(trace) else
                            [] if records is None else rank_fractions(records)),
         "timeline_ranks": timeline_ranks(trace),
         "rank_memory": rank_memory(trace),
         **efficiency(trace, records),
+    }
+
+
+def anytime(trace: Trace, rows: np.ndarray) -> dict:
+    """The run's γ_t and η_t schedules with their first and last values, its noise, the iterate the report's f
+    is taken at and, with --average, f at the averaged iterate (at the objective's last row), and the 95%
+    interval of f^γ(x_t) at the last row that has one (NaN columns of older traces give None)."""
+    columns, config = trace.columns, trace.config
+
+    def ends(name: str) -> list:
+        finite = columns[name][np.isfinite(columns[name])]
+        return [float(finite[0]), float(finite[-1])] if finite.size else [None, None]
+
+    average = config.get("average", "none")
+    interval = np.flatnonzero(np.isfinite(columns["f_low"]))
+    f_avg = columns["f_avg"][rows[-1]] if rows.size else math.nan
+    return {
+        "gamma_schedule": config.get("gamma_schedule", "constant"),
+        "lr_schedule": config.get("lr_schedule", "constant"),
+        "decay": [config.get("decay_tau"), config.get("decay_power")], "noise": config.get("noise", "gaussian"),
+        "gamma_range": ends("gamma"), "step_size_range": ends("step_size"), "average": average,
+        "reported_iterate": "y_t, the last iterate (f_eval)" if average == "none" else
+                            f"y_t (f_eval); the {average} average beside it (f_avg)",
+        "f_avg_final": float(f_avg) if math.isfinite(f_avg) else None,
+        "interval": None if not interval.size else {
+            "iteration": int(columns["iteration"][interval[-1]]),
+            "low": float(columns["f_low"][interval[-1]]), "high": float(columns["f_high"][interval[-1]])},
     }
 
 

@@ -120,7 +120,7 @@ class CupyBackend(Backend):
 
     def noise_source(self, sampling, dim: int):
         if sampling.noise_on_device:
-            return noise.DeviceNoise(self, sampling.seed, dim)
+            return noise.DeviceNoise(self, sampling.seed, dim, sampling.antithetic)
         return noise.HostNoise(self, sampling, dim)
 
     def standard_normal(self, key: int, size: int):

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, make_dataclass
 from typing import Callable, Collection
 
-from pprs_mpi import layout, optim, problems
+from pprs_mpi import averaging, layout, optim, parameters, problems
 from pprs_mpi.backend import DEVICES, DTYPES
 from pprs_mpi.faults import Fault
 from pprs_mpi.schedule import SPECS
@@ -40,6 +40,7 @@ ENGINES = ("auto", "serial", "mpi")
 PRESETS = ("none", "theorem3", "theorem4")
 BALANCES = ("auto", "declared", "measured")
 NOISE_SOURCES = ("device", "host")
+NOISES = ("gaussian", "antithetic")
 MAX_CONFIG_BYTES = 1 << 20  # a run's TOML file is a few lines; more is a mistake (e.g. --config /dev/zero)
 
 
@@ -99,6 +100,19 @@ OPTIONS = (
     Option("mu", _mu, None, "momentum μ in [0, 1) or 'nesterov' (pprs/gd 0, agd 0.99)",
            valid=lambda v: v is None or v == "nesterov" or (not isinstance(v, str) and 0 <= v < 1),
            rule="in [0, 1) or 'nesterov'"),
+    Option("gamma_schedule", str, "constant", "γ_t: constant (default), theorem3 (Theorem 3's γ with T = t: "
+           "γ/(1 + t), γ by default R d^(-1/4)) or decay (γ (1 + t/τ)^(-p))", choices=parameters.SCHEDULES),
+    Option("lr_schedule", str, "constant", "η_t: constant (default), theorem3 (η/(1 + t), η by default "
+           "R d^(-1/4)/L) or decay (η (1 + t/τ)^(-p))", choices=parameters.SCHEDULES),
+    Option("decay_tau", float, parameters.DEFAULT_TAU, f"τ of the decay schedules (default {parameters.DEFAULT_TAU:g})",
+           valid=lambda v: math.isfinite(v) and v > 0, rule="> 0"),
+    Option("decay_power", float, parameters.DEFAULT_POWER, "p of the decay schedules (default "
+           f"{parameters.DEFAULT_POWER:g})", valid=lambda v: math.isfinite(v) and v > 0, rule="> 0"),
+    Option("noise", str, "gaussian", "gaussian (default: K independent X_k) or antithetic (X_{2j+1} = -X_{2j}; "
+           "K even)", choices=NOISES),
+    Option("average", str, "none", "also evaluate an averaged iterate: none (default), polyak (the mean of "
+           "y_1..y_t) or suffix:F (the mean of the last fraction F of the T iterates)", valid=averaging.valid,
+           rule="none, polyak or suffix:F with F in (0, 1]"),
     Option("iters", int, 200, "iterations T (default 200)", valid=_at_least(1), rule=">= 1", resumable=True),
     Option("seed", int, 0, "noise seed (default 0)", valid=lambda v: 0 <= v < 2**63, rule="in [0, 2**63)"),
     Option("preset", str, "none", "theorem3: K, γ, η, μ from the problem's L, R and T (or --eps); theorem4: γ, η, "
@@ -152,7 +166,8 @@ BY_NAME = {option.name: option for option in OPTIONS}
 # The sections of a RunConfig: every option is in exactly one (checked below).
 SECTIONS = {
     "problem": ("problem", "check_gradients"),
-    "algorithm": ("algo", "optimizer", "K", "gamma", "lr", "mu", "iters", "seed", "preset", "eps", "smoothing_radius"),
+    "algorithm": ("algo", "optimizer", "K", "gamma", "lr", "mu", "gamma_schedule", "lr_schedule", "decay_tau",
+                  "decay_power", "noise", "average", "iters", "seed", "preset", "eps", "smoothing_radius"),
     "pipeline": ("schedule", "microbatch_size", "simulated_depth", "engine", "balance", "stages", "expect_ranks",
                  "comm_timeout", "inject_fault"),
     "device": ("device", "noise_source", "dtype", "threads"),
@@ -332,7 +347,8 @@ def _resumed(given: dict, problem_object: bool = False) -> RunConfig:
     if not trace.has_checkpoint:
         raise ConfigError(f"cannot resume: {path} holds no checkpoint")
     stored = trace.config
-    newer = {"resume", "overwrite", "check_gradients", "optimizer", "threads"}  # options older traces lack
+    newer = {"resume", "overwrite", "check_gradients", "optimizer", "threads", "gamma_schedule", "lr_schedule",
+             "decay_tau", "decay_power", "noise", "average"}  # options older traces lack
     if set(DEFAULTS) - set(stored) - newer or not isinstance(stored.get("problem_params"), dict):
         raise ConfigError(f"cannot resume: {path} was written by an incompatible pprs_mpi")
     stored = {**DEFAULTS, **stored}
@@ -349,6 +365,9 @@ def _resumed(given: dict, problem_object: bool = False) -> RunConfig:
         except ValueError as err:
             raise ConfigError(f"cannot resume {path}: {err}") from None
     _refuse_changes(given, stored, spec, stored_params, path)
+    if str(stored["average"]).startswith("suffix") and not _equal(given.get("iters", stored["iters"]), stored["iters"]):
+        raise ConfigError(f"--average {stored['average']} averages the last part of the stored run's "
+                          f"{stored['iters']} iterations: a resume cannot change --iters")
     cfg = {**stored, "inject_fault": None, "out": path, "problem_params": stored_params, "given": sorted(given),
            "stored_microbatch_size": _stored_choice(trace.attrs, stored),
            **{k: v for k, v in given.items() if k in BY_NAME and BY_NAME[k].resumable}}
@@ -501,6 +520,8 @@ def validate(cfg: dict) -> None:
             raise ConfigError(f"{option.label} must be {option.rule}, got {value!r}")
     if cfg["algo"] in ("gd", "agd") and cfg["gamma"] != 0:
         raise ConfigError(f"{cfg['algo']} uses no smoothing: gamma must be 0, got {cfg['gamma']}")
+    if cfg["noise"] == "antithetic" and cfg["K"] is not None and cfg["K"] % 2:
+        raise ConfigError(f"--noise antithetic pairs each X_k with -X_k: K must be even, got K={cfg['K']}")
     if cfg["inject_fault"] is not None:
         try:
             Fault.parse(str(cfg["inject_fault"]))

@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from pprs_mpi import optim
+from pprs_mpi import optim, parameters
+from pprs_mpi.interval import confidence_interval
 
 
 @dataclass
@@ -100,8 +101,10 @@ def minimize(engine, backend, cfg, optimizer: optim.Optimizer, makespan: int, tr
     """Runs `optimizer` (Algorithm 1 unless --optimizer says otherwise) from `start` to cfg.algorithm.iters,
     appending a trace row per iteration.
 
-    f_smoothed is the mean of the K sample values at x_t; f_eval is f(y_{t+1}) every `eval_every`
-    iterations and at the last (NaN otherwise); pipeline_time counts `makespan` units per iteration.
+    f_smoothed is the mean of the K sample values at x_t, f_low and f_high the 95% interval of f^γ(x_t) they
+    give (`interval`), gamma and step_size the γ_t and η_t the iteration used (`parameters`); f_eval is
+    f(y_{t+1}) every `eval_every` iterations and at the last (NaN otherwise), f_avg f at the averaged iterate
+    (--average) at the same rows; pipeline_time counts `makespan` units per iteration.
     `checkpoint` is called every cfg.output.checkpoint_every iterations and, when `stop_requested()`
     turns true, once more before the loop stops at that iteration boundary. On divergence,
     `locate(x_t, t)` names where the pass's first non-finite value appeared (None if nowhere), and
@@ -113,11 +116,14 @@ def minimize(engine, backend, cfg, optimizer: optim.Optimizer, makespan: int, tr
         return f"f(y_{t}) is not finite" + (f"; the first non-finite value: {where}" if where else "")
 
     state = {name: backend.asarray(array) for name, array in start.arrays.items()}
-    lr, every = float(cfg.algorithm.lr), cfg.output.eval_every
+    every, antithetic = cfg.output.eval_every, cfg.algorithm.noise == "antithetic"
+    gamma, lr = parameters.smoothing(cfg.algorithm), parameters.step_size(cfg.algorithm)
+    averaged = "avg" in state  # --average: f at the mean iterate too, beside f(y)
     pipeline_time, wall_time = start.pipeline_time, start.wall_time
     if start.iteration == 0 and every:
         f_eval = engine.evaluate(state["y"], 0)
-        trace.append(iteration=0, pipeline_time=0.0, wall_time=0.0, f_eval=f_eval, step_size=lr)
+        trace.append(iteration=0, pipeline_time=0.0, wall_time=0.0, f_eval=f_eval, step_size=lr(0), gamma=gamma(0),
+                     **({"f_avg": f_eval} if averaged else {}))
         if not math.isfinite(f_eval):
             return _diverged(backend, 0, state, pipeline_time, wall_time, f_eval, not_finite_at(state["y"], 0))
     f_eval = math.nan
@@ -135,8 +141,11 @@ def minimize(engine, backend, cfg, optimizer: optim.Optimizer, makespan: int, tr
         done = t + 1
         evaluate = done == cfg.algorithm.iters or (every and done % every == 0)
         f_eval = engine.evaluate(following["y"], t) if evaluate else math.nan
+        extra = {"f_avg": engine.evaluate(following["avg"], t) if evaluate else math.nan} if averaged else {}
+        f_low, f_high = confidence_interval(values, antithetic)
         trace.append(iteration=done, pipeline_time=pipeline_time, wall_time=wall_time, f_smoothed=f_smoothed,
-                     f_eval=f_eval, grad_norm=float(backend.xp.linalg.norm(grad)), step_size=lr)
+                     f_eval=f_eval, grad_norm=float(backend.xp.linalg.norm(grad)), step_size=lr(t), gamma=gamma(t),
+                     f_low=f_low, f_high=f_high, **extra)
         progress.show(done, pipeline_time, f_smoothed, f_eval)
         if not bool(backend.xp.isfinite(following["y"]).all()):
             return _diverged(backend, t, state, pipeline_time - makespan, wall_time, f_smoothed,

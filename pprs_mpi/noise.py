@@ -5,6 +5,10 @@ at (0, 0, k, t): it depends on nothing else, so every engine, rank layout, micro
 resumed run draws exactly the same noise. On a GPU, X_k is drawn on the device by CuPy's generator
 (cuRAND Philox) seeded from the same (seed, t, k): reproducible with itself, though not bitwise equal to the host.
 Which of the two a rank uses is its backend's choice (`Backend.noise_source`).
+
+Antithetic noise (`--noise antithetic`) pairs the samples: X_{2j+1} = −X_{2j}, the odd sample being the
+exact negation of its even partner's draw (counter 2j), so it too depends on (seed, t, k) alone. The pair's
+mean gradient cancels f's linear part exactly, which lowers the variance of G_t on near-linear stretches.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ def standard_normal(seed: int, iteration: int, sample: int, dim: int, dtype=np.f
     return perturbations(seed, iteration, range(sample, sample + 1), dim, dtype)[0]
 
 
-def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64) -> np.ndarray:
+def perturbations(seed: int, iteration: int, samples: range, dim: int, dtype=np.float64,
+                  antithetic: bool = False) -> np.ndarray:
     """The stacked X_k, shape (len(samples), dim), for the samples of one microbatch, drawn on the host."""
-    rows = Rows(seed, len(samples), dim)
+    rows = Rows(seed, len(samples), dim, antithetic)
     return rows.draw(iteration, samples).astype(dtype, copy=False)
 
 
@@ -31,23 +36,27 @@ class Rows:
     """Host draws of one microbatch's X_k into rows allocated once and reused by every draw: the
     caller consumes them (x_t + γX) before the next draw."""
 
-    def __init__(self, seed: int, rows: int, dim: int):
+    def __init__(self, seed: int, rows: int, dim: int, antithetic: bool = False):
         _check("seed", seed)
-        self._rows = np.empty((rows, dim))
+        self._rows, self._antithetic = np.empty((rows, dim)), antithetic
         self._bits, self._generator, self._state = _philox(seed)
         self._counter = self._state["state"]["counter"]
 
     def draw(self, iteration: int, samples: range) -> np.ndarray:
         """The stacked X_k, shape (len(samples), dim), each row drawn from Philox keyed by the seed with
-        counter (0, 0, k, t); valid until the next draw."""
+        counter (0, 0, k, t) (antithetic: row k is ±the draw of counter k rounded down to even, − for odd k);
+        valid until the next draw."""
         _check("iteration", iteration)
         _check("sample", samples.stop - 1)
         out, counter, bits, state = self._rows[:len(samples)], self._counter, self._bits, self._state
         generator = self._generator
+        pair = self._antithetic
         for row, k in zip(out, samples):
-            counter[2], counter[3] = k, iteration
+            counter[2], counter[3] = k - k % 2 if pair else k, iteration
             bits.state = state
             generator.standard_normal(out=row)
+            if pair and k % 2:
+                np.negative(row, out=row)
         return out
 
 
@@ -72,7 +81,8 @@ class HostNoise:
     every backend, engine, rank layout and microbatch size."""
 
     def __init__(self, backend, sampling, dim: int):
-        self._rows, self._asarray = Rows(sampling.seed, sampling.microbatch_size, dim), backend.asarray
+        self._rows = Rows(sampling.seed, sampling.microbatch_size, dim, sampling.antithetic)
+        self._asarray = backend.asarray
 
     def draw(self, iteration: int, samples: range):
         """The stacked X_k of `samples` at iteration t, an array of the backend."""
@@ -83,22 +93,28 @@ class DeviceNoise:
     """A microbatch's X_k drawn on a GPU backend's device (`backend.standard_normal`), the generator reseeded
     per (seed, t, k), so that they do not depend on how the samples are grouped into microbatches."""
 
-    def __init__(self, backend, seed: int, dim: int):
-        self._backend, self._seed, self._dim = backend, seed, dim
+    def __init__(self, backend, seed: int, dim: int, antithetic: bool = False):
+        self._backend, self._seed, self._dim, self._antithetic = backend, seed, dim, antithetic
 
     def draw(self, iteration: int, samples: range):
-        """The stacked X_k of `samples` at iteration t, drawn on the device."""
+        """The stacked X_k of `samples` at iteration t, drawn on the device (antithetic: as on the host, the
+        odd k negate the draw of k − 1)."""
         backend, seed, dim = self._backend, self._seed, self._dim
-        return backend.xp.stack([backend.standard_normal(device_key(seed, iteration, k), dim) for k in samples])
+        if not self._antithetic:
+            return backend.xp.stack([backend.standard_normal(device_key(seed, iteration, k), dim) for k in samples])
+        return backend.xp.stack([(-1.0 if k % 2 else 1.0) * backend.standard_normal(
+            device_key(seed, iteration, k - k % 2), dim) for k in samples])
 
 
 def noisy_copies(backend, sampling, source, x, iteration: int, samples: range):
-    """θ = x + γ X_k for `samples` (one microbatch), stacked along the batch axis: the engine's copies, the
-    X_k drawn by `source` (the backend's `noise_source`: on the host or on the device)."""
+    """θ = x + γ_t X_k for `samples` (one microbatch), stacked along the batch axis: the engine's copies, the
+    X_k drawn by `source` (the backend's `noise_source`: on the host or on the device), γ_t the sampling's
+    schedule at this iteration."""
     xp = backend.xp
-    if sampling.gamma == 0.0:
+    gamma = sampling.gamma_at(iteration)
+    if gamma == 0.0:
         return xp.array(xp.broadcast_to(x, (len(samples), x.shape[0])))
-    batch = sampling.gamma * source.draw(iteration, samples)
+    batch = gamma * source.draw(iteration, samples)
     batch += x  # x + γX, broadcast along the batch axis, in one new array (addition commutes bitwise)
     return batch
 

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from pprs_mpi import parameters
+
 ALGORITHMS = ("pprs", "gd", "agd")
 AGD_DEFAULT_MU = 0.99
 DEFAULT = "algorithm1"
@@ -54,19 +56,21 @@ def build(algorithm) -> Optimizer:
 
 
 class Algorithm1:
-    """Lines 5-6 of Algorithm 1 with step size η and momentum μ_t (PPRS, GD and AGD alike); state x_t, y_t."""
+    """Lines 5-6 of Algorithm 1 with step size η_t and momentum μ_t (PPRS, GD and AGD alike); state x_t, y_t.
+    `lr` is η, or a function of t (a schedule of `parameters`)."""
 
     names = ("x", "y")
 
-    def __init__(self, lr: float, mu: float | str):
-        self.lr, self.momentum = float(lr), Momentum(mu)
+    def __init__(self, lr: float | Callable[[int], float], mu: float | str):
+        self.lr = lr if callable(lr) else (lambda t, constant=float(lr): constant)
+        self.momentum = Momentum(mu)
 
     def init(self, x0) -> dict:
         """Algorithm 1's line 1: x_0 = y_0 (the paper's 0, or the problem's own start)."""
         return {"x": x0, "y": x0}
 
     def step(self, state: dict, grad, t: int) -> dict:
-        x, y = update(state["x"], state["y"], grad, self.lr, self.momentum(t))
+        x, y = update(state["x"], state["y"], grad, self.lr(t), self.momentum(t))
         return {"x": x, "y": y}
 
 
@@ -101,7 +105,7 @@ def update(x, y, grad, lr: float, mu: float):
     return x_next, y_next
 
 
-register(DEFAULT, lambda algorithm: Algorithm1(algorithm.lr, algorithm.mu))
+register(DEFAULT, lambda algorithm: Algorithm1(parameters.step_size(algorithm), algorithm.mu))
 
 
 @dataclass(frozen=True)

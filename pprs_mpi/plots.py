@@ -83,25 +83,56 @@ def plot_objective(traces: list[Trace], summaries: list[dict], names: list[str],
 
 
 def plot_smoothed_vs_eval(trace: Trace, summary: dict, name: str) -> Figure:
-    """f_smoothed (mean of the K sample values at x_t) and f(y_t) against the iteration."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.add_subplot()
+    """f_smoothed (mean of the K sample values at x_t) with its 95% band, f(y_t) and f at the averaged
+    iterate against the iteration; below, the γ_t and η_t the iterations used."""
+    fig = Figure(figsize=(8, 7), layout="constrained")
+    ax, below = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     optimum = f_star(trace)
-    iteration, smoothed, evaluated = (trace.columns[c] for c in ("iteration", "f_smoothed", "f_eval"))
-    smoothed, evaluated = smoothed - (optimum or 0.0), evaluated - (optimum or 0.0)
+    iteration, smoothed, evaluated, averaged, low, high = (
+        trace.columns[c] - (0.0 if c == "iteration" else optimum or 0.0)
+        for c in ("iteration", "f_smoothed", "f_eval", "f_avg", "f_low", "f_high"))
     minus = "" if optimum is None else " - f^*"
-    ax.plot(iteration, smoothed, label=rf"mean over the K samples of $f(x_t + \gamma X_k){minus}$", color="#4c72b0")
+    ax.plot(iteration, smoothed, label=rf"mean over the K samples of $f(x_t + \gamma_t X_k){minus}$", color="#4c72b0")
+    band = np.isfinite(low)
+    if band.any():
+        ax.fill_between(iteration[band], low[band], high[band], color="#4c72b0", alpha=0.2, linewidth=0,
+                        label=r"95% interval of $f^{\gamma_t}(x_t)$" + minus.replace("f^*", "$f^*$"))
     rows = np.isfinite(evaluated)
     ax.plot(iteration[rows], evaluated[rows], "o", markersize=3, color="#c44e52",
             label=rf"$f(y_t){minus}$, {every_text(summary['eval_every'])} and at the end")
-    log = _log_scale_if_wide(ax, np.concatenate([smoothed, evaluated[rows]]))
+    shown = [smoothed, evaluated[rows]]
+    if np.isfinite(averaged).any():
+        mean_rows = np.isfinite(averaged)
+        ax.plot(iteration[mean_rows], averaged[mean_rows], "s", markersize=3, color="#55a868",
+                label=rf"$f(\bar y_t){minus}$, the {summary['average']} average")
+        shown.append(averaged[mean_rows])
+    _plot_schedules(below, trace)
+    log = _log_scale_if_wide(ax, np.concatenate(shown))
     _draw_f_star(ax, optimum, log)
-    ax.set_xlabel(X_LABELS["iteration"])
+    below.set_xlabel(X_LABELS["iteration"])
     ax.set_ylabel(_with_f_star(f"objective $f{minus}$", optimum, log))
     ax.set_title(f"{_plain(name)}: {_title([summary], ALGORITHM_KEYS)}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def _plot_schedules(ax, trace: Trace) -> None:
+    """γ_t and η_t against the iteration (log scale when positive), from the trace's columns."""
+    iteration = trace.columns["iteration"]
+    for column, label, colour in (("gamma", r"smoothing $\gamma_t$", "#8172b3"), ("step_size", r"step $\eta_t$",
+                                                                                   "#937860")):
+        values = trace.columns[column]
+        rows = np.isfinite(values)
+        if rows.any():
+            ax.plot(iteration[rows], values[rows], label=label, color=colour)
+    positive = [trace.columns[c][np.isfinite(trace.columns[c])] for c in ("gamma", "step_size")]
+    if all(v.size and (v > 0).all() for v in positive):
+        ax.set_yscale("log")
+    ax.set_ylabel("parameter")
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
 
 
 def plot_gantt(trace: Trace, summary: dict, name: str, iteration: int) -> Figure:

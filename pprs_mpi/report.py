@@ -54,6 +54,7 @@ def format_summary(s: dict, rule: str) -> str:
         ("  final", f"{_num(s['f_final'])} at iteration {_num(s['final_iteration'])}{_gap(s['gap_final'])}"),
         ("  best", f"{_num(s['f_best'])} at iteration {_num(s['best_iteration'])}{_gap(s['gap_best'])}"),
     ]
+    lines += _anytime_lines(s)
     if s["f_best"] is not None and s["f_final"] > s["f_best"]:
         lines.append(("", f"final above best by {_num(s['f_final'] - s['f_best'])}: {FINAL_ABOVE_BEST}"))
     lines += [("time", f"pipeline {_num(s['pipeline_time'])} units, wall {_num(s['wall_time'])} s"),
@@ -81,6 +82,28 @@ def format_summary(s: dict, rule: str) -> str:
                           f"(wall {_seconds(s['wall_per_iteration'])} per iteration)"))
     width = max(len(key) for key, _ in lines)
     return "\n".join(_wrapped(key, value, width) for key, value in lines)
+
+
+def _anytime_lines(s: dict) -> list[tuple[str, str]]:
+    """Which iterate the f lines report, f at the averaged iterate, the last 95% interval of f^γ(x_t), the γ_t
+    and η_t schedules and the noise."""
+    lines = [("  iterate", s["reported_iterate"])]
+    if s["average"] != "none":
+        final, optimum = s["f_avg_final"], s["f_star"]
+        gap = None if optimum is None or final is None else final - optimum
+        lines.append(("  averaged", f"f at the {s['average']} average {_num(final)}{_gap(gap)}"))
+    if s["interval"] is not None:
+        i = s["interval"]
+        lines.append(("  interval", f"f^γ(x_t) in [{_num(i['low'])}, {_num(i['high'])}] (95%, from the K sample "
+                                    f"values) at iteration {i['iteration']}"))
+    tau, power = s["decay"]
+    for label, kind, (first, last) in (("γ_t", s["gamma_schedule"], s["gamma_range"]),
+                                       ("η_t", s["lr_schedule"], s["step_size_range"])):
+        how = f"decay (τ={_num(tau)}, p={_num(power)})" if kind == "decay" else kind
+        values = "" if first is None else (f", {_num(first)}" if first == last else f", {_num(first)} → {_num(last)}")
+        lines.append(("schedule" if label == "γ_t" else "", f"{label} {how}{values}"))
+    lines.append(("noise", s["noise"] + (" (X_{2j+1} = −X_{2j})" if s["noise"] == "antithetic" else "")))
+    return lines
 
 
 def format_table(summaries: list[dict], rule: str) -> str:

@@ -112,7 +112,9 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 # The largest trace a reader reads (it holds it in memory): 4 GiB unless PPRS_MAX_TRACE_BYTES says otherwise.
 MAX_TRACE_BYTES = int(os.environ.get("PPRS_MAX_TRACE_BYTES", 4 << 30))
 STATUSES = ("running", "completed", "diverged", "interrupted", "failed")
-COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size")
+COLUMNS = ("iteration", "pipeline_time", "wall_time", "f_smoothed", "f_eval", "grad_norm", "step_size", "gamma",
+           "f_low", "f_high", "f_avg")
+LATER_COLUMNS = ("gamma", "f_low", "f_high", "f_avg")  # absent from older traces: read as NaN
 
 RESERVED_ATTRS = ("format_version", "status", "config", "pprs_mpi_version", "resumes", "writer", "heartbeat",
                   "heartbeat_within")
@@ -819,12 +821,13 @@ def _check(path: str, f: h5py.File, checked: bool, size: int) -> None:
 
 def _read_columns(path: str, f: h5py.File) -> dict:
     try:
-        columns = {name: f["trace"][name][()] for name in COLUMNS}
+        columns = {name: f["trace"][name][()] for name in COLUMNS if name not in LATER_COLUMNS or name in f["trace"]}
     except KeyError as err:
         raise TraceError(f"{path}: incomplete pprs_mpi trace ({err})") from None
     if len({len(values) for values in columns.values()}) != 1:
         raise TraceError(f"{path}: incomplete pprs_mpi trace (columns of different lengths)")
-    return columns
+    rows = len(columns["iteration"])
+    return {name: columns[name] if name in columns else np.full(rows, math.nan) for name in COLUMNS}
 
 
 def _find_checkpoint(f: h5py.File):

@@ -4,6 +4,7 @@ drawn and grouped (`Sampling`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from pprs_mpi.graph import Graph
 from pprs_mpi.schedule import microbatch_samples, n_microbatches
@@ -29,13 +30,19 @@ class Wiring:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the K noisy copies θ + γX_k are drawn and grouped into microbatches."""
+    """How the K noisy copies θ + γ_t X_k are drawn and grouped into microbatches."""
 
     K: int
-    gamma: float
+    gamma: float  # γ, or the base of `gamma_schedule`
     seed: int
     microbatch_size: int
     noise_on_device: bool = True  # False: draw on the host (bitwise the CPU noise) and copy to the GPU
+    gamma_schedule: Callable[[int], float] | None = None  # γ_t (see `parameters`); None: γ at every t
+    antithetic: bool = False  # X_{2j+1} = −X_{2j} (see `noise`)
+
+    def gamma_at(self, t: int) -> float:
+        """γ_t, the smoothing radius of iteration t."""
+        return self.gamma if self.gamma_schedule is None else self.gamma_schedule(t)
 
     @property
     def n_microbatches(self) -> int:

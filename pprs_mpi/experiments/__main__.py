@@ -1,5 +1,5 @@
-"""`python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,reproduction} ...` (fig3, erm and
-rates also under `mpirun -n P`); bad input: one line, exit 2."""
+"""`python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,anytime,reproduction} ...` (fig3,
+erm and rates also under `mpirun -n P`); bad input: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import sys
 
 from pprs_mpi.experiments.runner import ExperimentError
 
-USAGE = ("usage: python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,reproduction} [options]"
+USAGE = ("usage: python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,anytime,reproduction} "
+         "[options]"
          "   (--help after the name for its options)")
 
 
@@ -29,11 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         from pprs_mpi.experiments.lowerbounds import main as run
     elif name == "nonconvex":
         from pprs_mpi.experiments.nonconvex import main as run
+    elif name == "anytime":
+        from pprs_mpi.experiments.anytime import main as run
     elif name == "reproduction":
         from pprs_mpi.experiments.reproduction import main as run
     else:
         print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, erm, rates, depth, "
-              "lowerbounds, nonconvex or reproduction", file=sys.stderr)
+              "lowerbounds, nonconvex, anytime or reproduction", file=sys.stderr)
         return 2
     try:
         return run(rest)

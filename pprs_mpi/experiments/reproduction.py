@@ -159,6 +159,7 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
         "", *_erm(erm_run),
         "", *_closed_form(checks), "", *_rates(rates_result),
         *(["", *theorem_lines(theorems, docs)] if theorems else []),
+        "", "## Beyond the paper: anytime PPRS", "", ANYTIME,
         "", "## Cost and machine", "", "Figure 3: " + " ".join(document.cost_lines(table, sessions)),
         *(["", "ERM: " + " ".join(document.cost_lines(erm_run["table"], erm_run["sessions"]))] if erm_run else []),
         *(["", "Figure 3 at λ = 300: " + " ".join(document.cost_lines(lam_run["table"], lam_run["sessions"]))]
@@ -170,6 +171,9 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
     return path
 
 
+ANYTIME = ("Schedules for γ and η, antithetic noise and averaged iterates against the paper's constant parameters, "
+           "tuned and reported by the same discipline on `lad`, `linf`, `branch` and the attack: "
+           "[anytime.md](anytime.md) (`python -m pprs_mpi.experiments anytime`).")
 FIG3_PROBLEM = ("`adversarial` (eq. 17: multi-margin + λ‖x̃ − x‖∞ on the shipped 8×8 digits CNN, d = 64, inputs in "
                 "[0, 1])")
 ERM_PROBLEM = ("`fewshot` (eq. 15: the mean multi-margin loss over m shots of the shipped digits CNN's last two "

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from pprs_mpi import config, driver, faults, layout, optim, threads
+from pprs_mpi import averaging, config, driver, faults, layout, optim, parameters, threads
 from pprs_mpi.backend import Backend, BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import place
@@ -22,7 +22,7 @@ from pprs_mpi.graph import Graph, GraphError
 from pprs_mpi.placement import measure_costs
 from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
-from pprs_mpi.run.presets import apply_preset
+from pprs_mpi.run.presets import apply_preset, apply_schedule_bases
 from pprs_mpi.run.trace_io import open_trace
 from pprs_mpi.schedule import SPECS, Schedule, ideal_makespan
 from pprs_mpi.setup_sync import SetupFailed, SetupSync, name_ranks
@@ -83,7 +83,8 @@ class Setup:
     optimizer: optim.Optimizer = field(init=False)
 
     def __post_init__(self):
-        self.optimizer = optim.build(self.cfg.algorithm)
+        algorithm = self.cfg.algorithm
+        self.optimizer = averaging.wrap(optim.build(algorithm), algorithm.average, algorithm.iters)
         self.start = self.start or driver.LoopState.start(self.optimizer.init(self.problem.x0))
         injected = self.cfg.pipeline.inject_fault
         self.fault = Fault.parse(injected) if injected else faults.from_environment()
@@ -104,7 +105,7 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     problem = problem or build_problem(cfg)
     graph = problem.graph
     graph_hash = _same_graph_everywhere(graph, sync)
-    cfg = apply_preset(cfg, problem)
+    cfg = apply_schedule_bases(apply_preset(cfg, problem), problem)
     if cfg.pipeline.expect_ranks not in (None, comm.size):
         raise ConfigError(f"expected {cfg.pipeline.expect_ranks} MPI ranks but this job has {comm.size}: "
                           + (SINGLETONS if comm.size == 1 and _launched("SIZE") > 1 else
@@ -143,8 +144,11 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     chosen = _choose_layout(cfg, graph, place_nodes(graph, n_stages, None), regroup, schedule_of, parallel,
                             backend, comm, sync)
     stages = chosen.stages or place_nodes(graph, n_stages, None)
-    sampling = Sampling(cfg.algorithm.K, float(cfg.algorithm.gamma), cfg.algorithm.seed, chosen.microbatch_size,
-                        noise_on_device=cfg.device.noise_source == "device")
+    gamma = parameters.smoothing(cfg.algorithm)
+    sampling = Sampling(cfg.algorithm.K, gamma.base, cfg.algorithm.seed, chosen.microbatch_size,
+                        noise_on_device=cfg.device.noise_source == "device",
+                        gamma_schedule=None if gamma.constant else gamma,
+                        antithetic=cfg.algorithm.noise == "antithetic")
     _check_sizes(cfg, graph, sampling, n_stages, engine_name)
     if cfg.problem.check_gradients:
         _check_gradients(problem, comm, sync, float32=cfg.device.dtype == "float32")

@@ -19,13 +19,22 @@ def banner(setup: Setup) -> str:
     return (f"pprs_mpi {__version__}: {setup.problem.name} d={graph.dim} Δ={graph.depth}{simulated} "
             f"nodes={len(graph.order)} "
             f"| {algorithm.algo} K={algorithm.K} γ={algorithm.gamma:g} η={algorithm.lr:g} μ={algorithm.mu} "
-            f"T={algorithm.iters} "
+            f"T={algorithm.iters}{_anytime(algorithm)} "
             f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {cfg.pipeline.schedule}, "
             f"{_count(setup.sampling.n_microbatches, 'microbatch', 'microbatches')}, "
             f"{setup.makespan} time units/iteration\n"
             f"microbatch size {setup.layout.describe()}\n"
             f"devices {_per_rank(setup.placement['devices'])}, transport {_per_rank(setup.placement['transport'])} "
             f"(rank 0: {setup.backend.choice}), {cfg.device.threads} intra-op thread(s)" + _unpinned(graph))
+
+
+def _anytime(algorithm) -> str:
+    """' (γ_t decay, antithetic noise, polyak average)': what the run changes from Algorithm 1's constants."""
+    parts = [f"{name} {kind}" for name, kind in (("γ_t", algorithm.gamma_schedule), ("η_t", algorithm.lr_schedule))
+             if kind != "constant"]
+    parts += [f"{algorithm.noise} noise"] if algorithm.noise != "gaussian" else []
+    parts += [f"{algorithm.average} average"] if algorithm.average != "none" else []
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _unpinned(graph) -> str:

@@ -98,7 +98,8 @@ def _drive(setup: Setup, engine, stop: StopOnSignal) -> Result:
     if outcome.status == "completed":  # so that `--resume RUN.h5 --iters N` can extend a finished run
         figures.append(write_checkpoint(setup, engine, outcome.state))
     figures.append(write_gathered(trace, engine))
-    trace.write_result(y=outcome.state.y, x=outcome.state.x)
+    averaged = {"y_avg": outcome.state.arrays["avg"]} if "avg" in outcome.state.arrays else {}
+    trace.write_result(y=outcome.state.y, x=outcome.state.x, **averaged)
     trace.set_attrs(**{f"result_{key}": value for key, value in setup.problem.describe_point(outcome.state.y).items()})
     trace.close(outcome.status)
     result = Result.of(outcome, trace.columns, cfg.output.out, _why_stopped(outcome, cfg.output.out, trace.replaced))

@@ -1,11 +1,11 @@
 """--preset theorem3|theorem4: K, γ, η, μ (and T) from the problem's constants by Theorem 3 or 4, for the
-values the user did not set."""
+values the user did not set; and the bases of the theorem3 schedules (`parameters`)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from pprs_mpi import config, optim
+from pprs_mpi import config, optim, parameters
 from pprs_mpi.config import ConfigError
 from pprs_mpi.problems import Problem
 
@@ -36,6 +36,22 @@ def apply_preset(cfg: config.RunConfig, problem: Problem) -> config.RunConfig:
                           f"({type(err).__name__}: {err})") from None
     return cfg.replace(**{key: getattr(preset, key) for key in ("K", "gamma", "lr", "mu", "iters")
                           if key not in cfg.meta.given}, preset_source=preset.source)
+
+
+def apply_schedule_bases(cfg: config.RunConfig, problem: Problem) -> config.RunConfig:
+    """`cfg` with γ and η of a theorem3 schedule from the problem's L, R and d (Theorem 3 at T = 0), unless the
+    user set them; a resumed run keeps its stored values."""
+    algorithm = cfg.algorithm
+    wanted = [key for key, kind in (("gamma", algorithm.gamma_schedule), ("lr", algorithm.lr_schedule))
+              if kind == "theorem3" and key not in cfg.meta.given]
+    if not wanted or cfg.output.resume:
+        return cfg
+    L, R = problem.lipschitz, problem.radius
+    if L is None or R is None:
+        raise ConfigError(f"the theorem3 schedule needs L and R, which problem {problem.name!r} does not know: "
+                          f"give --{' and --'.join(wanted)}")
+    bases = parameters.theorem3_bases(L, R, problem.graph.dim)
+    return cfg.replace(**{key: bases[key] for key in wanted})
 
 
 def _initial_gap(problem: Problem) -> float:
