@@ -121,7 +121,8 @@ OPTIONS = (
            valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
     Option("smoothing_radius", float, None, "r of Theorem 4",
            valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
-    Option("schedule", str, "gpipe", "pipeline schedule (default gpipe)", choices=SPECS.keys()),
+    Option("schedule", str, "1f1b", "pipeline schedule: 1f1b (default) or gpipe (the paper's fill-drain)",
+           choices=SPECS.keys()),
     Option("microbatch_size", _microbatch_size, layout.AUTO, "noisy copies per message b: a count, auto (default: "
            "the b that minimises the predicted time per iteration from the ops' declared costs; K in one process) "
            "or measured (the same from timings on this machine)", valid=layout.valid, rule=">= 1, auto or measured"),

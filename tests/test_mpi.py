@@ -41,8 +41,8 @@ def test_mpi_engine_is_bitwise_equal_to_serial(tmp_trace, problem, depth, ranks,
 
 
 def test_rank_count_does_not_change_the_iterates_only_the_pipeline_time(tmp_trace):
-    args = ["--problem", "branch", "--depth", "4", *COMMON]
-    assert mpirun(2, *args, "--out", tmp_trace("two.h5")).returncode == 0
+    args = ["--problem", "branch", "--depth", "4", *COMMON, "--balance", "declared"]  # nodes balanced in units
+    assert mpirun(2, *args, "--schedule", "gpipe", "--out", tmp_trace("two.h5")).returncode == 0
     assert mpirun(3, *args, "--schedule", "1f1b", "--out", tmp_trace("three.h5")).returncode == 0
     two, three = load(tmp_trace("two.h5")), load(tmp_trace("three.h5"))
     assert_same_run(two, three, columns=("f_smoothed", "f_eval", "grad_norm", "iteration"))
