@@ -39,7 +39,7 @@ REQUESTS = (AUTO, MEASURED)
 #: the fixed machine model of `auto`, from this project's 2-core x86 VM, float64, one BLAS thread: seconds per
 #: action (engine and op call, benchmarks/engine_overhead.py), per multiply-add of a forward and its VJP, per
 #: message (pipeline_efficiency.py's empty pipeline), and the rows b₀ a product costs beyond its b (a
-#: b × 512 × 512 NumPy product takes about (b + 15) × 8.2 µs for b from 8 to 64: microbatch_sweep.py).
+#: b × 512 × 512 NumPy product takes about (b + 15 to 18) × 8.2 to 8.8 µs for b from 8 to 64: microbatch_sweep.py).
 ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
 #: the planner simulates the candidates' schedules when they have at most SIMULATED_ACTIONS actions in all and
 #: SEARCHED_STAGES stages (a few tenths of a second of start-up); larger layouts are predicted by the formula
