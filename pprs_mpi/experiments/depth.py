@@ -34,7 +34,7 @@ import numpy as np
 
 from pprs_mpi import optim, problems
 from pprs_mpi.experiments.fig3 import per_decade
-from pprs_mpi.experiments.inprocess import first_hit, fit_power, solve_curve
+from pprs_mpi.experiments.inprocess import first_hit, fit_power, run_study, solve_curve
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 
 DEFAULTS = {"problem": "lad", "dims": [4, 16, 64], "eps": [0.1, 0.05, 0.02, 0.01],
@@ -333,26 +333,13 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",")]
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    out, docs = Path(args.out), Path(args.docs) if args.docs else None
-    if args.collect_only:
-        if not (out / "depth.json").exists():
-            raise ExperimentError(f"{out / 'depth.json'} does not exist: run `experiments depth --out {out}` first")
-        return collect(out, docs)
-    proto = dict(QUICK if args.quick else DEFAULTS)
-    for key in ("problem", "dims", "eps", "depths", "seeds", "max_iters"):
-        if getattr(args, key) is not None:
-            proto[key] = getattr(args, key)
+def _check(proto: dict) -> None:
     if min(proto["dims"]) < 1 or min(proto["depths"]) < 1 or proto["seeds"] < 1 or proto["max_iters"] < 1:
         raise ExperimentError("--d, --depths, --seeds and --max-iters must be >= 1")
     if not all(0 < e < 1 for e in proto["eps"]):
         raise ExperimentError("--eps values are ε/(LR), each in (0, 1)")
-    proto.update(out=str(out), command="python -m pprs_mpi.experiments depth " + " ".join(argv))
-    result = measure(proto)
-    out.mkdir(parents=True, exist_ok=True)
-    import os
-    import platform
-    machine = f"{platform.processor() or platform.machine()}, nproc = {os.cpu_count()}"
-    (out / "depth.json").write_text(json.dumps({"protocol": proto, **result, "machine": machine}, indent=1))
-    return collect(out, docs)
+
+
+def main(argv: list[str]) -> int:
+    return run_study("depth", argv, parser().parse_args(argv), (DEFAULTS, QUICK),
+                     ("problem", "dims", "eps", "depths", "seeds", "max_iters"), _check, measure, collect)

@@ -1,5 +1,6 @@
 """One small solve in this process, its curve returned: what the theorem experiments (depth, lowerbounds,
-nonconvex) run, many times, on problems small enough that a trace file is only a temporary.
+nonconvex) run, many times, on problems small enough that a trace file is only a temporary; and the command
+those experiments share (`run_study`).
 
 Each call is `pprs_mpi.minimize` with the serial engine on MPI.COMM_SELF, evaluating f(y_t) at every iteration,
 its trace written into a temporary folder and read back: so the iterates are the package's own (the same code
@@ -8,11 +9,16 @@ as `solve`), and the experiments stay bitwise reproducible from their seeds.
 
 from __future__ import annotations
 
+import json
+import os
+import platform
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from pprs_mpi.experiments.runner import ExperimentError
 from pprs_mpi.trace import load
 
 
@@ -49,3 +55,26 @@ def fit_power(x, y) -> tuple[float, float]:
     """(exponent p, constant c) of the least-squares line log y = log c + p log x."""
     p, log_c = np.polyfit(np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float)), 1)
     return float(p), float(np.exp(log_c))
+
+
+def run_study(name: str, argv: list[str], args, protocols: tuple[dict, dict], options: tuple[str, ...],
+              check: Callable[[dict], None], measure: Callable[[dict], dict],
+              collect: Callable[[Path, Path | None], int]) -> int:
+    """`experiments NAME`: with --collect-only the document rebuilt from OUT/NAME.json; else the protocol (the
+    defaults or, with --quick, the quick one of `protocols`, overridden by the `options` given), checked (one line
+    on bad values), measured, saved with the command and the machine, and collected."""
+    out, docs = Path(args.out), Path(args.docs) if args.docs else None
+    data = out / f"{name}.json"
+    if args.collect_only:
+        if not data.exists():
+            raise ExperimentError(f"{data} does not exist: run `experiments {name} --out {out}` first")
+        return collect(out, docs)
+    proto = dict(protocols[1] if args.quick else protocols[0])
+    proto.update({key: getattr(args, key) for key in options if getattr(args, key) is not None})
+    check(proto)
+    proto.update(out=str(out), command=f"python -m pprs_mpi.experiments {name} " + " ".join(argv))
+    result = measure(proto)
+    out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, nproc = {os.cpu_count()}"
+    data.write_text(json.dumps({"protocol": proto, **result, "machine": machine}, indent=1))
+    return collect(out, docs)

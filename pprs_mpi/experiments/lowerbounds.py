@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
 from pprs_mpi import optim, problems
-from pprs_mpi.experiments.inprocess import solve_curve
+from pprs_mpi.experiments.inprocess import run_study, solve_curve
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 from pprs_mpi.problems.worstcase import span_bound
 
@@ -163,22 +161,11 @@ def parser() -> OneLineParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    out, docs = Path(args.out), Path(args.docs) if args.docs else None
-    if args.collect_only:
-        if not (out / "lowerbounds.json").exists():
-            raise ExperimentError(f"{out / 'lowerbounds.json'} does not exist: run `experiments lowerbounds` first")
-        return collect(out, docs)
-    proto = dict(QUICK if args.quick else DEFAULTS)
-    for key in ("dim", "depths", "seeds"):
-        if getattr(args, key) is not None:
-            proto[key] = getattr(args, key)
+def _check(proto: dict) -> None:
     if proto["dim"] < 1 or proto["seeds"] < 1 or min(proto["depths"]) < 3:
         raise ExperimentError("--dim and --seeds must be >= 1 and every depth >= 3 (rotations, then 3 nodes)")
-    proto.update(out=str(out), command="python -m pprs_mpi.experiments lowerbounds " + " ".join(argv))
-    result = measure(proto)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.processor() or platform.machine()}, nproc = {os.cpu_count()}"
-    (out / "lowerbounds.json").write_text(json.dumps({"protocol": proto, **result, "machine": machine}))
-    return collect(out, docs)
+
+
+def main(argv: list[str]) -> int:
+    return run_study("lowerbounds", argv, parser().parse_args(argv), (DEFAULTS, QUICK), ("dim", "depths", "seeds"),
+                     _check, measure, collect)

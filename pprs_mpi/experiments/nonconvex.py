@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 
 from pprs_mpi import optim, problems
-from pprs_mpi.experiments.inprocess import first_hit, solve_curve
+from pprs_mpi.experiments.inprocess import first_hit, run_study, solve_curve
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 from pprs_mpi.problems.ring import clarke_min_norm
 
@@ -122,22 +120,11 @@ def parser() -> OneLineParser:
     return p
 
 
-def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
-    out, docs = Path(args.out), Path(args.docs) if args.docs else None
-    if args.collect_only:
-        if not (out / "nonconvex.json").exists():
-            raise ExperimentError(f"{out / 'nonconvex.json'} does not exist: run `experiments nonconvex` first")
-        return collect(out, docs)
-    proto = dict(QUICK if args.quick else DEFAULTS)
-    for key in ("dims", "seeds"):
-        if getattr(args, key) is not None:
-            proto[key] = getattr(args, key)
+def _check(proto: dict) -> None:
     if min(proto["dims"]) < 1 or proto["seeds"] < 1:
         raise ExperimentError("--d and --seeds must be >= 1")
-    proto.update(out=str(out), command="python -m pprs_mpi.experiments nonconvex " + " ".join(argv))
-    result = measure(proto)
-    out.mkdir(parents=True, exist_ok=True)
-    machine = f"{platform.processor() or platform.machine()}, nproc = {os.cpu_count()}"
-    (out / "nonconvex.json").write_text(json.dumps({"protocol": proto, **result, "machine": machine}, indent=1))
-    return collect(out, docs)
+
+
+def main(argv: list[str]) -> int:
+    return run_study("nonconvex", argv, parser().parse_args(argv), (DEFAULTS, QUICK), ("dims", "seeds"), _check,
+                     measure, collect)
