@@ -17,7 +17,10 @@ from pprs_mpi.analysis import (DEFAULT_GAP_FRACTIONS, default_targets, every_tex
 
 WIDTH = 100  # columns of every line of text output
 FINAL_ABOVE_BEST = ("with a constant step η and smoothing γ the iterates do not settle at the minimum: f(y_t) "
-                    "keeps moving in a band whose width grows with η and γ√d (lower them to narrow it)")
+                    "keeps moving in a band whose width grows with η and γ√d (lower them to narrow it, or let them "
+                    "decay: --lr-schedule, --gamma-schedule)")
+FINAL_ABOVE_BEST_SCHEDULED = ("the iterates are still moving: f(y_t) keeps moving in a band whose width grows with "
+                              "η_t and γ_t√d, which the schedules narrow as t grows")
 
 
 def targets_rule(basis: tuple[float, float] | None, given: bool, n_runs: int) -> str:
@@ -56,7 +59,9 @@ def format_summary(s: dict, rule: str) -> str:
     ]
     lines += _anytime_lines(s)
     if s["f_best"] is not None and s["f_final"] > s["f_best"]:
-        lines.append(("", f"final above best by {_num(s['f_final'] - s['f_best'])}: {FINAL_ABOVE_BEST}"))
+        constant = {s["gamma_schedule"], s["lr_schedule"]} <= {None, "constant"}
+        why = FINAL_ABOVE_BEST if constant else FINAL_ABOVE_BEST_SCHEDULED
+        lines.append(("", f"final above best by {_num(s['f_final'] - s['f_best'])}: {why}"))
     lines += [("time", f"pipeline {_num(s['pipeline_time'])} units, wall {_num(s['wall_time'])} s"),
               ("targets", rule)]
     for t in s["targets"]:
