@@ -16,18 +16,19 @@ from pprs_mpi.experiments.__main__ import main as experiments_main
 from pprs_mpi.experiments.runner import ExperimentError
 from pprs_mpi.problems import Problem
 from pprs_mpi.problems.worstcase import difference_matrix, span_bound
+import reference
 
 
 @pytest.mark.parametrize("name", ["chain_smooth", "chain_nonsmooth"])
 def test_worst_case_chains_have_their_closed_form_optimum(name):
     """f(θ*) = f* (the run's f at t = 0 from x0 = θ*), every node's VJP matches finite differences (at a
-    random point: θ* is a kink of the max), and f is no
-    lower than f* at 200 random points near θ* (convexity with the known minimiser)."""
+    random point: θ* is a kink of the max), and f is no lower than f* at 200 random points near θ* (convexity with
+    the known minimiser; evaluated by the plain reference, tests/reference.py)."""
     built = problems.build(name, depth=6, dim=5, radius=1.5, problem_seed=3)
     assert all(r.ok for r in check_graph(built.graph, x0=np.random.default_rng(1).standard_normal(5)))
     at_star = Problem(name, built.graph, x0=built.theta_star)
-    nearby = [inprocess.solve_curve(Problem(name, built.graph, x0=built.theta_star + 0.1 * z), algo="gd", lr=1e-9,
-                                    iters=1)["f"][0] for z in np.random.default_rng(0).standard_normal((200, 5))]
+    near = built.theta_star + 0.1 * np.random.default_rng(0).standard_normal((200, 5))
+    nearby = reference.evaluate(built.graph, near)[built.graph.leaf]
     f_star = inprocess.solve_curve(at_star, algo="gd", lr=1e-9, iters=1)["f"][0]
     assert f_star == pytest.approx(built.f_star, rel=1e-12, abs=1e-14)
     assert min(nearby) >= built.f_star - 1e-12
@@ -156,8 +157,9 @@ def _min_norm_in_hull(vectors: np.ndarray, steps: int = 3000) -> float:
 @pytest.mark.parametrize("z_norm, r, expected", [(2.0, 0.5, math.sqrt(1 - 0.25 / 4)), (1.2, 0.3, 0.0),
                                                  (0.2, 0.3, 0.0), (0.5, 0.2, math.sqrt(1 - 0.04 / 0.25))])
 def test_ring_clarke_subdifferential_closed_form_against_sampled_gradients(z_norm, r, expected):
-    """The closed-form smallest norm of the Clarke r-subdifferential of |‖z‖ − 1| against the hull of the engine's
-    own gradients at 100 of 4000 points drawn in the ball (its boundary included), in d = 3 through a depth-4 graph."""
+    """The closed-form smallest norm of the Clarke r-subdifferential of |‖z‖ − 1| against the hull of the graph's
+    gradients (the plain reference's backprop) at 100 of 4000 points drawn in the ball (its boundary included), in
+    d = 3 through a depth-4 graph."""
     built = problems.build("ring", depth=4, dim=3, problem_seed=2, ring_radius=1.0, ring_gap=1.0)
     assert all(c.ok for c in check_graph(built.graph, x0=np.random.default_rng(0).standard_normal(3)))
     graph_z = built.theta_star / np.linalg.norm(built.theta_star)  # θ* lies on the sphere, 2 from the centre's image
@@ -168,8 +170,7 @@ def test_ring_clarke_subdifferential_closed_form_against_sampled_gradients(z_nor
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     points = x + r * directions * rng.uniform(0.0, 1.0, (4000, 1)) ** (1 / 3)
     points[:2000] = x + r * directions[:2000]  # the boundary, where the hull's closest point lives
-    grads = np.array([x0 - inprocess.solve_curve(Problem("ring", built.graph, x0=x0), algo="gd", lr=1.0,
-                                                 iters=1)["y"] for x0 in points[::40]])
+    grads = reference.backprop(built.graph, reference.evaluate(built.graph, points[::40]))
     assert np.allclose(np.linalg.norm(grads, axis=1), 1.0)  # unit gradients off the sphere
     from pprs_mpi.problems.ring import clarke_min_norm
     assert float(clarke_min_norm(z_norm, 1.0, r)) == pytest.approx(expected)
