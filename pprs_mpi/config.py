@@ -24,7 +24,7 @@ from typing import Callable, Collection
 from pprs_mpi import averaging, layout, optim, parameters, problems
 from pprs_mpi.backend import DEVICES, DTYPES
 from pprs_mpi.faults import Fault
-from pprs_mpi.schedule import SPECS
+from pprs_mpi.schedule import AUTO, ScheduleNames
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,8 +121,8 @@ OPTIONS = (
            valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
     Option("smoothing_radius", float, None, "r of Theorem 4",
            valid=lambda v: v is None or (math.isfinite(v) and v > 0), rule="> 0"),
-    Option("schedule", str, "1f1b", "pipeline schedule: 1f1b (default) or gpipe (the paper's fill-drain)",
-           choices=SPECS.keys()),
+    Option("schedule", str, AUTO, "pipeline schedule: auto (default: gpipe or 1f1b, whichever the layout planner "
+           "predicts faster; gpipe on a tie), gpipe (the paper's fill-drain) or 1f1b", choices=ScheduleNames()),
     Option("microbatch_size", _microbatch_size, layout.AUTO, "noisy copies per message b: a count, auto (default: "
            "the b that minimises the predicted time per iteration from the ops' declared costs; K in one process) "
            "or measured (the same from timings on this machine)", valid=layout.valid, rule=">= 1, auto or measured"),

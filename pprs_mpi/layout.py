@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from pprs_mpi.graph import Graph
 from pprs_mpi.ops._util import MACS_PER_COST_UNIT
@@ -59,17 +59,19 @@ class Candidate:
     n_microbatches: int
     predicted_s: float  # per iteration (gradient pass), by the model
     nodes_per_stage: tuple[int, ...] = ()  # the grouping weighed with it (empty in traces written before it)
+    schedule: str = ""  # the schedule weighed with it, where the planner weighed several ("" otherwise)
 
 
 @dataclass(frozen=True)
 class Layout:
-    """The chosen microbatch size, why (`rule`), the candidates weighed (empty when none were), and the
-    nodes of each stage where the planner grouped them (None: the caller's grouping stands)."""
+    """The chosen microbatch size, why (`rule`), the candidates weighed (empty when none were), the nodes of each
+    stage where the planner grouped them and the schedule where it chose one (None: the caller's stands)."""
 
     microbatch_size: int
     rule: str
     candidates: tuple[Candidate, ...] = ()
     stages: tuple[tuple[str, ...], ...] | None = None
+    schedule: str | None = None
 
     def as_dict(self) -> dict:
         """What the trace records (its stage_nodes hold the grouping)."""
@@ -77,16 +79,22 @@ class Layout:
                 "candidates": [asdict(c) for c in self.candidates]}
 
     def describe(self) -> str:
-        """b and why, with the predicted time per iteration of the choice and of the runner-up."""
-        ranked = sorted(self.candidates, key=lambda c: c.predicted_s)
-        if len(ranked) < 2:
+        """b and why, with the predicted time per iteration of the choice and of the best other candidate."""
+        chosen = [c for c in self.candidates if c.microbatch_size == self.microbatch_size
+                  and c.schedule == (self.schedule or c.schedule)]
+        others = sorted((c for c in self.candidates if c not in chosen[:1]), key=lambda c: c.predicted_s)
+        if not chosen or not others:
             return f"b={self.microbatch_size} ({self.rule})"
-        return (f"b={self.microbatch_size} ({self.rule}; predicted {_ms(ranked[0])} per iteration, "
-                f"next best b={ranked[1].microbatch_size}: {_ms(ranked[1])})")
+        return (f"b={self.microbatch_size}{_under(chosen[0])} ({self.rule}; predicted {_ms(chosen[0])} per "
+                f"iteration, next best b={others[0].microbatch_size}{_under(others[0])}: {_ms(others[0])})")
 
 
 def _ms(candidate: Candidate) -> str:
     return f"{candidate.predicted_s * 1e3:.3g} ms"
+
+
+def _under(candidate: Candidate) -> str:
+    return f" under {candidate.schedule}" if candidate.schedule else ""
 
 
 def parse(text: str) -> int | str:
@@ -106,18 +114,21 @@ def valid(value) -> bool:
 def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: Graph, parallel: bool,
            max_rows: int, simulated: bool = False, stored: int | None = None,
            measure: Callable[[int], dict[str, float]] | None = None, regroup: Regroup | None = None,
-           schedule: Callable[[tuple, int], Schedule] | None = None) -> Layout:
+           schedules: Mapping[str, Callable[[tuple, int], Schedule]] | None = None) -> Layout:
     """The layout for `request` (a forced b, `auto` or `measured`) of K copies over len(stages) stages; `parallel`
     when each stage has its own rank, `max_rows` the most copies one microbatch may hold (memory), `stored` a
     resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies.
 
     With `regroup` (which groups the nodes into len(stages) stages by per-node seconds) each candidate b is
     weighed with the nodes regrouped by the model's cost of each node at b, and the layout holds the grouping
-    chosen; without it every candidate keeps `stages`. With `schedule(stages, M)` (the run's schedule) and a
-    small enough layout, each candidate's time is its schedule simulated with the model's action times
-    rather than the formula, and the grouping is improved by moving stage boundaries while that helps."""
+    chosen; without it every candidate keeps `stages`. `schedules` maps the schedules to weigh (the run's one, or
+    several for `--schedule auto`, the preferred first) to their builders `build(stages, M)`: on a small enough
+    layout each candidate (b, schedule) is its schedule simulated with the model's action times rather than the
+    formula, the grouping is improved by moving stage boundaries while that helps, and the layout holds the
+    schedule chosen; elsewhere the first schedule stands. Near-ties go to the larger b, then the earlier schedule."""
     fixed = _fixed(request, K, stored, simulated)
-    if fixed is not None and regroup is None:
+    names = list(schedules or ())
+    if fixed is not None and regroup is None and len(names) <= 1:
         return Layout(*fixed)
     P = len(stages) if parallel else 1
     sizes = [fixed[0]] if fixed is not None else _sizes(K, P, max_rows)
@@ -126,32 +137,56 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
         rule = "measured on this machine"
     else:
         seconds, rule = _declared_seconds(graph), "the ops' declared costs"
-    simulating = P > 1 and schedule is not None and _simulable(P, [-(-K // b) for b in sizes], len(graph.order))
+    simulating = P > 1 and bool(names) and _simulable(P, [-(-K // b) for b in sizes], len(graph.order))
+    weighed = names if simulating else names[:1]
 
-    def predict(grouped: tuple, b: int) -> float:
+    def predict(grouped: tuple, b: int, name: str | None) -> float:
         M, node_seconds = -(-K // b), seconds(b)
         if simulating:
-            return _simulate(schedule(grouped, M), graph, node_seconds)
+            return _simulate(schedules[name](grouped, M), graph, node_seconds)
         costs = _stage_seconds(grouped, node_seconds, graph)
         return (M + len(costs) - 1) * max(costs) if P > 1 else M * sum(costs)
 
     groupings = {b: tuple(map(tuple, stages if regroup is None else regroup(seconds(b)))) for b in sizes}
-    candidates = {b: Candidate(b, -(-K // b), predict(grouped, b), tuple(map(len, grouped)))
-                  for b, grouped in groupings.items()}
-    b = min(candidates.values(), key=lambda c: (c.predicted_s, -c.microbatch_size)).microbatch_size
-    searching = regroup is not None and simulating and _contiguous(groupings[b], graph)
-    if searching:  # the best b's stage boundaries moved while its simulated time falls
-        groupings[b], predicted = _improve(groupings[b], lambda grouped: predict(grouped, b))
-        candidates[b] = Candidate(b, -(-K // b), predicted, tuple(map(len, groupings[b])))
+    choosing = len(weighed) > 1  # a schedule is named in the candidates and the layout only where it is chosen
+
+    def candidate(b: int, name: str | None, grouped: tuple, predicted: float) -> Candidate:
+        return Candidate(b, -(-K // b), predicted, tuple(map(len, grouped)), name if choosing else "")
+
+    options = weighed or [None]
+    candidates = {(b, name): candidate(b, name, grouped, predict(grouped, b, name))
+                  for b, grouped in groupings.items() for name in options}
+    searching = regroup is not None and simulating and _contiguous(next(iter(groupings.values())), graph)
+    finalists = {}  # per schedule, its best b with that b's stage boundaries moved while its simulated time falls
+    for name in options:
+        b = _preferred([c for (_, n), c in candidates.items() if n == name], weighed).microbatch_size
+        grouping = groupings[b]
+        if searching:
+            grouping, predicted = _improve(grouping, lambda grouped: predict(grouped, b, name))
+            candidates[b, name] = candidate(b, name, grouping, predicted)
+        finalists[name] = (candidates[b, name], grouping)
+    name = _preferred([c for c, _ in finalists.values()], weighed).schedule or options[0]
+    best, grouping = finalists[name]
+    b = best.microbatch_size
+    stages_chosen, schedule_chosen = (grouping if regroup else None), (name if choosing else None)
     if fixed is not None:
-        return Layout(*fixed, stages=groupings[b])
+        return Layout(*fixed, stages=stages_chosen, schedule=schedule_chosen)
     rule += f", {P} ranks in parallel" if P > 1 else ", one process: nothing overlaps"
     if simulating:
-        rule += ", its schedule simulated"
+        rule += f", the schedules {' and '.join(weighed)} simulated" if choosing else ", the schedule simulated"
     if regroup is not None and P > 1:
         rule += ", nodes grouped into stages by the same model" + (
             " and moved while the simulated time falls" if searching else "")
-    return Layout(b, rule, tuple(candidates.values()), groupings[b] if regroup else None)
+    return Layout(b, rule, tuple(candidates.values()), stages_chosen, schedule_chosen)
+
+
+def _preferred(candidates, names: list[str]) -> Candidate:
+    """The fastest candidate, where those within rounding of it (relative 1e-9) go to the larger b and then to the
+    schedule listed first: a schedule is not switched for a difference the model cannot tell."""
+    candidates = list(candidates)
+    fastest = min(c.predicted_s for c in candidates)
+    near = [c for c in candidates if c.predicted_s <= fastest * (1 + 1e-9)]
+    return min(near, key=lambda c: (-c.microbatch_size, names.index(c.schedule) if c.schedule in names else 0))
 
 
 def _contiguous(stages: tuple, graph: Graph) -> bool:
@@ -167,8 +202,8 @@ def _simulable(P: int, Ms: list[int], nodes: int) -> bool:
 
 def _simulate(plan: Schedule, graph: Graph, node_seconds: dict[str, float]) -> float:
     """The makespan of `plan` when each stage runs its actions in the schedule's order, each as soon as its
-    inputs are done: a forward or a backward takes half its node's modelled seconds plus MESSAGE_S per edge
-    it sends over to another stage."""
+    inputs are there: a forward or a backward takes half its node's modelled seconds plus MESSAGE_S per edge
+    it sends over to another stage, and a message arrives MESSAGE_S after it was sent."""
     stage_of = {name: s for s, names in enumerate(plan.stages) for name in names}
     stage_of[graph.root] = 0
     sends_forward = {v: sum(stage_of[c] != stage_of[v] for c in graph.children[v]) for v in graph.order}
@@ -178,13 +213,19 @@ def _simulate(plan: Schedule, graph: Graph, node_seconds: dict[str, float]) -> f
                                key=lambda event: event[:2]):
         v, mb = action.node, action.mb
         if isinstance(action, Forward):
-            ready = [forward_done[p, mb] for p in graph.parents(v) if p != graph.root]
+            ready = [_arrival(forward_done, p, mb, s, stage_of) for p in graph.parents(v) if p != graph.root]
             seconds, done = node_seconds[v] / 2 + MESSAGE_S * sends_forward[v], forward_done
         else:
-            ready = [forward_done[v, mb], *(backward_done[c, mb] for c in graph.children[v])]
+            ready = [forward_done[v, mb], *(_arrival(backward_done, c, mb, s, stage_of) for c in graph.children[v])]
             seconds, done = node_seconds[v] / 2 + MESSAGE_S * sends_backward[v], backward_done
         free[s] = done[v, mb] = max([free[s], *ready]) + seconds
     return max(free)
+
+
+def _arrival(done: dict, node: str, mb: int, stage: int, stage_of: dict) -> float:
+    """When `node`'s output (or cotangent) for microbatch mb is at `stage`: at once on its own stage, MESSAGE_S
+    after it is done on another (a pipeline that waits on each message, like 1F1B's steady state, pays it)."""
+    return done[node, mb] + (MESSAGE_S if stage_of[node] != stage else 0.0)
 
 
 def _improve(stages: tuple, predict: Callable[[tuple], float]) -> tuple[tuple, float]:

@@ -34,6 +34,7 @@ This module is pure: no arrays, no MPI.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -201,6 +202,23 @@ class ScheduleSpec:
 
 
 SPECS: dict[str, ScheduleSpec] = {}  # by name; `SPECS.keys()` is a live view, the choices of --schedule
+
+
+AUTO = "auto"  # --schedule auto: the layout planner weighs AUTO_SCHEDULES (pprs_mpi/layout.py)
+AUTO_SCHEDULES = ("gpipe", "1f1b")  # the paper's first: near-ties go to it
+
+
+class ScheduleNames(Collection):
+    """`auto` and every registered schedule's name, live: the choices of --schedule."""
+
+    def __contains__(self, name) -> bool:
+        return name == AUTO or name in SPECS
+
+    def __iter__(self):
+        return iter((AUTO, *SPECS))
+
+    def __len__(self) -> int:
+        return 1 + len(SPECS)
 
 
 def register(spec: ScheduleSpec) -> ScheduleSpec:

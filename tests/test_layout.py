@@ -101,7 +101,7 @@ def test_under_1f1b_the_planner_gives_the_leafs_stage_fewer_nodes():
     unit = {name: 1000.0 for name in graph.order}
     chosen = choose(layout.MEASURED, 2, graph.stages(2), graph, True, 1, measure=lambda b: unit,
                     regroup=lambda costs: graph.stages(2, costs),
-                    schedule=lambda stages, M: SPECS["1f1b"].build(stages, parents, M))
+                    schedules={"1f1b": lambda stages, M: SPECS["1f1b"].build(stages, parents, M)})
     order = graph.order
     cuts = {i: layout._simulate(SPECS["1f1b"].build((order[:i], order[i:]), parents, 2), graph, unit)
             for i in range(1, len(order))}
@@ -111,6 +111,41 @@ def test_under_1f1b_the_planner_gives_the_leafs_stage_fewer_nodes():
     assert (even, best) == (3, 4) and cuts[best] == pytest.approx(10_000, rel=1e-6) and cuts[even] >= 11_000
     assert chosen.candidates[0].predicted_s == pytest.approx(cuts[best], rel=1e-12)
     assert "simulated" in chosen.rule
+
+
+def test_auto_weighs_both_schedules_and_a_tie_goes_to_gpipe():
+    """--schedule auto: each (b, schedule) is simulated and the fastest kept. Seven equal heavy nodes on 2 ranks
+    with two microbatches: 1F1B with 4 | 3 (10 units) beats GPipe (11 at best); with one microbatch both take
+    the same time and GPipe, the paper's, stays; the choice is named in the candidates and the description."""
+    graph = mlp_graph(16, 3)
+    parents = {name: graph.parents(name) for name in graph.order}
+    builders = {name: (lambda stages, M, name=name: SPECS[name].build(stages, parents, M))
+                for name in ("gpipe", "1f1b")}
+    unit = {name: 1000.0 for name in graph.order}
+
+    def chosen(K):
+        return choose(layout.MEASURED, K, graph.stages(2), graph, True, 1, measure=lambda b: unit,
+                      regroup=lambda costs: graph.stages(2, costs), schedules=builders)
+
+    two = chosen(2)
+    assert (two.schedule, [len(s) for s in two.stages]) == ("1f1b", [4, 3])
+    by_schedule = {c.schedule: c.predicted_s for c in two.candidates}
+    assert by_schedule["1f1b"] == pytest.approx(10_000, rel=1e-6) and by_schedule["gpipe"] >= 11_000
+    assert "b=1 under 1f1b" in two.describe() and "gpipe and 1f1b simulated" in two.rule
+    one = chosen(1)
+    assert one.schedule == "gpipe" and {c.schedule for c in one.candidates} == {"gpipe", "1f1b"}
+
+
+def test_many_cheap_microbatches_stay_with_gpipe_whose_sends_do_not_wait(tmp_trace):
+    """lad at b = 1 on 4 stages: 1F1B waits on each message's round trip, which the model's message latency
+    makes slower than GPipe's stream of forwards; the run records the schedule it ran under."""
+    args = ["--stages", "4", "--microbatch-size", "1", "--iters", "2", "--quiet", "--eval-every", "0"]
+    assert main([*args, "--out", tmp_trace("auto.h5")]) == 0
+    assert main([*args, "--schedule", "1f1b", "--out", tmp_trace("1f1b.h5")]) == 0
+    auto, forced = load(tmp_trace("auto.h5")), load(tmp_trace("1f1b.h5"))
+    assert auto.attrs["schedule"] == "gpipe" and auto.config["schedule"] == "auto"
+    assert forced.attrs["schedule"] == "1f1b"
+    assert np.array_equal(auto.result["y"], forced.result["y"])  # the schedule never changes the iterates
 
 
 def test_the_grouping_reaches_the_trace_and_declared_keeps_the_old_one(tmp_trace):

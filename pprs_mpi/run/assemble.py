@@ -24,7 +24,7 @@ from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
 from pprs_mpi.run.presets import apply_preset, apply_schedule_bases
 from pprs_mpi.run.trace_io import open_trace
-from pprs_mpi.schedule import SPECS, Schedule, ideal_makespan
+from pprs_mpi.schedule import AUTO, AUTO_SCHEDULES, SPECS, Schedule, ideal_makespan
 from pprs_mpi.setup_sync import SetupFailed, SetupSync, name_ranks
 from pprs_mpi.solve import PREFIX
 
@@ -68,6 +68,7 @@ class Setup:
     problem: Problem
     wiring: Wiring
     schedule: Schedule
+    schedule_name: str  # the schedule's policy: the one asked for, or the planner's choice under --schedule auto
     sampling: Sampling
     backend: Backend
     engine_name: str
@@ -133,16 +134,14 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
         local = {"devices": [], "transport": [], "hosts": [], "error": [f"rank {comm.rank}: {err}"]}
     gathered = sync.gather(local, check=_placement_errors) or [local]  # every rank's on rank 0, its own elsewhere
     placement = {key: [item for rank in gathered for item in rank[key]] for key in local if key != "error"}
-    spec = SPECS[cfg.pipeline.schedule]
-    place_nodes, parents = spec.placement, {name: graph.parents(name) for name in graph.order}
+    names = AUTO_SCHEDULES if cfg.pipeline.schedule == AUTO else (cfg.pipeline.schedule,)
+    place_nodes, parents = SPECS[names[0]].placement, {name: graph.parents(name) for name in graph.order}
     parallel = engine_name == "mpi" or cfg.pipeline.stages is not None  # --stages emulates that many ranks
     regroup = partial(place_nodes, graph, n_stages) if parallel and cfg.pipeline.balance == "auto" else None
-
-    def schedule_of(stages, M: int):  # a candidate layout's schedule, for the planner to simulate
-        return spec.build(stages, parents, M)
-
-    chosen = _choose_layout(cfg, graph, place_nodes(graph, n_stages, None), regroup, schedule_of, parallel,
+    schedules = {name: partial(_build_schedule, SPECS[name], parents) for name in names}
+    chosen = _choose_layout(cfg, graph, place_nodes(graph, n_stages, None), regroup, schedules, parallel,
                             backend, comm, sync)
+    schedule_name = chosen.schedule or names[0]
     stages = chosen.stages or place_nodes(graph, n_stages, None)
     gamma = parameters.smoothing(cfg.algorithm)
     sampling = Sampling(cfg.algorithm.K, gamma.base, cfg.algorithm.seed, chosen.microbatch_size,
@@ -155,24 +154,29 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     if cfg.pipeline.balance == "measured":  # measured on rank 0 only, so every rank places nodes alike
         costs = measure_costs(graph, backend, chosen.microbatch_size) if comm.rank == 0 else None
         stages = place_nodes(graph, n_stages, sync.bcast(costs))
-    wiring, schedule = place(graph, stages, cfg.pipeline.schedule, sampling.n_microbatches)
+    wiring, schedule = place(graph, stages, schedule_name, sampling.n_microbatches)
     makespan = (ideal_makespan(sampling.n_microbatches, cfg.pipeline.simulated_depth) if cfg.pipeline.simulated_depth
                 else schedule.makespan)
-    return Setup(cfg, problem, wiring, schedule, sampling, backend, engine_name, makespan,
+    return Setup(cfg, problem, wiring, schedule, schedule_name, sampling, backend, engine_name, makespan,
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash, chosen)
 
 
-def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, regroup, schedule, parallel: bool, backend: Backend,
+def _build_schedule(spec, parents, stages, M: int):
+    """A candidate layout's schedule under `spec`, for the planner to simulate."""
+    return spec.build(stages, parents, M)
+
+
+def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, regroup, schedules, parallel: bool, backend: Backend,
                    comm, sync: SetupSync) -> layout.Layout:
-    """The microbatch size, and with `regroup` the grouping (see `layout`; `schedule(stages, M)` builds the run's
-    schedule for the planner to simulate): chosen on rank 0, where `measured` times the nodes, and sent to every
-    rank, so that all of them run the same schedule."""
+    """The microbatch size, with `regroup` the grouping and with several `schedules` (name → its builder, for the
+    planner to simulate) the schedule (see `layout`): chosen on rank 0, where `measured` times the nodes, and sent
+    to every rank, so that all of them run the same schedule."""
     chosen = None
     if comm.rank == 0:
         chosen = layout.choose(cfg.pipeline.microbatch_size, cfg.algorithm.K, stages, graph, parallel,
                                layout.max_rows(graph, MAX_MESSAGE_ENTRIES), bool(cfg.pipeline.simulated_depth),
                                cfg.meta.stored_microbatch_size, lambda b: measure_costs(graph, backend, b), regroup,
-                               schedule)
+                               schedules)
     return sync.bcast(chosen)
 
 

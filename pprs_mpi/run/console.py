@@ -20,7 +20,7 @@ def banner(setup: Setup) -> str:
             f"nodes={len(graph.order)} "
             f"| {algorithm.algo} K={algorithm.K} γ={algorithm.gamma:g} η={algorithm.lr:g} μ={algorithm.mu} "
             f"T={algorithm.iters}{_anytime(algorithm)} "
-            f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {cfg.pipeline.schedule}, "
+            f"| {setup.engine_name} engine, {len(setup.wiring.stages)} stages, {setup.schedule_name}, "
             f"{_count(setup.sampling.n_microbatches, 'microbatch', 'microbatches')}, "
             f"{setup.makespan} time units/iteration\n"
             f"microbatch size {setup.layout.describe()}\n"

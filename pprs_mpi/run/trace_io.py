@@ -26,7 +26,7 @@ def open_trace(setup: Setup, comm) -> str | None:
             "mpi_library": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "depth": graph.depth,
             "makespan": setup.makespan, "n_microbatches": setup.sampling.n_microbatches,
             "microbatch_size": setup.sampling.microbatch_size, "layout_choice": json.dumps(setup.layout.as_dict()),
-            "stages": len(setup.wiring.stages), "package_version": __version__,
+            "stages": len(setup.wiring.stages), "schedule": setup.schedule_name, "package_version": __version__,
             "rank_devices": ",".join(setup.placement["devices"]),
             "rank_transport": ",".join(setup.placement["transport"]), "rank_hosts": ",".join(setup.placement["hosts"]),
             "timeline_ranks": np.array(sampled_ranks(len(setup.wiring.stages)), dtype=np.int64),
