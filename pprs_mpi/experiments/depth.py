@@ -28,13 +28,14 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from pprs_mpi import optim, problems
 from pprs_mpi.experiments.fig3 import per_decade
-from pprs_mpi.experiments.inprocess import first_hit, fit_power, run_study, solve_curve
+from pprs_mpi.experiments.inprocess import first_hit, fit_power, publish, run_study, study_parser, solve_curve
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 
 DEFAULTS = {"problem": "lad", "dims": [4, 16, 64], "eps": [0.1, 0.05, 0.02, 0.01],
@@ -177,16 +178,9 @@ def collect(out: Path, docs: Path | None) -> int:
     found = lines(rows, proto["depths"])
     summary = {"lines": found, "exponents": exponents(found), "shape": shape_fit(found, proto["depths"])}
     text = render(proto, rows, summary, data.get("wall_s", 0.0), data.get("machine", ""))
-    (out / "depth.txt").write_text(text + "\n")
-    print(text)
-    if docs:
-        docs.mkdir(parents=True, exist_ok=True)
-        from pprs_mpi.experiments.figures_theory import depth_png
-        name = f"depth_{proto['problem']}"
-        depth_png(proto, found, summary["shape"], docs / f"{name}.png")
-        (docs / f"{name}.md").write_text(text + "\n")
-        print(f"written: {docs / name}.png, {docs / name}.md")
-    return 0
+    from pprs_mpi.experiments.figures_theory import depth_png
+    return publish(text, out, docs, "depth", partial(depth_png, proto, found, summary["shape"]),
+                   doc_name=f"depth_{proto['problem']}")
 
 
 def render(proto: dict, rows: list[dict], summary: dict, wall_s: float, machine: str) -> str:
@@ -310,18 +304,13 @@ def _csv(values) -> str:
 
 
 def parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m pprs_mpi.experiments depth", description=__doc__.splitlines()[0],
-                      allow_abbrev=False)
-    p.add_argument("--quick", action="store_true", help="a tiny run (d = 4, two ε, three Δ): seconds")
+    p = study_parser("depth", __doc__.splitlines()[0], "d = 4, two ε, three Δ", "depth.png and depth.md")
     p.add_argument("--problem", choices=PROBLEMS, help="convex problem with known f*, L, R (default lad)")
     p.add_argument("--d", dest="dims", type=_ints, help="comma-separated dimensions (default 4,16,64)")
     p.add_argument("--eps", type=_floats, help="comma-separated ε/(LR) (default 0.1,0.05,0.02,0.01)")
     p.add_argument("--depths", type=_ints, help="comma-separated Δ of the time accounting (default 1,3,...,10000)")
     p.add_argument("--seeds", type=int, help="PPRS noise seeds per (d, ε) (default 3)")
     p.add_argument("--max-iters", type=int, help="most GD/AGD iterations (default 20000; at most 4/ε_min² are run)")
-    p.add_argument("--out", default="depth", help="data folder (default ./depth)")
-    p.add_argument("--docs", help="also write depth.png and depth.md there (e.g. docs)")
-    p.add_argument("--collect-only", action="store_true", help="only rebuild the table and figure from OUT")
     return p
 
 

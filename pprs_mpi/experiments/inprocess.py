@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from pprs_mpi.experiments.runner import ExperimentError
+from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 from pprs_mpi.trace import load
 
 
@@ -55,6 +55,34 @@ def fit_power(x, y) -> tuple[float, float]:
     """(exponent p, constant c) of the least-squares line log y = log c + p log x."""
     p, log_c = np.polyfit(np.log(np.asarray(x, dtype=float)), np.log(np.asarray(y, dtype=float)), 1)
     return float(p), float(np.exp(log_c))
+
+
+def publish(text: str, out: Path, docs: Path | None, name: str, figure: Callable[[Path], None] | None = None,
+            doc_name: str | None = None) -> int:
+    """A theory experiment's document: OUT/NAME.txt and the terminal, and with `docs` DOCS/DOC_NAME.md and, with
+    `figure`, the figure it draws into DOCS/DOC_NAME.png (DOC_NAME: NAME unless given)."""
+    (out / f"{name}.txt").write_text(text + "\n")
+    print(text)
+    if docs:
+        docs.mkdir(parents=True, exist_ok=True)
+        stem = docs / (doc_name or name)
+        written = [stem.with_suffix(".png")] if figure else []
+        if figure:
+            figure(written[0])
+        stem.with_suffix(".md").write_text(text + "\n")
+        print("written: " + ", ".join(map(str, [*written, stem.with_suffix(".md")])))
+    return 0
+
+
+def study_parser(name: str, description: str, quick: str, writes: str) -> OneLineParser:
+    """The options every theory experiment takes (--quick: `quick`; --out; --docs, where it writes `writes`;
+    --collect-only); the experiment adds its own."""
+    p = OneLineParser(prog=f"python -m pprs_mpi.experiments {name}", description=description, allow_abbrev=False)
+    p.add_argument("--quick", action="store_true", help=f"a tiny run ({quick}): seconds")
+    p.add_argument("--out", default=name, help=f"data folder (default ./{name})")
+    p.add_argument("--docs", help=f"also write {writes} there (e.g. docs)")
+    p.add_argument("--collect-only", action="store_true", help="only rebuild the document from OUT")
+    return p
 
 
 def run_study(name: str, argv: list[str], args, protocols: tuple[dict, dict], options: tuple[str, ...],

@@ -22,12 +22,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from pprs_mpi import optim, problems
-from pprs_mpi.experiments.inprocess import run_study, solve_curve
+from pprs_mpi.experiments.inprocess import publish, run_study, study_parser, solve_curve
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 from pprs_mpi.problems.worstcase import span_bound
 
@@ -101,15 +102,8 @@ def judged(row: dict) -> dict:
 
 def collect(out: Path, docs: Path | None) -> int:
     data = json.loads((out / "lowerbounds.json").read_text())
-    text = render(data)
-    (out / "lowerbounds.txt").write_text(text + "\n")
-    print(text)
-    if docs:
-        docs.mkdir(parents=True, exist_ok=True)
-        from pprs_mpi.experiments.figures_theory import lowerbounds_png
-        lowerbounds_png(data["rows"], docs / "lowerbounds.png")
-        (docs / "lowerbounds.md").write_text(text + "\n")
-        print(f"written: {docs / 'lowerbounds.png'}, {docs / 'lowerbounds.md'}")
+    from pprs_mpi.experiments.figures_theory import lowerbounds_png
+    return publish(render(data), out, docs, "lowerbounds", partial(lowerbounds_png, data["rows"]))
     return 0
 
 
@@ -149,15 +143,10 @@ def render(data: dict) -> str:
 
 
 def parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m pprs_mpi.experiments lowerbounds", description=__doc__.splitlines()[0],
-                      allow_abbrev=False)
-    p.add_argument("--quick", action="store_true", help="a tiny run (k = 8, Δ = 4): seconds")
+    p = study_parser("lowerbounds", __doc__.splitlines()[0], "k = 8, Δ = 4", "lowerbounds.png and lowerbounds.md")
     p.add_argument("--dim", type=int, help="chain length k (default 64)")
     p.add_argument("--depths", type=lambda t: [int(v) for v in t.split(",")], help="graph depths (default 5,20)")
     p.add_argument("--seeds", type=int, help="PPRS noise seeds (default 3)")
-    p.add_argument("--out", default="lowerbounds", help="data folder (default ./lowerbounds)")
-    p.add_argument("--docs", help="also write lowerbounds.png and lowerbounds.md there (e.g. docs)")
-    p.add_argument("--collect-only", action="store_true", help="only rebuild the table and figure from OUT")
     return p
 
 

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from pprs_mpi import optim, problems
-from pprs_mpi.experiments.inprocess import first_hit, run_study, solve_curve
+from pprs_mpi.experiments.inprocess import first_hit, publish, run_study, study_parser, solve_curve
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
 from pprs_mpi.problems.ring import clarke_min_norm
 
@@ -61,14 +61,7 @@ def measure(proto: dict) -> dict:
 
 def collect(out: Path, docs: Path | None) -> int:
     data = json.loads((out / "nonconvex.json").read_text())
-    text = render(data)
-    (out / "nonconvex.txt").write_text(text + "\n")
-    print(text)
-    if docs:
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / "nonconvex.md").write_text(text + "\n")
-        print(f"written: {docs / 'nonconvex.md'}")
-    return 0
+    return publish(render(data), out, docs, "nonconvex")
 
 
 def render(data: dict) -> str:
@@ -109,14 +102,9 @@ def render(data: dict) -> str:
 
 
 def parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m pprs_mpi.experiments nonconvex", description=__doc__.splitlines()[0],
-                      allow_abbrev=False)
-    p.add_argument("--quick", action="store_true", help="a tiny run (d = 4, r = 0.3, ε = 0.5): seconds")
+    p = study_parser("nonconvex", __doc__.splitlines()[0], "d = 4, r = 0.3, ε = 0.5", "nonconvex.md")
     p.add_argument("--d", dest="dims", type=lambda t: [int(v) for v in t.split(",")], help="dimensions (4,16,64)")
     p.add_argument("--seeds", type=int, help="noise seeds (default 3)")
-    p.add_argument("--out", default="nonconvex", help="data folder (default ./nonconvex)")
-    p.add_argument("--docs", help="also write nonconvex.md there (e.g. docs)")
-    p.add_argument("--collect-only", action="store_true", help="only rebuild the table from OUT")
     return p
 
 
