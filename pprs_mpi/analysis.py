@@ -132,10 +132,12 @@ def microbatch_choice(trace: Trace) -> str | None:
     for traces written before the choice was recorded or whose record is not readable."""
     try:
         record = json.loads(trace.attrs["layout_choice"])
-        candidates = tuple(Candidate(int(c["microbatch_size"]), int(c["n_microbatches"]), float(c["predicted_s"]))
+        candidates = tuple(Candidate(int(c["microbatch_size"]), int(c["n_microbatches"]), float(c["predicted_s"]),
+                                     schedule=str(c.get("schedule", "")))  # absent before the planner chose it
                            for c in record["candidates"])
-        return Layout(int(record["microbatch_size"]), str(record["rule"]), candidates).describe()
-    except (KeyError, TypeError, ValueError, RecursionError):
+        return Layout(int(record["microbatch_size"]), str(record["rule"]), candidates,
+                      schedule=record.get("schedule")).describe()
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
         return None
 
 

@@ -75,7 +75,7 @@ class Layout:
 
     def as_dict(self) -> dict:
         """What the trace records (its stage_nodes hold the grouping)."""
-        return {"microbatch_size": self.microbatch_size, "rule": self.rule,
+        return {"microbatch_size": self.microbatch_size, "rule": self.rule, "schedule": self.schedule,
                 "candidates": [asdict(c) for c in self.candidates]}
 
     def describe(self) -> str:
