@@ -3,10 +3,10 @@ report pairs that tuned other rows only (`fig3 --no-baselines --pprs-mus 0.9,0.9
 rows), merged into the first run's table so that every comparison is made on the same report pairs.
 
 Nothing of the first run changes: its rows, levels and initial loss stay; the added rows' times to the levels are
-computed again at the first run's levels, their tuning stays their own run's (on its own tuning pairs, recorded as
-table['added']). Choices and comparisons are then derived from the merged rows by verdict.py, as for any table, so
-the main comparisons (PPRS μ = 0 against the best baseline) are the same and the exploratory ones, with their Holm
-correction, include the added rows.
+computed again at the first run's levels, their tuning stays their own run's (on its own tuning pairs, with its own
+grid growth, recorded as table['added']). Choices and comparisons are then derived from the merged rows by verdict.py,
+as for any table, so the main comparisons (PPRS μ = 0 against the best baseline) are the same and the exploratory ones,
+with their Holm correction, include the added rows.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ def combine(base: tuple[dict, dict, dict], added: tuple[dict, dict, dict]) -> tu
         by_method = {r["method"]: r for r in mine}
         rows += [by_method[m] for m in _ordered(by_method)]
     merged = {**table, "rows": rows,
-              "extensions": {**table.get("extensions", {}), **more_table.get("extensions", {})},
               "tune_scores": {key: {**scores, **more_table.get("tune_scores", {}).get(key, {})}
                               for key, scores in table.get("tune_scores", {}).items()},
               "added": {"protocol": more_proto, "pair_counts": more_table["pair_counts"],

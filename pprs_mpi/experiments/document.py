@@ -80,7 +80,8 @@ def _added_lines(table: dict, sessions: list[dict]) -> list[str]:
             f"{{{_list(p['lrs'])}}}, γ ∈ {{{_list(p['gammas'])}}}, K ∈ {{{_list(p['Ks'])}}}, μ ∈ "
             f"{{{_list(p['pprs_mus'])}}}, grown past edges (up to {p['extend_rounds']} rounds; "
             f"{added['tuning_rounds']} done): {grown}. Their times to the loss levels are at this run's levels. "
-            "Command: " + "; ".join(f"`{c}`" for c in commands) + ".",
+            "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands) + "."
+            + "".join(f" Note on a session: {s['note']}." for s in sessions if s.get("note")),
             "  " + scale_lines(p)[0].removeprefix("- ")]
 
 

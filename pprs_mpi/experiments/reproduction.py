@@ -152,6 +152,7 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
         *(_glance("Figure 3, λ = 300", lam_run["table"]) if lam_run else []),
         *(_glance(f"ERM (§5, not tested in the claim's regime), m = {erm_run['table']['protocol']['examples']}",
                   erm_run["table"]) if erm_run else []),
+        *_momentum_glance([t for t in (table, lam_run and lam_run["table"]) if t]),
         "", *framing.reading_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"], old,
                                    rates_result, _finite_sum(theorems)),
         "", *framing.deviations_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"],
@@ -195,6 +196,17 @@ def _glance(name: str, table: dict) -> list[str]:
     return [f"- {name}, Δ = {c['depth']}: {c['method']} vs {c['against']}: **{c['outcome']}** (lower on "
             f"{c['lower']}/{c['pairs']} pairs, median {c['median']:+.3g}, sign test p = {c['sign_p']:.2g})"
             for c in table["comparisons"] if c["main"]]
+
+
+def _momentum_glance(tables: list[dict]) -> list[str]:
+    """The Figure 3 runs' momentum rows judged by the main comparisons' rule, exploratory (framing.py)."""
+    found = [(t, c, zero) for t in tables for c, zero in framing.momentum_against_baseline(t) if t.get("added")]
+    if not found:
+        return []
+    return ["", "PPRS with momentum (rows added after the main comparisons were declared; the same rule, "
+                "exploratory):", "",
+            *[f"- Figure 3, λ = {t['protocol'].get('lam', 0):g}, " + framing.momentum_text(c, zero)
+              for t, c, zero in found]]
 
 
 def _keep(folder: Path, home: Path, names: tuple[str, ...]) -> Path:
