@@ -503,3 +503,47 @@ def test_fig3_under_mpirun_spreads_both_phases_over_ranks(tmp_path):
     assert "report rank 1/2: 3 of 6 runs" in result.stdout
     assert len(list((tmp_path / "runs").glob("*.h5"))) == 12 and (tmp_path / "summary.h5").exists()
     assert json.loads((tmp_path / "sessions.json").read_text())[0]["command"].startswith("mpirun -n 2 python -m")
+
+
+@pytest.mark.skipif("adversarial" not in problems.registry(), reason="problem 'adversarial' not available")
+def test_momentum_rows_of_a_second_run_join_the_first_runs_table_without_changing_it(tmp_path):
+    """`fig3 --no-baselines` runs PPRS rows only; combined.combine adds them to a finished run's table on the same
+    report pairs: the first run's rows and main comparisons stay, the added rows keep their own report values and
+    enter the exploratory comparisons; another run's report pairs or repeated rows are refused."""
+    pytest.importorskip("matplotlib")
+    from pprs_mpi.experiments import combined
+    base, more, docs = tmp_path / "base", tmp_path / "more", tmp_path / "docs"
+    assert experiments_main(["fig3", "--quick", "--pprs-mus", "0", "--out", str(base)]) == 0
+    assert experiments_main(["fig3", "--quick", "--pprs-mus", "0.99", "--no-baselines", "--out", str(more)]) == 0
+    assert {p.name.split("_")[0] for p in (more / "runs").glob("*.h5")} == {"pprs"}  # no GD, no AGD run
+    first, second = fig3_results.read_summary(base / "summary.h5"), fig3_results.read_summary(more / "summary.h5")
+    alone = verdict.comparisons(first[1]["rows"])
+    proto, table, results = combined.combine(first, second)
+    added = {r["method"] for r in second[1]["rows"]}
+    assert added == {"PPRS K=2 +momentum", "PPRS K=10 +momentum"}
+    assert [r for r in table["rows"] if r["method"] not in added] == first[1]["rows"]
+    assert [r["method"] for r in table["rows"][:6]] == ["PPRS K=2 μ=0", "PPRS K=2 +momentum", "PPRS K=10 μ=0",
+                                                        "PPRS K=10 +momentum", "GD", "AGD"]
+    theirs = {(r["depth"], r["budget"], r["method"]): r["pair_finals"] for r in second[1]["rows"] if r["selected"]}
+    assert theirs and all(r["pair_finals"] == theirs[(r["depth"], r["budget"], r["method"])]
+                          for r in table["rows"] if r["method"] in added and r["selected"])
+    main = [(c["method"], c["against"], c["sign_p"], c["outcome"]) for c in table["comparisons"] if c["main"]]
+    assert main == [(c["method"], c["against"], c["sign_p"], c["outcome"]) for c in alone if c["main"]]
+    momentum = [c for c in table["comparisons"] if c["method"] in added]
+    assert momentum and all(c["sign_p"] == stats.compare(
+        theirs[(c["depth"], c["budget"], c["method"])],
+        next(r for r in table["rows"] if (r["depth"], r["budget"], r["method"]) == (c["depth"], c["budget"],
+                                                                                    c["against"]))["pair_finals"]
+    )["sign_p"] for c in momentum)
+    assert set(results["20:1200"]["selected"]) == {r["method"] for r in table["rows"] if r["selected"]
+                                                   and (r["depth"], r["budget"]) == (20, 1200)}
+    with pytest.raises(runner.ExperimentError, match="repeats rows"):
+        combined.combine(first, first)
+    other = ({**second[0], "report_pairs": [2]}, second[1], second[2])
+    with pytest.raises(runner.ExperimentError, match="other report pairs"):
+        combined.combine(first, other)
+    assert experiments_main(["reproduction", "--run", str(base), "--momentum", str(more), "--docs", str(docs)]) == 0
+    document = (docs / "reproduction.md").read_text()
+    assert "Rows added by a second run (PPRS K=2 +momentum, PPRS K=10 +momentum)" in document
+    assert "PPRS +momentum against their tuning-chosen best baseline" in document
+    assert (docs / "data" / "fig3_momentum" / "summary.h5").exists()

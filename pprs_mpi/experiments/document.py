@@ -37,7 +37,8 @@ def verdict_lines(table: dict, what: str) -> list[str]:
     return lines
 
 
-def protocol_lines(table: dict, sessions: list[dict], problem_text: str) -> list[str]:
+def protocol_lines(table: dict, sessions: list[dict], problem_text: str, added_sessions: list[dict] = ()) -> list[str]:
+    """The protocol of a table's run, then of the run of rows added to it at report time (combined.py), if any."""
     p, counts = table["protocol"], table["pair_counts"]
     commands = list(dict.fromkeys(s["command"] for s in sessions if s.get("command")))
     grown = ", ".join(f"{method}: +{', '.join(f'{axis} {_list(v)}' for axis, v in ext.items())}"
@@ -60,7 +61,28 @@ def protocol_lines(table: dict, sessions: list[dict], problem_text: str) -> list
             + " units, the same for every method. Each configuration runs once per pair and is re-timed for every "
               f"setting; f(y_t) is evaluated at ≥ {p['eval_points']} points within every budget.",
             "- Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands),
-            *scale_lines(p)]
+            *scale_lines(p), *_added_lines(table, added_sessions)]
+
+
+def _added_lines(table: dict, sessions: list[dict]) -> list[str]:
+    """The run of the rows added at report time: its tuning pairs and grid (its report pairs, budgets and λ are
+    the main run's, combined.py checks it)."""
+    added = table.get("added")
+    if not added:
+        return []
+    p, counts = added["protocol"], added["pair_counts"]
+    grown = ", ".join(f"{method}: +{', '.join(f'{axis} {_list(v)}' for axis, v in ext.items())}"
+                      for method, ext in added["extensions"].items()) or "none"
+    commands = list(dict.fromkeys(s["command"] for s in sessions if s.get("command")))
+    return [f"- Rows added by a second run ({', '.join(added['methods'])}), combined with this one at report time "
+            "on the same report pairs, budgets and λ: tuned alike (same selection rule and growth) on their own "
+            f"tuning pairs {span(p['tune_pairs'])} ({counts['tune']['attackable']} attackable), over PPRS lr ∈ "
+            f"{{{_list(p['lrs'])}}}, γ ∈ {{{_list(p['gammas'])}}}, K ∈ {{{_list(p['Ks'])}}}, μ ∈ "
+            f"{{{_list(p['pprs_mus'])}}}, grown past edges (up to {p['extend_rounds']} rounds; "
+            f"{added['tuning_rounds']} done): {grown}. Their times to the loss levels are at this run's levels. "
+            "Command" + ("s" if len(commands) > 1 else "") + ": " + "; ".join(f"`{c}`" for c in commands) + "."
+            + "".join(f" Note on a session: {s['note']}." for s in sessions if s.get("note")),
+            "  " + scale_lines(p)[0].removeprefix("- ")]
 
 
 def scale_lines(p: dict) -> list[str]:
@@ -143,18 +165,33 @@ def paper_lines(table: dict) -> list[str]:
     return lines
 
 
-def cost_lines(table: dict, sessions: list[dict]) -> list[str]:
+def cost_lines(table: dict, sessions: list[dict], added_sessions: list[dict] = ()) -> list[str]:
+    """Runs, wall time and machine of a table's run, then of the run of its added rows (combined.py) if any."""
     if not sessions:
         return ["No session record (sessions.json) for this run."]
-    total = sum(s["wall_s"] for s in sessions)
+    added = table.get("added", {}).get("methods", [])
+    own = _runs([r for r in table["rows"] if r["method"] not in added], table["pair_counts"])
+    lines = [f"{own}. " + _sessions_text(sessions)]
+    if added and added_sessions:
+        mine = _runs([r for r in table["rows"] if r["method"] in added], table["added"]["pair_counts"])
+        lines.append(f"The added rows ({', '.join(added)}): {mine}. " + _sessions_text(added_sessions))
+    return lines
+
+
+def _runs(rows: list[dict], counts: dict) -> str:
+    """'N tuning runs and M report runs (k kept configurations)' of some rows of a table."""
+    first = verdict.settings(rows)[0]
+    tune = sum(r["tune_runs"] for r in rows if (r["depth"], r["budget"]) == first)
+    kept = {r["selected"] for r in rows if r["selected"]}
+    return (f"{tune:,} tuning runs and {len(kept) * counts['report']['attackable']:,} report runs ({len(kept)} kept "
+            "configurations)")
+
+
+def _sessions_text(sessions: list[dict]) -> str:
     last = sessions[-1]
-    tune = sum(r["tune_runs"] for r in table["rows"] if (r["depth"], r["budget"]) == verdict.settings(table["rows"])[0])
-    kept = {r["selected"] for r in table["rows"] if r["selected"]}
-    report = len(kept) * table["pair_counts"]["report"]["attackable"]
-    return [f"{tune:,} tuning runs and {report:,} report runs ({len(kept)} kept configurations). Wall time "
-            f"{total / 60:.1f} minutes in {len(sessions)} session(s), on {last['ranks']} MPI rank(s) of a machine with "
-            f"nproc = {last['nproc']} ({last['cpu']}), shared with other jobs, so times are indicative. Finished "
-            f"{last['finished']}."]
+    return (f"Wall time {sum(s['wall_s'] for s in sessions) / 60:.1f} minutes in {len(sessions)} session(s), on "
+            f"{last['ranks']} MPI rank(s) of a machine with nproc = {last['nproc']} ({last['cpu']}), shared with other "
+            f"jobs, so times are indicative. Finished {last['finished']}.")
 
 
 def _list(values) -> str:

@@ -77,6 +77,7 @@ class Grid:
     eval_points: int
     select: str  # "final", or a loss level: fastest to reach it
     extend_rounds: int = 0
+    baseline_rows: bool = True  # False: PPRS rows only, e.g. rows added to a finished run (reproduction's --momentum)
 
 
 DEFAULT = Grid(lrs=half_decades(1e-3, 1e-6), baseline_lrs=per_decade(1e-3, 1e-6, 6), gammas=(1e-2, 1e-3, 1e-4),
@@ -130,7 +131,7 @@ def families(proto: dict) -> dict[str, dict]:
                 found[f"PPRS K={K} {name}"] = {"algo": "pprs", "K": K, "mus": mus, "lrs": proto["lrs"],
                                                "gammas": proto["gammas"]}
     for algo, mus in (("gd", [0.0]), ("agd", proto["agd_mus"])):
-        if mus:
+        if mus and proto.get("baseline_rows", True):
             found[method_of(algo, 1, 0.0, proto["baselines"])] = {"algo": algo, "K": 1, "mus": mus,
                                                                   "lrs": proto["baseline_lrs"], "gammas": [0.0]}
     return found
@@ -290,6 +291,8 @@ def parser(experiment: Experiment = FIG3) -> argparse.ArgumentParser:
     p.add_argument("--pprs-mus", type=_floats, help="comma-separated PPRS momenta (default 0,0.9,0.99; μ = 0 is the "
                                                     "paper's row, μ > 0 are tuned as one more row per K)")
     p.add_argument("--agd-mus", type=_floats, help="comma-separated AGD momenta (default 0.9,0.99)")
+    p.add_argument("--no-baselines", dest="baseline_rows", action="store_false", default=None,
+                   help="PPRS rows only (no GD, AGD): rows to add to a finished run's table at report time")
     p.add_argument("--eval-points", type=int, help=f"evaluations of f(y_t) at least within every depth's budget "
                                                    f"(default {d.eval_points})")
     p.add_argument("--select", help="selection rule on the tuning pairs: 'final' (lowest mean final loss, default) "

@@ -114,10 +114,7 @@ def _table(proto, tuning, results, verdicts, levels) -> dict:
                        tune_final=scored[c["name"]]["final"], tune_reach=scored[c["name"]]["reach"],
                        pairs=int(finals.size), report_diverged=c["diverged"],
                        final_loss=float(c["loss"][-1]), final_ci=curves.interval(c["bootstrap"][:, -1]),
-                       points=int(c["time"].size),
-                       times=[curves.time_to_reach(c["time"], c["loss"], level) for level in levels],
-                       times_ci=[curves.interval(curves.first_times(c["time"], c["bootstrap"], c["loss"][0] - level))
-                                 for level in levels], pair_finals=finals.tolist(),
+                       points=int(c["time"].size), **level_times(c, levels), pair_finals=finals.tolist(),
                        pair_times=[math.inf if proto["select"] == "final" else
                                    curves.time_to_reach(c["time"], pair, float(proto["select"])) or math.inf
                                    for pair in c["losses"]])
@@ -129,6 +126,14 @@ def _table(proto, tuning, results, verdicts, levels) -> dict:
             "choices": choices, "comparisons": verdict.comparisons(rows, metric_of(proto)), "pair_counts": counts,
             "tuning_rounds": tuning["rounds"], "extensions": tuning["extensions"],
             "tune_scores": {key: {n: s["final"] for n, s in sc.items()} for key, sc in tuning["scores"].items()}}
+
+
+def level_times(c: dict, levels) -> dict:
+    """A kept configuration's report times to each loss level: {'times': mean curve's, 'times_ci': bootstrap
+    interval, each resample's level the same decrease from its own initial loss}."""
+    return {"times": [curves.time_to_reach(c["time"], c["loss"], level) for level in levels],
+            "times_ci": [curves.interval(curves.first_times(c["time"], c["bootstrap"], c["loss"][0] - level))
+                         for level in levels]}
 
 
 def metric_of(proto: dict) -> str:

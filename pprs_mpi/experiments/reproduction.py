@@ -4,7 +4,7 @@ machine and time.
 
     python -m pprs_mpi.experiments reproduction --run docs/data/fig3 [--erm docs/data/erm]
         [--rates docs/data/rates] [--paper-lam docs/data/fig3_paper_lam] [--earlier docs/data/fig3_lam300/table.json]
-        [--docs docs]
+        [--momentum docs/data/fig3_momentum] [--paper-lam-momentum docs/data/fig3_paper_lam_momentum] [--docs docs]
 
 A run folder needs only summary.h5 (the table and the kept configurations' report curves), sessions.json
 and, where pairs were screened, pairs.json; a rates folder only rates.json. Given a full run folder, those
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pprs_mpi.experiments import document, framing, verdict
+from pprs_mpi.experiments import combined, document, framing, verdict
 from pprs_mpi.experiments.fig3 import span
 from pprs_mpi.experiments.fig3_results import mean_text, metric_of, read_summary, render
 from pprs_mpi.experiments.runner import ExperimentError, OneLineParser
@@ -67,7 +67,9 @@ def _phi(z: float) -> float:
 
 
 SOURCES = {"fig3": ("summary.h5", "sessions.json", "pairs.json"), "erm": ("summary.h5", "sessions.json"),
-           "fig3_paper_lam": ("summary.h5", "sessions.json", "pairs.json"), "rates": ("rates.json",)}
+           "fig3_paper_lam": ("summary.h5", "sessions.json", "pairs.json"), "rates": ("rates.json",),
+           "fig3_momentum": ("summary.h5", "sessions.json", "pairs.json"),
+           "fig3_paper_lam_momentum": ("summary.h5", "sessions.json", "pairs.json")}
 
 
 THEOREMS = (("depth_lad", "depth.json", "depth", "Theorem 3 against the depth, and §5's finite-sum reading, on the "
@@ -112,20 +114,26 @@ def theorem_lines(folder: Path, docs: Path) -> list[str]:
 
 
 def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None, docs: Path, command: str,
-          paper_lam: Path | None = None, theorems: Path | None = None) -> Path:
+          paper_lam: Path | None = None, theorems: Path | None = None, momentum: Path | None = None,
+          paper_lam_momentum: Path | None = None) -> Path:
     """Writes docs/reproduction.md, docs/fig3.png, docs/fig3_table.txt (and docs/erm.png, docs/erm_table.txt,
     docs/fig3_paper_lam.png, docs/fig3_paper_lam_table.txt, docs/rates.png) from the sources, copying those into
-    docs/data/ when they are elsewhere."""
-    for folder, kind in ((run, "fig3"), (erm, "erm"), (paper_lam, "fig3_paper_lam"), (rates, "rates")):
+    docs/data/ when they are elsewhere. `momentum`, `paper_lam_momentum`: runs of rows added to `run` and
+    `paper_lam` (combined.py)."""
+    inputs = ((run, "fig3"), (erm, "erm"), (paper_lam, "fig3_paper_lam"), (rates, "rates"),
+              (momentum, "fig3_momentum"), (paper_lam_momentum, "fig3_paper_lam_momentum"))
+    if paper_lam_momentum and not paper_lam:
+        raise ExperimentError("--paper-lam-momentum adds rows to --paper-lam: give both")
+    for folder, kind in inputs:
         if folder and not (folder / SOURCES[kind][0]).exists():
             raise ExperimentError(f"{folder / SOURCES[kind][0]} does not exist: give a finished run folder or its "
                                   "sources")
     docs.mkdir(parents=True, exist_ok=True)
-    sources = {kind: _keep(folder, docs / "data" / kind, SOURCES[kind]) for kind, folder in
-               (("fig3", run), ("erm", erm), ("fig3_paper_lam", paper_lam), ("rates", rates)) if folder}
-    fig3 = _run(sources["fig3"], docs, "fig3")
+    sources = {kind: _keep(folder, docs / "data" / kind, SOURCES[kind]) for folder, kind in inputs if folder}
+    fig3 = _run(sources["fig3"], docs, "fig3", sources.get("fig3_momentum"))
     erm_run = _run(sources["erm"], docs, "erm") if "erm" in sources else None
-    lam_run = _run(sources["fig3_paper_lam"], docs, "fig3_paper_lam") if "fig3_paper_lam" in sources else None
+    lam_run = (_run(sources["fig3_paper_lam"], docs, "fig3_paper_lam", sources.get("fig3_paper_lam_momentum"))
+               if "fig3_paper_lam" in sources else None)
     rates_result = _read_json(sources["rates"] / "rates.json", "run `rates` first") if "rates" in sources else None
     if rates_result:
         from pprs_mpi.experiments.figures import rates_png
@@ -144,12 +152,13 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
         *(_glance("Figure 3, λ = 300", lam_run["table"]) if lam_run else []),
         *(_glance(f"ERM (§5, not tested in the claim's regime), m = {erm_run['table']['protocol']['examples']}",
                   erm_run["table"]) if erm_run else []),
+        *_momentum_glance([t for t in (table, lam_run and lam_run["table"]) if t]),
         "", *framing.reading_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"], old,
                                    rates_result, _finite_sum(theorems)),
         "", *framing.deviations_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"],
                                       rates_result),
         "", "### Figure 3 at the scaled λ", "", *document.verdict_lines(table, "Figure 3"),
-        "", "## Protocol", "", *document.protocol_lines(table, sessions, FIG3_PROBLEM),
+        "", "## Protocol", "", *document.protocol_lines(table, sessions, FIG3_PROBLEM, fig3["added_sessions"]),
         "", "## Results (held-out report pairs)", "", *document.results_lines(table, "fig3.png", "fig3_table.txt"),
         "", "## What matches the paper and what does not", "", *document.paper_lines(table),
         "", *_pairs(table, fig3["screening"]),
@@ -160,9 +169,11 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
         "", *_closed_form(checks), "", *_rates(rates_result),
         *(["", *theorem_lines(theorems, docs)] if theorems else []),
         "", "## Beyond the paper: anytime PPRS", "", ANYTIME,
-        "", "## Cost and machine", "", "Figure 3: " + " ".join(document.cost_lines(table, sessions)),
+        "", "## Cost and machine", "",
+        "Figure 3: " + " ".join(document.cost_lines(table, sessions, fig3["added_sessions"])),
         *(["", "ERM: " + " ".join(document.cost_lines(erm_run["table"], erm_run["sessions"]))] if erm_run else []),
-        *(["", "Figure 3 at λ = 300: " + " ".join(document.cost_lines(lam_run["table"], lam_run["sessions"]))]
+        *(["", "Figure 3 at λ = 300: " + " ".join(document.cost_lines(lam_run["table"], lam_run["sessions"],
+                                                                      lam_run["added_sessions"]))]
           if lam_run else []),
     ])
     path = docs / "reproduction.md"
@@ -187,6 +198,17 @@ def _glance(name: str, table: dict) -> list[str]:
             for c in table["comparisons"] if c["main"]]
 
 
+def _momentum_glance(tables: list[dict]) -> list[str]:
+    """The Figure 3 runs' momentum rows judged by the main comparisons' rule, exploratory (framing.py)."""
+    found = [(t, c, zero) for t in tables for c, zero in framing.momentum_against_baseline(t) if t.get("added")]
+    if not found:
+        return []
+    return ["", "PPRS with momentum (rows added after the main comparisons were declared; the same rule, "
+                "exploratory):", "",
+            *[f"- Figure 3, λ = {t['protocol'].get('lam', 0):g}, " + framing.momentum_text(c, zero)
+              for t, c, zero in found]]
+
+
 def _keep(folder: Path, home: Path, names: tuple[str, ...]) -> Path:
     """The sources of a run, copied to `home` unless they are there already (the first, required, checked by
     `write` before anything is written)."""
@@ -198,17 +220,21 @@ def _keep(folder: Path, home: Path, names: tuple[str, ...]) -> Path:
     return home
 
 
-def _run(folder: Path, docs: Path, name: str) -> dict:
-    """A run's table, results, sessions and screening from its sources; its figure and text table into docs. The
-    choices and comparisons are derived again from the table's rows by today's rule (verdict.py), not read back."""
+def _run(folder: Path, docs: Path, name: str, added: Path | None = None) -> dict:
+    """A run's table, results, sessions and screening from its sources, with the rows of the run in `added`
+    (combined.py); its figure and text table into docs. The choices and comparisons are derived again from the
+    table's rows by today's rule (verdict.py), not read back."""
     from pprs_mpi.experiments.figures import fig3_png
     proto, table, results = read_summary(folder / "summary.h5")
     table["choices"] = [{"depth": d, "budget": b, **chosen}
                         for (d, b), chosen in verdict.choices(table["rows"]).items()]
     table["comparisons"] = verdict.comparisons(table["rows"], metric_of(proto))
+    if added:
+        proto, table, results = combined.combine((proto, table, results), read_summary(added / "summary.h5"))
     fig3_png(results, proto, table, docs / f"{name}.png")
     (docs / f"{name}_table.txt").write_text(render(table) + "\n")
     return {"table": table, "sessions": _json_or(folder / "sessions.json", []),
+            "added_sessions": _json_or(added / "sessions.json", []) if added else [],
             "screening": _json_or(folder / "pairs.json", {})}
 
 
@@ -252,7 +278,7 @@ def _paper_lam(run: dict) -> list[str]:
     lam = table["protocol"].get("lam")
     return ["## Figure 3 at the paper's unscaled λ = " + f"{lam:g}", "",
             *document.verdict_lines(table, f"this run at λ = {lam:g}"), "",
-            *document.protocol_lines(table, run["sessions"], FIG3_PROBLEM), "",
+            *document.protocol_lines(table, run["sessions"], FIG3_PROBLEM, run["added_sessions"]), "",
             *document.results_lines(table, "fig3_paper_lam.png", "fig3_paper_lam_table.txt"), "",
             "The paper's statements at its own λ:", "", *document.paper_lines(table), "",
             *_pairs(table, run["screening"], "data/fig3_paper_lam/pairs.json")[2:]]
@@ -354,6 +380,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--rates", help="a rates folder with rates.json (a finished run, or docs/data/rates)")
     p.add_argument("--paper-lam", help="a fig3 folder at the paper's λ = 300 with summary.h5 (or "
                                        "docs/data/fig3_paper_lam)")
+    p.add_argument("--momentum", help="a fig3 folder of rows added to --run (`fig3 --no-baselines --pprs-mus "
+                                      "0.9,0.99`, same λ, budgets and report pairs; or docs/data/fig3_momentum)")
+    p.add_argument("--paper-lam-momentum", help="rows added to --paper-lam alike (or "
+                                                "docs/data/fig3_paper_lam_momentum)")
     p.add_argument("--earlier", help="an earlier fig3 table.json to re-judge by the same rule "
                                      "(docs/data/fig3_lam300/table.json)")
     p.add_argument("--theorems", help="the folder holding the theorem experiments' data (depth_lad, "
@@ -363,5 +393,6 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     command = "python -m pprs_mpi.experiments reproduction " + " ".join(argv)
     write(Path(args.run), *(Path(v) if v else None for v in (args.rates, args.erm, args.earlier)), Path(args.docs),
-          command, Path(args.paper_lam) if args.paper_lam else None, Path(args.theorems) if args.theorems else None)
+          command, *(Path(v) if v else None for v in (args.paper_lam, args.theorems, args.momentum,
+                                                       args.paper_lam_momentum)))
     return 0
