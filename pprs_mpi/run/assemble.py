@@ -139,10 +139,10 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     parallel = engine_name == "mpi" or cfg.pipeline.stages is not None  # --stages emulates that many ranks
     regroup = partial(place_nodes, graph, n_stages) if parallel and cfg.pipeline.balance == "auto" else None
     schedules = {name: partial(_build_schedule, SPECS[name], parents) for name in names}
-    chosen = _choose_layout(cfg, graph, place_nodes(graph, n_stages, None), regroup, schedules, parallel,
-                            backend, comm, sync)
+    declared = place_nodes(graph, n_stages, None)
+    chosen = _choose_layout(cfg, graph, declared, regroup, schedules, parallel, backend, comm, sync)
     schedule_name = chosen.schedule or names[0]
-    stages = chosen.stages or place_nodes(graph, n_stages, None)
+    stages = chosen.stages or declared
     gamma = parameters.smoothing(cfg.algorithm)
     sampling = Sampling(cfg.algorithm.K, gamma.base, cfg.algorithm.seed, chosen.microbatch_size,
                         noise_on_device=cfg.device.noise_source == "device",
