@@ -1,5 +1,5 @@
-"""`python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,anytime,reproduction} ...` (fig3,
-erm and rates also under `mpirun -n P`); bad input: one line, exit 2."""
+"""`python -m pprs_mpi.experiments {fig3,erm,finitesum,rates,depth,lowerbounds,nonconvex,anytime,reproduction} ...`
+(fig3, erm, finitesum and rates also under `mpirun -n P`); bad input: one line, exit 2."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import sys
 
 from pprs_mpi.experiments.runner import ExperimentError
 
-USAGE = ("usage: python -m pprs_mpi.experiments {fig3,erm,rates,depth,lowerbounds,nonconvex,anytime,reproduction} "
-         "[options]"
+USAGE = ("usage: python -m pprs_mpi.experiments "
+         "{fig3,erm,finitesum,rates,depth,lowerbounds,nonconvex,anytime,reproduction} [options]"
          "   (--help after the name for its options)")
 
 
@@ -22,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
         from pprs_mpi.experiments.fig3 import main as run
     elif name == "erm":
         from pprs_mpi.experiments.erm import main as run
+    elif name == "finitesum":
+        from pprs_mpi.experiments.finitesum import main as run
     elif name == "rates":
         from pprs_mpi.experiments.rates import main as run
     elif name == "depth":
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     elif name == "reproduction":
         from pprs_mpi.experiments.reproduction import main as run
     else:
-        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, erm, rates, depth, "
+        print(f"pprs_mpi.experiments: error: unknown experiment '{name}': choose fig3, erm, finitesum, rates, depth, "
               "lowerbounds, nonconvex, anytime or reproduction", file=sys.stderr)
         return 2
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pprs_mpi.experiments import verdict
 from pprs_mpi.experiments.fig3 import span
-from pprs_mpi.experiments.fig3_results import comparison_text, mean_text, metric_text
+from pprs_mpi.experiments.fig3_results import comparison_text, mean_text, metric_text, parameter_cells
 
 PAPER_LRS = {"PPRS K=2 μ=0": 1e-4, "PPRS K=10 μ=0": 1e-3, "PPRS K=100 μ=0": 1e-3, "GD": 1e-5, "AGD": 1e-7}  # §6
 
@@ -130,9 +130,10 @@ def results_lines(table: dict, figure: str, table_file: str) -> list[str]:
                          + " |" * (len(head) - 4))
             continue
         times = ["–" if t is None else f"{t:,.0f}" for t in row["times"]]
-        gamma = f"{row['gamma']:.2g}" if row["gamma"] else "–"
-        lines.append(f"| {row['depth']} | {row['budget']:,} | {row['method']} | {row['lr']:.2g} | {gamma} "
-                     f"| {row['mu']:g} | {row['tune_final']:.4g} | {row['final_loss']:.4g} "
+        lr, gamma, mu = parameter_cells(row)
+        gamma = "–" if gamma == "-" else gamma
+        lines.append(f"| {row['depth']} | {row['budget']:,} | {row['method']} | {lr} | {gamma} "
+                     f"| {mu} | {row['tune_final']:.4g} | {row['final_loss']:.4g} "
                      f"[{row['final_ci'][0]:.4g}, {row['final_ci'][1]:.4g}] | "
                      + " | ".join(times) + f" | {', '.join(row['edge']) or '–'} |")
     return lines + ["", "'–': not reached within the budget. 'grid edge': the kept value is the largest or smallest "

@@ -8,7 +8,9 @@ Protocol (tuned and reported on separate pairs).
   2. Tuning. Every configuration of the grid runs on the tuning pairs (`--tune-pairs`): PPRS over
      K × μ × lr × γ (half-decade lrs), GD over lr, AGD over μ × lr (a finer lr grid, `--baseline-lrs`, so
      that each row has a comparable number of configurations). The methods (table rows) are PPRS K=k μ=0
-     (the paper's), PPRS K=k +momentum (μ > 0 of `--pprs-mus`), GD and AGD. Per setting (depth, budget)
+     (the paper's), PPRS K=k +momentum (μ ≠ 0 of `--pprs-mus`, a constant or 'nesterov', Theorem 3's μ_t),
+     GD and AGD; with Grid.preset (finitesum.py) also 'PPRS Theorem 3', the theorem's own parameters, untuned:
+     one configuration per setting, the T its budget allows, scored in that setting only. Per setting (depth, budget)
      and method, the configuration kept is the one with the lowest mean final loss within the budget
      over the tuning pairs (`--select final`), or the fastest to reach a loss level (`--select LEVEL`,
      ties and never-reached by final loss). Where a kept configuration sits on its method's grid edge
@@ -78,6 +80,7 @@ class Grid:
     select: str  # "final", or a loss level: fastest to reach it
     extend_rounds: int = 0
     baseline_rows: bool = True  # False: PPRS rows only, e.g. rows added to a finished run (reproduction's --momentum)
+    preset: bool = False  # a 'PPRS Theorem 3' row: the theorem's parameters for each setting's T (untuned)
 
 
 DEFAULT = Grid(lrs=half_decades(1e-3, 1e-6), baseline_lrs=per_decade(1e-3, 1e-6, 6), gammas=(1e-2, 1e-3, 1e-4),
@@ -99,6 +102,10 @@ def protocol(grid: Grid, problem: str, extra: list[str], experiment: str = "fig3
     proto = {"experiment": experiment, "problem": problem, "extra_args": list(extra), **asdict(grid),
              "examples": int(examples), "baselines": dict(baselines or BASELINES)}
     proto["budgets"] = [[int(depth), int(budget)] for depth, budget in grid.budgets]
+    if grid.preset:
+        own = problems.registry()[problem].parameters
+        given = {k: v for k, v in solve_options(extra).items() if k in own}
+        proto["dim"] = problems.build(problem, **given, **pair_options(problem)(grid.tune_pairs[0])).graph.dim
     if screen.applies(problem):
         proto["lam"] = screen.lam_of(problem, solve_options(extra))
     return proto
@@ -114,8 +121,17 @@ def setting_key(depth: int, budget: int) -> str:
     return f"{depth}:{budget}"
 
 
-def method_of(algo: str, K: int, mu: float, baselines: dict = BASELINES) -> str:
-    """The table row a configuration belongs to: PPRS per K, μ = 0 (the paper's) apart from μ > 0; GD; AGD."""
+PRESET = "PPRS Theorem 3"  # the row of Theorem 3's own parameters (Grid.preset)
+
+
+def mu_text(mu) -> str:
+    """A momentum as shown: '0.9', or 'nesterov' (Theorem 3's μ_t)."""
+    return mu if isinstance(mu, str) else f"{mu:g}"
+
+
+def method_of(algo: str, K: int, mu: float | str, baselines: dict = BASELINES) -> str:
+    """The table row a configuration belongs to: PPRS per K, μ = 0 (the paper's) apart from μ ≠ 0 (a constant
+    or Nesterov's μ_t); GD; AGD."""
     if algo != "pprs":
         return baselines[algo]
     return f"PPRS K={K} " + ("μ=0" if mu == 0 else "+momentum")
@@ -126,7 +142,7 @@ def families(proto: dict) -> dict[str, dict]:
     found = {}
     for K in proto["Ks"]:
         for name, mus in (("μ=0", [mu for mu in proto["pprs_mus"] if mu == 0]),
-                          ("+momentum", [mu for mu in proto["pprs_mus"] if mu > 0])):
+                          ("+momentum", [mu for mu in proto["pprs_mus"] if mu != 0])):
             if mus:
                 found[f"PPRS K={K} {name}"] = {"algo": "pprs", "K": K, "mus": mus, "lrs": proto["lrs"],
                                                "gammas": proto["gammas"]}
@@ -137,10 +153,10 @@ def families(proto: dict) -> dict[str, dict]:
     return found
 
 
-def config_name(algo: str, K: int, mu: float, lr: float, gamma: float) -> str:
+def config_name(algo: str, K: int, mu: float | str, lr: float, gamma: float) -> str:
     if algo == "pprs":
-        return f"pprs_K{K}_mu{mu:g}_lr{lr:g}_g{gamma:g}"
-    return f"gd_lr{lr:g}" if algo == "gd" else f"agd_mu{mu:g}_lr{lr:g}"
+        return f"pprs_K{K}_mu{mu_text(mu)}_lr{lr:g}_g{gamma:g}"
+    return f"gd_lr{lr:g}" if algo == "gd" else f"agd_mu{mu_text(mu)}_lr{lr:g}"
 
 
 def configs(proto: dict, extensions: dict | None = None) -> dict[str, dict]:
@@ -158,7 +174,36 @@ def configs(proto: dict, extensions: dict | None = None) -> dict[str, dict]:
                         "method": method, "algo": axes["algo"], "K": axes["K"], "lr": lr, "gamma": gamma, "mu": mu,
                         "inputs": axes["K"] * proto["examples"],
                         **schedule_of(axes["K"] * proto["examples"], settings(proto), proto["eval_points"])}
+    return {**found, **preset_configs(proto)} if proto.get("preset") else found
+
+
+def preset_configs(proto: dict) -> dict[str, dict]:
+    """The PRESET row's configurations: per setting (Δ, B), Theorem 3 with the largest T whose T iterations of
+    2(K·m + Δ − 1), K = ⌈(T+1)/√d⌉, fit in B; its γ, η (from the problem's own L and R) and μ_t are the solve's
+    `--preset theorem3`. A configuration is scored only in the settings named in its 'settings'."""
+    found = {}
+    for depth, budget in settings(proto):
+        T, K = preset_iters(proto["dim"], proto["examples"], depth, budget)
+        name = f"pprs_theorem3_T{T}"
+        if name in found:
+            found[name]["settings"].append(setting_key(depth, budget))
+            continue
+        within = [(b // ideal_makespan(K * proto["examples"], dd)) for dd, b in settings(proto)]
+        found[name] = {"method": PRESET, "algo": "pprs", "K": K, "lr": math.nan, "gamma": math.nan,
+                       "mu": "nesterov", "inputs": K * proto["examples"], "iters": T, "preset": "theorem3",
+                       "eval_every": max(1, min(T, *within) // proto["eval_points"]),
+                       "settings": [setting_key(depth, budget)]}
     return found
+
+
+def preset_iters(dim: int, examples: int, depth: int, budget: int) -> tuple[int, int]:
+    """(T, K): the most iterations T of Theorem 3, K = ⌈(T+1)/√d⌉, that fit in `budget` at depth Δ."""
+    def K_of(T):
+        return math.ceil((T + 1) / math.sqrt(dim))
+    T = 1
+    while (T + 1) * ideal_makespan(K_of(T + 1) * examples, depth) <= budget:
+        T += 1
+    return T, K_of(T)
 
 
 def schedule_of(inputs: int, budgets: list[tuple[int, int]], eval_points: int) -> dict:
@@ -205,9 +250,10 @@ def runs_of(proto: dict, grid: dict, names: list[str], pairs: list[int]) -> list
     found = []
     for name in names:
         c = grid[name]
+        tuned = {"preset": c["preset"]} if c.get("preset") else {"gamma": c["gamma"], "lr": c["lr"], "mu": c["mu"]}
         for pair in pairs:
-            options = {**base, "problem": proto["problem"], "algo": c["algo"], "K": c["K"], "gamma": c["gamma"],
-                       "lr": c["lr"], "mu": c["mu"], "iters": c["iters"], "seed": pair, "eval_every": c["eval_every"],
+            options = {**base, "problem": proto["problem"], "algo": c["algo"], "K": c["K"], **tuned,
+                       "iters": c["iters"], "seed": pair, "eval_every": c["eval_every"],
                        "microbatch_size": c["K"], **of_pair(pair)}
             found.append(Run(f"{name}_pair{pair:03d}", options, cost(c["iters"], c["inputs"])))
     return found
@@ -288,9 +334,10 @@ def parser(experiment: Experiment = FIG3) -> argparse.ArgumentParser:
     p.add_argument("--gammas", type=_floats, help="comma-separated PPRS smoothings γ (default 1e-2,1e-3,1e-4; "
                                                   "images are in [0, 1])")
     p.add_argument("--Ks", type=_ints, help="comma-separated K (default 2,10,100); does not change the budget")
-    p.add_argument("--pprs-mus", type=_floats, help="comma-separated PPRS momenta (default 0,0.9,0.99; μ = 0 is the "
-                                                    "paper's row, μ > 0 are tuned as one more row per K)")
-    p.add_argument("--agd-mus", type=_floats, help="comma-separated AGD momenta (default 0.9,0.99)")
+    p.add_argument("--pprs-mus", type=_mus, help="comma-separated PPRS momenta (default 0,0.9,0.99; μ = 0 is the "
+                                                 "paper's row, μ ≠ 0 are tuned as one more row per K; 'nesterov': "
+                                                 "Theorem 3's μ_t)")
+    p.add_argument("--agd-mus", type=_mus, help="comma-separated AGD momenta (default 0.9,0.99; 'nesterov' too)")
     p.add_argument("--no-baselines", dest="baseline_rows", action="store_false", default=None,
                    help="PPRS rows only (no GD, AGD): rows to add to a finished run's table at report time")
     p.add_argument("--eval-points", type=int, help=f"evaluations of f(y_t) at least within every depth's budget "
@@ -309,6 +356,11 @@ def parser(experiment: Experiment = FIG3) -> argparse.ArgumentParser:
 
 def _floats(text: str) -> tuple[float, ...]:
     return tuple(float(v) for v in text.split(","))
+
+
+def _mus(text: str) -> tuple[float | str, ...]:
+    """'0,0.9,nesterov' → (0.0, 0.9, 'nesterov')."""
+    return tuple(v if v == "nesterov" else float(v) for v in text.split(","))
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -353,8 +405,8 @@ def grid_of(args, base: Grid) -> Grid:
     if (min(grid.Ks) < 1 or min(grid.lrs + grid.baseline_lrs) <= 0 or min(grid.gammas) < 0 or grid.eval_points < 1
             or grid.extend_rounds < 0):
         raise ExperimentError("K and --eval-points must be >= 1, learning rates > 0, γ >= 0, --extend-rounds >= 0")
-    if not all(0 <= mu < 1 for mu in grid.pprs_mus + grid.agd_mus):
-        raise ExperimentError("momenta μ must be in [0, 1)")
+    if not all(mu == "nesterov" or (not isinstance(mu, str) and 0 <= mu < 1) for mu in grid.pprs_mus + grid.agd_mus):
+        raise ExperimentError("momenta μ must be in [0, 1) or 'nesterov'")
     if min(grid.tune_pairs + grid.report_pairs) < 0:
         raise ExperimentError("pair indices must be >= 0")
     shared = sorted(set(grid.tune_pairs) & set(grid.report_pairs))

@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 
 from pprs_mpi.experiments import curves, verdict
-from pprs_mpi.experiments.fig3 import attackable, setting_key, settings, span
+from pprs_mpi.experiments.fig3 import attackable, mu_text, setting_key, settings, span
 from pprs_mpi.experiments.runner import ExperimentError, NotReady, read_protocol
 from pprs_mpi.experiments.tuning import edges, read_curves, tuned, within_budget
 
@@ -101,7 +101,7 @@ def _table(proto, tuning, results, verdicts, levels) -> dict:
     for key, result in results.items():
         scored = tuning["scores"][key]
         for method in dict.fromkeys(c["method"] for c in grid.values()):
-            mine = [n for n, c in grid.items() if c["method"] == method]
+            mine = [n for n, c in grid.items() if c["method"] == method and n in scored]
             row = {"depth": result["depth"], "budget": result["budget"], "method": method, "configs": len(mine),
                    "tune_diverged": sum(scored[n]["diverged"] for n in mine),
                    "tune_runs": len(mine) * len(tuning["pairs"])}
@@ -174,8 +174,7 @@ def render(table: dict) -> str:
                 body.append([row["method"], "-", "-", "-", "-", "every configuration diverged", *["-"] * len(levels),
                              f"{row['tune_diverged']}/{row['tune_runs']}", ""])
                 continue
-            body.append([row["method"], f"{row['lr']:.2g}", f"{row['gamma']:.2g}" if row["gamma"] else "-",
-                         f"{row['mu']:g}", f"{row['tune_final']:.4g}",
+            body.append([row["method"], *parameter_cells(row), f"{row['tune_final']:.4g}",
                          f"{row['final_loss']:.4g} [{row['final_ci'][0]:.4g}, {row['final_ci'][1]:.4g}]",
                          *[_time_cell(t, ci) for t, ci in zip(row["times"], row["times_ci"])],
                          f"{row['tune_diverged']}/{row['tune_runs']}", ", ".join(row["edge"])])
@@ -189,6 +188,14 @@ def render(table: dict) -> str:
                       "tests):"]
         lines += ["  " + comparison_text(c) for c in table["comparisons"]]
     return "\n".join(lines)
+
+
+def parameter_cells(row: dict) -> list[str]:
+    """lr, γ and μ of a kept row as shown ('-' for a baseline's γ; Theorem 3's preset row: 'Thm 3, T = …',
+    its γ and η being the theorem's for each pair's own R)."""
+    if not math.isfinite(row["lr"]):
+        return [f"Thm 3, K = {row['K']}", "Thm 3", mu_text(row["mu"])]
+    return [f"{row['lr']:.2g}", f"{row['gamma']:.2g}" if row["gamma"] else "-", mu_text(row["mu"])]
 
 
 def mean_text(c: dict) -> str:

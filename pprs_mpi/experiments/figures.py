@@ -6,6 +6,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from pprs_mpi.experiments.fig3 import mu_text
+
 BASELINE_STYLE = (("#c44e52", ":"), ("#dd8452", "-."))  # first and second baseline row
 PPRS_COLOURS = ("#8da0cb", "#4c72b0", "#1b3a6b", "#55a868", "#2ca02c")
 
@@ -37,9 +39,10 @@ def fig3_figure(results: dict, proto: dict, table: dict) -> Figure:
             else:
                 colour, style = BASELINE_STYLE[baselines.index(method) % len(BASELINE_STYLE)]
             gamma = f", γ={c['gamma']:.2g}" if c["algo"] == "pprs" else ""
-            mu = f", μ={c['mu']:g}" if c["mu"] else ""
-            ax.plot(c["time"], c["loss"], style, color=colour, linewidth=2,
-                    label=f"{method}: lr={c['lr']:.2g}{gamma}{mu}")
+            mu = f", μ={mu_text(c['mu'])}" if c["mu"] else ""
+            label = (f"{method}: K={c['K']}, T={c['iters']}" if c.get("preset")
+                     else f"{method}: lr={c['lr']:.2g}{gamma}{mu}")
+            ax.plot(c["time"], c["loss"], style, color=colour, linewidth=2, label=label)
             low, high = np.quantile(c["bootstrap"], [0.025, 0.975], axis=0)
             shown = np.isfinite(low) & np.isfinite(high)
             ax.fill_between(c["time"][shown], low[shown], high[shown], color=colour, alpha=0.12, linewidth=0)

@@ -94,6 +94,8 @@ def _select(proto: dict, grid: dict, read: dict) -> dict:
     for depth, budget in settings(proto):
         key, scored = setting_key(depth, budget), {}
         for name, c in grid.items():
+            if "settings" in c and key not in c["settings"]:
+                continue  # a preset's configuration belongs to its own setting(s) only
             iterations, losses, diverged, _ = read[name]
             time, losses = within_budget(c, iterations, losses, depth, budget)
             mean = losses.mean(axis=0)
@@ -112,6 +114,8 @@ def edges(grid: dict, config: dict) -> list[str]:
     """The edges of its method's grid a configuration sits on: e.g. ['lr max', 'γ min'] (a one-value axis has
     none)."""
     found = []
+    if config.get("preset"):
+        return found  # untuned: nothing to grow
     for axis, label in (("lr", "lr"), ("gamma", "γ")):
         values = sorted({c[axis] for c in grid.values() if c["method"] == config["method"]})
         if len(values) > 1:

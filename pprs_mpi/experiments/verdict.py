@@ -13,7 +13,8 @@ against the method under test: its comparison is made with every tied candidate 
 least favourable to it is the one reported, with the others named. No name order decides anything.)
 Comparisons then read the report pairs:
   - main, one per depth, declared before any report run: PPRS μ = 0 (its representative) against the best
-    baseline at the depth's longest budget, tested alone at α = 0.05 (sign test);
+    baseline at the depth's longest budget, tested alone at α = 0.05 (sign test); in a run without μ = 0 rows
+    (`finitesum`: §5's claim is about Theorem 3's accelerated PPRS), PPRS +momentum's representative instead;
   - everything else (every PPRS row against every baseline at every setting, +momentum against μ = 0)
     is exploratory, its sign-test p Holm-corrected over all exploratory comparisons of the table.
 """
@@ -82,19 +83,24 @@ def against_the_method(found: list[dict]) -> dict:
     return {**worst, "tied_with": [f"{m} vs {a}" for m, a in others]}
 
 
+def main_role(rows: list[dict]) -> str:
+    """The PPRS family the main comparisons test: μ = 0 where the table has such rows, else +momentum."""
+    return "PPRS μ=0" if any(family(r["method"]) == "μ=0" for r in rows) else "PPRS +momentum"
+
+
 def comparisons(rows: list[dict], metric: str = "pair_finals") -> list[dict]:
     """Every comparison of the table on `metric` (the rows' per-pair values) with its statistics (stats.compare),
     'main' or exploratory, its p as tested (main: the sign test's own; exploratory: Holm-adjusted), its outcome.
     Where a role is tied on the tuning pairs, the main comparison (and +momentum against μ = 0) is the least
     favourable of those with every tied candidate (against_the_method)."""
-    chosen, mains = choices(rows), set(main_settings(rows))
+    chosen, mains, tested = choices(rows), set(main_settings(rows)), main_role(rows)
     found = []
     for setting in settings(rows):
         mine, pick = kept(rows, setting), chosen[setting]
         main = None
-        if setting in mains and "PPRS μ=0" in pick and "baseline" in pick:
+        if setting in mains and tested in pick and "baseline" in pick:
             main = against_the_method([_compare(mine, m, b, setting, True, metric)
-                                       for m in pick["PPRS μ=0"] for b in pick["baseline"]])
+                                       for m in pick[tested] for b in pick["baseline"]])
             found.append(main)
         for method in (m for m in mine if is_pprs(m)):
             for baseline in (m for m in mine if not is_pprs(m)):

@@ -126,8 +126,9 @@ _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "
 
 def registry() -> dict[str, ProblemSpec]:
     """Every built-in problem by name (imported lazily so that `solve --help` stays fast)."""
-    from pprs_mpi.problems import adversarial, fewshot, planted, ring, worstcase
-    specs = {**planted.PROBLEMS, **adversarial.PROBLEMS, **fewshot.PROBLEMS, **worstcase.PROBLEMS, **ring.PROBLEMS}
+    from pprs_mpi.problems import adversarial, fewshot, planted, probe, ring, worstcase
+    specs = {**planted.PROBLEMS, **adversarial.PROBLEMS, **fewshot.PROBLEMS, **probe.PROBLEMS, **worstcase.PROBLEMS,
+             **ring.PROBLEMS}
     return {name: ProblemSpec(s.build, s.parameters, s.summary, name) for name, s in specs.items()}
 
 
