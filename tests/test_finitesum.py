@@ -3,6 +3,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from pprs_mpi.problems import build, registry
 from pprs_mpi.trace import load
 
 pytest.importorskip("scipy")
+FIG3 = Path(__file__).parents[1] / "docs" / "data" / "fig3"
 PROBE = {**{name: p.default for name, p in registry()["probe"].parameters.items()}, "shots": 4}
 
 
@@ -152,3 +154,14 @@ def test_finitesum_quick_runs_the_whole_path_with_the_papers_timing(tmp_path):
     rows = json.loads((out / "table.json").read_text())["rows"]
     assert all(r["mu"] == "nesterov" for r in rows if r["selected"] and r["method"].startswith("PPRS"))
     assert math.isnan(next(r for r in rows if r["method"] == fig3.PRESET)["lr"])
+    docs = tmp_path / "docs"
+    assert experiments_main(["reproduction", "--run", str(FIG3), "--finitesum", str(out), "--docs", str(docs)]) == 0
+    document = (docs / "reproduction.md").read_text()
+    assert {p.name for p in (docs / "data" / "finitesum").iterdir()} == {"summary.h5", "sessions.json", "optima.json"}
+    optima = json.loads((docs / "data" / "finitesum" / "optima.json").read_text())
+    assert optima["2"]["f_star"] == pytest.approx(own.f_star) and set(optima) == {"0", "1", "2", "3"}
+    assert "## §5, eq. (16), faithfully" in document and "**§5 (ERM), faithful run: Δ = 4 (m ≈ Δ, no claim)" \
+        in document and "(finitesum)" in document and (docs / "finitesum.png").exists()
+    assert experiments_main(["reproduction", "--run", str(FIG3), "--finitesum", str(docs / "data" / "finitesum"),
+                             "--docs", str(docs)]) == 0
+    assert (docs / "reproduction.md").read_text().split("\n", 3)[3] == document.split("\n", 3)[3]

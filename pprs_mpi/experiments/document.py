@@ -6,17 +6,21 @@ results, the paper's statements, cost. Every sentence is computed from the table
 from __future__ import annotations
 
 from pprs_mpi.experiments import verdict
-from pprs_mpi.experiments.fig3 import span
+from pprs_mpi.experiments.fig3 import PRESET, mu_text, span
 from pprs_mpi.experiments.fig3_results import comparison_text, mean_text, metric_text, parameter_cells
 
 PAPER_LRS = {"PPRS K=2 μ=0": 1e-4, "PPRS K=10 μ=0": 1e-3, "PPRS K=100 μ=0": 1e-3, "GD": 1e-5, "AGD": 1e-7}  # §6
 
 
-def verdict_lines(table: dict, what: str) -> list[str]:
-    """The main comparisons (one per depth) in words, then the exploratory ones as a list."""
+TESTED = "the paper's PPRS (μ = 0; K the one with the best tuning score)"  # the main comparisons' PPRS row
+
+
+def verdict_lines(table: dict, what: str, tested: str = TESTED) -> list[str]:
+    """The main comparisons (one per depth) in words, then the exploratory ones as a list; `tested`: which PPRS row
+    they test, in words."""
     found = table["comparisons"]
-    lines = [f"The main comparison of {what}, one per depth and declared before any report run: the paper's PPRS "
-             "(μ = 0; K the one with the best tuning score) against the best baseline (best tuning score), at the "
+    lines = [f"The main comparison of {what}, one per depth and declared before any report run: {tested} "
+             "against the best baseline (best tuning score), at the "
              "depth's longest budget, on the held-out report pairs, paired (same pair, same budget), on the "
              f"{metric_text(table['protocol'])}, by an exact two-sided sign test at α = 0.05 (a tie on the tuning "
              "score goes to the lower tuning final loss; rows still tied are all compared and the outcome least "
@@ -90,8 +94,8 @@ def scale_lines(p: dict) -> list[str]:
     than the command would run says so."""
     from dataclasses import asdict
 
-    from pprs_mpi.experiments import erm, fig3
-    default = asdict(erm.DEFAULT if p["experiment"] == "erm" else fig3.DEFAULT)
+    from pprs_mpi.experiments import erm, fig3, finitesum
+    default = asdict({"erm": erm.DEFAULT, "finitesum": finitesum.DEFAULT}.get(p["experiment"], fig3.DEFAULT))
     differ = [key for key, value in default.items() if key in p
               and json_like(p[key]) != json_like(value)]
     if not differ:
@@ -182,7 +186,9 @@ def cost_lines(table: dict, sessions: list[dict], added_sessions: list[dict] = (
 def _runs(rows: list[dict], counts: dict) -> str:
     """'N tuning runs and M report runs (k kept configurations)' of some rows of a table."""
     first = verdict.settings(rows)[0]
-    tune = sum(r["tune_runs"] for r in rows if (r["depth"], r["budget"]) == first)
+    tune = sum(r["tune_runs"] for r in rows if (r["depth"], r["budget"]) == first and r["method"] != PRESET)
+    presets = {r["selected"] for r in rows if r["method"] == PRESET}  # one configuration per setting (or shared)
+    tune += len(presets) * counts["tune"]["attackable"]
     kept = {r["selected"] for r in rows if r["selected"]}
     return (f"{tune:,} tuning runs and {len(kept) * counts['report']['attackable']:,} report runs ({len(kept)} kept "
             "configurations)")
@@ -196,4 +202,4 @@ def _sessions_text(sessions: list[dict]) -> str:
 
 
 def _list(values) -> str:
-    return ", ".join(f"{v:g}" for v in values)
+    return ", ".join(mu_text(v) for v in values)
