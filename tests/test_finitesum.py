@@ -165,3 +165,13 @@ def test_finitesum_quick_runs_the_whole_path_with_the_papers_timing(tmp_path):
     assert experiments_main(["reproduction", "--run", str(FIG3), "--finitesum", str(docs / "data" / "finitesum"),
                              "--docs", str(docs)]) == 0
     assert (docs / "reproduction.md").read_text().split("\n", 3)[3] == document.split("\n", 3)[3]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pprs-mus", "1.5"], "momenta μ must be in [0, 1) or 'nesterov'"),
+    (["--agd-mus", "nesterov,fast"], "invalid _mus value: 'nesterov,fast'"),
+])
+def test_bad_momenta_are_one_line_errors_before_anything_runs(flags, message, tmp_path, capsys):
+    assert experiments_main(["finitesum", "--quick", *flags, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and not (tmp_path / "x").exists()
