@@ -119,9 +119,9 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
           paper_lam: Path | None = None, theorems: Path | None = None, momentum: Path | None = None,
           paper_lam_momentum: Path | None = None, rates_wrong: Path | None = None) -> Path:
     """Writes docs/reproduction.md, docs/fig3.png, docs/fig3_table.txt (and docs/erm.png, docs/erm_table.txt,
-    docs/fig3_paper_lam.png, docs/fig3_paper_lam_table.txt, docs/rates.png) from the sources, copying those into
-    docs/data/ when they are elsewhere. `momentum`, `paper_lam_momentum`: runs of rows added to `run` and
-    `paper_lam` (combined.py)."""
+    docs/fig3_paper_lam.png, docs/fig3_paper_lam_table.txt, docs/rates.png, docs/rates_wrong.png) from the sources,
+    copying those into docs/data/ when they are elsewhere. `momentum`, `paper_lam_momentum`: runs of rows added to
+    `run` and `paper_lam` (combined.py)."""
     inputs = ((run, "fig3"), (erm, "erm"), (paper_lam, "fig3_paper_lam"), (rates, "rates"),
               (momentum, "fig3_momentum"), (paper_lam_momentum, "fig3_paper_lam_momentum"),
               (rates_wrong, "rates_wrong"))
