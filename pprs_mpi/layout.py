@@ -132,52 +132,78 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
         return Layout(*fixed)
     P = len(stages) if parallel else 1
     sizes = [fixed[0]] if fixed is not None else _sizes(K, P, max_rows)
-    if fixed is None and request == MEASURED and measure is not None:
-        seconds = _measured_seconds(graph, measure, sorted({1, min(K, max_rows), sizes[len(sizes) // 2]}))
-        rule = "measured on this machine"
-    else:
-        seconds, rule = _declared_seconds(graph), "the ops' declared costs"
+    seconds, rule = _cost_model(request if fixed is None else None, graph, measure, K, max_rows, sizes)
     simulating = P > 1 and bool(names) and _simulable(P, [-(-K // b) for b in sizes], len(graph.order))
-    weighed = names if simulating else names[:1]
-
-    def predict(grouped: tuple, b: int, name: str | None) -> float:
-        M, node_seconds = -(-K // b), seconds(b)
-        if simulating:
-            return _simulate(schedules[name](grouped, M), graph, node_seconds)
-        costs = _stage_seconds(grouped, node_seconds, graph)
-        return (M + len(costs) - 1) * max(costs) if P > 1 else M * sum(costs)
-
+    model = _Model(K, P, graph, seconds, schedules or {}, simulating, names if simulating else names[:1])
     groupings = {b: tuple(map(tuple, stages if regroup is None else regroup(seconds(b)))) for b in sizes}
-    choosing = len(weighed) > 1  # a schedule is named in the candidates and the layout only where it is chosen
-
-    def candidate(b: int, name: str | None, grouped: tuple, predicted: float) -> Candidate:
-        return Candidate(b, -(-K // b), predicted, tuple(map(len, grouped)), name if choosing else "")
-
-    options = weighed or [None]
-    candidates = {(b, name): candidate(b, name, grouped, predict(grouped, b, name))
-                  for b, grouped in groupings.items() for name in options}
+    candidates = {(b, name): model.candidate(b, name, grouped)
+                  for b, grouped in groupings.items() for name in model.options}
     searching = regroup is not None and simulating and _contiguous(next(iter(groupings.values())), graph)
     finalists = {}  # per schedule, its best b with that b's stage boundaries moved while its simulated time falls
-    for name in options:
-        b = _preferred([c for (_, n), c in candidates.items() if n == name], weighed).microbatch_size
+    for name in model.options:
+        b = _preferred([c for (_, n), c in candidates.items() if n == name], model.weighed).microbatch_size
         grouping = groupings[b]
         if searching:
-            grouping, predicted = _improve(grouping, lambda grouped: predict(grouped, b, name))
-            candidates[b, name] = candidate(b, name, grouping, predicted)
+            grouping, predicted = _improve(grouping, lambda grouped: model.predict(grouped, b, name))
+            candidates[b, name] = model.candidate(b, name, grouping, predicted)
         finalists[name] = (candidates[b, name], grouping)
-    name = _preferred([c for c, _ in finalists.values()], weighed).schedule or options[0]
+    name = _preferred([c for c, _ in finalists.values()], model.weighed).schedule or model.options[0]
     best, grouping = finalists[name]
-    b = best.microbatch_size
-    stages_chosen, schedule_chosen = (grouping if regroup else None), (name if choosing else None)
+    stages_chosen, schedule_chosen = (grouping if regroup else None), (name if model.choosing else None)
     if fixed is not None:
         return Layout(*fixed, stages=stages_chosen, schedule=schedule_chosen)
     rule += f", {P} ranks in parallel" if P > 1 else ", one process: nothing overlaps"
     if simulating:
-        rule += f", the schedules {' and '.join(weighed)} simulated" if choosing else ", the schedule simulated"
+        rule += f", the schedules {' and '.join(model.weighed)} simulated" if model.choosing else \
+            ", the schedule simulated"
     if regroup is not None and P > 1:
         rule += ", nodes grouped into stages by the same model" + (
             " and moved while the simulated time falls" if searching else "")
-    return Layout(b, rule, tuple(candidates.values()), stages_chosen, schedule_chosen)
+    return Layout(best.microbatch_size, rule, tuple(candidates.values()), stages_chosen, schedule_chosen)
+
+
+def _cost_model(request, graph: Graph, measure, K: int, max_rows: int, sizes: list[int]):
+    """(b -> each node's seconds at b, the words saying where they come from): timed for `measured` where a
+    `measure` is given, else the ops' declared multiply-adds under the fixed machine model."""
+    if request == MEASURED and measure is not None:
+        points = sorted({1, min(K, max_rows), sizes[len(sizes) // 2]})
+        return _measured_seconds(graph, measure, points), "measured on this machine"
+    return _declared_seconds(graph), "the ops' declared costs"
+
+
+@dataclass(frozen=True)
+class _Model:
+    """The predicted time per iteration of a candidate (grouping, b, schedule): its schedule simulated with the
+    model's action times where `simulating`, else the formula."""
+
+    K: int
+    P: int
+    graph: Graph
+    seconds: Callable[[int], dict[str, float]]
+    schedules: Mapping[str, Callable[[tuple, int], Schedule]]
+    simulating: bool
+    weighed: list[str]  # the schedules weighed: several only where the planner chooses between them
+
+    @property
+    def choosing(self) -> bool:
+        """Whether a schedule is chosen (and named in the candidates and the layout)."""
+        return len(self.weighed) > 1
+
+    @property
+    def options(self) -> list:
+        return self.weighed or [None]
+
+    def predict(self, grouped: tuple, b: int, name: str | None) -> float:
+        M, node_seconds = -(-self.K // b), self.seconds(b)
+        if self.simulating:
+            return _simulate(self.schedules[name](grouped, M), self.graph, node_seconds)
+        costs = _stage_seconds(grouped, node_seconds, self.graph)
+        return (M + len(costs) - 1) * max(costs) if self.P > 1 else M * sum(costs)
+
+    def candidate(self, b: int, name: str | None, grouped: tuple, predicted: float | None = None) -> Candidate:
+        """The candidate (b, schedule `name`, grouping), predicted unless its `predicted` time is known."""
+        predicted = self.predict(grouped, b, name) if predicted is None else predicted
+        return Candidate(b, -(-self.K // b), predicted, tuple(map(len, grouped)), name if self.choosing else "")
 
 
 def _preferred(candidates, names: list[str]) -> Candidate:

@@ -43,7 +43,7 @@ def format_summary(s: dict, rule: str) -> str:
         ("run", f"{s['run']}  [{s['status']}]"),
         ("problem", f"{s['problem']}, {star}"),
         ("algorithm", settings_text(s)),
-        ("layout", f"{s['engine'] or '-'} engine, {_num(s['stages'])} stages {_nodes(s['stage_nodes'])}, "
+        ("layout", f"{s['engine'] or '-'} engine, {_count(s['stages'], 'stage')} {_nodes(s['stage_nodes'])}, "
                    f"{_count(s['ranks'], 'rank')}, {s['schedule'] or '-'}, M={_num(s['n_microbatches'])} "
                    f"microbatches, depth Δ={_num(s['depth'])}{sim}, device {s['device'] or '-'}"),
         *([("", f"microbatch size {s['microbatch_choice']}")] if s["microbatch_choice"] else []),
@@ -195,7 +195,7 @@ def _nodes(counts: list[int]) -> str:
     if not counts:
         return ""
     if len(set(counts)) == 1:
-        return f"of {counts[0]} node{'s' if counts[0] > 1 else ''} each"
+        return f"of {counts[0]} node{'s' if counts[0] > 1 else ''}{' each' if len(counts) > 1 else ''}"
     return "of " + "+".join(map(str, counts)) + " nodes"
 
 

@@ -85,3 +85,23 @@ def test_jax_nodes_fuse_too(monkeypatch):
     fused = gradients(graph, [tuple(graph.order)])
     assert len(calls) == SAMPLING.n_microbatches
     assert np.array_equal(fused[0], one_by_one[0]) and np.array_equal(fused[1], one_by_one[1])
+
+
+def test_a_serial_run_of_one_microbatch_fuses_the_chain_in_one_stage_with_the_same_time_and_iterates(monkeypatch,
+                                                                                                     tmp_path):
+    """By default the serial engine emulates one stage per node; with all copies in one microbatch, one stage
+    counts the same 2Δ time units, so it runs the chain in one stage and its framework nodes in one call."""
+    import pprs_mpi
+    from pprs_mpi.trace import load
+    graph, op_class = torch_chain()
+    calls = counted(op_class, monkeypatch)
+    options = {"K": 6, "gamma": 0.1, "lr": 0.05, "iters": 3, "eval_every": 0, "seed": 1}
+    fused = pprs_mpi.minimize(graph, out=str(tmp_path / "fused.h5"), **options)
+    assert len(calls) == 3  # one pull-back per iteration (the microbatch of 6)
+    stages = len(graph.order)
+    one_by_one = pprs_mpi.minimize(graph, out=str(tmp_path / "split.h5"), stages=stages, **options)
+    assert np.array_equal(fused.y, one_by_one.y)
+    a, b = load(str(tmp_path / "fused.h5")), load(str(tmp_path / "split.h5"))
+    assert (a.attrs["stages"], b.attrs["stages"]) == (1, stages)
+    assert a.attrs["makespan"] == b.attrs["makespan"] == 2 * stages
+    assert np.array_equal(a.columns["pipeline_time"], b.columns["pipeline_time"])

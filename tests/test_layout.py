@@ -263,3 +263,22 @@ def test_a_resumed_measured_run_continues_bitwise(tmp_trace):
     assert resumed.attrs["microbatch_size"] == b and "resumed" in resumed.attrs["layout_choice"]
     assert np.array_equal(resumed.result["y"], load(whole).result["y"])
 
+
+
+
+@pytest.mark.parametrize("problem, stages", [("lad", 1), ("branch", 10)])
+def test_a_serial_run_of_one_microbatch_takes_one_stage_only_where_that_keeps_the_time_units(problem, stages,
+                                                                                              tmp_path):
+    """A chain's 2Δ units per iteration are the same in one stage; a DAG's branches would add units, so it keeps
+    one stage per node. Either way the iterates and the pipeline time are those of one stage per node."""
+    from pprs_mpi.cli.solve import main
+    from pprs_mpi.trace import load
+    flags = ["--problem", problem, "-K", "8", "--iters", "3", "--eval-every", "0", "--quiet"]
+    assert main([*flags, "--out", str(tmp_path / "default.h5")]) == 0
+    nodes = len(build(problem).graph.order)
+    assert main([*flags, "--stages", str(nodes), "--out", str(tmp_path / "per_node.h5")]) == 0
+    default, per_node = load(str(tmp_path / "default.h5")), load(str(tmp_path / "per_node.h5"))
+    assert (default.attrs["stages"], per_node.attrs["stages"]) == (stages, nodes)
+    assert default.attrs["n_microbatches"] == per_node.attrs["n_microbatches"] == 1
+    assert np.array_equal(default.columns["pipeline_time"], per_node.columns["pipeline_time"])
+    assert np.array_equal(default.result["y"], per_node.result["y"])

@@ -60,12 +60,17 @@ def fig3_figure(results: dict, proto: dict, table: dict) -> Figure:
     return fig
 
 
-def rates_png(rows: list[dict], path: Path) -> Path:
-    """Measured E[f(y_T)] − f* and eq. (13)'s bound against T (log-log): one panel per problem and K rule."""
+def rates_png(result: dict, path: Path) -> Path:
+    """A rates.json's measured E[f(y_T)] − f* and eq. (13)'s bound against T (log-log), one panel per problem and
+    K rule, with each series' fitted power law over the T's it was fitted on (decay.py) and its exponent against
+    the bound's."""
+    rows, series, rule = result["rows"], result["series"], result["protocol"]["step_rule"]
+    title = "Theorem 3's step rule" if rule == "theorem3" else f"Step rule wrong on purpose ({rule})"
     problems = list(dict.fromkeys(r["problem"] for r in rows))
     k_rules = list(dict.fromkeys(r["K_rule"] for r in rows))
     dims = sorted({r["d"] for r in rows})
     colours = dict(zip(dims, ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860")))
+    fitted = {(s["problem"], s["K_rule"], s["d"]): s for s in series}
     fig = Figure(figsize=(5.5 * len(k_rules), 4.2 * len(problems)), layout="constrained")
     axes = fig.subplots(len(problems), len(k_rules), squeeze=False)
     for i, problem in enumerate(problems):
@@ -77,8 +82,18 @@ def rates_png(rows: list[dict], path: Path) -> Path:
                 if not mine:
                     continue
                 T = [r["T"] for r in mine]
+                s = fitted.get((problem, rule, d))
+                label = f"d={d} measured"
+                if s and s["measured_exponent"] is not None:
+                    label += (f": p = {s['measured_exponent']:.2f} (bound {s['bound_exponent']:.2f})"
+                              f"{'' if s['passes'] else ' FAIL'}")
+                    window = [t for t in T if t in s["window"]]
+                    ax.plot(window, [s["measured_constant"] * (t + 1) ** s["measured_exponent"] for t in window], ":",
+                            color=colours[d], linewidth=2.5, alpha=0.6)
+                elif s:
+                    label += f": rate not tested{'' if s['passes'] else ' FAIL'}"
                 ax.errorbar(T, [r["measured"] for r in mine], yerr=[r["stderr"] for r in mine], fmt="o-",
-                            color=colours[d], label=f"d={d} measured", capsize=3)
+                            color=colours[d], label=label, capsize=3)
                 ax.plot(T, [r["bound"] for r in mine], "--", color=colours[d], label=f"d={d} bound (13)")
             ax.set_xscale("log")
             ax.set_yscale("log")
@@ -89,7 +104,8 @@ def rates_png(rows: list[dict], path: Path) -> Path:
             ax.set_xlabel("iterations T")
             ax.set_ylabel("E[f(y_T)] − f*")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=8)
-    fig.suptitle("Theorem 3: measured error (mean ± s.e. over seeds) against eq. (13)")
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: measured error (mean ± s.e. over seeds) against eq. (13)\ndotted: the fitted "
+                 "(T+1)^p over the T's where the bound is under f(y_0) − f*")
     fig.savefig(path, dpi=120)
     return path

@@ -3,7 +3,8 @@ the held-out pairs, the verdict against the paper, §5's faithful finite-sum run
 closed-form and eq. (13) checks, the machine and time.
 
     python -m pprs_mpi.experiments reproduction --run docs/data/fig3 [--erm docs/data/erm]
-        [--rates docs/data/rates] [--paper-lam docs/data/fig3_paper_lam] [--earlier docs/data/fig3_lam300/table.json]
+        [--rates docs/data/rates] [--rates-wrong docs/data/rates_wrong]
+        [--paper-lam docs/data/fig3_paper_lam] [--earlier docs/data/fig3_lam300/table.json]
         [--momentum docs/data/fig3_momentum] [--paper-lam-momentum docs/data/fig3_paper_lam_momentum]
         [--finitesum docs/data/finitesum] [--docs docs]
 
@@ -70,6 +71,7 @@ def _phi(z: float) -> float:
 
 SOURCES = {"fig3": ("summary.h5", "sessions.json", "pairs.json"), "erm": ("summary.h5", "sessions.json"),
            "fig3_paper_lam": ("summary.h5", "sessions.json", "pairs.json"), "rates": ("rates.json",),
+           "rates_wrong": ("rates.json",),
            "fig3_momentum": ("summary.h5", "sessions.json", "pairs.json"),
            "fig3_paper_lam_momentum": ("summary.h5", "sessions.json", "pairs.json"),
            "finitesum": ("summary.h5", "sessions.json", "optima.json")}
@@ -118,14 +120,16 @@ def theorem_lines(folder: Path, docs: Path) -> list[str]:
 
 def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None, docs: Path, command: str,
           paper_lam: Path | None = None, theorems: Path | None = None, momentum: Path | None = None,
-          paper_lam_momentum: Path | None = None, finitesum: Path | None = None) -> Path:
+          paper_lam_momentum: Path | None = None, rates_wrong: Path | None = None,
+          finitesum: Path | None = None) -> Path:
     """Writes docs/reproduction.md, docs/fig3.png, docs/fig3_table.txt (and docs/erm.png, docs/erm_table.txt,
-    docs/fig3_paper_lam.png, docs/fig3_paper_lam_table.txt, docs/rates.png) from the sources, copying those into
-    docs/data/ when they are elsewhere. `momentum`, `paper_lam_momentum`: runs of rows added to `run` and
-    `paper_lam` (combined.py). `finitesum`: §5's faithful run (finitesum_document.py; docs/finitesum.png and
-    docs/finitesum_table.txt)."""
+    docs/fig3_paper_lam.png, docs/fig3_paper_lam_table.txt, docs/rates.png, docs/rates_wrong.png) from the sources,
+    copying those into docs/data/ when they are elsewhere. `momentum`, `paper_lam_momentum`: runs of rows added to
+    `run` and `paper_lam` (combined.py). `finitesum`: §5's faithful run (finitesum_document.py; docs/finitesum.png
+    and docs/finitesum_table.txt)."""
     inputs = ((run, "fig3"), (erm, "erm"), (paper_lam, "fig3_paper_lam"), (rates, "rates"),
-              (momentum, "fig3_momentum"), (paper_lam_momentum, "fig3_paper_lam_momentum"), (finitesum, "finitesum"))
+              (momentum, "fig3_momentum"), (paper_lam_momentum, "fig3_paper_lam_momentum"),
+              (rates_wrong, "rates_wrong"), (finitesum, "finitesum"))
     if paper_lam_momentum and not paper_lam:
         raise ExperimentError("--paper-lam-momentum adds rows to --paper-lam: give both")
     for folder, kind in inputs:
@@ -142,9 +146,12 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
     optima = (_read_json(sources["finitesum"] / "optima.json", "run `finitesum` (or its --collect-only) first")
               if faithful else None)
     rates_result = _read_json(sources["rates"] / "rates.json", "run `rates` first") if "rates" in sources else None
-    if rates_result:
-        from pprs_mpi.experiments.figures import rates_png
-        rates_png(rates_result["rows"], docs / "rates.png")
+    wrong_rule = (_read_json(sources["rates_wrong"] / "rates.json", "run `rates --step-rule wrong-small-step` first")
+                  if "rates_wrong" in sources else None)
+    from pprs_mpi.experiments.figures import rates_png
+    for result, name in ((rates_result, "rates.png"), (wrong_rule, "rates_wrong.png")):
+        if result:
+            rates_png(result, docs / name)
     old = _read_json(earlier, "the earlier run's table.json") if earlier else None
     checks = closed_form_checks()
     table, sessions = fig3["table"], fig3["sessions"]
@@ -162,7 +169,8 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
                   erm_run["table"]) if erm_run else []),
         *_momentum_glance([t for t in (table, lam_run and lam_run["table"]) if t]),
         "", *framing.reading_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"], old,
-                                   rates_result, _finite_sum(theorems), faithful and faithful["table"]),
+                                   rates_result, _finite_sum(theorems), rates_wrong=wrong_rule,
+                                   faithful=faithful and faithful["table"]),
         "", *framing.deviations_lines(table, lam_run and lam_run["table"], erm_run and erm_run["table"],
                                       rates_result, faithful and faithful["table"]),
         "", "### Figure 3 at the scaled λ", "", *document.verdict_lines(table, "Figure 3"),
@@ -175,7 +183,7 @@ def write(run: Path, rates: Path | None, erm: Path | None, earlier: Path | None,
           if old else []),
         *(["", *finitesum_document.section_lines(faithful, optima)] if faithful else []),
         "", *_erm(erm_run, faithful is not None),
-        "", *_closed_form(checks), "", *_rates(rates_result),
+        "", *_closed_form(checks), "", *_rates(rates_result, wrong_rule),
         *(["", *theorem_lines(theorems, docs)] if theorems else []),
         "", "## Beyond the paper: anytime PPRS", "", ANYTIME,
         "", "## Cost and machine", "",
@@ -354,25 +362,77 @@ def _closed_form(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _rates(result: dict | None) -> list[str]:
+def _rates(result: dict | None, wrong: dict | None = None) -> list[str]:
     lines = ["## Check: eq. (13) on convex problems with a known optimum", ""]
     if result is None:
         return lines + ["Not run for this document (give `--rates DIR` from `python -m pprs_mpi.experiments rates`)."]
     rows = result["rows"]
     held = sum(r["holds"] for r in rows)
     p = result["protocol"]
-    command = (f"python -m pprs_mpi.experiments rates --problems {','.join(p['problems'])} --d {_csv(p['dims'])} "
-               f"--T {_csv(p['Ts'])} --K {','.join(p['K_rules'])} --seeds {p['seeds']}")
-    lines += [f"`{command}` (Theorem 3's parameters) on the planted problems "
+    lines += [f"`{_rates_command(p)}` (Theorem 3's parameters) on the planted problems "
               f"{', '.join(p['problems'])} (lad: ‖Aθ − b‖₁, linf: ‖Aθ − b‖∞, A with orthonormal columns, m = 2d "
               f"rows, a planted optimum with f* = 0), d ∈ {{{_list(p['dims'])}}}, "
               f"T ∈ {{{_list(p['Ts'])}}}, K rules {', '.join(p['K_rules'])}, {p['seeds']} seeds: the bound holds in "
-              f"**{held} of {len(rows)}** rows; measured/bound at most {max(r['ratio'] for r in rows):.3f}.", "",
+              f"**{held} of {len(rows)}** rows; measured/bound at most {max(r['ratio'] for r in rows):.3f}. "
+              + _rates_cost(result), "",
               "![eq. (13) against the measured error](rates.png)", "",
               "| problem | d | T | K | mean f(y_T) − f* | bound (13) | ratio |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['problem']} | {r['d']} | {r['T']} | {r['K']} ({r['K_rule']}) | {r['measured']:.4g} | "
               f"{r['bound']:.4g} | {r['ratio']:.3f} |" for r in rows]
-    return lines
+    return lines + ["", *_rate_check(result, wrong)]
+
+
+def _rate_check(result: dict, wrong: dict | None) -> list[str]:
+    """The rate check (decay.py) on Theorem 3's rule and, where given, on the rule that is wrong on purpose."""
+    from pprs_mpi.experiments import decay
+    lines = ["### The rate check", "",
+             "Holding under the bound says little about the rate, so each (problem, d, K rule) series is also fitted: "
+             "the exponent p of the mean error ∝ (T+1)^p (least squares in log–log) over the T's at which eq. (13) is "
+             "under the starting error f(y_0) − f* (above it the bound promises less than the start, and every rule's "
+             "error is held near the start by the horizon), against the bound's exponent fitted over the same T's. A "
+             f"series passes when the bound holds at every T and p ≤ bound's p + {decay.Z:g} s.e., the s.e. from "
+             f"{decay.RESAMPLES} bootstrap resamples of each T's seeds (generator seed {decay.BOOTSTRAP_SEED}). "
+             + _without_window(result["rows"]), ""]
+    for found, title in ((result, "Theorem 3's rule"), (wrong, "The step rule wrong on purpose")):
+        if found is None:
+            continue
+        series = found["series"]
+        if found is wrong:
+            held = sum(r["holds"] for r in found["rows"])
+            lines += [f"{title}: `{_rates_command(found['protocol'])}`, the same problems, T's, K and seeds with η "
+                      f"divided by √((T+1)/{min(found['protocol']['Ts']) + 1}) (too small by a factor growing with T; "
+                      f"γ, μ and K as the preset): the bound alone holds in {held} of {len(found['rows'])} rows. "
+                      + _rates_cost(found), "", "![the same check on the wrong rule](rates_wrong.png)", ""]
+        lines += [f"{title}: the check passes **{sum(s['passes'] for s in series)} of {len(series)}** series.", "",
+                  "| " + " | ".join(decay.HEAD) + " |", "|" + "---|" * len(decay.HEAD),
+                  *["| " + " | ".join(decay.cells(s)) + " |" for s in series], ""]
+    return lines[:-1]
+
+
+def _without_window(rows: list[dict]) -> str:
+    """What a fit over every T would have said of Theorem 3's rule: the window was set after seeing it."""
+    from pprs_mpi.experiments import decay
+    slower = decay.slower_over_every_T(rows)
+    if not slower:
+        return "Fitted over every T instead, no series of Theorem 3's rule would decay slower than the bound."
+    return ("The window was set after a first fit over every T, where Theorem 3's rule decays slower than the bound "
+            "on " + "; ".join(f"{s['problem']} d = {s['d']} (K {s['K_rule']}): p = {s['exponent']:.2f} against "
+                              f"{s['bound_exponent']:.2f}, the bound above f(y_0) − f* at T = "
+                              f"{', '.join(map(str, s['outside'])) or 'none'}" for s in slower)
+            + ": before the bound falls under the starting error, the error cannot follow it.")
+
+
+def _rates_command(p: dict) -> str:
+    return (f"python -m pprs_mpi.experiments rates --problems {','.join(p['problems'])} --d {_csv(p['dims'])} "
+            f"--T {_csv(p['Ts'])} --K {','.join(p['K_rules'])} --seeds {p['seeds']}"
+            + ("" if p["step_rule"] == "theorem3" else f" --step-rule {p['step_rule']}"))
+
+
+def _rates_cost(result: dict) -> str:
+    """Its runs, wall time and machine."""
+    runs = sum(r["seeds"] for r in result["rows"])
+    return f"{runs} runs. " + (document._sessions_text(result["sessions"]) if result.get("sessions")
+                               else "No session record for this run.")
 
 
 def _csv(values) -> str:
@@ -389,6 +449,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--run", required=True, help="a fig3 folder with summary.h5 (a finished run, or docs/data/fig3)")
     p.add_argument("--erm", help="an erm folder with summary.h5 (a finished run, or docs/data/erm)")
     p.add_argument("--rates", help="a rates folder with rates.json (a finished run, or docs/data/rates)")
+    p.add_argument("--rates-wrong", help="a rates folder of `rates --step-rule wrong-small-step` (the rate check on a "
+                                         "rule wrong on purpose; or docs/data/rates_wrong)")
     p.add_argument("--paper-lam", help="a fig3 folder at the paper's λ = 300 with summary.h5 (or "
                                        "docs/data/fig3_paper_lam)")
     p.add_argument("--momentum", help="a fig3 folder of rows added to --run (`fig3 --no-baselines --pprs-mus "
@@ -407,5 +469,7 @@ def main(argv: list[str]) -> int:
     command = "python -m pprs_mpi.experiments reproduction " + " ".join(argv)
     write(Path(args.run), *(Path(v) if v else None for v in (args.rates, args.erm, args.earlier)), Path(args.docs),
           command, *(Path(v) if v else None for v in (args.paper_lam, args.theorems, args.momentum,
-                                                       args.paper_lam_momentum, args.finitesum)))
+                                                       args.paper_lam_momentum)),
+          rates_wrong=Path(args.rates_wrong) if args.rates_wrong else None,
+          finitesum=Path(args.finitesum) if args.finitesum else None)
     return 0

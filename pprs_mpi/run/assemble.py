@@ -155,6 +155,12 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
         costs = measure_costs(graph, backend, chosen.microbatch_size) if comm.rank == 0 else None
         stages = place_nodes(graph, n_stages, sync.bcast(costs))
     wiring, schedule = place(graph, stages, schedule_name, sampling.n_microbatches)
+    if not parallel and sampling.n_microbatches == 1:
+        # one process, one microbatch: on a chain one stage counts the same time units (2Δ) and runs each stretch of
+        # framework nodes as one call (engines/fusion.py), which one stage per node would split at every node
+        merged = place(graph, place_nodes(graph, 1, None), schedule_name, 1)
+        if merged[1].makespan == schedule.makespan:
+            wiring, schedule = merged
     makespan = (ideal_makespan(sampling.n_microbatches, cfg.pipeline.simulated_depth) if cfg.pipeline.simulated_depth
                 else schedule.makespan)
     return Setup(cfg, problem, wiring, schedule, schedule_name, sampling, backend, engine_name, makespan,
