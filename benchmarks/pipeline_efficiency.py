@@ -48,6 +48,7 @@ RANKS = 2
 SMALL_PROBLEM = ["--problem", "lad", "--depth", "8"]  # the README's first command
 SMALL_RANKS = 4
 SMALL_ITERATIONS = 400
+SAMPLED = 20  # the timeline's sampling in a 2,000-iteration run (config: --timeline-every defaults to ⌈T/100⌉)
 
 
 class Busy(Op):
@@ -108,9 +109,10 @@ def unit_cost(graph: Graph, backend: Backend, repeats: int = 20) -> float:
     return float(np.median(times[1:]))
 
 
-def engines(graph: Graph, K: int, backend: Backend, comm=None, cuda_aware: bool = False):
+def engines(graph: Graph, K: int, backend: Backend, comm=None, cuda_aware: bool = False, timeline_every: int = 1):
     sampling = Sampling(K, gamma=0.1, seed=0, microbatch_size=1)
-    return engine_for(graph, graph.stages(RANKS), sampling, backend, comm=comm, cuda_aware=cuda_aware)
+    return engine_for(graph, graph.stages(RANKS), sampling, backend, comm=comm, cuda_aware=cuda_aware,
+                      timeline_every=timeline_every)
 
 
 def mean_iteration(engine, backend: Backend, iterations: int) -> float:
@@ -185,19 +187,25 @@ def worker(args) -> None:
                      "efficiency_in_run_unit": ideal_run / measured, "busy_fraction_per_rank": busy,
                      "serial_s": serial, "speedup": serial / measured,
                      "overhead_per_message_s": (measured - ideal_run) / messages})
-    # The same pipeline with (almost) no work: what each message costs the engine, all included.
-    empty = engines(chain(1), 64, backend, comm, cuda_aware)
-    if comm.rank != 0:
-        empty.serve()
-    else:
-        per_message = mean_iteration(empty, backend, 20) / (3 * 64)
+    # The same pipeline with (almost) no work: what each message costs the engine, all included, with every
+    # iteration's actions timed (as in runs of up to 100 iterations) and with every SAMPLED-th only (the default
+    # of a 2,000-iteration run: `--timeline-every` is ⌈T/100⌉)
+    per_message = {}
+    for every in (1, SAMPLED):
+        empty = engines(chain(1), 64, backend, comm, cuda_aware, timeline_every=every)
+        if comm.rank != 0:
+            empty.serve()
+            continue
+        per_message[every] = mean_iteration(empty, backend, 2 * SAMPLED) / (3 * 64)
         empty.stop()
+    if comm.rank == 0:
         # the same work in one process, no MPI: the ops, the noise and the engine's bookkeeping of both stages
         serial_per_message = mean_iteration(engines(chain(1), 64, backend), backend, 20) / (3 * 64)
         table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
                  "mpi": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "ranks": RANKS,
                  "devices": devices,
-                 "unit_cost_s": c, "ping_pong_latency_s": latency, "empty_pipeline_s_per_message": per_message,
+                 "unit_cost_s": c, "ping_pong_latency_s": latency, "empty_pipeline_s_per_message": per_message[1],
+                 "empty_pipeline_sampled_s_per_message": per_message[SAMPLED], "sampled_every": SAMPLED,
                  "empty_serial_s_per_message": serial_per_message, "rows": rows}
         results = RESULTS_DIR / f"pipeline_efficiency{'_gpu' if backend.on_gpu else ''}.json"
         results.parent.mkdir(exist_ok=True)
@@ -265,6 +273,10 @@ def print_table(table: dict) -> None:
     print(f"empty stages, K=64: {table['empty_pipeline_s_per_message'] * 1e6:.1f} us per message "
           f"({table['empty_pipeline_s_per_message'] / table['ping_pong_latency_s']:.1f}x the ping-pong latency; "
           "this includes the Python work of posting, testing and recording each message)")
+    if "empty_pipeline_sampled_s_per_message" in table:
+        print(f"  timed in every {table['sampled_every']}th iteration only (a 2,000-iteration run's default): "
+              f"{table['empty_pipeline_sampled_s_per_message'] * 1e6:.1f} us per message "
+              f"({table['empty_pipeline_sampled_s_per_message'] / table['ping_pong_latency_s']:.1f}x)")
     if "empty_serial_s_per_message" in table:
         print(f"  the serial engine on the same empty stages: {table['empty_serial_s_per_message'] * 1e6:.1f} us per "
               "message-equivalent (the same ops, noise and bookkeeping, no MPI: what two ranks can at best halve)")

@@ -68,11 +68,11 @@ def _check(label: str, value: int) -> None:
 @functools.lru_cache(maxsize=8)
 def _philox(seed: int) -> tuple[np.random.Philox, np.random.Generator, dict]:
     """One Philox generator per seed, whose counter `Rows.draw` sets through the returned state (reused):
-    4x cheaper than a new generator per draw, and the same numbers."""
+    4x cheaper than a new generator per draw, and the same numbers. The state holds Python ints, which the
+    setter reads 2x faster than NumPy arrays' items."""
     bits = np.random.Philox(key=np.array([seed, 0], dtype=np.uint64))
-    state = {"bit_generator": "Philox",
-             "state": {"counter": np.zeros(4, dtype=np.uint64), "key": np.array([seed, 0], dtype=np.uint64)},
-             "buffer": np.zeros(4, dtype=np.uint64), "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
+    state = {"bit_generator": "Philox", "state": {"counter": [0, 0, 0, 0], "key": [seed, 0]},
+             "buffer": [0, 0, 0, 0], "buffer_pos": 4, "has_uint32": 0, "uinteger": 0}
     return bits, np.random.Generator(bits), state
 
 
