@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from pprs_mpi import averaging, config, driver, faults, layout, optim, parameters, threads
+from pprs_mpi import averaging, config, driver, faults, heap, layout, optim, parameters, threads
 from pprs_mpi.backend import Backend, BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import place
@@ -103,6 +103,7 @@ def assemble(cfg: config.RunConfig, comm, problem: Problem | None = None, sync: 
 def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupSync) -> Setup:
     from mpi4py import MPI
     threads.use(cfg.device.threads)  # before the builder, whose constants are computed too
+    heap.keep_freed_memory()
     problem = problem or build_problem(cfg)
     graph = problem.graph
     graph_hash = _same_graph_everywhere(graph, sync)
