@@ -35,8 +35,10 @@ def verdict_lines(table: dict, what: str, tested: str = TESTED) -> list[str]:
                      + f"; mean difference {mean_text(c)} (95% bootstrap)"
                      + (f"; tied on the tuning pairs with {', '.join(c['tied_with'])}, less unfavourable to PPRS"
                         if c.get("tied_with") else "") + ".")
-    lines += ["", "Exploratory (every other PPRS row against every baseline, at every budget, and +momentum against "
-                  "μ = 0; sign-test p Holm-corrected over all of them; not a verdict):", ""]
+    within_pprs = any(c["against"].startswith("PPRS") for c in found if not c["main"])  # +momentum vs μ = 0
+    lines += ["", "Exploratory (every other PPRS row against every baseline, at every budget"
+                  + (", and +momentum against μ = 0" if within_pprs else "")
+                  + "; sign-test p Holm-corrected over all of them; not a verdict):", ""]
     lines += [f"- {comparison_text(c)}" for c in found if not c["main"]]
     return lines
 
