@@ -13,6 +13,7 @@ mean gradient cancels f's linear part exactly, which lowers the variance of G_t 
 
 from __future__ import annotations
 
+import collections
 import functools
 
 import numpy as np
@@ -78,15 +79,34 @@ def _philox(seed: int) -> tuple[np.random.Philox, np.random.Generator, dict]:
 
 class HostNoise:
     """A microbatch's X_k drawn on the host (`Rows`) and moved to the backend: bitwise the same noise on
-    every backend, engine, rank layout and microbatch size."""
+    every backend, engine, rank layout and microbatch size. Up to AHEAD microbatches can be drawn ahead
+    (`draw_ahead`, while a rank would otherwise wait) and are then taken by `draw`: the same numbers."""
+
+    AHEAD = 2
 
     def __init__(self, backend, sampling, dim: int):
         self._rows = Rows(sampling.seed, sampling.microbatch_size, dim, sampling.antithetic)
         self._asarray = backend.asarray
+        self._ahead: collections.deque = collections.deque()  # ((iteration, samples), X), in drawing order
 
     def draw(self, iteration: int, samples: range):
         """The stacked X_k of `samples` at iteration t, an array of the backend."""
+        ahead = self._ahead
+        if ahead and ahead[0][0] == (iteration, samples):
+            return self._asarray(ahead.popleft()[1])
+        ahead.clear()  # drawn ahead for a pass that did not come (the run's last, or a changed sequence)
         return self._asarray(self._rows.draw(iteration, samples))
+
+    def draw_ahead(self, iteration: int, samples: range) -> bool:
+        """Draws the X_k of `samples` at iteration t now, for a later `draw`; False if AHEAD are already waiting."""
+        if len(self._ahead) >= self.AHEAD:
+            return False
+        self._ahead.append(((iteration, samples), self._rows.draw(iteration, samples).copy()))
+        return True
+
+    @property
+    def drawn_ahead(self) -> int:
+        return len(self._ahead)
 
 
 class DeviceNoise:
@@ -95,6 +115,11 @@ class DeviceNoise:
 
     def __init__(self, backend, seed: int, dim: int, antithetic: bool = False):
         self._backend, self._seed, self._dim, self._antithetic = backend, seed, dim, antithetic
+
+    drawn_ahead = 0  # the device's generator runs asynchronously: nothing is gained by drawing ahead
+
+    def draw_ahead(self, iteration: int, samples: range) -> bool:
+        return False
 
     def draw(self, iteration: int, samples: range):
         """The stacked X_k of `samples` at iteration t, drawn on the device (antithetic: as on the host, the

@@ -69,6 +69,40 @@ def test_noise_depends_only_on_seed_iteration_and_sample():
     assert abs(draws.mean()) < 0.06 and abs(draws.std() - 1) < 0.05
 
 
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_noise_drawn_ahead_while_waiting_is_the_noise_drawn_when_needed(antithetic):
+    """Stage 0 draws X ahead when a receive would wait (the MPI transport's `idle`): at any point of a pass,
+    into the next pass, or for a pass that never comes (t jumps), G_t stays bitwise the same."""
+    graph = build("lad", depth=4, dim=5, rows=7, radius=1.0, problem_seed=1).graph
+    sampling = Sampling(6, 0.2, 9, 2, antithetic=antithetic)
+    plain, ahead = serial_engine(graph, sampling, 2, "1f1b"), serial_engine(graph, sampling, 2, "1f1b")
+    root, transport = ahead.runners[0].root, ahead.runners[0].transport
+    assert root.draw_ahead() is False  # before the first pass: no iteration to draw for
+    drawn, receive = [], transport.recv
+
+    def recv_as_if_waiting(channel, mb):  # as the MPI transport does when a message is not there yet
+        drawn.append(transport.idle())
+        return receive(channel, mb)
+
+    transport.recv = recv_as_if_waiting
+    rows, draws = root._noise._rows, []
+    rows.draw = lambda t, samples, draw=rows.draw: draws.append(t) or draw(t, samples)
+    x = np.linspace(-1, 1, 5)
+    for t in (3, 4, 9, 10):
+        expected, got = plain.gradient(x, t), ahead.gradient(x, t)
+        assert np.array_equal(expected[0], got[0]) and np.array_equal(expected[1], got[1])
+    assert False in drawn  # no more than AHEAD at a time
+    # Each pass's 3 microbatches drawn once, ahead or not; wasted: the 2 drawn ahead for t = 5 and t = 11
+    assert sorted(draws) == [3] * 3 + [4] * 3 + [5] * 2 + [9] * 3 + [10] * 3 + [11] * 2
+
+
+def test_no_noise_is_drawn_ahead_without_smoothing():
+    graph = build("lad", depth=3, dim=4, rows=5, radius=1.0, problem_seed=1).graph
+    engine = serial_engine(graph, Sampling(4, 0.0, 9, 2), 2)
+    engine.gradient(np.ones(4), 0)
+    assert engine.runners[0].root.draw_ahead() is False
+
+
 def test_microbatch_size_and_schedule_do_not_change_the_iterates_beyond_rounding():
     graph = build("lad", depth=4, dim=5, rows=7, radius=1.0, problem_seed=1).graph
     x = np.ones(5)

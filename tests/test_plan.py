@@ -189,6 +189,35 @@ def test_transport_posts_a_window_of_receives_and_reuses_their_buffers_in_order(
         transport.recv(0, 1)
 
 
+def test_a_receive_that_would_wait_does_the_idle_work_first_and_only_until_the_message_is_there():
+    transport, _ = self_transport(2)
+    transport.expect([(0, (0, 1))])
+    calls = []
+
+    def idle():  # stage 0 draws noise ahead here; the message comes in during the second piece of work
+        calls.append(len(calls))
+        if len(calls) == 2:
+            transport.send(0, 0, np.full((1, 2), 7.0))
+        return True
+
+    transport.idle = idle
+    assert transport.recv(0, 0)[0, 0] == 7.0 and calls == [0, 1]
+    transport.send(0, 1, np.full((1, 2), 8.0))
+    assert transport.recv(0, 1)[0, 0] == 8.0 and calls == [0, 1]  # there already: no work done first
+    transport.complete_sends()
+
+
+def test_waits_poll_where_every_rank_of_the_host_has_a_core_and_soon_sleep_where_they_share(monkeypatch):
+    import os
+
+    from mpi4py import MPI
+    from pprs_mpi.engines import mpi
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert mpi.polling_seconds(MPI.COMM_SELF) == mpi.OWN_CORE_YIELDING_SECONDS
+    monkeypatch.setenv("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0)) + 1))  # its threads need more cores
+    assert mpi.polling_seconds(MPI.COMM_SELF) == mpi.YIELDING_SECONDS
+
+
 def test_transport_frees_its_persistent_receives_when_closed():
     from mpi4py import MPI
     transport, _ = self_transport(3)

@@ -74,7 +74,8 @@ WAKE_SECONDS = 3.0  # how long a stuck rank 0 is given to mark its trace failed 
 _rank0_process: tuple[str, int] | None = None  # rank 0's (host, pid), set by the Poller
 RECEIVE_WINDOW = 4  # receives posted ahead per channel: transfers overlap compute, memory stays bounded
 FIRST_REAP = 8  # pending sends before completed ones are first looked for; then twice those still pending
-YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping
+YIELDING_SECONDS = 2e-3  # how long a wait polls with sched_yield before it starts sleeping, where ranks share cores
+OWN_CORE_YIELDING_SECONDS = 0.5  # the same where every rank of the host has a core of its own (see polling_seconds)
 
 
 class RemoteFailure(RuntimeError):
@@ -135,6 +136,21 @@ def host_table(comm, links: Sequence[Channel] = ()) -> dict[int, str]:
     return dict(enumerate(hosts)) if comm.rank == 0 else table
 
 
+def polling_seconds(comm) -> float:
+    """How long a wait polls before it backs off to sleeping: OWN_CORE_YIELDING_SECONDS where the ranks on this
+    host, times their intra-op threads (OMP_NUM_THREADS, which `threads.use` sets), fit in the cores they may run
+    on together (the union of their affinities), else YIELDING_SECONDS. A sleeping rank wakes up to a millisecond
+    late, and the last stage of a pipeline waits longer than 2 ms at the start of every pass: with a core of its
+    own, polling costs no other rank anything. A collective, on the ranks of each host."""
+    host = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    try:
+        cores = set().union(*host.allgather(os.sched_getaffinity(0)))
+        threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
+        return OWN_CORE_YIELDING_SECONDS if host.size * threads <= len(cores) else YIELDING_SECONDS
+    finally:
+        host.Free()
+
+
 class Poller:
     """Waits on MPI requests without blocking inside MPI, so that rank 0 can notice failures elsewhere
     and any rank can give up after `timeout` seconds. `links`: the engine's channels (see host_table)."""
@@ -144,6 +160,7 @@ class Poller:
         self.hosts = host_table(comm, links)
         self._listen = recover and comm.rank != 0  # watch for rank 0's verdict on a failure elsewhere
         self._status = MPI.Status()
+        self.yielding_seconds = polling_seconds(comm)
         if comm.size > 1:  # where rank 0 runs, for report_failure_and_abort to wake a stuck rank 0
             global _rank0_process
             _rank0_process = comm.bcast((socket.gethostname(), os.getpid()), root=0)
@@ -163,7 +180,7 @@ class Poller:
             waited = time.perf_counter() - start
             if timeout is not None and waited > timeout:
                 raise CommTimeout(f"rank {self.comm.rank} waited more than {timeout:g} s for {describe()}")
-            if waited < YIELDING_SECONDS:  # low latency, yet a rank sharing this core can run meanwhile
+            if waited < self.yielding_seconds:  # low latency, yet a rank sharing this core can run meanwhile
                 os.sched_yield()
             else:  # a long wait: back off to sleeping, so idle ranks cost no CPU
                 pause = min(1e-3, pause + 5e-5)
@@ -250,6 +267,7 @@ class MpiTransport:
                 self._inboxes[c.id] = _Inbox(c, ring)
             if c.source == comm.rank:
                 self._outboxes[c.id] = (c.destination, FIRST_DATA_TAG + c.id)
+        self.idle = None  # see Transport.idle: stage 0 draws noise ahead
         self._send_requests: list = []
         self._send_buffers: list = []
         self._send_bytes, self.peak_send_bytes, self._reap_at = 0, 0, FIRST_REAP
@@ -308,7 +326,10 @@ class MpiTransport:
             inbox.head_done = False
         else:
             try:
-                if not request.Test(self._status):
+                done = request.Test(self._status)
+                while not done and self.idle is not None and self.idle():  # work ahead rather than wait
+                    start, done = time.perf_counter(), request.Test(self._status)
+                if not done:
                     self.poller.wait(request, lambda: self.describe(inbox, mb), status=self._status)
             except MPI.Exception as err:
                 raise self._named(err, inbox, mb) from None

@@ -59,6 +59,8 @@ class StageRunner:
         self._unchecked, self._checking = {False, True}, True  # pass kinds whose shapes are still to be checked
         self.root = None if stage != 0 else RootRole(self.plan.root, self.graph.dim, sampling, backend, transport,
                                                      self._outputs, self._cotangents)
+        if self.root is not None:
+            transport.idle = self.root.draw_ahead
 
     # -- one pass: begin, execute this stage's actions, end ----------------------------------------
 
@@ -323,6 +325,7 @@ class RootRole:
         self._noise = backend.noise_source(sampling, dim)
         self._samples = [sampling.samples(mb) for mb in range(self._M)]
         self._drawn = self._folded = 0
+        self._t = None  # the gradient pass's iteration; None before the first
         self.next_draw = math.inf
 
     def begin(self, t: int, x, evaluation: bool) -> None:
@@ -351,6 +354,20 @@ class RootRole:
         # the next recorded action is not charged for the noise
         if timeline is not None and timeline.active and self._drawn > drawn:
             self.backend.synchronize()
+
+    def draw_ahead(self) -> bool:
+        """Draws the X_k of the next microbatch not drawn yet, of this pass or else the next one's (x and γ are
+        added when it is used): work for a rank that would otherwise wait for a message. False if there is none
+        to do (AHEAD drawn already, the device draws, or no noise: γ = 0)."""
+        draws, t = self.plan.draws, self._t
+        position = self._drawn + self._noise.drawn_ahead
+        if t is None or position >= 2 * len(draws):
+            return False
+        if position >= len(draws):
+            t, position = t + 1, position - len(draws)
+        if self.sampling.gamma_at(t) == 0.0:
+            return False
+        return self._noise.draw_ahead(t, self._samples[draws[position][1]])
 
     def _set(self, slot: int, mb: int, batch) -> None:
         if self.plan.keep:  # until the last local child has read it

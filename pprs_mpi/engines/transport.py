@@ -6,10 +6,13 @@ the MPI engine (engines/mpi.py).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
 class Transport(Protocol):
+    idle: Callable[[], bool] | None  # work to do instead of waiting for a message; returns whether it did any
+
     def expect(self, receives, check_shapes: bool = True) -> None:
         """This pass's receives: (channel, microbatches in the order they are needed) pairs."""
 
@@ -25,6 +28,7 @@ class LocalTransport:
 
     def __init__(self, n_channels: int, n_microbatches: int):
         self._boxes = [[None] * (n_microbatches + 1) for _ in range(n_channels)]
+        self.idle = None  # never called: a message is there when it is needed, or the schedule is illegal
 
     def expect(self, receives, check_shapes: bool = True) -> None:
         pass  # the sender's checks cover an in-process message
