@@ -5,7 +5,8 @@ stage's forward or backward on one microbatch, measured alone) and an MPI ping-p
 prints runtime efficiency = 2(K + P − 1)·c / measured (with c measured alone, and with the median
 unit inside the run, which shows contention between the ranks), the speedup over the serial engine
 on the same problem, and the per-message overhead (measured − ideal) / messages against the
-ping-pong; for the empty pipeline also the serial engine's time for the same work, the floor that two
+ping-pong (for the empty pipeline also with ops that only pass their array on: the engine's own cost);
+for the empty pipeline also the serial engine's time for the same work, the floor that two
 ranks can at best halve.
 
 A "small problem" row runs the README's default job (lad, depth 8, d = 16, K = 8) through
@@ -52,15 +53,18 @@ SAMPLED = 20  # the timeline's sampling in a 2,000-iteration run (config: --time
 
 
 class Busy(Op):
-    """Identity (or sum, as the leaf) whose forward and VJP each burn the same fixed matmul work."""
+    """Identity (or sum, as the leaf) whose forward and VJP each burn the same fixed matmul work (none: `work`
+    None, the least an op can do, so that what is left is the engine's own cost)."""
 
-    def __init__(self, work: np.ndarray, leaf: bool):
+    def __init__(self, work: np.ndarray | None, leaf: bool):
         self.work, self.leaf = work, leaf
 
     def output_shape(self, shape):
         return () if self.leaf else shape
 
     def _burn(self, xp, like):
+        if self.work is None:
+            return 0.0
         w = self.const(xp, "work", like.dtype)
         return (w @ w)[0, 0] * 0.0  # 0.0 keeps the result exact; the matmul is the cost (asynchronous on a GPU)
 
@@ -92,8 +96,8 @@ def work_size(backend: Backend, unit_ms: float) -> int:
 
 
 def chain(n: int) -> Graph:
-    """Two Busy nodes (identity, then sum) burning an n×n matmul per forward and per VJP."""
-    work = np.random.default_rng(0).standard_normal((n, n))
+    """Two Busy nodes (identity, then sum) burning an n×n matmul per forward and per VJP (n = 0: nothing)."""
+    work = np.random.default_rng(0).standard_normal((n, n)) if n else None
     return Graph.chain(DIM, [Busy(work, leaf=False), Busy(work, leaf=True)])
 
 
@@ -189,14 +193,15 @@ def worker(args) -> None:
                      "overhead_per_message_s": (measured - ideal_run) / messages})
     # The same pipeline with (almost) no work: what each message costs the engine, all included, with every
     # iteration's actions timed (as in runs of up to 100 iterations) and with every SAMPLED-th only (the default
-    # of a 2,000-iteration run: `--timeline-every` is ⌈T/100⌉)
+    # of a 2,000-iteration run: `--timeline-every` is ⌈T/100⌉); and, sampled, with ops that do nothing but pass
+    # the array on (n = 0): the engine's own cost
     per_message = {}
-    for every in (1, SAMPLED):
-        empty = engines(chain(1), 64, backend, comm, cuda_aware, timeline_every=every)
+    for n, every in ((1, 1), (1, SAMPLED), (0, SAMPLED)):
+        empty = engines(chain(n), 64, backend, comm, cuda_aware, timeline_every=every)
         if comm.rank != 0:
             empty.serve()
             continue
-        per_message[every] = mean_iteration(empty, backend, 2 * SAMPLED) / (3 * 64)
+        per_message[n, every] = mean_iteration(empty, backend, 2 * SAMPLED) / (3 * 64)
         empty.stop()
     if comm.rank == 0:
         # the same work in one process, no MPI: the ops, the noise and the engine's bookkeeping of both stages
@@ -204,8 +209,9 @@ def worker(args) -> None:
         table = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
                  "mpi": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "ranks": RANKS,
                  "devices": devices,
-                 "unit_cost_s": c, "ping_pong_latency_s": latency, "empty_pipeline_s_per_message": per_message[1],
-                 "empty_pipeline_sampled_s_per_message": per_message[SAMPLED], "sampled_every": SAMPLED,
+                 "unit_cost_s": c, "ping_pong_latency_s": latency, "empty_pipeline_s_per_message": per_message[1, 1],
+                 "empty_pipeline_sampled_s_per_message": per_message[1, SAMPLED], "sampled_every": SAMPLED,
+                 "noop_pipeline_sampled_s_per_message": per_message[0, SAMPLED],
                  "empty_serial_s_per_message": serial_per_message, "rows": rows}
         results = RESULTS_DIR / f"pipeline_efficiency{'_gpu' if backend.on_gpu else ''}.json"
         results.parent.mkdir(exist_ok=True)
@@ -277,6 +283,10 @@ def print_table(table: dict) -> None:
         print(f"  timed in every {table['sampled_every']}th iteration only (a 2,000-iteration run's default): "
               f"{table['empty_pipeline_sampled_s_per_message'] * 1e6:.1f} us per message "
               f"({table['empty_pipeline_sampled_s_per_message'] / table['ping_pong_latency_s']:.1f}x)")
+    if "noop_pipeline_sampled_s_per_message" in table:
+        print(f"  the same with ops that only pass their array on (the engine's own cost): "
+              f"{table['noop_pipeline_sampled_s_per_message'] * 1e6:.1f} us per message "
+              f"({table['noop_pipeline_sampled_s_per_message'] / table['ping_pong_latency_s']:.1f}x)")
     if "empty_serial_s_per_message" in table:
         print(f"  the serial engine on the same empty stages: {table['empty_serial_s_per_message'] * 1e6:.1f} us per "
               "message-equivalent (the same ops, noise and bookkeeping, no MPI: what two ranks can at best halve)")
