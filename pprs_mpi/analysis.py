@@ -135,8 +135,9 @@ def microbatch_choice(trace: Trace) -> str | None:
         candidates = tuple(Candidate(int(c["microbatch_size"]), int(c["n_microbatches"]), float(c["predicted_s"]),
                                      schedule=str(c.get("schedule", "")))  # absent before the planner chose it
                            for c in record["candidates"])
-        return Layout(int(record["microbatch_size"]), str(record["rule"]), candidates,
-                      schedule=record.get("schedule")).describe()
+        one_process = record.get("one_process_s")  # absent before the planner compared one process
+        return Layout(int(record["microbatch_size"]), str(record["rule"]), candidates, schedule=record.get("schedule"),
+                      one_process_s=None if one_process is None else float(one_process)).describe()
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
         return None
 

@@ -44,6 +44,8 @@ ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
 #: the planner simulates the candidates' schedules when they have at most SIMULATED_ACTIONS actions in all and
 #: SEARCHED_STAGES stages (a few tenths of a second of start-up); larger layouts are predicted by the formula
 SIMULATED_ACTIONS, SEARCHED_STAGES = 20_000, 16
+#: one process is worth suggesting when the model predicts it at least this much faster than the pipeline
+ONE_PROCESS_MARGIN = 0.1
 
 
 Regroup = Callable[[dict[str, float]], Sequence[Sequence[str]]]  # per-node seconds -> the nodes of each stage
@@ -65,28 +67,49 @@ class Candidate:
 @dataclass(frozen=True)
 class Layout:
     """The chosen microbatch size, why (`rule`), the candidates weighed (empty when none were), the nodes of each
-    stage where the planner grouped them and the schedule where it chose one (None: the caller's stands)."""
+    stage where the planner grouped them and the schedule where it chose one (None: the caller's stands), and
+    for a pipeline the model's time per iteration of the same graph in one process (`one_process_s`)."""
 
     microbatch_size: int
     rule: str
     candidates: tuple[Candidate, ...] = ()
     stages: tuple[tuple[str, ...], ...] | None = None
     schedule: str | None = None
+    one_process_s: float | None = None
 
     def as_dict(self) -> dict:
         """What the trace records (its stage_nodes hold the grouping)."""
         return {"microbatch_size": self.microbatch_size, "rule": self.rule, "schedule": self.schedule,
-                "candidates": [asdict(c) for c in self.candidates]}
+                "candidates": [asdict(c) for c in self.candidates], "one_process_s": self.one_process_s}
 
     def describe(self) -> str:
-        """b and why, with the predicted time per iteration of the choice and of the best other candidate."""
-        chosen = [c for c in self.candidates if c.microbatch_size == self.microbatch_size
-                  and c.schedule == (self.schedule or c.schedule)]
-        others = sorted((c for c in self.candidates if c not in chosen[:1]), key=lambda c: c.predicted_s)
-        if not chosen or not others:
+        """b and why, with the predicted time per iteration of the choice, of the best other candidate and, for a
+        pipeline, of one process."""
+        chosen, others = self._chosen(), self._others()
+        if chosen is None or not others:
             return f"b={self.microbatch_size} ({self.rule})"
-        return (f"b={self.microbatch_size}{_under(chosen[0])} ({self.rule}; predicted {_ms(chosen[0])} per "
-                f"iteration, next best b={others[0].microbatch_size}{_under(others[0])}: {_ms(others[0])})")
+        one = f", one process: {self.one_process_s * 1e3:.3g} ms" if self.one_process_s is not None else ""
+        return (f"b={self.microbatch_size}{_under(chosen)} ({self.rule}; predicted {_ms(chosen)} per "
+                f"iteration, next best b={others[0].microbatch_size}{_under(others[0])}: {_ms(others[0])}{one})")
+
+    def one_process_note(self, stages: int) -> str | None:
+        """A line for the user when the model predicts one process ONE_PROCESS_MARGIN or more faster than this
+        pipeline of `stages` stages (a graph too light for its messages), else None."""
+        chosen = self._chosen()
+        if self.one_process_s is None or chosen is None or self.one_process_s > chosen.predicted_s * (
+                1 - ONE_PROCESS_MARGIN):
+            return None
+        return (f"note: the planner predicts {self.one_process_s * 1e3:.3g} ms per iteration in one process against "
+                f"{_ms(chosen)} on these {stages} stages: this graph's stages are too light for what their messages "
+                "cost, so one process (no mpirun, no --stages) or fewer stages should be faster")
+
+    def _chosen(self) -> Candidate | None:
+        return next((c for c in self.candidates if c.microbatch_size == self.microbatch_size
+                     and c.schedule == (self.schedule or c.schedule)), None)
+
+    def _others(self) -> list[Candidate]:
+        chosen = self._chosen()
+        return sorted((c for c in self.candidates if c is not chosen), key=lambda c: c.predicted_s)
 
 
 def _ms(candidate: Candidate) -> str:
@@ -152,6 +175,10 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
     stages_chosen, schedule_chosen = (grouping if regroup else None), (name if model.choosing else None)
     if fixed is not None:
         return Layout(*fixed, stages=stages_chosen, schedule=schedule_chosen)
+    one_process = None
+    if P > 1:  # the same model's best time in one process (nothing overlaps, no messages), for the user to compare
+        alone = _Model(K, 1, graph, seconds, {}, False, [])
+        one_process = min(alone.predict((tuple(graph.order),), b, None) for b in _sizes(K, 1, max_rows))
     rule += f", {P} ranks in parallel" if P > 1 else ", one process: nothing overlaps"
     if simulating:
         rule += f", the schedules {' and '.join(model.weighed)} simulated" if model.choosing else \
@@ -159,7 +186,7 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
     if regroup is not None and P > 1:
         rule += ", nodes grouped into stages by the same model" + (
             " and moved while the simulated time falls" if searching else "")
-    return Layout(best.microbatch_size, rule, tuple(candidates.values()), stages_chosen, schedule_chosen)
+    return Layout(best.microbatch_size, rule, tuple(candidates.values()), stages_chosen, schedule_chosen, one_process)
 
 
 def _cost_model(request, graph: Graph, measure, K: int, max_rows: int, sizes: list[int]):

@@ -167,6 +167,31 @@ def test_cheap_stages_keep_one_microbatch_even_on_several_ranks():
     assert chosen.microbatch_size == 8
 
 
+def test_a_pipeline_is_compared_with_one_process_and_the_user_told_when_that_is_clearly_faster():
+    """The one-process time is what the planner predicts for the graph without --stages (its best b, all nodes
+    on one stage); lad's light stages pay more for their messages than they overlap, a width-512 MLP's do not."""
+    lad = build("lad", depth=8, dim=16, rows=32, radius=1.0, problem_seed=0).graph
+    pipeline = choose(layout.AUTO, 8, lad.stages(4), lad, parallel=True, max_rows=10**6)
+    alone = choose(layout.AUTO, 8, lad.stages(1), lad, parallel=False, max_rows=10**6)  # what one process runs
+    assert pipeline.one_process_s == pytest.approx(min(c.predicted_s for c in alone.candidates), rel=1e-12)
+    assert alone.one_process_s is None and choose(2, 8, lad.stages(4), lad, True, 10**6).one_process_s is None
+    note = pipeline.one_process_note(4)
+    assert note.startswith("note: the planner predicts") and "on these 4 stages" in note
+    assert "one process: " in pipeline.describe()
+    mlp = mlp_graph(512, 8)
+    heavy = choose(layout.AUTO, 64, halves(mlp), mlp, parallel=True, max_rows=10**6)
+    assert heavy.one_process_s > min(c.predicted_s for c in heavy.candidates)
+    assert heavy.one_process_note(2) is None
+
+
+def test_the_one_process_comparison_reaches_the_banner_the_trace_and_the_report(tmp_trace, capsys):
+    out = tmp_trace()
+    assert main(["--stages", "4", "--iters", "2", "--eval-every", "0", "--out", out]) == 0
+    assert "note: the planner predicts" in capsys.readouterr().out
+    assert report_main([out]) == 0
+    assert "one process: " in " ".join(capsys.readouterr().out.split())
+
+
 def test_measured_costs_drive_the_choice_and_a_resume_keeps_the_stored_one():
     graph, K = mlp_graph(16, 4), 16
     stages = halves(graph)

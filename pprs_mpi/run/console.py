@@ -26,7 +26,14 @@ def banner(setup: Setup) -> str:
             f"{setup.makespan} time units/iteration\n"
             f"microbatch size {setup.layout.describe()}\n"
             f"devices {_per_rank(setup.placement['devices'])}, transport {_per_rank(setup.placement['transport'])} "
-            f"(rank 0: {setup.backend.choice}), {cfg.device.threads} intra-op thread(s)" + _unpinned(graph))
+            f"(rank 0: {setup.backend.choice}), {cfg.device.threads} intra-op thread(s)" + _unpinned(graph)
+            + _one_process(setup))
+
+
+def _one_process(setup: Setup) -> str:
+    """The planner's note where one process is predicted clearly faster than the run's pipeline."""
+    note = setup.layout.one_process_note(len(setup.wiring.stages))
+    return f"\n{note}" if note else ""
 
 
 def _anytime(algorithm) -> str:
