@@ -182,6 +182,10 @@ def test_a_pipeline_is_compared_with_one_process_and_the_user_told_when_that_is_
     heavy = choose(layout.AUTO, 64, halves(mlp), mlp, parallel=True, max_rows=10**6)
     assert heavy.one_process_s > min(c.predicted_s for c in heavy.candidates)
     assert heavy.one_process_note(2) is None
+    light = mlp_graph(64, 8)  # predicted a little faster alone: within the model's error, so no note
+    within = choose(layout.AUTO, 16, halves(light), light, parallel=True, max_rows=10**6)
+    assert within.one_process_s < min(c.predicted_s for c in within.candidates) < 1.5 * within.one_process_s
+    assert within.one_process_note(2) is None
 
 
 def test_the_one_process_comparison_reaches_the_banner_the_trace_and_the_report(tmp_trace, capsys):
