@@ -144,11 +144,19 @@ def polling_seconds(comm) -> float:
     own, polling costs no other rank anything. A collective, on the ranks of each host."""
     host = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
     try:
-        cores = set().union(*host.allgather(os.sched_getaffinity(0)))
+        cores = set().union(*host.allgather(_usable_cores()))
         threads = max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1))
         return OWN_CORE_YIELDING_SECONDS if host.size * threads <= len(cores) else YIELDING_SECONDS
     finally:
         host.Free()
+
+
+def _usable_cores() -> set[int]:
+    """The CPUs this process may run on (every CPU where the system does not say, as on macOS)."""
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:
+        return set(range(os.cpu_count() or 1))
 
 
 class Poller:
