@@ -87,7 +87,8 @@ class Layout:
     def describe(self) -> str:
         """b and why, with the predicted time per iteration of the choice, of the best other candidate and, for a
         pipeline, of one process."""
-        chosen, others = self._chosen(), self._others()
+        chosen = self._chosen()
+        others = sorted((c for c in self.candidates if c is not chosen), key=lambda c: c.predicted_s)
         if chosen is None or not others:
             return f"b={self.microbatch_size} ({self.rule})"
         one = f", one process: {self.one_process_s * 1e3:.3g} ms" if self.one_process_s is not None else ""
@@ -107,10 +108,6 @@ class Layout:
     def _chosen(self) -> Candidate | None:
         return next((c for c in self.candidates if c.microbatch_size == self.microbatch_size
                      and c.schedule == (self.schedule or c.schedule)), None)
-
-    def _others(self) -> list[Candidate]:
-        chosen = self._chosen()
-        return sorted((c for c in self.candidates if c is not chosen), key=lambda c: c.predicted_s)
 
 
 def _ms(candidate: Candidate) -> str:

@@ -94,7 +94,8 @@ class HostNoise:
         ahead = self._ahead
         if ahead and ahead[0][0] == (iteration, samples):
             return self._asarray(ahead.popleft()[1])
-        ahead.clear()  # drawn ahead for a pass that did not come (the run's last, or a changed sequence)
+        if ahead:
+            ahead.clear()  # drawn ahead for a pass that did not come (the run's last, or a changed sequence)
         return self._asarray(self._rows.draw(iteration, samples))
 
     def draw_ahead(self, iteration: int, samples: range) -> bool:
