@@ -3,7 +3,8 @@ the predicted time per iteration.
 
 A pass of M = ⌈K/b⌉ microbatches over P stages that work in parallel (one rank each) takes about
 (M + P − 1) times its slowest stage's forward and backward of one microbatch; in one process nothing
-overlaps and it takes M times the sum of the stages'. A stage's forward and backward of b copies costs
+overlaps and it takes M times the sum of the nodes' (no messages: its stages hand on arrays in memory).
+A stage's forward and backward of b copies costs
 
     T_s(b) = Σ_nodes (α + β · w · (b + b₀)) + μ · (its messages)
 
@@ -222,8 +223,10 @@ class _Model:
         M, node_seconds = -(-self.K // b), self.seconds(b)
         if self.simulating:
             return _simulate(self.schedules[name](grouped, M), self.graph, node_seconds)
+        if self.P == 1:  # one process: nothing overlaps, and its stages hand on arrays in memory, not as messages
+            return M * sum(node_seconds.values())
         costs = _stage_seconds(grouped, node_seconds, self.graph)
-        return (M + len(costs) - 1) * max(costs) if self.P > 1 else M * sum(costs)
+        return (M + len(costs) - 1) * max(costs)
 
     def candidate(self, b: int, name: str | None, grouped: tuple, predicted: float | None = None) -> Candidate:
         """The candidate (b, schedule `name`, grouping), predicted unless its `predicted` time is known."""

@@ -174,6 +174,9 @@ def test_a_pipeline_is_compared_with_one_process_and_the_user_told_when_that_is_
     pipeline = choose(layout.AUTO, 8, lad.stages(4), lad, parallel=True, max_rows=10**6)
     alone = choose(layout.AUTO, 8, lad.stages(1), lad, parallel=False, max_rows=10**6)  # what one process runs
     assert pipeline.one_process_s == pytest.approx(min(c.predicted_s for c in alone.candidates), rel=1e-12)
+    # the serial engine's own stages (one per node) exchange arrays in memory: it predicts the same as one stage
+    per_node = choose(layout.AUTO, 8, lad.stages(len(lad.order)), lad, parallel=False, max_rows=10**6)
+    assert [c.predicted_s for c in per_node.candidates] == [c.predicted_s for c in alone.candidates]
     assert alone.one_process_s is None and choose(2, 8, lad.stages(4), lad, True, 10**6).one_process_s is None
     note = pipeline.one_process_note(4)
     assert note.startswith("note: the planner predicts") and "on these 4 stages" in note
