@@ -101,7 +101,6 @@ def assemble(cfg: config.RunConfig, comm, problem: Problem | None = None, sync: 
 
 
 def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupSync) -> Setup:
-    from mpi4py import MPI
     threads.use(cfg.device.threads)  # before the builder, whose constants are computed too
     heap.keep_freed_memory()
     problem = problem or build_problem(cfg)
@@ -125,7 +124,7 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     if n_stages > len(graph.order):
         raise ConfigError(f"{n_stages} stages (ranks) for a graph of {len(graph.order)} nodes: use at most "
                           f"{len(graph.order)}")
-    local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank).rank if comm.size > 1 else 0
+    local_rank = _host_rank(comm) if comm.size > 1 else 0
     try:
         backend = select(cfg.device.device, cfg.device.dtype, local_rank)
         cuda_aware, decided_by = backend.cuda_awareness()
@@ -166,6 +165,17 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
                 else schedule.makespan)
     return Setup(cfg, problem, wiring, schedule, schedule_name, sampling, backend, engine_name, makespan,
                  cuda_aware, {**placement, "cuda_aware_decided_by": decided_by}, graph_hash, chosen)
+
+
+def _host_rank(comm) -> int:
+    """This rank's index among the ranks on its host (which of the host's GPUs it takes); the communicator that
+    tells it is freed, so that a process running many jobs (`minimize` in a loop) does not exhaust MPI's."""
+    from mpi4py import MPI
+    host = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.rank)
+    try:
+        return host.rank
+    finally:
+        host.Free()
 
 
 def _build_schedule(spec, parents, stages, M: int):
