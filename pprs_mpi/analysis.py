@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pprs_mpi.engines.timeline import MEMORY_KEYS, PHASES, SUMMARY_KEYS
-from pprs_mpi.layout import Candidate, Layout
+from pprs_mpi.layout import DECLARED_RULE, Candidate, Layout
 from pprs_mpi.trace import Trace, abandoned
 
 FORWARD, BACKWARD, WAIT = (PHASES.index(p) for p in ("forward", "backward", "wait"))
@@ -121,15 +121,20 @@ def layout(trace: Trace) -> dict:
     nodes = stage_nodes(trace)
     stages = setting(trace, "stages")
     M, delta = n_microbatches(trace), depth(trace)
+    chosen = layout_choice(trace)
     return {"engine": setting(trace, "engine"), "stages": int(stages) if stages is not None else len(nodes) or None,
             "stage_nodes": nodes, "makespan": makespan(trace),
             "one_node_per_stage_makespan": None if M is None or delta is None else 2 * (M + delta - 1),
-            "microbatch_choice": microbatch_choice(trace)}
+            "microbatch_choice": None if chosen is None else chosen.describe(),
+            "predicted_iteration_time": None if chosen is None else chosen.predicted_s,
+            # the fixed machine model weighed a pipeline's candidates: timing this machine's nodes could change them
+            "declared_model_on_ranks": chosen is not None and chosen.one_process_s is not None
+            and chosen.rule.startswith(DECLARED_RULE)}
 
 
-def microbatch_choice(trace: Trace) -> str | None:
-    """How the run's microbatch size was chosen (`layout.Layout.describe`), from the writer's record; None
-    for traces written before the choice was recorded or whose record is not readable."""
+def layout_choice(trace: Trace) -> Layout | None:
+    """How the run's microbatch size (and grouping, schedule) was chosen, from the writer's record; None for
+    traces written before the choice was recorded or whose record is not readable."""
     try:
         record = json.loads(trace.attrs["layout_choice"])
         candidates = tuple(Candidate(int(c["microbatch_size"]), int(c["n_microbatches"]), float(c["predicted_s"]),
@@ -137,7 +142,7 @@ def microbatch_choice(trace: Trace) -> str | None:
                            for c in record["candidates"])
         one_process = record.get("one_process_s")  # absent before the planner compared one process
         return Layout(int(record["microbatch_size"]), str(record["rule"]), candidates, schedule=record.get("schedule"),
-                      one_process_s=None if one_process is None else float(one_process)).describe()
+                      one_process_s=None if one_process is None else float(one_process))
     except (KeyError, TypeError, ValueError, AttributeError, RecursionError):
         return None
 

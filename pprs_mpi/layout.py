@@ -36,6 +36,7 @@ from pprs_mpi.ops._util import MACS_PER_COST_UNIT
 from pprs_mpi.schedule import Forward, Schedule
 
 AUTO, MEASURED = "auto", "measured"
+DECLARED_RULE = "the ops' declared costs"  # how a rule from the fixed machine model below begins
 REQUESTS = (AUTO, MEASURED)
 #: the fixed machine model of `auto`, from this project's 2-core x86 VM, float64, one BLAS thread: seconds per
 #: action (engine and op call, benchmarks/engine_overhead.py), per multiply-add of a forward and its VJP, per
@@ -95,6 +96,12 @@ class Layout:
         one = f", one process: {self.one_process_s * 1e3:.3g} ms" if self.one_process_s is not None else ""
         return (f"b={self.microbatch_size}{_under(chosen)} ({self.rule}; predicted {_ms(chosen)} per "
                 f"iteration, next best b={others[0].microbatch_size}{_under(others[0])}: {_ms(others[0])}{one})")
+
+    @property
+    def predicted_s(self) -> float | None:
+        """The model's time per iteration (gradient pass) of the choice; None where no candidates were weighed."""
+        chosen = self._chosen()
+        return None if chosen is None else chosen.predicted_s
 
     def one_process_note(self, stages: int) -> str | None:
         """A line for the user when the model predicts this pipeline of `stages` stages ONE_PROCESS_RATIO times
@@ -194,7 +201,7 @@ def _cost_model(request, graph: Graph, measure, K: int, max_rows: int, sizes: li
     if request == MEASURED and measure is not None:
         points = sorted({1, min(K, max_rows), sizes[len(sizes) // 2]})
         return _measured_seconds(graph, measure, points), "measured on this machine"
-    return _declared_seconds(graph), "the ops' declared costs"
+    return _declared_seconds(graph), DECLARED_RULE
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from pprs_mpi.analysis import (DEFAULT_GAP_FRACTIONS, default_targets, every_tex
                                summarize, target_basis)
 
 WIDTH = 100  # columns of every line of text output
+PLANNER_OFF = 2.0  # a measured pass this many times the planner's prediction (or less than 1/this) gets a hint
 FINAL_ABOVE_BEST = ("with a constant step η and smoothing γ the iterates do not settle at the minimum: f(y_t) "
                     "keeps moving in a band whose width grows with η and γ√d (lower them to narrow it, or let them "
                     "decay: --lr-schedule, --gamma-schedule)")
@@ -85,8 +86,24 @@ def format_summary(s: dict, rule: str) -> str:
                                     f"× unit {_seconds(s['unit_cost'])} / iteration {_seconds(s['iteration_time'])}"))
         lines.append(("", f"end to end {_pct(s['end_to_end_efficiency'])} "
                           f"(wall {_seconds(s['wall_per_iteration'])} per iteration)"))
+    lines += _planner_lines(s)
     width = max(len(key) for key, _ in lines)
     return "\n".join(_wrapped(key, value, width) for key, value in lines)
+
+
+def _planner_lines(s: dict) -> list[tuple[str, str]]:
+    """The planner's predicted time per iteration next to the measured one (the timeline's pass), so that its
+    choice is read with the model's error on this machine; where it weighed a pipeline's candidates by the declared
+    costs and is off by PLANNER_OFF or more, a hint to time the nodes instead."""
+    predicted, measured = s["predicted_iteration_time"], s["iteration_time"]
+    if not predicted or not measured:
+        return []
+    ratio = measured / predicted
+    line = f"predicted {_seconds(predicted)} per iteration, measured {_seconds(measured)} ({ratio:.2g}× the prediction)"
+    if not 1 / PLANNER_OFF < ratio < PLANNER_OFF and s["declared_model_on_ranks"]:
+        line += ("; the ops' declared costs are far from this machine's: --microbatch-size measured times the "
+                 "nodes here")
+    return [("planner", line)]
 
 
 def _anytime_lines(s: dict) -> list[tuple[str, str]]:

@@ -1,6 +1,8 @@
 """The microbatch size chosen for the user (pprs_mpi.layout): the cost model's arithmetic, the rules that fix b,
 its record in the trace and the report, bad values in one line, and bitwise equality where the choice is equal."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,9 @@ from pprs_mpi.graph import Graph
 from pprs_mpi.layout import LayoutError, choose
 from pprs_mpi.problems import build
 from pprs_mpi.schedule import SPECS
+from pprs_mpi.analysis import summarize
 from pprs_mpi.cli.report import main as report_main
+from pprs_mpi.report import _planner_lines
 from pprs_mpi.solve import main
 from pprs_mpi.trace import load
 
@@ -197,6 +201,35 @@ def test_the_one_process_comparison_reaches_the_banner_the_trace_and_the_report(
     assert "note: the planner predicts" in capsys.readouterr().out
     assert report_main([out]) == 0
     assert "one process: " in " ".join(capsys.readouterr().out.split())
+
+
+def test_the_report_sets_the_predicted_time_beside_the_measured_one(tmp_trace, capsys):
+    """The planner's prediction for the chosen layout (from the trace's record) stands next to the timeline's
+    measured pass, with their ratio; a pipeline weighed by the declared costs that is off by 2x or more gets a
+    hint to time the nodes, where a run whose b the model could not change (one process) gets none."""
+    out = tmp_trace()
+    assert main(["--stages", "2", "--iters", "3", "--eval-every", "0", "--quiet", "--out", out]) == 0
+    record = json.loads(load(out).attrs["layout_choice"])
+    chosen = next(c for c in record["candidates"] if c["microbatch_size"] == record["microbatch_size"]
+                  and c["schedule"] == (record["schedule"] or c["schedule"]))
+    summary = summarize(load(out))
+    assert summary["predicted_iteration_time"] == chosen["predicted_s"] and summary["declared_model_on_ranks"]
+    assert report_main([out]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    ratio = summary["iteration_time"] / chosen["predicted_s"]
+    assert f"planner predicted {chosen['predicted_s'] * 1e6:.3g} µs per iteration, measured " in text
+    assert f"({ratio:.2g}× the prediction)" in text
+    def hinted(**changes) -> bool:
+        return "--microbatch-size measured" in _planner_lines({**summary, **changes})[0][1]
+
+    predicted = chosen["predicted_s"]
+    assert hinted(iteration_time=3 * predicted) and hinted(iteration_time=predicted / 3)
+    assert not hinted(iteration_time=1.5 * predicted)
+    assert not hinted(iteration_time=3 * predicted, declared_model_on_ranks=False)
+    out = tmp_trace("alone.h5")
+    assert main(["--iters", "3", "--eval-every", "0", "--quiet", "--out", out]) == 0
+    alone = summarize(load(out))
+    assert alone["predicted_iteration_time"] > 0 and not alone["declared_model_on_ranks"]
 
 
 def test_measured_costs_drive_the_choice_and_a_resume_keeps_the_stored_one():
