@@ -68,6 +68,47 @@ def test_numpy_ops_between_framework_nodes_split_the_runs(monkeypatch):
     assert np.array_equal(fused[0], one_by_one[0]) and np.array_equal(fused[1], one_by_one[1])
 
 
+def residual(framework: str):
+    """θ -> n0 -> n1 -> n2 -> join(n2, skip from n0) -> n4 -> loss, every node the framework's: n0's output feeds
+    two children, so its backward segment ends there, and the join takes two inputs."""
+    if framework == "torch":
+        torch = pytest.importorskip("torch", reason="torch is not installed (pip install 'pprs_mpi[torch]')")
+        from pprs_mpi.ops import TorchOp as Op
+        torch.manual_seed(0)
+        lin, sin, tanh = (lambda i, o: torch.nn.Linear(i, o).double()), torch.sin, torch.tanh
+    else:
+        jax = pytest.importorskip("jax", reason="JAX is not installed (pip install 'pprs_mpi[jax]')")
+        from pprs_mpi.ops import JaxOp as Op
+        jnp = jax.numpy
+        rng = np.random.default_rng(0)
+
+        def lin(i, o):
+            W, b = rng.standard_normal((o, i)) / i, rng.standard_normal(o)
+            return lambda a: a @ W.T + b
+        sin, tanh = jnp.sin, jnp.tanh
+    nodes = [Node("n0", Op(lin(5, 6), name="n0"), ("theta",)), Node("n1", Op(tanh, name="n1"), ("n0",)),
+             Node("n2", Op(lin(6, 6), name="n2"), ("n1",)),
+             Node("join", Op(lambda a, b: a + sin(b), arity=2, name="join"), ("n2", "n0")),
+             Node("n4", Op(lin(6, 3), name="n4"), ("join",)), Node("loss", Op(lambda a: (a * a).sum(1), name="loss"),
+                                                                  ("n4",))]
+    return Graph(5, nodes), Op
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_a_skip_connection_fuses_what_each_backward_segment_mirrors_bitwise_the_same(framework, monkeypatch):
+    """One stage of a residual model: the join (two inputs) runs with its chain to the loss as one tape, and
+    n1 -> n2 as another, although the forward runs n0 -> n1 -> n2 in one segment: n0's cotangent is the sum of
+    two children's, which the engine adds before n0's own pull-back. Three pull-backs per microbatch, not six."""
+    graph, op_class = residual(framework)
+    calls = counted(op_class, monkeypatch)
+    one_by_one = gradients(graph, [(n,) for n in graph.order])
+    assert len(calls) == len(graph.order) * SAMPLING.n_microbatches
+    calls.clear()
+    fused = gradients(graph, [tuple(graph.order)])
+    assert sorted(calls) == sorted(["join", "n1", "n0"] * SAMPLING.n_microbatches)
+    assert np.array_equal(fused[0], one_by_one[0]) and np.array_equal(fused[1], one_by_one[1])
+
+
 def test_numpy_graphs_have_nothing_to_fuse():
     ops = [Affine(np.eye(3)), ReLU(), Affine(np.ones((1, 3)))]
     assert fused_runs(ops) == ()

@@ -3,11 +3,14 @@ chain of `jax.vjp`s for `JaxOp`s) per microbatch, so that a model split into man
 per layer) costs what its stages cost, not a framework round trip per node.
 
 A run is a stretch of a forward segment whose ops fuse with each other (`AutodiffOp.fuses_with`: the same
-framework, one input, the tape kept); the backward segment of the same chain is its mirror image (plan.Segment:
-a chain of the stage's own nodes, nothing between them), so the run's tape is pulled back in one go from the
-cotangent of its last node to the input of its first (`AutodiffOp.forward_run`, `vjp_run`). The arithmetic
-is the framework's own, in the same order as node by node: fused and unfused passes give bitwise the same
-gradients.
+framework, the tape kept, each op after the first fed by the one before alone; the first may take several
+inputs, as a residual block's join does). Its tape is pulled back in one go, from the cotangent of its last node
+to the inputs of its first (`AutodiffOp.forward_run`, `vjp_run`), where a backward segment holds the run's
+mirror image (plan.Segment: a chain of the stage's own nodes, nothing between them). In a model with skip
+connections a forward segment can run past a node whose backward segment ends there (its cotangent is the sum
+of several children's, which the engine adds): the run is then cut into the pieces that backward segments
+mirror. The arithmetic is the framework's own, in the same order as node by node: fused and unfused passes
+give bitwise the same gradients.
 """
 
 from __future__ import annotations
@@ -38,8 +41,7 @@ def runs_per_unit(segments, ops: dict) -> list:
                 forward[nodes[start:stop]] = None
         else:
             backward.add(nodes)
-    fused = [run for run in forward
-             if any(_find(nodes, run[::-1]) is not None for nodes in backward)]
+    fused = [piece for run in forward for piece in _mirrored_pieces(run, backward)]
     table = []
     for segment in segments:
         if segment is None:
@@ -53,6 +55,21 @@ def runs_per_unit(segments, ops: dict) -> list:
                 runs[at] = at + len(run)
         table.append(tuple(sorted(runs.items())))
     return table
+
+
+def _mirrored_pieces(run: tuple, backward: set) -> list[tuple]:
+    """`run` cut, from its start, into the longest pieces of at least two nodes whose mirror image lies within one
+    backward segment; nodes that begin no such piece run alone."""
+    pieces, start = [], 0
+    while start < len(run) - 1:
+        stop = next((stop for stop in range(len(run), start + 1, -1)
+                     if any(_find(nodes, run[start:stop][::-1]) is not None for nodes in backward)), None)
+        if stop is None:
+            start += 1
+        else:
+            pieces.append(run[start:stop])
+            start = stop
+    return pieces
 
 
 def _find(sequence: tuple, part: tuple) -> int | None:

@@ -99,13 +99,13 @@ class AutodiffOp(Op):
         return digest.digest()
 
     def fuses_with(self, other) -> bool:
-        """Whether `other`, fed by this op alone, may run in one call with it: one tape over both."""
-        return (self.fusable and type(other) is type(self) and self.stash and other.stash
-                and self._arity == 1 and other._arity == 1)
+        """Whether `other`, fed by this op alone, may run in one call after it: one tape over both (this op may
+        take several inputs, `other` only this op's output)."""
+        return self.fusable and type(other) is type(self) and self.stash and other.stash and other._arity == 1
 
     def forward_run(self, xp, inputs, ops: list) -> tuple[list, object]:
-        """A fused run (engines/fusion.py) in one call: `ops`, this op first, each fed by the one before. Returns
-        each op's output as an `xp` array and the run's tape, which `vjp_run` pulls back."""
+        """A fused run (engines/fusion.py) in one call: `ops`, this op first (on `inputs`), each next one fed by the
+        one before. Returns each op's output as an `xp` array and the run's tape, which `vjp_run` pulls back."""
         tensors = leaves = self._crossed(inputs)
         outputs, tapes = [], []
         for op in ops:

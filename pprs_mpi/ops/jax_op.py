@@ -93,7 +93,7 @@ class JaxOp(AutodiffOp):
         return code.co_code.hex() if code is not None else type(self._plain).__qualname__
 
     def _chain_tape(self, leaves: list, tapes: list):
-        """The run's pullbacks composed, last op's first (each op has one input)."""
+        """The run's pullbacks composed, last op's first (each op but the first has one input)."""
         def pull_back(cotangent):
             grads = (cotangent,)
             for tape in reversed(tapes):
