@@ -17,6 +17,7 @@ from pprs_mpi import config
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import engine_for
 from pprs_mpi.graph import Graph
+from pprs_mpi.launch import default_comm
 from pprs_mpi.problems import Problem
 from pprs_mpi.run.execute import run
 from pprs_mpi.run.result import Result, RunFailed
@@ -27,9 +28,9 @@ __all__ = ["minimize", "engine_for", "Result", "RunFailed", "ConfigError"]
 def minimize(problem: Problem | Graph | str, comm=None, **options) -> Result | None:
     """Runs one solve of `problem` (a Problem, a Graph, or a reference such as 'lad' or 'file.py:build')
     with the command line's options by name (K, gamma, lr, mu, iters, algo, schedule, out, seed, ...;
-    builder arguments as problem_args={...}). `comm` defaults to MPI.COMM_WORLD."""
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD if comm is None else comm
+    builder arguments as problem_args={...}). `comm` defaults to MPI.COMM_WORLD under a launcher or where this
+    process already uses MPI, else the process runs alone without initializing MPI (`launch.default_comm`)."""
+    comm = default_comm() if comm is None else comm
     if isinstance(problem, (Problem, Graph)):
         built = problem if isinstance(problem, Problem) else Problem("graph", problem)
         options = {**options, "problem": config.OBJECT_PREFIX + built.name}

@@ -8,8 +8,9 @@ import os
 import signal
 from contextlib import contextmanager
 
+from pprs_mpi.launch import launched_rank
+
 INTERRUPTED_EXIT = 130  # 128 + SIGINT: what a shell reports for a process that Ctrl-C ended
-_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID")  # set by the launchers
 
 
 @contextmanager
@@ -21,7 +22,7 @@ def end_on_interrupt(prefix: str):
     leaves it as valid). `StopOnSignal` takes SIGINT over for the iterations, and gives it back after."""
 
     def end(signum, frame):
-        if all(os.environ.get(name, "0") == "0" for name in _RANK_VARIABLES):
+        if launched_rank() == 0:
             os.write(2, f"{prefix}interrupted (SIGINT) before the first iteration or after the last: stopped at "
                         "once, with nothing to checkpoint\n".encode())
         os._exit(INTERRUPTED_EXIT)

@@ -309,8 +309,9 @@ runpy.run_module("pprs_mpi.solve", run_name="__main__", alter_sys=True)
 
 @pytest.mark.parametrize("module", ["numpy", "h5py", "mpi4py.MPI", "pprs_mpi.problems.planted", "in the builder"])
 def test_ctrl_c_before_the_first_iteration_is_one_line_and_exit_130(tmp_path, module):
-    """Imports (numpy, h5py), MPI's start, the configuration (planted: the built-in problems), the builder: each
-    ends at once, and the trace is not created."""
+    """Imports (numpy, h5py), MPI's start (a run that a launcher started: one started by hand never loads MPI),
+    the configuration (planted: the built-in problems), the builder: each ends at once, and the trace is not
+    created."""
     argv = [*SMALL, "--iters", "3"]
     if module == "in the builder":
         builder = tmp_path / "interrupted.py"
@@ -318,7 +319,9 @@ def test_ctrl_c_before_the_first_iteration_is_one_line_and_exit_130(tmp_path, mo
                            "@builder\ndef build():\n    os.kill(os.getpid(), signal.SIGINT)\n"
                            "    return b('lad', depth=3, dim=4, rows=6)\n")
         argv = ["--problem", f"{builder}:build", "--iters", "3"]
-    result = run([sys.executable, "-c", INTERRUPTED_AT, module, *argv, "--out", str(tmp_path / "run.h5")], timeout=60)
+    launched = {"PMI_SIZE": "1"} if module == "mpi4py.MPI" else None  # as a launcher tells its one process
+    result = run([sys.executable, "-c", INTERRUPTED_AT, module, *argv, "--out", str(tmp_path / "run.h5")], timeout=60,
+                 env=launched)
     assert result.returncode == 130 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("pprs_mpi.solve: interrupted (SIGINT) before the first iteration")
     assert not (tmp_path / "run.h5").exists()

@@ -21,6 +21,26 @@ def assert_same_run(a, b, columns=("f_smoothed", "f_eval", "pipeline_time", "gra
     assert np.array_equal(a.result["y"], b.result["y"]) and np.array_equal(a.result["x"], b.result["x"])
 
 
+def test_a_run_started_by_hand_leaves_mpi_uninitialized_and_equals_one_rank_under_mpirun(tmp_trace):
+    """Without a launcher's variables a run is alone and never loads MPI (whose MPI_Init can take a second where
+    Open MPI finds no fabric); `mpirun -n 1` runs the same configuration over MPI to bitwise the same iterates."""
+    import os
+    import subprocess
+    import sys
+    from pprs_mpi.launch import RANK_VARIABLES, SIZE_VARIABLES
+    alone, launched = tmp_trace("alone.h5"), tmp_trace("mpirun.h5")
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES + SIZE_VARIABLES}
+    argv = ["--problem", "lad", *COMMON, "--out", alone]
+    code = (f"import sys; from pprs_mpi.solve import main; code = main({argv!r}); "
+            "print(code, 'mpi4py.MPI' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, env=env)
+    assert result.stdout.split() == ["0", "False"], result.stdout + result.stderr
+    assert mpirun(1, "--problem", "lad", *COMMON, "--out", launched).returncode == 0
+    a, b = load(alone), load(launched)
+    assert a.attrs["mpi_library"].startswith("none") and b.attrs["mpi_library"].startswith("Open MPI")
+    assert_same_run(a, b)
+
+
 @pytest.mark.parametrize("problem, depth, ranks, schedule", [
     ("lad", 5, 2, "gpipe"), ("lad", 5, 3, "1f1b"), ("lad", 5, 5, "gpipe"), ("lad", 5, 5, "1f1b"),
     ("branch", 4, 2, "1f1b"), ("branch", 4, 3, "gpipe"), ("branch", 4, 5, "1f1b"),

@@ -16,7 +16,8 @@ import sys
 
 from pprs_mpi import config
 from pprs_mpi.config import ConfigError
-from pprs_mpi.run.assemble import PREFIX, SINGLETONS, launched_rank
+from pprs_mpi.launch import default_comm, launched_rank
+from pprs_mpi.run.assemble import PREFIX, SINGLETONS
 from pprs_mpi.run.execute import run
 from pprs_mpi.run.result import RunFailed
 
@@ -24,10 +25,10 @@ BAD_INPUT = 2
 
 
 def main(argv: list[str] | None = None, comm=None) -> int:
-    """Runs one solve and returns its exit code. `comm` defaults to MPI.COMM_WORLD; pass MPI.COMM_SELF
-    to run a serial solve inside one rank of a larger job."""
-    from mpi4py import MPI
-    comm = MPI.COMM_WORLD if comm is None else comm
+    """Runs one solve and returns its exit code. `comm` defaults to MPI.COMM_WORLD under a launcher (else the
+    process runs alone, see `launch.default_comm`); pass MPI.COMM_SELF to run a serial solve inside one rank of a
+    larger job."""
+    comm = default_comm() if comm is None else comm
     try:
         result = run(lambda: config.load(argv), comm)
     except ConfigError as err:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import socket
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,6 +18,7 @@ from pprs_mpi.engines.factory import place
 from pprs_mpi.engines.stage import Sampling, Wiring
 from pprs_mpi.faults import Fault
 from pprs_mpi.graph import Graph, GraphError
+from pprs_mpi.launch import launched_size
 from pprs_mpi.placement import measure_costs
 from pprs_mpi.problems import Problem, registry, spec_for
 from pprs_mpi.problems.user import describe_error
@@ -109,7 +109,7 @@ def _assemble(cfg: config.RunConfig, comm, problem: Problem | None, sync: SetupS
     cfg = apply_schedule_bases(apply_preset(cfg, problem), problem)
     if cfg.pipeline.expect_ranks not in (None, comm.size):
         raise ConfigError(f"expected {cfg.pipeline.expect_ranks} MPI ranks but this job has {comm.size}: "
-                          + (SINGLETONS if comm.size == 1 and _launched("SIZE") > 1 else
+                          + (SINGLETONS if comm.size == 1 and launched_size() > 1 else
                              "was python started without mpirun/srun, or with another MPI than mpi4py's?"))
     engine_name = cfg.pipeline.engine if cfg.pipeline.engine != "auto" else ("mpi" if comm.size > 1 else "serial")
     if engine_name == "serial":
@@ -195,21 +195,6 @@ def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, regroup, schedul
                                cfg.meta.stored_microbatch_size, lambda b: measure_costs(graph, backend, b), regroup,
                                schedules)
     return sync.bcast(chosen)
-
-
-def launched_rank() -> int:
-    """This process's rank in its launch as the launcher tells it (srun, PMI), 0 when started by hand."""
-    return _launched("RANK")
-
-
-def _launched(what: str) -> int:
-    """The launcher's RANK or SIZE of this process's launch, from the variables srun and PMI set (0 if none)."""
-    names = {"RANK": ("SLURM_PROCID", "PMIX_RANK", "PMI_RANK"),
-             "SIZE": ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}[what]
-    for name in names:
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
 
 
 def build_problem(cfg: config.RunConfig) -> Problem:

@@ -47,20 +47,20 @@ def _fail(setup: "Setup", comm, err: Exception, settle=None, engine_comm=None):
     `settle` (the MPI engine's settle_failure, in recover mode) has agreed with every rank on one error
     line, or else ends the job, reporting the error once over `engine_comm` (the engine's, where rank 0
     listens for failure notices)."""
-    from pprs_mpi.engines.mpi import JobAborted, RemoteFailure, report_failure_and_abort
-    text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
     if comm.rank == 0:
         try:
             setup.trace.close("failed")
         except Exception:  # noqa: BLE001 — the trace may be gone; ending every rank comes first
             pass
+    if comm.size == 1:  # no other rank to tell (and, run alone, no MPI to load for it)
+        raise RunFailed(f"error on rank 0: {type(err).__name__}: {err}") from err
+    from pprs_mpi.engines.mpi import JobAborted, RemoteFailure, report_failure_and_abort
+    text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
     if isinstance(err, JobAborted):  # the rank that aborts the job has reported the error
         comm.Abort(1)
-    if comm.size > 1:
-        if settle is None:
-            report_failure_and_abort(engine_comm or comm, text, prefix=PREFIX)
-        text = settle(text, isinstance(err, RemoteFailure), PREFIX)
-    raise RunFailed(text) from err
+    if settle is None:
+        report_failure_and_abort(engine_comm or comm, text, prefix=PREFIX)
+    raise RunFailed(settle(text, isinstance(err, RemoteFailure), PREFIX)) from err
 
 
 def _make_engine(setup: Setup, comm, recover: bool = False):

@@ -12,6 +12,7 @@ import numpy as np
 from pprs_mpi import __version__, config, driver, optim
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.timeline import sampled_ranks
+from pprs_mpi.launch import mpi_library
 
 if TYPE_CHECKING:
     from pprs_mpi.run.assemble import Setup
@@ -19,11 +20,10 @@ if TYPE_CHECKING:
 
 def open_trace(setup: Setup, comm) -> str | None:
     """Creates (or, to resume, reopens) the trace on rank 0; returns an error message instead of raising."""
-    from mpi4py import MPI
     from pprs_mpi.trace import TraceWriter
     cfg, graph = setup.cfg, setup.problem.graph
     meta = {"ranks": comm.size, "device": setup.backend.device, "engine": setup.engine_name,
-            "mpi_library": MPI.Get_library_version().split("\x00")[0].splitlines()[0].strip(), "depth": graph.depth,
+            "mpi_library": mpi_library(comm), "depth": graph.depth,
             "makespan": setup.makespan, "n_microbatches": setup.sampling.n_microbatches,
             "microbatch_size": setup.sampling.microbatch_size, "layout_choice": json.dumps(setup.layout.as_dict()),
             "stages": len(setup.wiring.stages), "schedule": setup.schedule_name, "package_version": __version__,
