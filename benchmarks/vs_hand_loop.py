@@ -35,9 +35,16 @@ per process (per rank), as the job scripts in jobs/ set it (--blas-threads; 0 le
 setting: OpenBLAS's default of a thread per core, two ranks on two cores, oversubscribes them).
 Results to benchmarks/results/vs_hand_loop.json (machine, versions, load average, raw rounds).
 
+On a GPU (`--device gpu`, CuPy): pprs_mpi runs with `--device gpu` and its noise drawn on the host
+(`--noise-source host`, so that its iterates are checked against the CPU run's like the others), and once more
+with the GPU's default, noise drawn on the device (other numbers, so not checked; its time is what a user gets);
+the hand loop is torch's on CUDA (the same host noise, copied over each iteration, as pprs_mpi's host noise is),
+which the ratios are to. JAX is left out there. Results to benchmarks/results/vs_hand_loop_gpu.json.
+
     python benchmarks/vs_hand_loop.py                  # all cases, 3 rounds: about 8 minutes on 2 cores
     python benchmarks/vs_hand_loop.py --quick          # a smoke test: tiny runs, under a minute
     python benchmarks/vs_hand_loop.py --cases lad,mlp512_K64 --rounds 5
+    python benchmarks/vs_hand_loop.py --device gpu     # CuPy nodes against torch's CUDA loop
 """
 
 from __future__ import annotations
@@ -123,6 +130,11 @@ HAND = {"torch, 1 thread": ("torch", 1), "torch, 2 threads": ("torch", 2), "jax 
 PPRS = {"pprs_mpi serial": (1, False), "pprs_mpi serial, b = K": (1, True),
         "pprs_mpi mpirun -n 2": (2, False), "pprs_mpi mpirun -n 2, b = K": (2, True)}
 BASE = "torch, 1 thread"
+# on a GPU: torch's CUDA loop; pprs_mpi with host noise (checked) and with the device's own noise (not checked)
+GPU_HAND = {"torch, CUDA": ("torch", 0)}
+DEVICE_NOISE = "pprs_mpi serial, device noise"
+GPU_PPRS = {**PPRS, DEVICE_NOISE: (1, False)}
+GPU_BASE = "torch, CUDA"
 
 
 # --- the hand loops --------------------------------------------------------------------------------------
@@ -155,21 +167,21 @@ def attack_parts(problem: Problem):
             int(graph.op("margin").targets), graph.op("linf").weight)
 
 
-def torch_values(problem: Problem):
-    """θ (K, d) -> the K values of f, in torch, as a user would write the objective."""
+def torch_values(problem: Problem, device: str = "cpu"):
+    """θ (K, d) -> the K values of f, in torch on `device`, as a user would write the objective."""
     import torch
     import torch.nn.functional as F
     if problem.name == "adversarial":
         net, clean, target, lam = attack_parts(problem)
-        model, anchor = net.to_torch(), torch.from_numpy(clean)
-        others = torch.arange(net.classes) != target
+        model, anchor = net.to_torch().to(device), torch.from_numpy(clean).to(device)
+        others = (torch.arange(net.classes) != target).to(device)
 
         def values(theta):
             logits = model(theta.view(-1, *net.input_shape))
             margin = torch.relu(1 - logits[:, target:target + 1] + logits)[:, others].sum(1)
             return margin + lam * (theta - anchor).abs().max(1).values
         return values
-    layers = [(kind, *(None if a is None else torch.from_numpy(a) for a in rest)) for kind, *rest in
+    layers = [(kind, *(None if a is None else torch.from_numpy(a).to(device) for a in rest)) for kind, *rest in
               chain_layers(problem)]
 
     def values(theta):
@@ -180,20 +192,26 @@ def torch_values(problem: Problem):
     return values
 
 
-def torch_step(problem: Problem, case: Case, threads: int):
-    """Algorithm 1's iteration t in torch: (x_t, y_t, t) -> (x_{t+1}, y_{t+1}, the K values, G_t)."""
+def torch_step(problem: Problem, case: Case, threads: int, device: str = "cpu"):
+    """Algorithm 1's iteration t in torch on `device` ("cpu" or "cuda"): (x_t, y_t, t) -> (x_{t+1}, y_{t+1},
+    the K values, G_t), the device waited for before it returns."""
     import torch
-    torch.set_num_threads(threads)
-    values_of, dim = torch_values(problem), problem.graph.dim
+    if threads:
+        torch.set_num_threads(threads)
+    values_of, dim = torch_values(problem, device), problem.graph.dim
+    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def step(x, y, t):
-        theta = (case.gamma * torch.from_numpy(perturbations(case.seed, t, range(case.K), dim)) + x).requires_grad_()
+        noise = torch.from_numpy(perturbations(case.seed, t, range(case.K), dim)).to(device)
+        theta = (case.gamma * noise + x).requires_grad_()
         values = values_of(theta)
         values.sum().backward()
         grad = theta.grad.mean(0)
         y_next = x - case.lr * grad
-        return (1 + case.mu) * y_next - case.mu * y, y_next, values.detach(), grad
-    return step, torch.from_numpy, lambda array: array.numpy()
+        x_next = (1 + case.mu) * y_next - case.mu * y
+        wait()
+        return x_next, y_next, values.detach(), grad
+    return step, lambda array: torch.from_numpy(array).to(device), lambda tensor: tensor.cpu().numpy()
 
 
 def jax_value(problem: Problem):
@@ -256,9 +274,11 @@ def jax_step(problem: Problem, case: Case):
     return step, jax.numpy.asarray, np.asarray
 
 
-def hand_step(kind: str, problem: Problem, case: Case, threads: int = 1):
-    """(step, to the framework's arrays, to NumPy) of the torch or the JAX loop."""
-    return torch_step(problem, case, threads) if kind == "torch" else jax_step(problem, case)
+def hand_step(kind: str, problem: Problem, case: Case, threads: int = 1, device: str = "cpu"):
+    """(step, to the framework's arrays, to NumPy) of the torch (on `device`: cpu or gpu) or the JAX loop."""
+    if kind == "torch":
+        return torch_step(problem, case, threads, "cuda" if device == "gpu" else "cpu")
+    return jax_step(problem, case)
 
 
 def worker(args) -> None:
@@ -266,7 +286,7 @@ def worker(args) -> None:
     iterations as one JSON line."""
     case = CASES[args.case]
     problem = case.build_for_hand()
-    step, asarray, to_numpy = hand_step(args.worker, problem, case, args.threads)
+    step, asarray, to_numpy = hand_step(args.worker, problem, case, args.threads, args.device)
     x = y = asarray(problem.x0.copy())
     times, f, norms, y_check = [], [], [], None
     for t in range(args.iters):
@@ -293,21 +313,24 @@ def command_output(command: list[str], what: str) -> tuple[str, float]:
     return done.stdout, wall
 
 
-def run_hand(name: str, case_name: str, iters: int) -> dict:
-    kind, threads = HAND[name]
+def run_hand(name: str, case_name: str, iters: int, device: str) -> dict:
+    kind, threads = {**HAND, **GPU_HAND}[name]
     out, wall = command_output([sys.executable, __file__, "--worker", kind, "--threads", str(threads),
-                                "--case", case_name, "--iters", str(iters)], f"{case_name}: {name}")
+                                "--case", case_name, "--iters", str(iters), "--device", device],
+                               f"{case_name}: {name}")
     run = json.loads(out.strip().splitlines()[-1])
     return {**run, "wall_s": wall}
 
 
-def run_pprs(name: str, case_name: str, iters: int, folder: str) -> dict:
-    ranks, whole = PPRS[name]
+def run_pprs(name: str, case_name: str, iters: int, folder: str, device: str = "cpu") -> dict:
+    ranks, whole = GPU_PPRS[name]
     case = CASES[case_name]
     out = os.path.join(folder, "run.h5")  # read and removed at once
     command = [sys.executable, "-m", "pprs_mpi.solve", *case.solve_options(), "--iters", str(iters),
                "--eval-every", "0", "--quiet", "--out", out]
     command += ["--microbatch-size", str(case.K)] if whole else []
+    if device == "gpu":
+        command += ["--device", "gpu", "--noise-source", "device" if name == DEVICE_NOISE else "host"]
     command = ["mpirun", "-n", str(ranks), *command] if ranks > 1 else command
     _, wall = command_output(command, f"{case_name}: {name}")
     return {**read_trace(out), "wall_s": wall}
@@ -355,17 +378,20 @@ def summary(run: dict, iters: int, target: float | None) -> dict:
             "to_target_s": None if reached is None else startup + reached * per_iteration}
 
 
-def measure(case_name: str, rounds: int, iters: int, folder: str) -> dict:
-    """The interleaved rounds of every variant on one case, checked against a serial pprs_mpi run."""
+def measure(case_name: str, rounds: int, iters: int, folder: str, device: str = "cpu") -> dict:
+    """The interleaved rounds of every variant on one case, checked against a serial pprs_mpi run on the CPU."""
     case = CASES[case_name]
     x0 = case.build().x0
     reference = run_pprs("pprs_mpi serial", case_name, CHECK, folder)
-    target, table, worst = None, {name: [] for name in (*HAND, *PPRS)}, {}
+    hand, pprs, base_name = (GPU_HAND, GPU_PPRS, GPU_BASE) if device == "gpu" else (HAND, PPRS, BASE)
+    target, table, worst = None, {name: [] for name in (*hand, *pprs)}, {}
     for r in range(rounds):
         for name in table:
-            run = run_hand(name, case_name, iters) if name in HAND else run_pprs(name, case_name, iters, folder)
-            worst[name] = max(worst.get(name, 0.0), check(case_name, name, run, reference, x0))
-            if r == 0 and name == BASE:
+            run = (run_hand(name, case_name, iters, device) if name in hand else
+                   run_pprs(name, case_name, iters, folder, device))
+            if name != DEVICE_NOISE:  # the device's noise is other numbers: timed, not compared
+                worst[name] = max(worst.get(name, 0.0), check(case_name, name, run, reference, x0))
+            if r == 0 and name == base_name:
                 target = target_f(run["f"])
             table[name].append({**summary(run, iters, target), "layout": run.get("layout")})
             print(f"  {case_name:<12} round {r + 1}: {name:<28} {table[name][-1]['per_iteration_s'] * 1e3:9.3f} ms "
@@ -373,7 +399,7 @@ def measure(case_name: str, rounds: int, iters: int, folder: str) -> dict:
     medians = {name: {key: statistics.median(v[key] for v in runs) if all(v[key] is not None for v in runs) else None
                       for key in ("per_iteration_s", "end_to_end_s", "startup_s", "to_target_s")}
                for name, runs in table.items()}
-    base = medians[BASE]
+    base = medians[base_name]
     for values in medians.values():
         values["per_iteration_vs_torch"] = values["per_iteration_s"] / base["per_iteration_s"]
         values["to_target_vs_torch"] = (None if values["to_target_s"] is None or base["to_target_s"] is None
@@ -398,7 +424,8 @@ def machine() -> dict:
 
 def print_table(results: dict) -> None:
     print(f"\nmachine: {results['machine']['node']} ({results['machine']['cores']} cores); median of "
-          f"{results['rounds']} interleaved rounds; ratios to the torch loop at 1 thread (lower is faster)")
+          f"{results['rounds']} interleaved rounds; ratios to the torch loop "
+          f"{'on CUDA' if results['device'] == 'gpu' else 'at 1 thread'} (lower is faster)")
     for case_name, case in results["cases"].items():
         target = "" if case["target_f"] is None else f", target f = {case['target_f']:.4g}"
         print(f"{case_name}: K = {case['K']}, T = {case['iterations']}{target}; first {CHECK} iterations agree to "
@@ -423,8 +450,10 @@ def main() -> None:
     p.add_argument("--blas-threads", type=int, default=1,
                    help="NumPy's BLAS threads per process (OMP_NUM_THREADS, ...), as jobs/ set them: one core per "
                         "rank (default 1; 0: as the environment says)")
-    p.add_argument("--out", default="", help=f"results file (default {RESULTS.relative_to(REPOSITORY)}; "
-                                             "--quick: one in the temporary directory)")
+    p.add_argument("--out", default="", help=f"results file (default {RESULTS.relative_to(REPOSITORY)}, on a GPU "
+                                             "vs_hand_loop_gpu.json; --quick: one in the temporary directory)")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                   help="gpu: pprs_mpi's CuPy nodes against torch's CUDA loop (needs CuPy, torch with CUDA, a GPU)")
     p.add_argument("--worker", choices=("torch", "jax"), help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
@@ -441,14 +470,17 @@ def main() -> None:
         p.error(f"--rounds must be >= 1 and --blas-threads >= 0, got {rounds} and {args.blas_threads}")
     if args.blas_threads:
         ENV.update({name: str(args.blas_threads) for name in BLAS_VARIABLES})
-    out = Path(args.out or (Path(tempfile.gettempdir()) / "vs_hand_loop_quick.json" if args.quick else RESULTS))
-    results = {"machine": machine(), "rounds": rounds, "quick": args.quick, "skip": SKIP, "check": CHECK,
+    default = RESULTS.with_name("vs_hand_loop_gpu.json") if args.device == "gpu" else RESULTS
+    out = Path(args.out or (Path(tempfile.gettempdir()) / "vs_hand_loop_quick.json" if args.quick else default))
+    results = {"machine": machine(), "device": args.device, "rounds": rounds, "quick": args.quick, "skip": SKIP,
+               "check": CHECK,
                "rtol": RTOL, "load_average_before": os.getloadavg(), "cases": {}}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         for name in names:
             case = CASES[name]
-            results["cases"][name] = measure(name, rounds, case.quick_iters if args.quick else case.iters, folder)
+            results["cases"][name] = measure(name, rounds, case.quick_iters if args.quick else case.iters, folder,
+                                             args.device)
     results.update(load_average_after=os.getloadavg(), seconds=time.perf_counter() - start)
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
