@@ -27,7 +27,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from pprs_mpi.graph import balanced_partition
-from pprs_mpi.ops.torch_op import _torch
+from pprs_mpi.ops.torch_op import _torch, flop_counter
 
 torch = _torch()
 fx = torch.fx
@@ -198,15 +198,13 @@ def _dependent(module, placeholder, chosen: dict) -> set:
 
 def _probe(module, probe):
     """Every node's value and multiply-adds when the model (in float64) is applied to `probe` once."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     double = copy.deepcopy(module).double()
     by_name = {node.name: node for node in module.graph.nodes}
     values, flops = {}, {}
 
     class Recorder(fx.Interpreter):
         def run_node(self, node):
-            with FlopCounterMode(display=False) as counter:
+            with flop_counter(torch) as counter:
                 value = super().run_node(node)
             values[by_name[node.name]] = value
             flops[by_name[node.name]] = counter.get_total_flops() // 2

@@ -262,3 +262,28 @@ def test_the_hash_sees_the_losss_code_and_the_tensors_it_closes_over():
 
     assert digest(torch.tensor([1])) == digest(torch.tensor([1]))
     assert digest(torch.tensor([1])) != digest(torch.tensor([2]))
+
+
+FLOPS_WITHOUT_DYNAMO = """
+import sys
+sys.path[:0] = [{tests!r}]
+import resmlp, torch
+from torch.utils import flop_counter
+problem = resmlp.attack()
+ours = {{name: problem.graph.op(name).macs for name in problem.graph.order}}
+dispatch = flop_counter._FlopCounterMode.__dict__["__torch_dispatch__"].__wrapped__
+print("torch._dynamo" in sys.modules, hasattr(dispatch, "__dynamo_disable"))
+with flop_counter.FlopCounterMode(display=False) as counter:  # torch's own way, which imports torch._dynamo
+    resmlp.model().double()(torch.ones(1, 2048, dtype=torch.float64))
+print(sum(ours.values()) == counter.get_total_flops() // 2, "torch._dynamo" in sys.modules)
+"""
+
+
+def test_counting_a_models_flops_skips_torch_compiles_import_and_counts_as_torch_does():
+    """from_torch counts each node's multiply-adds with torch's FlopCounterMode, without the import of
+    torch._dynamo (a second per rank) that its first use makes, leaving torch as it found it: the nodes' counts
+    add up to torch's own count of the whole model, which does import it."""
+    tests = str(Path(__file__).resolve().parent)
+    done = subprocess.run([sys.executable, "-c", FLOPS_WITHOUT_DYNAMO.format(tests=tests)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, **MPI_ENV})
+    assert done.stdout.split() == ["False", "False", "True", "True"], done.stdout + done.stderr

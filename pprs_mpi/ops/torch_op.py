@@ -12,6 +12,7 @@ forward once with autograd recording and keeps the tape as the node's residuals 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -38,6 +39,25 @@ def _engine_grad(torch):
         return torch.autograd.grad(outputs, inputs, cotangents, retain_graph, create_graph, allow_unused=allow_unused)
 
     return grad
+
+
+@contextmanager
+def flop_counter(torch):
+    """torch's FlopCounterMode, without the import of torch._dynamo (1 s on this project's VM, on every rank) by
+    which its first dispatch keeps torch.compile out of it: nothing compiles here, so for the count the wrapper
+    (torch/_compile.py) finds its `__dynamo_disable` cache set to the dispatch itself, and afterwards as before.
+    Where torch's internals differ, the count is the same and only slower."""
+    from torch.utils import flop_counter as module
+    dispatch = getattr(vars(getattr(module, "_FlopCounterMode", object)).get("__torch_dispatch__"), "__wrapped__", None)
+    marked = callable(dispatch) and not hasattr(dispatch, "__dynamo_disable")
+    if marked:
+        setattr(dispatch, "__dynamo_disable", dispatch)
+    try:
+        with module.FlopCounterMode(display=False) as counter:
+            yield counter
+    finally:
+        if marked:
+            delattr(dispatch, "__dynamo_disable")
 
 
 def _with_dtype_hint(err: RuntimeError) -> RuntimeError:
@@ -74,8 +94,7 @@ class TorchOp(AutodiffOp):
         """The cost from the floating-point operations torch counts in one row's forward (the same on every
         rank, so that every rank places the nodes alike), unless one was given."""
         if "cost" not in vars(self):
-            from torch.utils.flop_counter import FlopCounterMode
-            with FlopCounterMode(display=False) as counter:
+            with flop_counter(self._torch) as counter:
                 self._evaluate(self._crossed(row))
             self.declare_macs(counter.get_total_flops() // 2)
 
