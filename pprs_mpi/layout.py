@@ -48,7 +48,7 @@ ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
 SIMULATED_ACTIONS, SEARCHED_STAGES = 20_000, 16
 #: one process is worth suggesting when the model predicts the pipeline this many times slower: the declared model
 #: errs by a fifth and more (vs_hand_loop: it predicts two ranks 14-23% slower than one process for the attack CNN
-#: and the width-64 MLP, which measure within 2% of it or faster), not by half (lad: 1.55x predicted, 1.29x measured)
+#: and the width-64 MLP, which measure within 1% of it or faster), not by half (lad: 1.55x predicted, 1.22x measured)
 ONE_PROCESS_RATIO = 1.5
 
 
