@@ -109,6 +109,22 @@ def test_a_skip_connection_fuses_what_each_backward_segment_mirrors_bitwise_the_
     assert np.array_equal(fused[0], one_by_one[0]) and np.array_equal(fused[1], one_by_one[1])
 
 
+def test_a_traced_residual_model_runs_as_three_calls_per_microbatch(monkeypatch):
+    """tests/resmlp.py through from_torch (7 TorchOp nodes: a projection, three blocks whose last adds the skip,
+    a norm, a head, the loss) on one stage: the projection, the first two blocks, and the rest from the join."""
+    pytest.importorskip("torch", reason="torch is not installed (pip install 'pprs_mpi[torch]')")
+    import resmlp
+    from pprs_mpi.ops import TorchOp
+    graph = resmlp.attack().graph
+    calls = counted(TorchOp, monkeypatch)
+    fused = gradients(graph, [tuple(graph.order)])
+    assert sum(isinstance(graph.op(n), TorchOp) for n in graph.order) == 7
+    assert len(calls) == 3 * SAMPLING.n_microbatches
+    calls.clear()
+    assert np.array_equal(fused[0], gradients(graph, [(n,) for n in graph.order])[0])
+    assert len(calls) == 7 * SAMPLING.n_microbatches
+
+
 def test_numpy_graphs_have_nothing_to_fuse():
     ops = [Affine(np.eye(3)), ReLU(), Affine(np.ones((1, 3)))]
     assert fused_runs(ops) == ()
