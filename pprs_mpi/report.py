@@ -14,6 +14,7 @@ import textwrap
 
 from pprs_mpi.analysis import (DEFAULT_GAP_FRACTIONS, default_targets, every_text, settings_text, short_number,
                                summarize, target_basis)
+from pprs_mpi.layout import MESSAGE_S
 
 WIDTH = 100  # columns of every line of text output
 PLANNER_OFF = 2.0  # a measured pass this many times the planner's prediction (or less than 1/this) gets a hint
@@ -93,16 +94,23 @@ def format_summary(s: dict, rule: str) -> str:
 
 def _planner_lines(s: dict) -> list[tuple[str, str]]:
     """The planner's predicted time per iteration next to the measured one (the timeline's pass), so that its
-    choice is read with the model's error on this machine; where it weighed a pipeline's candidates by the declared
-    costs and is off by PLANNER_OFF or more, a hint to time the nodes instead."""
+    choice is read with the model's error on this machine. Where it weighed a pipeline's candidates by the declared
+    costs and is off by PLANNER_OFF or more, what the trace says of why: the busiest rank computed for longer than
+    the whole predicted pass (the nodes cost more than declared: time them), or it did not, and the rest of the pass
+    went to waiting (messages cost more than the model says)."""
     predicted, measured = s["predicted_iteration_time"], s["iteration_time"]
     if not predicted or not measured:
         return []
     ratio = measured / predicted
     line = f"predicted {_seconds(predicted)} per iteration, measured {_seconds(measured)} ({ratio:.2g}× the prediction)"
-    if not 1 / PLANNER_OFF < ratio < PLANNER_OFF and s["declared_model_on_ranks"]:
-        line += ("; the ops' declared costs are far from this machine's: --microbatch-size measured times the "
-                 "nodes here")
+    if 1 / PLANNER_OFF < ratio < PLANNER_OFF or not s["declared_model_on_ranks"]:
+        return [("planner", line)]
+    computing = max((r["compute"] or 0.0 for r in s["rank_fractions"]), default=1.0) * measured
+    if ratio > 1 and computing < predicted:
+        line += (f"; its busiest rank computed {_seconds(computing)} and waited the rest: messages cost more here than "
+                 f"the model's {_seconds(MESSAGE_S)} (ranks sharing cores, or a slower network)")
+    else:
+        line += "; the ops' declared costs are far from this machine's: --microbatch-size measured times the nodes here"
     return [("planner", line)]
 
 

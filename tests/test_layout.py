@@ -205,8 +205,9 @@ def test_the_one_process_comparison_reaches_the_banner_the_trace_and_the_report(
 
 def test_the_report_sets_the_predicted_time_beside_the_measured_one(tmp_trace, capsys):
     """The planner's prediction for the chosen layout (from the trace's record) stands next to the timeline's
-    measured pass, with their ratio; a pipeline weighed by the declared costs that is off by 2x or more gets a
-    hint to time the nodes, where a run whose b the model could not change (one process) gets none."""
+    measured pass, with their ratio. A pipeline weighed by the declared costs that is off by 2x or more gets a
+    hint: to time the nodes where its busiest rank computed longer than the predicted pass, else that messages
+    cost more than the model says; a run whose b the model could not change (one process) gets none."""
     out = tmp_trace()
     assert main(["--stages", "2", "--iters", "3", "--eval-every", "0", "--quiet", "--out", out]) == 0
     record = json.loads(load(out).attrs["layout_choice"])
@@ -226,6 +227,8 @@ def test_the_report_sets_the_predicted_time_beside_the_measured_one(tmp_trace, c
     assert hinted(iteration_time=3 * predicted) and hinted(iteration_time=predicted / 3)
     assert not hinted(iteration_time=1.5 * predicted)
     assert not hinted(iteration_time=3 * predicted, declared_model_on_ranks=False)
+    waiting = {"iteration_time": 3 * predicted, "rank_fractions": [{"rank": 0, "compute": 0.3, "wait": 0.6}]}
+    assert not hinted(**waiting) and "messages cost more here" in _planner_lines({**summary, **waiting})[0][1]
     out = tmp_trace("alone.h5")
     assert main(["--iters", "3", "--eval-every", "0", "--quiet", "--out", out]) == 0
     alone = summarize(load(out))
