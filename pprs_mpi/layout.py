@@ -14,8 +14,10 @@ stages than nodes, each candidate b groups the nodes into contiguous stages bala
 costs at b (`--balance auto`, the default), so a stage of many cheap nodes pays for its actions.
 With `--microbatch-size auto` (the default) these are the constants below, so the choice is a function of the
 configuration and the graph alone and the same command always computes the same iterates; with `measured`
-T_s(b) comes from timing the stage's nodes at a few batch sizes on this machine (recorded in the trace, and
-reused by a resume). Runs whose pipeline time follows the paper's units (`--simulated-depth`) keep b = 1.
+T_s(b) comes from timing the stage's nodes at a few batch sizes on this machine, and on ranks μ also from timing
+messages between neighbouring ranks (`MessageCost`: this network's latency beyond the reference machine's, and
+its cost per byte of the microbatch's array); the choice is recorded in the trace and reused by a resume. Runs
+whose pipeline time follows the paper's units (`--simulated-depth`) keep b = 1.
 
 That formula holds for equal stages. Where the layout is small (`SIMULATED_ACTIONS`), the planner instead
 simulates the run's own schedule with these action times, as torch pipelining's `_simulate_comms_compute`
@@ -43,6 +45,10 @@ REQUESTS = (AUTO, MEASURED)
 #: message (pipeline_efficiency.py's empty pipeline), and the rows b₀ a product costs beyond its b (a
 #: b × 512 × 512 NumPy product takes about (b + 15 to 18) × 8.2 to 8.8 µs for b from 8 to 64: microbatch_sweep.py).
 ACTION_S, MAC_S, MESSAGE_S, EFFICIENT_ROWS = 8e-6, 6e-11, 1e-5, 16
+#: the MPI ping-pong latency of the machine MESSAGE_S was measured on (pipeline_efficiency.py): MESSAGE_S is that
+#: machine's engine and MPI cost of a message, so a measured network adds what its latency exceeds this by
+PING_PONG_S = 2e-6
+BYTES_PER_ENTRY = 8  # a message's array entries are float64 (float32 runs send half: the model errs high)
 #: the planner simulates the candidates' schedules when they have at most SIMULATED_ACTIONS actions in all and
 #: SEARCHED_STAGES stages (a few tenths of a second of start-up); larger layouts are predicted by the formula
 SIMULATED_ACTIONS, SEARCHED_STAGES = 20_000, 16
@@ -57,6 +63,25 @@ Regroup = Callable[[dict[str, float]], Sequence[Sequence[str]]]  # per-node seco
 
 class LayoutError(ValueError):
     """A microbatch size no run can use; the message is one line naming the value and the limit."""
+
+
+@dataclass(frozen=True)
+class MessageCost:
+    """Messages between neighbouring ranks as timed at start-up (`message_cost.measure`): the slowest pair's half
+    round trip of one number, the cost of each further byte, and how many pairs were timed."""
+
+    latency_s: float
+    per_byte_s: float
+    pairs: int
+
+    def seconds(self, nbytes: float) -> float:
+        """The model's μ for a message of `nbytes`: the reference machine's MESSAGE_S, plus this network's latency
+        beyond that machine's, plus its bytes."""
+        return MESSAGE_S + max(0.0, self.latency_s - PING_PONG_S) + nbytes * self.per_byte_s
+
+    def describe(self) -> str:
+        return (f"messages timed between {self.pairs} neighbouring rank pair(s): {self.latency_s * 1e6:.3g} µs "
+                f"+ {self.per_byte_s * 1e9:.3g} ns per byte")
 
 
 @dataclass(frozen=True)
@@ -80,11 +105,13 @@ class Layout:
     stages: tuple[tuple[str, ...], ...] | None = None
     schedule: str | None = None
     one_process_s: float | None = None
+    messages: MessageCost | None = None  # timed at start-up (`measured` on ranks); else the fixed MESSAGE_S
 
     def as_dict(self) -> dict:
         """What the trace records (its stage_nodes hold the grouping)."""
         return {"microbatch_size": self.microbatch_size, "rule": self.rule, "schedule": self.schedule,
-                "candidates": [asdict(c) for c in self.candidates], "one_process_s": self.one_process_s}
+                "candidates": [asdict(c) for c in self.candidates], "one_process_s": self.one_process_s,
+                "messages": None if self.messages is None else asdict(self.messages)}
 
     def describe(self) -> str:
         """b and why, with the predicted time per iteration of the choice, of the best other candidate and, for a
@@ -143,10 +170,12 @@ def valid(value) -> bool:
 def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: Graph, parallel: bool,
            max_rows: int, simulated: bool = False, stored: int | None = None,
            measure: Callable[[int], dict[str, float]] | None = None, regroup: Regroup | None = None,
-           schedules: Mapping[str, Callable[[tuple, int], Schedule]] | None = None) -> Layout:
+           schedules: Mapping[str, Callable[[tuple, int], Schedule]] | None = None,
+           messages: MessageCost | None = None) -> Layout:
     """The layout for `request` (a forced b, `auto` or `measured`) of K copies over len(stages) stages; `parallel`
     when each stage has its own rank, `max_rows` the most copies one microbatch may hold (memory), `stored` a
-    resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies.
+    resumed run's earlier choice, `measure(b)` seconds of each node's forward and VJP on b copies, `messages`
+    the timed cost of a message between the ranks (`measured`; else every message costs MESSAGE_S).
 
     With `regroup` (which groups the nodes into len(stages) stages by per-node seconds) each candidate b is
     weighed with the nodes regrouped by the model's cost of each node at b, and the layout holds the grouping
@@ -162,8 +191,9 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
     P = len(stages) if parallel else 1
     sizes = [fixed[0]] if fixed is not None else _sizes(K, P, max_rows)
     seconds, rule = _cost_model(request if fixed is None else None, graph, measure, K, max_rows, sizes)
+    messages = messages if rule != DECLARED_RULE and P > 1 else None
     simulating = P > 1 and bool(names) and _simulable(P, [-(-K // b) for b in sizes], len(graph.order))
-    model = _Model(K, P, graph, seconds, schedules or {}, simulating, names if simulating else names[:1])
+    model = _Model(K, P, graph, seconds, schedules or {}, simulating, names if simulating else names[:1], messages)
     groupings = {b: tuple(map(tuple, stages if regroup is None else regroup(seconds(b)))) for b in sizes}
     candidates = {(b, name): model.candidate(b, name, grouped)
                   for b, grouped in groupings.items() for name in model.options}
@@ -186,13 +216,16 @@ def choose(request: int | str, K: int, stages: Sequence[Sequence[str]], graph: G
         alone = _Model(K, 1, graph, seconds, {}, False, [])
         one_process = min(alone.predict((tuple(graph.order),), b, None) for b in _sizes(K, 1, max_rows))
     rule += f", {P} ranks in parallel" if P > 1 else ", one process: nothing overlaps"
+    if messages is not None:
+        rule += f", {messages.describe()}"
     if simulating:
         rule += f", the schedules {' and '.join(model.weighed)} simulated" if model.choosing else \
             ", the schedule simulated"
     if regroup is not None and P > 1:
         rule += ", nodes grouped into stages by the same model" + (
             " and moved while the simulated time falls" if searching else "")
-    return Layout(best.microbatch_size, rule, tuple(candidates.values()), stages_chosen, schedule_chosen, one_process)
+    return Layout(best.microbatch_size, rule, tuple(candidates.values()), stages_chosen, schedule_chosen, one_process,
+                  messages)
 
 
 def _cost_model(request, graph: Graph, measure, K: int, max_rows: int, sizes: list[int]):
@@ -216,6 +249,7 @@ class _Model:
     schedules: Mapping[str, Callable[[tuple, int], Schedule]]
     simulating: bool
     weighed: list[str]  # the schedules weighed: several only where the planner chooses between them
+    messages: MessageCost | None = None  # timed; None: every message costs MESSAGE_S
 
     @property
     def choosing(self) -> bool:
@@ -228,12 +262,20 @@ class _Model:
 
     def predict(self, grouped: tuple, b: int, name: str | None) -> float:
         M, node_seconds = -(-self.K // b), self.seconds(b)
-        if self.simulating:
-            return _simulate(self.schedules[name](grouped, M), self.graph, node_seconds)
         if self.P == 1:  # one process: nothing overlaps, and its stages hand on arrays in memory, not as messages
             return M * sum(node_seconds.values())
-        costs = _stage_seconds(grouped, node_seconds, self.graph)
+        message_seconds = self.message_seconds(b)
+        if self.simulating:
+            return _simulate(self.schedules[name](grouped, M), self.graph, node_seconds, message_seconds)
+        costs = _stage_seconds(grouped, node_seconds, self.graph, message_seconds)
         return (M + len(costs) - 1) * max(costs)
+
+    def message_seconds(self, b: int) -> dict[str, float]:
+        """Per node (and the root), μ for a message carrying its array (its output, or its cotangent) at b copies."""
+        names = (self.graph.root, *self.graph.order)
+        if self.messages is None:
+            return dict.fromkeys(names, MESSAGE_S)
+        return {n: self.messages.seconds(b * math.prod(self.graph.shape(n)) * BYTES_PER_ENTRY) for n in names}
 
     def candidate(self, b: int, name: str | None, grouped: tuple, predicted: float | None = None) -> Candidate:
         """The candidate (b, schedule `name`, grouping), predicted unless its `predicted` time is known."""
@@ -261,32 +303,38 @@ def _simulable(P: int, Ms: list[int], nodes: int) -> bool:
     return P <= SEARCHED_STAGES and 2 * nodes * sum(Ms) <= SIMULATED_ACTIONS
 
 
-def _simulate(plan: Schedule, graph: Graph, node_seconds: dict[str, float]) -> float:
+def _simulate(plan: Schedule, graph: Graph, node_seconds: dict[str, float], message_seconds: dict[str, float]) -> float:
     """The makespan of `plan` when each stage runs its actions in the schedule's order, each as soon as its
-    inputs are there: a forward or a backward takes half its node's modelled seconds plus MESSAGE_S per edge
-    it sends over to another stage, and a message arrives MESSAGE_S after it was sent."""
+    inputs are there: a forward or a backward takes half its node's modelled seconds plus μ per edge it sends
+    over to another stage, and a message arrives μ after it was sent (μ: `message_seconds` of the node whose
+    array it carries)."""
     stage_of = {name: s for s, names in enumerate(plan.stages) for name in names}
     stage_of[graph.root] = 0
-    sends_forward = {v: sum(stage_of[c] != stage_of[v] for c in graph.children[v]) for v in graph.order}
-    sends_backward = {v: sum(stage_of[p] != stage_of[v] for p in graph.parents(v)) for v in graph.order}
+    sends_forward = {v: message_seconds[v] * sum(stage_of[c] != stage_of[v] for c in graph.children[v])
+                     for v in graph.order}
+    sends_backward = {v: sum(message_seconds[p] for p in graph.parents(v) if stage_of[p] != stage_of[v])
+                      for v in graph.order}
     forward_done, backward_done, free = {}, {}, [0.0] * len(plan.stages)
     for _, s, action in sorted(((t, s, a) for s, row in enumerate(plan.timed) for t, a in row),
                                key=lambda event: event[:2]):
         v, mb = action.node, action.mb
         if isinstance(action, Forward):
-            ready = [_arrival(forward_done, p, mb, s, stage_of) for p in graph.parents(v) if p != graph.root]
-            seconds, done = node_seconds[v] / 2 + MESSAGE_S * sends_forward[v], forward_done
+            ready = [_arrival(forward_done, p, mb, s, stage_of, message_seconds[p])
+                     for p in graph.parents(v) if p != graph.root]
+            seconds, done = node_seconds[v] / 2 + sends_forward[v], forward_done
         else:
-            ready = [forward_done[v, mb], *(_arrival(backward_done, c, mb, s, stage_of) for c in graph.children[v])]
-            seconds, done = node_seconds[v] / 2 + MESSAGE_S * sends_backward[v], backward_done
+            ready = [forward_done[v, mb], *(_arrival(backward_done, c, mb, s, stage_of, message_seconds[v])
+                                            for c in graph.children[v])]
+            seconds, done = node_seconds[v] / 2 + sends_backward[v], backward_done
         free[s] = done[v, mb] = max([free[s], *ready]) + seconds
     return max(free)
 
 
-def _arrival(done: dict, node: str, mb: int, stage: int, stage_of: dict) -> float:
-    """When `node`'s output (or cotangent) for microbatch mb is at `stage`: at once on its own stage, MESSAGE_S
-    after it is done on another (a pipeline that waits on each message, like 1F1B's steady state, pays it)."""
-    return done[node, mb] + (MESSAGE_S if stage_of[node] != stage else 0.0)
+def _arrival(done: dict, node: str, mb: int, stage: int, stage_of: dict, seconds: float) -> float:
+    """When `node`'s output (or cotangent) for microbatch mb is at `stage`: at once on its own stage, `seconds`
+    (the message's μ) after it is done on another (a pipeline that waits on each message, like 1F1B's steady
+    state, pays it)."""
+    return done[node, mb] + (seconds if stage_of[node] != stage else 0.0)
 
 
 def _improve(stages: tuple, predict: Callable[[tuple], float]) -> tuple[tuple, float]:
@@ -335,9 +383,9 @@ def _sizes(K: int, P: int, max_rows: int) -> list[int]:
     return sorted({min(max_rows, -(-K // M)) for M in range(1, min(K, 4 * P) + 1)}, reverse=True)
 
 
-def _stage_seconds(stages, node_seconds: dict[str, float], graph: Graph) -> list[float]:
-    """T_s(b): the stage's nodes' seconds at b plus its messages."""
-    return [sum(node_seconds[n] for n in names) + _messages(s, stages, graph) * MESSAGE_S
+def _stage_seconds(stages, node_seconds: dict[str, float], graph: Graph, message_seconds: dict[str, float]) -> list:
+    """T_s(b): the stage's nodes' seconds at b plus its messages'."""
+    return [sum(node_seconds[n] for n in names) + _messages(s, stages, graph, message_seconds)
             for s, names in enumerate(stages)]
 
 
@@ -365,13 +413,13 @@ def _interpolate(xs: list[int], ys: list[float], x: int) -> float:
     return ys[0]
 
 
-def _messages(stage: int, stages, graph: Graph) -> int:
-    """Messages stage `stage` sends per microbatch, forward and backward: its edges to and from other stages
-    (the root θ lives on stage 0)."""
+def _messages(stage: int, stages, graph: Graph, message_seconds: dict[str, float]) -> float:
+    """Seconds of the messages stage `stage` sends per microbatch, forward and backward: one per edge to or from
+    another stage (the root θ lives on stage 0), each carrying the array of the edge's parent."""
     names = stages[stage]
     inside = set(names) | ({graph.root} if stage == 0 else set())
-    out = sum(1 for n in names for c in graph.children[n] if c not in inside)
-    back = sum(1 for n in names for p in graph.parents(n) if p not in inside)
+    out = sum(message_seconds[n] for n in names for c in graph.children[n] if c not in inside)
+    back = sum(message_seconds[p] for n in names for p in graph.parents(n) if p not in inside)
     return out + back
 
 

@@ -108,7 +108,8 @@ def _planner_lines(s: dict) -> list[tuple[str, str]]:
     computing = max((r["compute"] or 0.0 for r in s["rank_fractions"]), default=1.0) * measured
     if ratio > 1 and computing < predicted:
         line += (f"; its busiest rank computed {_seconds(computing)} and waited the rest: messages cost more here than "
-                 f"the model's {_seconds(MESSAGE_S)} (ranks sharing cores, or a slower network)")
+                 f"the model's {_seconds(MESSAGE_S)} (ranks sharing cores, or a slower network), which "
+                 "--microbatch-size measured times")
     else:
         line += "; the ops' declared costs are far from this machine's: --microbatch-size measured times the nodes here"
     return [("planner", line)]

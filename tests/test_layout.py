@@ -83,6 +83,11 @@ def test_the_planner_groups_nodes_by_their_cost_at_b_not_by_count():
         every_cut, key=lambda stages: model_seconds(graph, stages, 4, K // 4))
 
 
+def fixed_messages(graph: Graph) -> dict[str, float]:
+    """The declared model's μ for every node's array: MESSAGE_S, whatever its size."""
+    return dict.fromkeys((graph.root, *graph.order), layout.MESSAGE_S)
+
+
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_the_simulation_with_unit_actions_is_the_schedules_own_makespan(schedule):
     """Every action taking the same time, the planner's simulation (each stage runs its row as soon as inputs are
@@ -93,7 +98,8 @@ def test_the_simulation_with_unit_actions_is_the_schedules_own_makespan(schedule
     for P in (1, 2, 3, 7):
         for M in (1, 2, 5):
             plan = SPECS[schedule].build(graph.stages(P), parents, M)
-            assert layout._simulate(plan, graph, unit) == pytest.approx(500.0 * plan.makespan, rel=1e-6)
+            assert layout._simulate(plan, graph, unit, fixed_messages(graph)) == pytest.approx(500.0 * plan.makespan,
+                                                                                                  rel=1e-6)
 
 
 def test_under_1f1b_the_planner_gives_the_leafs_stage_fewer_nodes():
@@ -107,7 +113,8 @@ def test_under_1f1b_the_planner_gives_the_leafs_stage_fewer_nodes():
                     regroup=lambda costs: graph.stages(2, costs),
                     schedules={"1f1b": lambda stages, M: SPECS["1f1b"].build(stages, parents, M)})
     order = graph.order
-    cuts = {i: layout._simulate(SPECS["1f1b"].build((order[:i], order[i:]), parents, 2), graph, unit)
+    cuts = {i: layout._simulate(SPECS["1f1b"].build((order[:i], order[i:]), parents, 2), graph, unit,
+                                fixed_messages(graph))
             for i in range(1, len(order))}
     best = min(cuts, key=cuts.get)
     assert chosen.microbatch_size == 1 and [len(s) for s in chosen.stages] == [best, len(order) - best]
@@ -220,19 +227,47 @@ def test_the_report_sets_the_predicted_time_beside_the_measured_one(tmp_trace, c
     ratio = summary["iteration_time"] / chosen["predicted_s"]
     assert f"planner predicted {chosen['predicted_s'] * 1e6:.3g} µs per iteration, measured " in text
     assert f"({ratio:.2g}× the prediction)" in text
-    def hinted(**changes) -> bool:
-        return "--microbatch-size measured" in _planner_lines({**summary, **changes})[0][1]
+    def hinted(**changes) -> bool:  # to time the nodes
+        return "declared costs are far from this machine's: --microbatch-size measured times the nodes" in \
+            _planner_lines({**summary, **changes})[0][1]
 
     predicted = chosen["predicted_s"]
     assert hinted(iteration_time=3 * predicted) and hinted(iteration_time=predicted / 3)
     assert not hinted(iteration_time=1.5 * predicted)
     assert not hinted(iteration_time=3 * predicted, declared_model_on_ranks=False)
     waiting = {"iteration_time": 3 * predicted, "rank_fractions": [{"rank": 0, "compute": 0.3, "wait": 0.6}]}
-    assert not hinted(**waiting) and "messages cost more here" in _planner_lines({**summary, **waiting})[0][1]
+    line = _planner_lines({**summary, **waiting})[0][1]
+    assert not hinted(**waiting) and "messages cost more here" in line and line.endswith("measured times")
     out = tmp_trace("alone.h5")
     assert main(["--iters", "3", "--eval-every", "0", "--quiet", "--out", out]) == 0
     alone = summarize(load(out))
     assert alone["predicted_iteration_time"] > 0 and not alone["declared_model_on_ranks"]
+
+
+def test_timed_messages_enter_the_model_by_the_bytes_they_carry():
+    """With `measured` on ranks, μ is MESSAGE_S plus the network's latency beyond the reference machine's plus
+    its cost per byte of the message's array (b rows of the edge's parent): a network that adds nothing predicts
+    what the fixed μ does, a slow one predicts each candidate by that formula and takes fewer, larger
+    microbatches; the declared model ignores timings."""
+    graph, K = mlp_graph(64, 4), 16
+    stages = halves(graph)
+    measured = {b: {name: 1e-6 + 1e-4 * b for name in graph.order} for b in range(1, K + 1)}  # per copy, mostly
+
+    def chosen(messages, request=layout.MEASURED):
+        return choose(request, K, stages, graph, True, 10**6, measure=measured.__getitem__, messages=messages)
+
+    none = layout.MessageCost(layout.PING_PONG_S, 0.0, 1)
+    slow = layout.MessageCost(layout.PING_PONG_S + 5e-3, 2e-9, 1)
+    assert [c.predicted_s for c in chosen(none).candidates] == [c.predicted_s for c in chosen(None).candidates]
+    timed = chosen(slow)
+    for c in timed.candidates:
+        b = c.microbatch_size
+        mu = layout.MESSAGE_S + 5e-3 + b * 64 * layout.BYTES_PER_ENTRY * 2e-9  # every crossing carries 64 wide rows
+        T = [sum(measured[b][n] for n in names) + mu for names in stages]  # one message each way
+        assert c.predicted_s == pytest.approx((c.n_microbatches + 1) * max(T), rel=1e-12)
+    assert timed.microbatch_size > chosen(none).microbatch_size and "messages timed between" in timed.rule
+    assert timed.messages == slow and json.loads(json.dumps(timed.as_dict()))["messages"]["latency_s"] > 5e-3
+    assert chosen(slow, layout.AUTO).messages is None and "messages timed" not in chosen(slow, layout.AUTO).rule
 
 
 def test_measured_costs_drive_the_choice_and_a_resume_keeps_the_stored_one():
@@ -316,6 +351,22 @@ def test_default_choice_is_bitwise_the_same_serially_with_stages_and_on_ranks(tm
     assert a.attrs["microbatch_size"] == b.attrs["microbatch_size"] < 64
     assert np.array_equal(a.graph["stage_of"], b.graph["stage_of"])
     assert np.array_equal(a.result["y"], b.result["y"])
+
+
+def test_measured_on_ranks_times_the_messages_and_records_them(tmp_trace):
+    """mpirun -n 2 with --microbatch-size measured times one neighbouring pair before choosing, records what it
+    found in the trace and names it in the rule; the b it chose computes the iterates that b gives serially."""
+    args = ["--problem", MLP, "-K", "16", "--iters", "3", "--eval-every", "0", "--quiet"]
+    ranks = mpirun(2, *args, "--microbatch-size", "measured", "--out", tmp_trace("mpi.h5"), timeout=120)
+    assert ranks.returncode == 0, ranks.stderr
+    trace = load(tmp_trace("mpi.h5"))
+    record = json.loads(trace.attrs["layout_choice"])
+    assert record["messages"]["pairs"] == 1 and record["messages"]["latency_s"] > 0
+    assert record["messages"]["per_byte_s"] >= 0 and "messages timed between 1 neighbouring" in record["rule"]
+    b = int(trace.attrs["microbatch_size"])
+    serial = solve(*args, "--stages", "2", "--microbatch-size", b, "--out", tmp_trace("serial.h5"))
+    assert serial.returncode == 0, serial.stderr
+    assert np.array_equal(load(tmp_trace("serial.h5")).result["y"], trace.result["y"])
 
 
 def test_a_resumed_measured_run_continues_bitwise(tmp_trace):

@@ -118,3 +118,22 @@ def test_a_garbled_setup_message_is_named_as_such():
     lines = [line for line in result.stderr.replace("\0", "").splitlines() if line.startswith("setup_sync_run")]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "rank 0: rank 1's setup message arrived garbled (UnpicklingError" in lines[0]
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("ranks, failing", [(2, 1), (3, 2), (3, 0)])
+def test_a_rank_that_fails_while_the_messages_are_timed_is_the_one_line_and_no_rank_waits_on_it(ranks, failing,
+                                                                                                tmp_path):
+    """--microbatch-size measured times messages between neighbouring ranks before the layout is chosen: a rank
+    that fails there is named, with its cause, in the job's one line. Its neighbour learns of it from the error
+    (rank 0) or when its 3 s wait runs out (the others), so the job ends within seconds."""
+    here = Path(__file__).parent
+    start = time.monotonic()
+    result = run(["mpirun", "-n", str(ranks), sys.executable, str(here / "message_cost_run.py"), str(failing),
+                  "--microbatch-size", "measured", "--iters", "2", "--quiet", "--out", str(tmp_path / "run.h5")],
+                 env={"PYTHONPATH": str(here)}, timeout=90)
+    lines = [line for line in result.stderr.replace("\0", "").splitlines() if line.startswith("pprs_mpi.solve")]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert f"rank {failing}: timing messages with its neighbours (--microbatch-size measured): its network card" \
+           in lines[0]
+    assert time.monotonic() - start < 60 and not (tmp_path / "run.h5").exists()

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Callable
 
-from pprs_mpi import averaging, config, driver, faults, heap, layout, optim, parameters, threads
+from pprs_mpi import averaging, config, driver, faults, heap, layout, message_cost, optim, parameters, threads
 from pprs_mpi.backend import Backend, BackendError, select
 from pprs_mpi.config import ConfigError
 from pprs_mpi.engines.factory import place
@@ -186,14 +186,20 @@ def _build_schedule(spec, parents, stages, M: int):
 def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, regroup, schedules, parallel: bool, backend: Backend,
                    comm, sync: SetupSync) -> layout.Layout:
     """The microbatch size, with `regroup` the grouping and with several `schedules` (name → its builder, for the
-    planner to simulate) the schedule (see `layout`): chosen on rank 0, where `measured` times the nodes, and sent
-    to every rank, so that all of them run the same schedule."""
+    planner to simulate) the schedule (see `layout`): chosen on rank 0, where `measured` times the nodes (and,
+    with every rank, the messages between neighbouring ranks), and sent to every rank, so that all of them run the
+    same schedule."""
+    max_rows = layout.max_rows(graph, MAX_MESSAGE_ENTRIES)
+    messages = None
+    if (cfg.pipeline.microbatch_size == layout.MEASURED and comm.size > 1 and cfg.meta.stored_microbatch_size is None
+            and not cfg.pipeline.simulated_depth):
+        rows = min(cfg.algorithm.K, max_rows) * max(math.prod(graph.shape(n)) for n in (graph.root, *graph.order))
+        messages = message_cost.measure(sync, rows * layout.BYTES_PER_ENTRY)
     chosen = None
     if comm.rank == 0:
-        chosen = layout.choose(cfg.pipeline.microbatch_size, cfg.algorithm.K, stages, graph, parallel,
-                               layout.max_rows(graph, MAX_MESSAGE_ENTRIES), bool(cfg.pipeline.simulated_depth),
-                               cfg.meta.stored_microbatch_size, lambda b: measure_costs(graph, backend, b), regroup,
-                               schedules)
+        chosen = layout.choose(cfg.pipeline.microbatch_size, cfg.algorithm.K, stages, graph, parallel, max_rows,
+                               bool(cfg.pipeline.simulated_depth), cfg.meta.stored_microbatch_size,
+                               lambda b: measure_costs(graph, backend, b), regroup, schedules, messages)
     return sync.bcast(chosen)
 
 
