@@ -82,11 +82,6 @@ class SetupSync:
         self._round(("ok", None), None)
         return self.comm.bcast(value, root=0)
 
-    def reported(self, rank: int) -> bool:
-        """Rank 0, between rounds: whether `rank` has already sent its part of the next round (a rank that fails
-        between rounds sends its error at once)."""
-        return self.size > 1 and self.comm.Iprobe(source=rank, tag=_STEP_TAG)
-
     def fail(self, message: str):
         """Shares this rank's error with every rank and raises SetupFailed with the job's one line."""
         self._round(("error", message.replace("\n", " ")[:MAX_ERROR_CHARS]), None)

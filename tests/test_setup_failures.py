@@ -125,8 +125,8 @@ def test_a_garbled_setup_message_is_named_as_such():
 def test_a_rank_that_fails_while_the_messages_are_timed_is_the_one_line_and_no_rank_waits_on_it(ranks, failing,
                                                                                                 tmp_path):
     """--microbatch-size measured times messages between neighbouring ranks before the layout is chosen: a rank
-    that fails there is named, with its cause, in the job's one line. Its neighbour learns of it from the error
-    (rank 0) or when its 3 s wait runs out (the others), so the job ends within seconds."""
+    that fails there is named, with its cause, in the job's one line. It tells its neighbours, and they theirs, so
+    that no rank waits for it (each wait's deadline is set beyond this test's timeout)."""
     here = Path(__file__).parent
     start = time.monotonic()
     result = run(["mpirun", "-n", str(ranks), sys.executable, str(here / "message_cost_run.py"), str(failing),
