@@ -425,5 +425,9 @@ def _messages(stage: int, stages, graph: Graph, message_seconds: dict[str, float
 
 def max_rows(graph: Graph, max_entries: int) -> int:
     """The most copies a microbatch may hold for its largest array to have at most `max_entries` entries."""
-    largest = max(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
-    return max(1, max_entries // largest)
+    return max(1, max_entries // largest_entries(graph))
+
+
+def largest_entries(graph: Graph) -> int:
+    """Entries per copy of the graph's largest array (θ's or a node's output): a microbatch's largest message."""
+    return max(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))

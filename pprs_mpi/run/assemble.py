@@ -193,8 +193,8 @@ def _choose_layout(cfg: config.RunConfig, graph: Graph, stages, regroup, schedul
     messages = None
     if (cfg.pipeline.microbatch_size == layout.MEASURED and comm.size > 1 and cfg.meta.stored_microbatch_size is None
             and not cfg.pipeline.simulated_depth):
-        rows = min(cfg.algorithm.K, max_rows) * max(math.prod(graph.shape(n)) for n in (graph.root, *graph.order))
-        messages = message_cost.measure(sync, rows * layout.BYTES_PER_ENTRY)
+        entries = min(cfg.algorithm.K, max_rows) * layout.largest_entries(graph)
+        messages = message_cost.measure(sync, entries * layout.BYTES_PER_ENTRY)
     chosen = None
     if comm.rank == 0:
         chosen = layout.choose(cfg.pipeline.microbatch_size, cfg.algorithm.K, stages, graph, parallel, max_rows,
@@ -283,7 +283,7 @@ def _check_sizes(cfg: config.RunConfig, graph: Graph, sampling: Sampling, n_stag
                           f"schedule of ~{cells:,} cells in one process (at most {MAX_SCHEDULE_CELLS:,}): use fewer "
                           "--stages, or the MPI engine (each rank builds its own stage's plan only)")
     rows = min(cfg.algorithm.K, sampling.microbatch_size)
-    largest = max(math.prod(graph.shape(name)) for name in (graph.root, *graph.order))
+    largest = layout.largest_entries(graph)
     if rows * largest > MAX_MESSAGE_ENTRIES:
         raise ConfigError(f"a microbatch of {rows:,} noisy copies makes arrays of {rows * largest:,} entries (at most "
                           f"{MAX_MESSAGE_ENTRIES:,}): lower --microbatch-size")

@@ -47,15 +47,17 @@ def _fail(setup: "Setup", comm, err: Exception, settle=None, engine_comm=None):
     `settle` (the MPI engine's settle_failure, in recover mode) has agreed with every rank on one error
     line, or else ends the job, reporting the error once over `engine_comm` (the engine's, where rank 0
     listens for failure notices)."""
+    text = f"error on rank {comm.rank}: {type(err).__name__}: {err}"
     if comm.rank == 0:
         try:
             setup.trace.close("failed")
         except Exception:  # noqa: BLE001 — the trace may be gone; ending every rank comes first
             pass
     if comm.size == 1:  # no other rank to tell (and, run alone, no MPI to load for it)
-        raise RunFailed(f"error on rank 0: {type(err).__name__}: {err}") from err
+        raise RunFailed(text) from err
     from pprs_mpi.engines.mpi import JobAborted, RemoteFailure, report_failure_and_abort
-    text = str(err) if isinstance(err, RemoteFailure) else f"error on rank {comm.rank}: {type(err).__name__}: {err}"
+    if isinstance(err, RemoteFailure):  # another rank's line, as it reported it
+        text = str(err)
     if isinstance(err, JobAborted):  # the rank that aborts the job has reported the error
         comm.Abort(1)
     if settle is None:
